@@ -1,0 +1,84 @@
+"""Capability lists: what the upstream offers, and what the proxy shows the client instead.
+
+Capabilities appear in three places (the greeting's response code, ``* CAPABILITY`` and the tagged
+OK of LOGIN/AUTHENTICATE); all of them go through :func:`rewrite_line`. Names are compared
+case-insensitively and otherwise left exactly as the upstream spelled them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+_CAPABILITY_RE = re.compile(
+    rb"(?:\* CAPABILITY |[^ ]+ (?:OK|NO|BAD|PREAUTH|BYE) \[CAPABILITY )([^\]\r\n]*)", re.IGNORECASE
+)
+
+
+@dataclass(slots=True, frozen=True)
+class Capabilities:
+    """An upstream capability list, upper-cased for comparison."""
+
+    names: frozenset[bytes]
+
+    @classmethod
+    def parse(cls, text: bytes) -> Capabilities:
+        return cls(frozenset(name.upper() for name in text.split()))
+
+    @property
+    def native_move(self) -> bool:
+        return b"MOVE" in self.names or b"IMAP4REV2" in self.names
+
+    @property
+    def uidplus(self) -> bool:
+        return b"UIDPLUS" in self.names or b"IMAP4REV2" in self.names
+
+    @property
+    def literal_plus(self) -> bool:
+        return b"LITERAL+" in self.names
+
+    @property
+    def literal_minus(self) -> bool:
+        return b"LITERAL-" in self.names or b"IMAP4REV2" in self.names
+
+    @property
+    def esearch(self) -> bool:
+        return b"ESEARCH" in self.names or b"IMAP4REV2" in self.names
+
+
+def _hidden(name: bytes) -> bool:
+    """Capabilities a terminating proxy cannot honour."""
+    upper = name.upper()
+    return (
+        upper.startswith(b"COMPRESS=")  # would compress past the proxy's parser
+        or (upper.startswith(b"AUTH=") and upper.endswith(b"-PLUS"))  # channel binding
+        or upper == b"STARTTLS"  # TLS would run past the proxy end to end
+    )
+
+
+def rewrite_names(text: bytes, add_move: bool) -> bytes:
+    """The capability list shown to the client for the upstream's list ``text``."""
+    names = [name for name in text.split() if not _hidden(name)]
+    if add_move and not any(n.upper() in (b"MOVE", b"IMAP4REV2") for n in names):
+        names.append(b"MOVE")
+    return b" ".join(names)
+
+
+def find_list(line: bytes) -> tuple[int, int] | None:
+    """Byte span of the capability names in ``line``, if it carries a capability list."""
+    match = _CAPABILITY_RE.match(line)
+    return None if match is None else match.span(1)
+
+
+def rewrite_line(
+    line: bytes, add_move: Callable[[Capabilities], bool]
+) -> tuple[bytes, Capabilities | None]:
+    """Rewrite the capability list in ``line``; return the new line and the upstream's list."""
+    span = find_list(line)
+    if span is None:
+        return line, None
+    start, end = span
+    original = line[start:end]
+    upstream = Capabilities.parse(original)
+    return line[:start] + rewrite_names(original, add_move(upstream)) + line[end:], upstream

@@ -1,0 +1,133 @@
+"""Split an IMAP byte stream into lines and literals, without parsing anything else.
+
+This is the "fragmentizer" of the design: whatever else the proxy does, it first needs to know
+where a line ends and which bytes are literal data that must never be mistaken for a command or a
+response. A literal is announced by ``{n}``, ``{n+}`` or ``{n-}`` (RFC 7888), optionally preceded
+by ``~`` (literal8, RFC 3516), at the very end of a line. Its bytes are handed out in chunks as
+they arrive, so a 50 MB literal never sits in memory whole.
+
+The framer is sans-IO: ``feed()`` bytes in, then call ``next_event()`` until it returns ``None``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Line:
+    """One line, terminator included, exactly as received.
+
+    ``first`` is true when the line starts a new command or response; false when it continues one
+    after a literal. ``literal`` is the size of the literal the line announces (``None`` if none),
+    and ``sync`` whether that literal is synchronizing (``{n}``: the sender waits for ``+``).
+    """
+
+    data: bytes
+    first: bool
+    literal: int | None = None
+    sync: bool = False
+
+
+@dataclass(slots=True)
+class Literal:
+    """A chunk of literal data. ``last`` marks the chunk that completes the literal."""
+
+    data: bytes
+    last: bool
+
+
+class LineTooLong(Exception):
+    """The peer sent more than the allowed number of bytes without ending a line."""
+
+
+Event = Line | Literal
+
+
+def literal_marker(line: bytes) -> tuple[int, bool] | None:
+    """Return ``(size, synchronizing)`` if ``line`` (terminator included) ends with a literal."""
+    end = len(line) - 1  # index of b"\n"
+    if end >= 1 and line[end - 1] == 0x0D:
+        end -= 1
+    if end < 3 or line[end - 1] != 0x7D:  # "}"
+        return None
+    close = end - 1
+    sync = True
+    digits_end = close
+    if line[close - 1] in (0x2B, 0x2D):  # "+" or "-": non-synchronizing (RFC 7888)
+        sync = False
+        digits_end -= 1
+    start = line.rfind(b"{", 0, digits_end)
+    if start < 0 or start + 1 == digits_end or digits_end - start > 21:
+        return None
+    digits = line[start + 1 : digits_end]
+    if not digits.isdigit():
+        return None
+    return int(digits), sync
+
+
+class Framer:
+    """Incremental splitter of one direction of an IMAP connection."""
+
+    __slots__ = ("_buf", "_first", "_literal_left", "_max_line", "_pos")
+
+    def __init__(self, max_line: int = 65536) -> None:
+        self._buf = b""
+        self._pos = 0
+        self._literal_left = 0
+        self._first = True
+        self._max_line = max_line
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet handed out."""
+        return len(self._buf) - self._pos
+
+    @property
+    def at_boundary(self) -> bool:
+        """True between two messages: the next byte starts a new command or response."""
+        return self._first
+
+    def cancel_literal(self) -> None:
+        """The announced synchronizing literal was refused: its bytes will never be sent."""
+        self._literal_left = 0
+        self._first = True
+
+    def feed(self, data: bytes) -> None:
+        if self._pos:
+            self._buf = self._buf[self._pos :] + data
+            self._pos = 0
+        elif self._buf:
+            self._buf += data
+        else:
+            self._buf = bytes(data)
+
+    def next_event(self) -> Event | None:
+        buf = self._buf
+        pos = self._pos
+        if self._literal_left:
+            available = len(buf) - pos
+            if not available:
+                return None
+            take = min(available, self._literal_left)
+            self._literal_left -= take
+            self._pos = pos + take
+            return Literal(buf[pos : pos + take], self._literal_left == 0)
+        end = buf.find(b"\n", pos)
+        if end < 0:
+            if len(buf) - pos > self._max_line:
+                raise LineTooLong(f"line longer than {self._max_line} bytes")
+            return None
+        if end + 1 - pos > self._max_line:
+            raise LineTooLong(f"line longer than {self._max_line} bytes")
+        line = buf[pos : end + 1]
+        self._pos = end + 1
+        first = self._first
+        marker = literal_marker(line) if line.endswith(b"}\r\n") or line.endswith(b"}\n") else None
+        if marker is None:
+            self._first = True
+            return Line(line, first)
+        size, sync = marker
+        self._first = False
+        self._literal_left = size
+        return Line(line, first, size, sync)

@@ -1,0 +1,203 @@
+"""The trio shell: listeners, the upstream connection, the two pumps, timeouts, shutdown.
+
+All protocol decisions are made by :class:`.session.Session`; this module only moves bytes
+between sockets and the session and closes connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import time
+
+import trio
+
+from .config import Config
+from .session import Session, SessionSettings
+
+log = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 65536
+UNAVAILABLE = b"* BYE [UNAVAILABLE] Upstream server not available, try again later.\r\n"
+
+
+class Proxy:
+    """Accepts clients and gives each its own upstream connection."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._ids = itertools.count(1)
+        self._settings = SessionSettings(
+            max_line=config.max_line_length,
+            max_mailbox_literal=config.max_mailbox_literal,
+            max_set_bytes=config.max_set_bytes,
+        )
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen and serve forever; ``task_status.started`` gets the bound listeners."""
+        listen = self.config.listen
+        listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
+        for listener in listeners:
+            log.info(
+                "listening on %s, upstream %s",
+                listener.socket.getsockname()[:2],
+                self.config.upstream,
+            )
+        task_status.started(listeners)
+        await trio.serve_listeners(self.handle, listeners)
+
+    async def handle(self, client: trio.SocketStream) -> None:
+        conn_id = f"c{next(self._ids)}"
+        conn_log = logging.LoggerAdapter(log, {"conn": conn_id})
+        peer = _address(client)
+        started = time.monotonic()
+        upstream = await self._connect(client, conn_log, peer)
+        if upstream is None:
+            return
+        session = Session(self._settings, conn_id)
+        try:
+            await Connection(client, upstream, session, self.config).run()
+        finally:
+            counters = session.counters
+            moves = ",".join(f"{k}={v}" for k, v in sorted(counters.moves.items())) or "0"
+            conn_log.info(
+                "closed client=%s upstream=%s duration=%.3fs bytes_in=%d bytes_out=%d "
+                "commands=%d moves=%s%s",
+                peer,
+                self.config.upstream,
+                time.monotonic() - started,
+                counters.bytes_from_client,
+                counters.bytes_from_upstream,
+                counters.commands,
+                moves,
+                f" reason={session.close_reason}" if session.close_reason else "",
+            )
+
+    async def _connect(
+        self, client: trio.SocketStream, conn_log: logging.LoggerAdapter, peer: str
+    ) -> trio.SocketStream | None:
+        upstream = self.config.upstream
+        try:
+            with trio.fail_after(self.config.connect_timeout):
+                return await trio.open_tcp_stream(upstream.host, upstream.port)
+        except (OSError, trio.TooSlowError) as exc:
+            conn_log.warning(
+                "client=%s upstream %s unreachable: %s", peer, upstream, exc or "timed out"
+            )
+            with trio.move_on_after(1):
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await client.send_all(UNAVAILABLE)
+            await trio.aclose_forcefully(client)
+            return None
+
+
+class Connection:
+    """Pumps bytes between one client, its session and its upstream connection."""
+
+    def __init__(
+        self,
+        client: trio.SocketStream,
+        upstream: trio.SocketStream,
+        session: Session,
+        config: Config,
+    ) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.session = session
+        self.config = config
+        self._client_lock = trio.Lock()
+        self._upstream_lock = trio.Lock()
+        self._resume = trio.Event()
+        self._cancel = trio.CancelScope()
+
+    async def run(self) -> None:
+        try:
+            with self._cancel:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump_upstream)
+                    nursery.start_soon(self._pump_client)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await trio.aclose_forcefully(self.upstream)
+                await trio.aclose_forcefully(self.client)
+
+    async def _pump_upstream(self) -> None:
+        session = self.session
+        with trio.move_on_after(self.config.connect_timeout) as greeting_wait:
+            data = await self._receive(self.upstream)
+        if greeting_wait.cancelled_caught:
+            log.warning("upstream %s sent no greeting in time", self.config.upstream)
+            await self._send_client(UNAVAILABLE)
+            self._cancel.cancel()
+            return
+        while data:
+            session.receive_upstream(data)
+            await self._flush()
+            if session.wants_client_data:
+                self._resume.set()
+            data = await self._receive(self.upstream)
+        session.upstream_closed()  # after LOGOUT's BYE, or it dropped us
+        await self._send_client(b"")
+        self._cancel.cancel()
+
+    async def _pump_client(self) -> None:
+        session = self.session
+        while True:
+            while not session.wants_client_data:
+                if session.close_reason:
+                    return
+                self._resume = trio.Event()
+                await self._resume.wait()
+            data = await self._receive(self.client)
+            if not data:
+                break
+            session.receive_client(data)
+            await self._flush()
+        # The client has gone. A MOVE it started is completed upstream before we close.
+        with trio.move_on_after(self.config.drain_timeout):
+            while session.moving:
+                self._resume = trio.Event()
+                await self._resume.wait()
+        self._cancel.cancel()
+
+    async def _flush(self) -> None:
+        session = self.session
+        async with self._upstream_lock:
+            data = session.take_to_upstream()
+            if data:
+                await self._send(self.upstream, data)
+        await self._send_client(b"")
+        if session.close_reason:
+            self._cancel.cancel()
+
+    async def _send_client(self, extra: bytes) -> None:
+        async with self._client_lock:
+            data = self.session.take_to_client() + extra
+            if data:
+                await self._send(self.client, data)
+
+    async def _send(self, stream: trio.SocketStream, data: bytes | bytearray) -> None:
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if stream is self.upstream:
+                self._cancel.cancel()
+            # A client that has gone cannot be told anything; upstream work goes on.
+
+    @staticmethod
+    async def _receive(stream: trio.SocketStream) -> bytes:
+        try:
+            return await stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
+
+def _address(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"

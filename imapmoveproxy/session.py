@@ -1,0 +1,373 @@
+"""One proxied IMAP connection, sans-IO: client bytes and upstream bytes in, bytes for each out.
+
+The session streams everything through untouched except what it must understand:
+
+* capability lists, rewritten wherever they appear (:mod:`.capabilities`);
+* the client's command boundaries and tags, to know when earlier commands have completed;
+* AUTHENTICATE and IDLE, whose client lines are data rather than commands;
+* MOVE and UID MOVE, collected whole and handed to :class:`.move.MoveEmulation`;
+* COMPRESS and STARTTLS, which a terminating proxy cannot honour, answered NO.
+
+MOVE is a barrier: it starts once every earlier command has its tagged reply, and client bytes
+that follow it are not looked at (and the caller stops reading them) until the MOVE's tagged reply
+has been queued for the client.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field
+
+from . import capabilities
+from .capabilities import Capabilities
+from .framing import Framer, Line, LineTooLong, Literal
+from .move import MoveEmulation, MoveRequest, UpstreamCommand, parse_move
+from .syntax import CommandStart, Tagged, is_tag, parse_command_start, parse_tagged
+
+log = logging.getLogger(__name__)
+
+_MOVE_COMMANDS = (b"MOVE", b"UID MOVE")
+_AUTH_COMMANDS = (b"LOGIN", b"AUTHENTICATE")
+_DATA_COMMANDS = (b"AUTHENTICATE", b"IDLE")  # client lines after these are not commands
+
+
+@dataclass(slots=True, frozen=True)
+class SessionSettings:
+    max_line: int = 65536  # longest line accepted from either side
+    max_mailbox_literal: int = 4096  # longest mailbox name a MOVE may carry as a literal
+    max_set_bytes: int = 8192  # longest UID set the proxy puts in one upstream command
+
+
+class Mode(enum.Enum):
+    """What happens to the rest of the client command being received."""
+
+    FORWARD = "forward"
+    COLLECT = "collect"  # a MOVE the proxy will execute itself
+    DISCARD = "discard"  # a command already answered with BAD; its remaining bytes are dropped
+
+
+@dataclass(slots=True)
+class Counters:
+    bytes_from_client: int = 0
+    bytes_from_upstream: int = 0
+    commands: int = 0
+    moves: dict[str, int] = field(default_factory=dict)
+
+
+class Session:
+    """The protocol state of one client connection and its upstream connection."""
+
+    def __init__(self, settings: SessionSettings | None = None, conn_id: str = "-") -> None:
+        self.settings = settings or SessionSettings()
+        self.counters = Counters()
+        self.close_reason: str | None = None  # set when the connection must end
+        self._log = logging.LoggerAdapter(log, {"conn": conn_id})
+        self._client = Framer(self.settings.max_line)
+        self._upstream = Framer(self.settings.max_line)
+        self._to_client = bytearray()
+        self._to_upstream = bytearray()
+        self._deferred = bytearray()  # proxy replies waiting for the upstream response to end
+        self._caps: Capabilities | None = None  # None: unknown in the current state
+        self._greeted = False
+        self._inflight: dict[bytes, int] = {}  # client tag -> commands in flight with it
+        self._inflight_count = 0
+        self._data_tag: bytes | None = None  # AUTHENTICATE/IDLE in progress
+        self._data_idle = False
+        self._mode = Mode.FORWARD
+        self._move_lines: list[bytes] = []
+        self._move_literal = bytearray()
+        self._move_literal_count = 0
+        self._waiting_move: MoveRequest | None = None
+        self._move: MoveEmulation | None = None
+        self._continuation: list[bytes] = []  # segments of our command waiting for "+"
+        self._relay = True  # whether the upstream response being received goes to the client
+        self._tag_counter = 0
+        self._upstream_said_bye = False
+
+    # ------------------------------------------------------------------ caller interface
+
+    def receive_client(self, data: bytes) -> None:
+        self.counters.bytes_from_client += len(data)
+        self._client.feed(data)
+        self._process_client()
+
+    def receive_upstream(self, data: bytes) -> None:
+        self.counters.bytes_from_upstream += len(data)
+        self._upstream.feed(data)
+        self._process_upstream()
+        if self._move is None and self._waiting_move is None:
+            self._process_client()
+
+    def take_to_client(self) -> bytearray:
+        data, self._to_client = self._to_client, bytearray()
+        return data
+
+    def take_to_upstream(self) -> bytearray:
+        data, self._to_upstream = self._to_upstream, bytearray()
+        return data
+
+    def upstream_closed(self) -> None:
+        """The upstream connection ended; tell the client unless the upstream already did."""
+        if not self._upstream_said_bye:
+            self._log.warning(
+                "upstream closed the connection%s", " during a MOVE" if self.moving else ""
+            )
+            self.close_reason = "upstream closed"
+            self._reply(b"* BYE Connection to the mail server lost.\r\n")
+
+    @property
+    def wants_client_data(self) -> bool:
+        """False while a MOVE holds back the client's later commands (stop reading them)."""
+        return self._move is None and self._waiting_move is None and self.close_reason is None
+
+    @property
+    def moving(self) -> bool:
+        """A MOVE has been received and has not had its tagged reply yet."""
+        return self._move is not None or self._waiting_move is not None
+
+    # ------------------------------------------------------------------ client -> upstream
+
+    def _process_client(self) -> None:
+        framer = self._client
+        while self.wants_client_data:
+            try:
+                event = framer.next_event()
+            except LineTooLong:
+                self._fail("client line too long", b"* BYE Line too long.\r\n")
+                return
+            if event is None:
+                return
+            if type(event) is Literal:
+                self._client_fragment(event.data, event.last)
+            elif event.first:
+                self._client_command(event)
+            else:
+                self._client_fragment(event.data, False, event)
+
+    def _client_command(self, line: Line) -> None:
+        if self._data_tag is not None:  # an AUTHENTICATE response or IDLE's DONE: data
+            self._to_upstream += line.data
+            if self._data_idle:
+                self._data_tag = None
+            return
+        start = parse_command_start(line.data)
+        if start is None:
+            tag = line.data.split(b" ", 1)[0]
+            tag = tag if is_tag(tag) and b"\n" not in tag else b"*"
+            self._log.info("bad command line from client")
+            self._reject(line, tag + b" BAD Error in IMAP command received by server.\r\n")
+            return
+        name = start.name
+        self.counters.commands += 1
+        if name in _MOVE_COMMANDS and self._collects_move():
+            self._collect_move(line)
+        elif name == b"COMPRESS":
+            self._reject(line, start.tag + b" NO COMPRESS is not available through this proxy.\r\n")
+        elif name == b"STARTTLS":
+            self._reject(line, start.tag + b" NO STARTTLS is not available through this proxy.\r\n")
+        else:
+            self._forward_command(line, start)
+
+    def _forward_command(self, line: Line, start: CommandStart) -> None:
+        self._mode = Mode.FORWARD
+        self._to_upstream += line.data
+        self._inflight[start.tag] = self._inflight.get(start.tag, 0) + 1
+        self._inflight_count += 1
+        if start.name in _AUTH_COMMANDS:
+            self._caps = None  # the capabilities change with the authentication state
+        if start.name in _DATA_COMMANDS:
+            self._data_tag = start.tag
+            self._data_idle = start.name == b"IDLE"
+
+    def _client_fragment(self, data: bytes, literal_done: bool, line: Line | None = None) -> None:
+        """A literal chunk, or a line continuing a command after a literal."""
+        if self._mode is Mode.FORWARD:
+            self._to_upstream += data
+        elif self._mode is Mode.COLLECT:
+            if line is None:
+                self._move_literal += data
+            else:
+                self._collect_move(line)
+        elif line is not None and line.literal is None:
+            self._mode = Mode.FORWARD  # the discarded command has ended
+        elif line is not None and line.sync:
+            self._client.cancel_literal()  # already refused: the client will not send it
+            self._mode = Mode.FORWARD
+
+    def _reject(self, line: Line, reply: bytes) -> None:
+        """Answer a command the proxy will not forward and skip whatever else belongs to it."""
+        self._reply(reply)
+        if line.literal is None:
+            self._mode = Mode.FORWARD
+        elif line.sync:
+            self._client.cancel_literal()
+            self._mode = Mode.FORWARD
+        else:
+            self._mode = Mode.DISCARD
+
+    # ------------------------------------------------------------------ MOVE
+
+    def _collects_move(self) -> bool:
+        caps = self._caps
+        return caps is None or (caps.uidplus and not caps.native_move)
+
+    def _collect_move(self, line: Line) -> None:
+        self._mode = Mode.COLLECT
+        self._move_lines.append(line.data)
+        if line.literal is not None:
+            self._move_literal_count += 1
+            if self._move_literal_count > 1 or line.literal > self.settings.max_mailbox_literal:
+                tag = self._move_lines[0].split(b" ", 1)[0]
+                self._clear_collected()
+                self._log.info("MOVE from client with an oversized or extra literal refused")
+                self._reject(line, tag + b" BAD Mailbox name too long or malformed.\r\n")
+                return
+            if line.sync:
+                self._reply(b"+ Ready for literal data\r\n")
+            return
+        first, *rest = self._move_lines
+        if self._move_literal_count:
+            request = parse_move(first, bytes(self._move_literal), rest[0])
+        else:
+            request = parse_move(first, None, b"")
+        self._clear_collected()
+        self._mode = Mode.FORWARD
+        self._waiting_move = request
+        if self._inflight_count == 0:
+            self._start_move()
+
+    def _clear_collected(self) -> None:
+        self._move_lines = []
+        self._move_literal = bytearray()
+        self._move_literal_count = 0
+
+    def _start_move(self) -> None:
+        request = self._waiting_move
+        assert request is not None
+        self._waiting_move = None
+        self._move = MoveEmulation(request, self._new_tag, self._reply, self.settings.max_set_bytes)
+        self._send(self._move.start(self._caps))
+        self._after_move_step()
+
+    def _after_move_step(self) -> None:
+        move = self._move
+        if move is None or not move.done:
+            return
+        self._move = None
+        outcome = move.outcome or "bad-syntax"
+        self.counters.moves[outcome] = self.counters.moves.get(outcome, 0) + 1
+        kind = "UID MOVE" if move.request.uid else "MOVE"
+        self._log.info("%s %s: %s", kind, move.request.sequence_set.decode(), outcome)
+
+    def _new_tag(self) -> bytes:
+        self._tag_counter += 1
+        return b"imp%d" % self._tag_counter
+
+    def _send(self, commands: list[UpstreamCommand]) -> None:
+        for segments in commands:
+            self._to_upstream += segments[0]
+            self._log.debug("to upstream: %r", segments[0][:200])
+            self._continuation = segments[1:]
+
+    # ------------------------------------------------------------------ upstream -> client
+
+    def _process_upstream(self) -> None:
+        framer = self._upstream
+        while True:
+            try:
+                event = framer.next_event()
+            except LineTooLong:
+                self._fail("upstream line too long", b"* BYE Upstream server error.\r\n")
+                return
+            if event is None:
+                return
+            if type(event) is Line and event.first:
+                self._relay = self._upstream_response(event.data)
+            elif self._relay:
+                self._to_client += event.data
+            if self._deferred and framer.at_boundary:
+                self._to_client += self._deferred
+                self._deferred = bytearray()
+
+    def _upstream_response(self, line: bytes) -> bool:
+        """Handle the first line of an upstream response; return whether it goes to the client."""
+        if not self._greeted:
+            self._greeted = True
+            self._to_client += self._capabilities(line)
+            return True
+        lead = line[:1]
+        if lead == b"*":
+            if line[2:5].upper() == b"BYE":
+                self._upstream_said_bye = True
+            if b"[" in line or line[2:13].upper() == b"CAPABILITY ":
+                line = self._capabilities(line)
+            if self._move is not None and not self._move.on_untagged(line):
+                return False
+            self._to_client += line
+            return True
+        if lead == b"+":
+            if self._continuation:
+                self._to_upstream += self._continuation.pop(0)
+                return False
+            self._to_client += line
+            return True
+        reply = parse_tagged(line)
+        if reply is None:
+            self._log.warning("malformed line from upstream: %r", line[:100])
+            self._to_client += line
+            return True
+        move = self._move
+        if move is not None and (move.owns(reply.tag) or move.forwarded_tagged_line(line)):
+            return self._move_reply(move, reply, line)
+        self._complete_client_command(reply)
+        self._to_client += self._capabilities(line) if b"[" in line else line
+        if self._waiting_move is not None and self._inflight_count == 0:
+            self._start_move()
+        return True
+
+    def _move_reply(self, move: MoveEmulation, reply: Tagged, line: bytes) -> bool:
+        self._continuation = []
+        forwarded = move.forwarded_tagged_line(line)
+        if forwarded:
+            self._to_client += line
+        self._send(move.on_tagged(reply, self._caps))
+        self._after_move_step()
+        return forwarded
+
+    def _complete_client_command(self, reply: Tagged) -> None:
+        count = self._inflight.get(reply.tag)
+        if not count:
+            self._log.warning("upstream answered a tag the client did not send: %r", reply.tag)
+            return
+        if count == 1:
+            del self._inflight[reply.tag]
+        else:
+            self._inflight[reply.tag] = count - 1
+        self._inflight_count -= 1
+        if reply.tag == self._data_tag:
+            self._data_tag = None
+
+    def _capabilities(self, line: bytes) -> bytes:
+        new_line, caps = capabilities.rewrite_line(line, self._offers_move)
+        if caps is not None:
+            self._caps = caps
+        return new_line
+
+    @staticmethod
+    def _offers_move(caps: Capabilities) -> bool:
+        return caps.uidplus and not caps.native_move
+
+    # ------------------------------------------------------------------ proxy's own replies
+
+    def _reply(self, data: bytes) -> None:
+        """Queue a reply of the proxy's own, never inside an upstream response being relayed."""
+        if self._upstream.at_boundary:
+            self._to_client += data
+        else:
+            self._deferred += data
+
+    def _fail(self, reason: str, bye: bytes) -> None:
+        self._log.warning("closing connection: %s", reason)
+        self.close_reason = reason
+        self._reply(bye)

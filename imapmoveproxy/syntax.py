@@ -1,0 +1,240 @@
+"""The little IMAP grammar the proxy needs: tags, command names, astrings, sets, response codes.
+
+Everything here works on complete lines (bytes, terminator included) and knows nothing of
+connections. Anything the proxy does not need to understand is never parsed at all.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# ATOM-CHAR: any CHAR except atom-specials (RFC 3501 §9): ( ) { SP CTL % * " \ ]
+_ATOM_SPECIALS = frozenset(b'(){ %*"\\]')
+_TAG_RE = re.compile(rb"[\x21-\x7e]+")
+
+
+def is_atom_char(byte: int) -> bool:
+    return 0x20 < byte < 0x7F and byte not in _ATOM_SPECIALS
+
+
+def is_tag(tag: bytes) -> bool:
+    """A tag is 1*<ASTRING-CHAR except "+">: atom chars plus "]"."""
+    return bool(tag) and all(
+        (is_atom_char(b) or b == 0x5D) and b != 0x2B
+        for b in tag  # "]" allowed, "+" not
+    )
+
+
+@dataclass(slots=True, frozen=True)
+class CommandStart:
+    """What the proxy reads off the first line of a client command."""
+
+    tag: bytes
+    name: bytes  # upper-cased; for "UID xxx" it is b"UID XXX"
+    args_offset: int  # index in the line where the arguments after ``name`` start
+
+
+def parse_command_start(line: bytes) -> CommandStart | None:
+    """Tag and command name of a client command line, or ``None`` if the line has neither."""
+    first_space = line.find(b" ")
+    if first_space <= 0:
+        return None
+    tag = line[:first_space]
+    if not is_tag(tag):
+        return None
+    name, offset = _word(line, first_space + 1)
+    if not name:
+        return None
+    if name == b"UID":
+        sub, sub_offset = _word(line, offset + 1) if line[offset : offset + 1] == b" " else (b"", 0)
+        if not sub:
+            return None
+        return CommandStart(tag, b"UID " + sub, sub_offset)
+    return CommandStart(tag, name, offset)
+
+
+def _word(line: bytes, start: int) -> tuple[bytes, int]:
+    end = start
+    while end < len(line) and is_atom_char(line[end]):
+        end += 1
+    return line[start:end].upper(), end
+
+
+def line_body(line: bytes) -> bytes:
+    """The line without its CRLF (or bare LF) terminator."""
+    if line.endswith(b"\r\n"):
+        return line[:-2]
+    if line.endswith(b"\n"):
+        return line[:-1]
+    return line
+
+
+# --------------------------------------------------------------------------- sequence sets
+
+_SEQ_NUMBER = rb"(?:[1-9][0-9]{0,9}|\*)"
+_SEQ_SET_RE = re.compile(
+    rb"(?:\$|"
+    + _SEQ_NUMBER
+    + rb"(?::"
+    + _SEQ_NUMBER
+    + rb")?(?:,"
+    + _SEQ_NUMBER
+    + rb"(?::"
+    + _SEQ_NUMBER
+    + rb")?)*)"
+)
+
+
+def is_sequence_set(text: bytes) -> bool:
+    """RFC 3501 sequence-set, or "$" (SEARCHRES, RFC 5182)."""
+    return _SEQ_SET_RE.fullmatch(text) is not None
+
+
+def expand_uid_set(text: bytes, limit: int = 1_000_000) -> list[int]:
+    """Expand a set of plain numbers (no ``*``), as in COPYUID, into an ordered list."""
+    numbers: list[int] = []
+    for part in text.split(b","):
+        low, _, high = part.partition(b":")
+        first = int(low)
+        last = int(high) if high else first
+        step = 1 if last >= first else -1
+        if len(numbers) + abs(last - first) + 1 > limit:
+            raise ValueError("set too large")
+        numbers.extend(range(first, last + step, step))
+    return numbers
+
+
+def compress_uids(uids: list[int]) -> list[bytes]:
+    """Sorted, de-duplicated ranges ``b"a:b"`` / ``b"a"`` covering exactly ``uids``."""
+    parts: list[bytes] = []
+    ordered = sorted(set(uids))
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(b"%d" % ordered[i] if i == j else b"%d:%d" % (ordered[i], ordered[j]))
+        i = j + 1
+    return parts
+
+
+def chunk_set(parts: list[bytes], max_bytes: int) -> list[bytes]:
+    """Join set parts with commas into sets of at most ``max_bytes`` bytes each."""
+    chunks: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for part in parts:
+        if current and size + 1 + len(part) > max_bytes:
+            chunks.append(b",".join(current))
+            current, size = [], 0
+        size += len(part) + (1 if current else 0)
+        current.append(part)
+    if current:
+        chunks.append(b",".join(current))
+    return chunks
+
+
+# --------------------------------------------------------------------------- strings
+
+
+class SyntaxProblem(ValueError):
+    """The client's arguments do not follow the grammar; the text goes into a BAD reply."""
+
+
+def parse_quoted(text: bytes, start: int) -> tuple[bytes, int]:
+    """Decode a quoted string starting at ``text[start] == '"'``; return (value, end index)."""
+    out = bytearray()
+    i = start + 1
+    while i < len(text):
+        byte = text[i]
+        if byte == 0x22:  # closing quote
+            return bytes(out), i + 1
+        if byte == 0x5C:  # backslash: only \" and \\ are allowed
+            if i + 1 >= len(text) or text[i + 1] not in (0x22, 0x5C):
+                raise SyntaxProblem("invalid escape in quoted string")
+            out.append(text[i + 1])
+            i += 2
+            continue
+        if byte in (0x0D, 0x0A, 0x00):
+            raise SyntaxProblem("invalid character in quoted string")
+        out.append(byte)
+        i += 1
+    raise SyntaxProblem("unterminated quoted string")
+
+
+def encode_astring(value: bytes) -> tuple[bytes, bytes | None]:
+    """How to send ``value`` as an astring: ``(inline, None)`` or ``(b"", literal)``.
+
+    A value that cannot be sent as a quoted string (CR, LF, NUL or 8-bit bytes) must go as a
+    literal, which the caller frames for the upstream's LITERAL+ support.
+    """
+    if value and all(is_atom_char(b) or b == 0x5D for b in value):
+        return value, None
+    if all(0x01 <= b <= 0x7F and b not in (0x0A, 0x0D) for b in value):
+        escaped = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+        return b'"' + escaped + b'"', None
+    return b"", value
+
+
+# --------------------------------------------------------------------------- responses
+
+
+@dataclass(slots=True, frozen=True)
+class Tagged:
+    """A tagged status response: ``tag OK|NO|BAD [code] text``."""
+
+    tag: bytes
+    status: bytes  # b"OK", b"NO" or b"BAD" (upper-cased)
+    code: bytes | None  # the response code without brackets, e.g. b"COPYUID 1 2 3"
+    text: bytes  # everything after the status word and the space, terminator excluded
+
+
+def parse_status(line: bytes, start: int) -> tuple[bytes, bytes | None, bytes]:
+    """Parse ``STATUS [code] text`` from ``line[start:]`` (terminator excluded)."""
+    body = line_body(line)
+    space = body.find(b" ", start)
+    if space < 0:
+        return body[start:].upper(), None, b""
+    status = body[start:space].upper()
+    rest = body[space + 1 :]
+    code = None
+    if rest.startswith(b"["):
+        close = rest.find(b"]")
+        if close > 0:
+            code = rest[1:close]
+            rest = rest[close + 1 :].lstrip(b" ")
+    return status, code, rest
+
+
+def parse_tagged(line: bytes) -> Tagged | None:
+    space = line.find(b" ")
+    if space <= 0:
+        return None
+    status, code, text = parse_status(line, space + 1)
+    if status not in (b"OK", b"NO", b"BAD"):
+        return None
+    return Tagged(line[:space], status, code, text)
+
+
+def code_name(code: bytes | None) -> bytes:
+    """The upper-cased name of a response code (``COPYUID`` of ``COPYUID 1 2 3``)."""
+    if not code:
+        return b""
+    return code.split(b" ", 1)[0].upper()
+
+
+_UNTAGGED_FETCH_RE = re.compile(rb"\* (\d+) FETCH \(", re.IGNORECASE)
+_FETCH_UID_RE = re.compile(rb"[( ]UID (\d+)", re.IGNORECASE)
+
+
+def fetch_uid(line: bytes) -> int | None:
+    """The UID item of an untagged FETCH response line, if the line is one and has it."""
+    if _UNTAGGED_FETCH_RE.match(line) is None:
+        return None
+    match = _FETCH_UID_RE.search(line)
+    return int(match.group(1)) if match else None
+
+
+def is_untagged_fetch(line: bytes) -> bool:
+    return _UNTAGGED_FETCH_RE.match(line) is not None

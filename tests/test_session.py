@@ -1,0 +1,288 @@
+"""The sans-IO session and MOVE translator, driven with scripted upstream replies.
+
+These tests play the upstream by hand, which is the only way to produce every failure at every
+step on demand; tests/test_proxy_dovecot.py checks the same behaviour against a real Dovecot.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from imapmoveproxy.session import Session, SessionSettings
+
+GREETING = b"* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ AUTH=PLAIN] ready\r\n"
+CAPS = b"IMAP4rev1 LITERAL+ UIDPLUS CONDSTORE QRESYNC ESEARCH COMPRESS=DEFLATE AUTH=SCRAM-SHA-1-PLUS"
+
+
+class Script:
+    """A session with helpers to talk to it as the client and as the upstream."""
+
+    def __init__(self, caps: bytes = CAPS, settings: SessionSettings | None = None) -> None:
+        self.session = Session(settings)
+        self.session.receive_upstream(GREETING)
+        self.client_saw = bytes(self.session.take_to_client())
+        self.client(b"a LOGIN user pass\r\n")
+        self.upstream(b"a OK [CAPABILITY " + caps + b"] Logged in\r\n")
+        self.client(b"b SELECT INBOX\r\n")
+        self.upstream(b"* 5 EXISTS\r\nb OK [READ-WRITE] Selected\r\n")
+
+    def client(self, data: bytes) -> bytes:
+        """Send client bytes; return what the proxy sent upstream as a result."""
+        self.session.receive_client(data)
+        self.client_saw += bytes(self.session.take_to_client())
+        return bytes(self.session.take_to_upstream())
+
+    def upstream(self, data: bytes) -> bytes:
+        """Send upstream bytes; return what the proxy sent upstream as a result."""
+        self.session.receive_upstream(data)
+        self.client_saw += bytes(self.session.take_to_client())
+        return bytes(self.session.take_to_upstream())
+
+    def seen(self) -> bytes:
+        """What the client received since the last call."""
+        seen, self.client_saw = self.client_saw, b""
+        return seen
+
+
+@pytest.fixture
+def script() -> Script:
+    s = Script()
+    s.seen()
+    return s
+
+
+def test_login_capabilities_gain_move_and_lose_what_the_proxy_cannot_honour():
+    s = Script()
+    seen = s.seen()
+    assert GREETING in seen  # no UIDPLUS before login: nothing added, like a native server
+    login_ok = seen.split(b"\r\n")[1]
+    assert login_ok.startswith(b"a OK [CAPABILITY IMAP4rev1 LITERAL+ UIDPLUS CONDSTORE")
+    assert b" MOVE" in login_ok
+    assert b"COMPRESS" not in login_ok and b"-PLUS" not in login_ok
+
+
+def test_upstream_with_native_move_is_passed_through_untouched():
+    s = Script(caps=b"IMAP4rev1 UIDPLUS MOVE")
+    s.seen()
+    assert s.client(b"c UID MOVE 1:3 Trash\r\n") == b"c UID MOVE 1:3 Trash\r\n"
+    s.upstream(b"* OK [COPYUID 1 1:3 4:6] Moved\r\n* 1 EXPUNGE\r\nc OK Move completed\r\n")
+    assert s.seen() == b"* OK [COPYUID 1 1:3 4:6] Moved\r\n* 1 EXPUNGE\r\nc OK Move completed\r\n"
+
+
+def test_upstream_with_imap4rev2_needs_no_emulation():
+    s = Script(caps=b"IMAP4rev2 IMAP4rev1")
+    assert b"MOVE" not in s.seen()  # MOVE is part of IMAP4rev2 itself
+    assert s.client(b"c MOVE 1 Trash\r\n") == b"c MOVE 1 Trash\r\n"
+
+
+def test_successful_move_shows_only_what_a_native_server_sends(script: Script):
+    sent = script.client(b"c MOVE 1:2 Trash\r\n")
+    assert sent == b"imp1 FETCH 1:2 (UID)\r\nimp2 COPY 1:2 Trash\r\n"
+    sent = script.upstream(
+        b"* 1 FETCH (UID 10)\r\n* 2 FETCH (UID 11)\r\nimp1 OK done\r\n"
+        b"imp2 OK [COPYUID 7 10:11 20:21] Copy completed\r\n"
+    )
+    assert sent == (
+        b"imp3 UID STORE 10:11 +FLAGS.SILENT (\\Deleted)\r\nimp4 UID EXPUNGE 10:11\r\n"
+    )
+    assert script.seen() == b"* OK [COPYUID 7 10:11 20:21] Moved UIDs.\r\n"
+    script.upstream(
+        b"* 1 FETCH (UID 10 MODSEQ (41))\r\n* 2 FETCH (UID 11 MODSEQ (42))\r\nimp3 OK Store\r\n"
+        b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\nimp4 OK Expunge completed\r\n"
+    )
+    assert script.seen() == b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\nc OK Move completed.\r\n"
+
+
+def test_store_is_never_sent_before_copy_succeeds(script: Script):
+    sent = script.client(b"c UID MOVE 10:* Trash\r\n")
+    assert b"STORE" not in sent and b"EXPUNGE" not in sent
+    assert sent == b"imp1 UID SEARCH RETURN (ALL) UID 10:*\r\nimp2 UID COPY 10:* Trash\r\n"
+    assert script.upstream(b'* ESEARCH (TAG "imp1") UID ALL 10:12\r\nimp1 OK\r\n') == b""
+
+
+@pytest.mark.parametrize("status", [b"NO [TRYCREATE] Mailbox doesn't exist", b"NO [OVERQUOTA] Full",
+                                    b"BAD Error in IMAP command", b"NO [NOPERM] Denied"])
+def test_failed_copy_is_reported_like_a_native_move_and_nothing_else_happens(script, status):
+    script.client(b"c MOVE 1:2 Trash\r\n")
+    sent = script.upstream(b"* 1 FETCH (UID 10)\r\nimp1 OK\r\nimp2 " + status + b"\r\n")
+    assert sent == b""  # no STORE, no EXPUNGE
+    assert script.seen() == b"c " + status + b"\r\n"
+
+
+def test_only_messages_the_upstream_confirmed_copied_are_flagged(script: Script):
+    script.client(b"c UID MOVE 1:* Trash\r\n")
+    # the range covers UID 12 too, delivered meanwhile, but COPYUID names only 10 and 11
+    sent = script.upstream(
+        b"* ESEARCH (TAG \"imp1\") UID ALL 10:11\r\nimp1 OK\r\n* 3 EXISTS\r\n"
+        b"imp2 OK [COPYUID 7 10:11 1:2] Done\r\n"
+    )
+    assert b"UID STORE 10:11 " in sent and b"UID EXPUNGE 10:11\r\n" in sent
+    assert script.seen() == b"* 3 EXISTS\r\n* OK [COPYUID 7 10:11 1:2] Moved UIDs.\r\n"
+
+
+def test_without_copyuid_the_uids_found_before_copying_are_used(script: Script):
+    script.client(b"c MOVE 2,4 Trash\r\n")
+    sent = script.upstream(
+        b"* 2 FETCH (UID 12)\r\n* 4 FETCH (UID 14)\r\nimp1 OK\r\nimp2 OK [UIDNOTSTICKY] Done\r\n"
+    )
+    assert b"UID STORE 12,14 " in sent and b"UID EXPUNGE 12,14\r\n" in sent
+    assert b"COPYUID" not in script.seen()  # never invented
+
+
+@pytest.mark.parametrize("failing", ["imp3", "imp4"])
+def test_failure_after_copy_says_what_state_the_messages_are_in(script: Script, failing: str):
+    script.client(b"c MOVE 1 Trash\r\n")
+    script.upstream(b"* 1 FETCH (UID 10)\r\nimp1 OK\r\nimp2 OK [COPYUID 7 10 20] Done\r\n")
+    script.seen()
+    replies = {b"imp3": b"imp3 OK Store\r\n", b"imp4": b"imp4 OK Expunge\r\n"}
+    replies[failing.encode()] = failing.encode() + b" NO [NOPERM] Permission denied\r\n"
+    script.upstream(replies[b"imp3"] + replies[b"imp4"])
+    reply = script.seen()
+    assert reply.startswith(b"c NO [NOPERM] MOVE incomplete:")
+    assert b"both mailboxes" in reply and b"none was lost" in reply
+
+
+def test_unsolicited_responses_from_other_sessions_are_relayed_in_order(script: Script):
+    script.client(b"c UID MOVE 10 Trash\r\n")
+    script.upstream(
+        b'* ESEARCH (TAG "imp1") UID ALL 10\r\n* 3 FETCH (FLAGS (\\Seen) UID 13)\r\nimp1 OK\r\n'
+        b"* 6 EXISTS\r\nimp2 OK [COPYUID 7 10 20] Done\r\n"
+    )
+    script.upstream(
+        b"* 1 FETCH (UID 10 FLAGS (\\Deleted))\r\n* 4 FETCH (UID 14 FLAGS (\\Flagged))\r\n"
+        b"imp3 OK\r\n* 1 EXPUNGE\r\n* 2 EXPUNGE\r\nimp4 OK\r\n"
+    )
+    assert script.seen() == (
+        b"* 3 FETCH (FLAGS (\\Seen) UID 13)\r\n* 6 EXISTS\r\n* OK [COPYUID 7 10 20] Moved UIDs.\r\n"
+        b"* 4 FETCH (UID 14 FLAGS (\\Flagged))\r\n* 1 EXPUNGE\r\n* 2 EXPUNGE\r\nc OK Move completed.\r\n"
+    )
+
+
+def test_qresync_vanished_and_highestmodseq_are_shown_as_native(script: Script):
+    script.client(b"c UID MOVE 10 Trash\r\n")
+    script.upstream(b"imp1 OK\r\nimp2 OK [COPYUID 7 10 20] Done\r\n")
+    script.upstream(b"imp3 OK\r\n* VANISHED 10\r\nimp4 OK [HIGHESTMODSEQ 99] Expunged\r\n")
+    assert script.seen().endswith(b"* VANISHED 10\r\nc OK [HIGHESTMODSEQ 99] Move completed.\r\n")
+
+
+def test_move_waits_for_earlier_commands_and_holds_later_ones(script: Script):
+    assert script.client(b"c FETCH 1 FLAGS\r\nd MOVE 1 Trash\r\ne NOOP\r\n") == b"c FETCH 1 FLAGS\r\n"
+    sent = script.upstream(b"* 1 FETCH (FLAGS ())\r\nc OK Fetch\r\n")
+    assert sent.startswith(b"imp1 FETCH 1 (UID)\r\nimp2 COPY")
+    assert script.client(b"f NOOP\r\n") == b""  # still held
+    sent = script.upstream(b"* 1 FETCH (UID 3)\r\nimp1 OK\r\nimp2 NO [TRYCREATE] No mailbox\r\n")
+    assert sent == b"e NOOP\r\nf NOOP\r\n"
+    assert script.seen() == b"* 1 FETCH (FLAGS ())\r\nc OK Fetch\r\nd NO [TRYCREATE] No mailbox\r\n"
+
+
+@pytest.mark.parametrize(
+    ("mailbox", "encoded"),
+    [
+        (b"{13}\r\nfoo\r\nbar NOOP\r\n", b"{13+}\r\nfoo\r\nbar NOOP\r\n"),
+        (b'"a \\"b\\""\r\n', b'"a \\"b\\""\r\n'),
+        (b"{3+}\r\nabc\r\n", b"abc\r\n"),
+    ],
+)
+def test_mailbox_names_are_re_encoded_so_they_cannot_inject_commands(script, mailbox, encoded):
+    sent = script.client(b"c MOVE 1 " + mailbox)
+    assert sent == b"imp1 FETCH 1 (UID)\r\nimp2 COPY 1 " + encoded
+
+
+def test_synchronizing_literal_mailbox_gets_a_continuation_from_the_proxy(script: Script):
+    assert script.client(b"c MOVE 1 {5}\r\n") == b""
+    assert script.seen() == b"+ Ready for literal data\r\n"
+    assert script.client(b"Trash\r\n").endswith(b"imp2 COPY 1 Trash\r\n")
+
+
+def test_upstream_without_literal_plus_gets_a_synchronizing_literal():
+    s = Script(caps=b"IMAP4rev1 UIDPLUS")
+    s.seen()
+    sent = s.client(b'c MOVE 1 "caf\xc3\xa9"\r\n')
+    assert sent.endswith(b"imp2 COPY 1 {5}\r\n")
+    assert s.upstream(b"+ go ahead\r\n") == b"caf\xc3\xa9\r\n"
+    assert s.seen() == b""  # the upstream's "+" was for the proxy
+
+
+@pytest.mark.parametrize(
+    "command",
+    [b"c MOVE\r\n", b"c MOVE 1\r\n", b"c MOVE x Trash\r\n", b"c MOVE 1 Trash extra\r\n",
+     b"c MOVE 0 Trash\r\n", b'c MOVE 1 "unterminated\r\n', b"c UID MOVE 1: Trash\r\n"],
+)
+def test_bad_move_syntax_gets_bad_and_nothing_is_sent(script: Script, command: bytes):
+    assert script.client(command) == b""
+    assert script.seen().startswith(b"c BAD ")
+
+
+def test_move_with_unknown_capabilities_asks_the_upstream_first():
+    s = Session()
+    s.receive_upstream(GREETING)
+    s.receive_client(b"a LOGIN u p\r\n")
+    s.receive_upstream(b"a OK Logged in\r\n")  # no capability list after login
+    s.receive_client(b"b MOVE 1 Trash\r\n")
+    assert bytes(s.take_to_upstream()).endswith(b"imp1 CAPABILITY\r\n")
+    s.take_to_client()
+    s.receive_upstream(b"* CAPABILITY IMAP4rev1 MOVE UIDPLUS\r\nimp1 OK\r\n")
+    assert bytes(s.take_to_upstream()) == b"b MOVE 1 Trash\r\n"  # native: forwarded as is
+    assert bytes(s.take_to_client()) == b""  # the proxy's CAPABILITY is invisible
+    s.receive_upstream(b"b OK Move completed\r\n")
+    assert bytes(s.take_to_client()) == b"b OK Move completed\r\n"
+
+
+def test_move_pipelined_behind_login_is_not_sent_to_a_legacy_upstream():
+    s = Session()
+    s.receive_upstream(GREETING)
+    sent = s.take_to_upstream()
+    s.receive_client(b"a LOGIN u p\r\nb MOVE 1 Trash\r\n")
+    sent = bytes(s.take_to_upstream())
+    assert sent == b"a LOGIN u p\r\n"
+    s.receive_upstream(b"a OK [CAPABILITY IMAP4rev1 UIDPLUS] Logged in\r\n")
+    assert b"MOVE" not in bytes(s.take_to_upstream())
+
+
+def test_upstream_without_uidplus_gets_the_clients_move_unchanged():
+    s = Script(caps=b"IMAP4rev1 LITERAL+")
+    assert b"MOVE" not in s.seen()
+    assert s.client(b"c MOVE 1 Trash\r\n") == b"c MOVE 1 Trash\r\n"
+
+
+def test_compress_is_refused_and_not_forwarded(script: Script):
+    assert script.client(b"c COMPRESS DEFLATE\r\n") == b""
+    assert script.seen().startswith(b"c NO ")
+
+
+def test_authenticate_and_idle_data_lines_are_passed_as_data():
+    s = Session()
+    s.receive_upstream(GREETING)
+    s.receive_client(b"a AUTHENTICATE PLAIN\r\n")
+    s.receive_upstream(b"+ \r\n")
+    s.receive_client(b"AHUAcA==\r\n")
+    assert bytes(s.take_to_upstream()) == b"a AUTHENTICATE PLAIN\r\nAHUAcA==\r\n"
+    s.receive_upstream(b"a OK [CAPABILITY IMAP4rev1 UIDPLUS IDLE] Logged in\r\n")
+    s.receive_client(b"b IDLE\r\nDONE\r\nc NOOP\r\n")
+    assert bytes(s.take_to_upstream()) == b"b IDLE\r\nDONE\r\nc NOOP\r\n"
+
+
+def test_proxy_replies_never_land_inside_a_relayed_literal(script: Script):
+    script.client(b"c FETCH 1 BODY[]\r\n")
+    script.upstream(b"* 1 FETCH (BODY[] {10}\r\nhello")
+    script.client(b"d COMPRESS DEFLATE\r\n")
+    script.upstream(b"world)\r\nc OK\r\n")
+    assert script.seen() == (
+        b"* 1 FETCH (BODY[] {10}\r\nhelloworld)\r\nd NO COMPRESS is not available through this "
+        b"proxy.\r\nc OK\r\n"
+    )
+
+
+def test_large_uid_sets_are_split_into_short_commands():
+    s = Script(settings=SessionSettings(max_set_bytes=64))
+    s.seen()
+    s.client(b"c UID MOVE 1:100 Trash\r\n")
+    uids = b",".join(b"%d" % n for n in range(1, 100, 2))
+    sent = s.upstream(b"imp1 OK\r\nimp2 OK [COPYUID 7 " + uids + b" 1:50] Done\r\n")
+    lines = sent.split(b"\r\n")[:-1]
+    assert all(len(line) < 64 + 40 for line in lines)
+    stored = b",".join(line.split()[3] for line in lines if b"STORE" in line)
+    assert stored == uids
+    tags = [line.split()[0] for line in lines]
+    s.upstream(b"".join(tag + b" OK\r\n" for tag in tags))
+    assert s.seen().endswith(b"c OK Move completed.\r\n")

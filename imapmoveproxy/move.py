@@ -148,6 +148,8 @@ class MoveEmulation:
         self._failed_step = ""
         self._expunge_ok: Tagged | None = None
         self._store_tags: set[bytes] = set()
+        self._held: list[bytes] = []  # EXISTS/RECENT caused by the COPY, shown after EXPUNGEs
+        self._expunged = 0  # messages the client was told are gone since those were held
 
     @property
     def done(self) -> bool:
@@ -202,12 +204,18 @@ class MoveEmulation:
             if uid is not None:
                 self._prefetched.append(uid)
                 return not _ONLY_UID_RE.match(line)
-        elif self.step is Step.REMOVE:
+        if self.step is Step.COPY and _COUNT_RE.match(line):
+            # A MOVE into the selected mailbox announces the new messages after the expunges,
+            # with the count that follows them; hold the COPY's EXISTS/RECENT back until then.
+            self._held.append(line)
+            return False
+        if self.step is Step.REMOVE:
             # FETCH responses about the messages being moved are caused by our STORE (with
             # CONDSTORE even .SILENT answers with MODSEQ); those about others are relayed.
             uid = fetch_uid(line)
             if uid is not None and uid in self._moving:
                 return False
+            self._expunged += _expunge_count(line)
         elif self.step is Step.CAPABILITY:
             return not _CAPABILITY_UNTAGGED_RE.match(line)
         return True
@@ -293,6 +301,12 @@ class MoveEmulation:
         self._finish(b"NO", failure.code, text.encode())
 
     def _finish(self, status: bytes, code: bytes | None, text: bytes) -> None:
+        for line in self._held:
+            match = _COUNT_RE.match(line)
+            assert match is not None
+            if match.group(2).upper() == b"EXISTS":
+                line = b"* %d EXISTS\r\n" % (int(match.group(1)) - self._expunged)
+            self._emit(line)
         code_part = b"[" + code + b"] " if code else b""
         self._emit(self.request.tag + b" " + status + b" " + code_part + text + b"\r\n")
         self.step = Step.DONE
@@ -301,6 +315,17 @@ class MoveEmulation:
 _SEARCH_RE = re.compile(rb"\* (?:E?SEARCH)\b", re.IGNORECASE)
 _ONLY_UID_RE = re.compile(rb"\* \d+ FETCH \((?:UID \d+|MODSEQ \(\d+\)| )+\)\r?\n$", re.IGNORECASE)
 _CAPABILITY_UNTAGGED_RE = re.compile(rb"\* CAPABILITY ", re.IGNORECASE)
+_COUNT_RE = re.compile(rb"\* (\d+) (EXISTS|RECENT)\r?\n$", re.IGNORECASE)
+_EXPUNGE_RE = re.compile(rb"\* \d+ EXPUNGE\r?\n$", re.IGNORECASE)
+_VANISHED_RE = re.compile(rb"\* VANISHED ([0-9:,]+)\r?\n$", re.IGNORECASE)
+
+
+def _expunge_count(line: bytes) -> int:
+    """How many messages an EXPUNGE or (not EARLIER) VANISHED response removes."""
+    if _EXPUNGE_RE.match(line):
+        return 1
+    match = _VANISHED_RE.match(line)
+    return len(expand_uid_set(match.group(1))) if match else 0
 
 
 def _search_uids(line: bytes) -> list[int]:

@@ -1,0 +1,84 @@
+"""pytest fixtures starting real IMAP servers (see tests/servers.py).
+
+Session-scoped servers (one instance each per test session, stopped at session end):
+
+* ``dovecot_legacy``: Dovecot 2.3 that does not advertise MOVE (but has UIDPLUS, CONDSTORE...).
+* ``dovecot_native``: Dovecot 2.3 with its default capabilities (MOVE advertised).
+* ``imap4d``: GNU Mailutils imap4d (neither MOVE nor UIDPLUS).
+
+Each is a :class:`servers.ImapServer` with ``.host``, ``.port``, ``.password``, ``.log_path``,
+``new_user()``, ``seed(user, mailbox, messages)``, ``connect(user)`` and ``received_bytes()``.
+Use a fresh ``new_user()`` in every test: users are isolated from each other.
+
+A missing server binary makes the fixture FAIL (never skip): the integration tests are the
+point of this suite.  Install the servers with ``.ci/run`` (Debian 12).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from servers import (
+    DovecotServer,
+    Imap4dServer,
+    ImapServer,
+    ServerError,
+    ServerNotInstalled,
+)
+
+
+def _serve(factory: Callable[[], ImapServer]) -> Iterator[ImapServer]:
+    server: ImapServer | None = None
+    failure: str | None = None
+    try:
+        server = factory()
+        server.start()
+    except ServerNotInstalled as exc:
+        failure = (
+            f"IMAP test server not installed: {exc}\nInstall dovecot-imapd and "
+            "mailutils-imap4d (e.g. run .ci/run as root on Debian 12)."
+        )
+    except ServerError as exc:
+        failure = f"IMAP test server failed to start: {exc}"
+    if failure is not None or server is None:
+        if server is not None:
+            server.stop()
+        pytest.fail(failure or "no server", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def dovecot_legacy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
+    """Dovecot 2.3 without MOVE in its CAPABILITY list (UIDPLUS present)."""
+    root = tmp_path_factory.mktemp("dovecot-legacy")
+    yield from _serve(lambda: DovecotServer(root, variant="legacy"))
+
+
+@pytest.fixture(scope="session")
+def dovecot_native(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
+    """Dovecot 2.3 with default capabilities (MOVE advertised)."""
+    root = tmp_path_factory.mktemp("dovecot-native")
+    yield from _serve(lambda: DovecotServer(root, variant="native"))
+
+
+@pytest.fixture(scope="session")
+def imap4d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
+    """GNU Mailutils imap4d: neither MOVE nor UIDPLUS."""
+    root = tmp_path_factory.mktemp("imap4d")
+    yield from _serve(lambda: Imap4dServer(root))
+
+
+@pytest.fixture(params=["dovecot_legacy", "imap4d"])
+def moveless_server(request: pytest.FixtureRequest) -> ImapServer:
+    """Each server lacking MOVE in turn (parametrised: legacy Dovecot, then imap4d)."""
+    server: ImapServer = request.getfixturevalue(request.param)
+    return server

@@ -1,0 +1,146 @@
+"""Test harness: the proxy as a real process, and a raw IMAP client that records every byte.
+
+The raw client deliberately does not use the proxy's own framing code, so a framing bug in the
+proxy cannot hide itself in the tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from servers import HOST, find_free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ProxyProcess:
+    """``python -m imapmoveproxy`` listening on 127.0.0.1, in front of ``upstream``."""
+
+    def __init__(self, upstream: tuple[str, int], log_path: Path, *extra: str) -> None:
+        self.port = find_free_port()
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        command = [
+            sys.executable, "-m", "imapmoveproxy",
+            "--listen", f"{HOST}:{self.port}",
+            "--upstream", f"{upstream[0]}:{upstream[1]}",
+            "--log-level", "debug", *extra,
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"proxy exited: {self.log_text()}")
+            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), 0.5):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"proxy did not start listening: {self.log_text()}")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return HOST, self.port
+
+    def log_text(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+
+
+@contextlib.contextmanager
+def running_proxy(upstream: tuple[str, int], log_path: Path, *extra: str) -> Iterator[ProxyProcess]:
+    proxy = ProxyProcess(upstream, log_path, *extra)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+class RawClient:
+    """Sends raw command bytes and reads responses up to a tagged one, literals included."""
+
+    def __init__(self, address: tuple[str, int], timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(address, timeout)
+        self.sock.settimeout(timeout)
+        self._buf = b""
+        self.greeting = self._read_response()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError(f"connection closed; unread: {self._buf!r}")
+        self._buf += chunk
+
+    def _read_line(self) -> bytes:
+        while (end := self._buf.find(b"\r\n")) < 0:
+            self._fill()
+        line, self._buf = self._buf[: end + 2], self._buf[end + 2 :]
+        return line
+
+    def _read_response(self) -> bytes:
+        """One whole response: a line, plus literals and continuation lines it announces."""
+        response = self._read_line()
+        while (match := re.search(rb"\{(\d+)\}\r\n$", response)) is not None:
+            size = int(match.group(1))
+            while len(self._buf) < size:
+                self._fill()
+            response += self._buf[:size]
+            self._buf = self._buf[size:]
+            response += self._read_line()
+        return response
+
+    def read_until(self, tag: bytes) -> list[bytes]:
+        """All responses up to and including the tagged one for ``tag``."""
+        responses = []
+        for _ in range(1_000_000):
+            response = self._read_response()
+            responses.append(response)
+            if response.startswith(tag + b" "):
+                return responses
+        raise AssertionError("no tagged response")
+
+    def command(self, tag: bytes, command: bytes) -> list[bytes]:
+        self.send(tag + b" " + command + b"\r\n")
+        return self.read_until(tag)
+
+    def continuation(self) -> bytes:
+        response = self._read_response()
+        assert response.startswith(b"+"), response
+        return response
+
+    def login(self, user: str, password: str) -> list[bytes]:
+        replies = self.command(b"L1", f'LOGIN "{user}" "{password}"'.encode())
+        assert replies[-1].startswith(b"L1 OK"), replies
+        return replies

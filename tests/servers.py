@@ -1,0 +1,727 @@
+"""Launchers for real IMAP servers on 127.0.0.1, used by the test-suite.
+
+Two implementations are supported:
+
+* Dovecot 2.3 (``dovecot-imapd``), in two variants:
+
+  - ``legacy``: ``imap_capability`` is Dovecot's default post-login list minus ``MOVE``
+    (UIDPLUS, CONDSTORE, QRESYNC, ... are still advertised).  Note that Dovecot still
+    *implements* MOVE, it just does not advertise it: use :meth:`DovecotServer.received_bytes`
+    to prove that a ``MOVE`` command never reached it.
+  - ``native``: the default capability list (MOVE advertised).
+
+  Authentication is ``passdb static``: any user name works with :attr:`ImapServer.password`,
+  so every test can use a fresh, isolated mailbox tree (:meth:`ImapServer.new_user`).
+  Mail is stored as the unprivileged ``nobody`` user in a maildir under ``<root>/home/<user>``.
+  The raw client->server traffic of every post-login IMAP session is recorded with Dovecot's
+  ``rawlog_dir`` setting.
+
+* GNU Mailutils ``imap4d`` (``mailutils-imap4d``): no MOVE, no UIDPLUS.  Users are "virtual
+  domain" users (``virtdomain`` authorization + ``generic`` crypt(3) authentication) stored in
+  a passwd-format file ``<root>/virtdomain/test``; user names therefore look like
+  ``u1a2b3c4@test``.  New users are added to that file on the fly.  Mailboxes are mbox files
+  in ``<root>/home/<user>``.  imap4d's session transcript (``C:``/``S:`` lines) goes to its
+  log file.
+
+Everything (config, pid, sockets, logs, mail) lives below a caller supplied directory; nothing
+touches the system configuration or ``/run/dovecot``.  The servers must be started as root
+(Dovecot needs to switch to ``dovenull``/``dovecot``/``nobody``).
+
+Typical use::
+
+    with DovecotServer(tmp_dir, variant="legacy") as server:
+        user = server.new_user()
+        server.seed(user, "INBOX", [make_message("hello")])
+        imap = server.connect(user)
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import email.utils
+import errno
+import imaplib
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import ClassVar, Literal, Self
+
+HOST = "127.0.0.1"
+DEFAULT_PASSWORD = "imap-test-secret"
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+PORT_ATTEMPTS = 5
+
+# Dovecot 2.3.19 built-in post-login capability string (CAPABILITY_STRING).  With the default
+# (empty) imap_capability Dovecot appends "LITERAL+" and, with mailbox list indexes enabled
+# (the default), "NOTIFY" itself; with an explicit imap_capability it appends neither, so the
+# legacy list spells them out.
+DOVECOT_DEFAULT_CAPABILITY = (
+    "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY THREAD=REFERENCES "
+    "THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL CATENATE UNSELECT CHILDREN "
+    "NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 CONDSTORE QRESYNC ESEARCH ESORT SEARCHRES "
+    "WITHIN CONTEXT=SEARCH LIST-STATUS BINARY MOVE SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW "
+    "STATUS=SIZE SAVEDATE"
+)
+DOVECOT_LEGACY_CAPABILITY = " ".join(
+    [cap for cap in DOVECOT_DEFAULT_CAPABILITY.split() if cap != "MOVE"] + ["LITERAL+", "NOTIFY"]
+)
+
+# Unix socket paths must fit in sun_path (108 bytes); Dovecot's longest socket name below
+# base_dir is "login/imap-urlauth" / "imap-urlauth-worker" (~20 bytes).
+_MAX_BASE_DIR_LEN = 80
+
+# crypt(3) SHA-512 hash of DEFAULT_PASSWORD (``openssl passwd -6 -salt imapmoveproxy ...``),
+# precomputed so that we need neither the deprecated ``crypt`` module nor openssl at run time.
+_IMAP4D_PASSWORD_HASH = (
+    "$6$imapmoveproxy$nmfxTtCrFcuU6JDr2Sp4NQAvoOK5pJpPXMoYqBYtuYsgJ1r1EoRzlq0t6/lzPEbbhZ5KWCV/"
+    "OA12Eyld1393r1"
+)
+
+_RAWLOG_TIMESTAMP = re.compile(rb"^\d+\.\d{6} ", re.MULTILINE)
+_SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+_PR_SET_PDEATHSIG = 1
+
+
+class ServerError(RuntimeError):
+    """A test IMAP server could not be started (or misbehaved)."""
+
+
+class ServerNotInstalled(ServerError):
+    """The server binary (or a system user it needs) is missing."""
+
+
+def find_free_port(host: str = HOST) -> int:
+    """Return a TCP port that was free a moment ago (the caller must retry on EADDRINUSE)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_binary(name: str) -> str:
+    """Locate ``name`` in $PATH or the sbin directories, or raise ServerNotInstalled."""
+    path = os.environ.get("PATH", "")
+    found = shutil.which(name, path=os.pathsep.join([path, *_SBIN_DIRS]))
+    if found is None:
+        raise ServerNotInstalled(f"{name!r} not found in $PATH or {', '.join(_SBIN_DIRS)}")
+    return found
+
+
+def make_traversable(path: Path) -> None:
+    """Add o+x to ``path`` and its ancestors we own, so unprivileged daemons can reach it.
+
+    pytest creates its base temp directory with mode 0700; the mail user (``nobody``) and
+    Dovecot's internal users must be able to traverse it.
+    """
+    euid = os.geteuid()
+    for directory in [path, *path.parents]:
+        st = directory.stat()
+        if st.st_uid == euid and not st.st_mode & stat.S_IXOTH:
+            directory.chmod(stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+
+
+def make_message(
+    subject: str,
+    body: str = "Hello.\r\n",
+    *,
+    sender: str = "sender@example.com",
+    to: str = "rcpt@example.com",
+) -> bytes:
+    """Build a small RFC 5322 message (with From/Date/Message-ID, CRLF line endings)."""
+    headers = [
+        f"From: {sender}",
+        f"To: {to}",
+        f"Subject: {subject}",
+        f"Date: {email.utils.formatdate(localtime=False)}",
+        f"Message-ID: <{uuid.uuid4().hex}@imapmoveproxy.test>",
+    ]
+    return ("\r\n".join(headers) + "\r\n\r\n" + body).encode()
+
+
+def quote_mailbox(name: str) -> str:
+    """Quote a mailbox name as an IMAP quoted string (imaplib does not do it)."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
+    """Ask the kernel to SIGTERM the server if the test process dies (Linux only)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+class ImapServer:
+    """Common part: process lifecycle, readiness polling, users, seeding."""
+
+    kind: ClassVar[str] = "imap"
+
+    def __init__(self, root: Path, *, name: str, password: str = DEFAULT_PASSWORD) -> None:
+        self.root = Path(root).resolve()
+        self.name = name
+        self.host = HOST
+        self.port = 0
+        self.password = password
+        self.log_path = self.root / "server.log"
+        self.stdout_path = self.root / "stdout.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._user_counter = 0
+        self._lock = threading.Lock()
+        mail_user = self._mail_user()
+        self.mail_uid = mail_user.pw_uid
+        self.mail_gid = mail_user.pw_gid
+
+    # -- to be provided by subclasses -------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """Create directories (once)."""
+        raise NotImplementedError
+
+    def _write_config(self) -> None:
+        """(Re)write the configuration for ``self.port``."""
+        raise NotImplementedError
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _greeting_ok(self, greeting: bytes) -> bool:
+        return greeting.startswith(b"* OK")
+
+    def _add_user(self, user: str) -> None:
+        """Make ``user`` able to log in with ``self.password`` (if needed)."""
+
+    def _user_name(self, local: str) -> str:
+        return local
+
+    def received_bytes(self, user: str | None = None) -> bytes:
+        raise NotImplementedError
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _mail_user() -> pwd.struct_passwd:
+        try:
+            return pwd.getpwnam("nobody")
+        except KeyError:
+            raise ServerNotInstalled("system user 'nobody' does not exist") from None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def start(self) -> Self:
+        if self.proc is not None:
+            raise ServerError(f"{self.name}: already started")
+        if os.geteuid() != 0:
+            raise ServerError(f"{self.name}: the test IMAP servers must be started as root")
+        self.root.mkdir(parents=True, exist_ok=True)
+        make_traversable(self.root)
+        self._prepare()
+        errors: list[str] = []
+        try:
+            for _attempt in range(PORT_ATTEMPTS):
+                self.port = find_free_port(self.host)
+                self._write_config()
+                outcome = self._spawn_and_wait()
+                if outcome == "ready":
+                    _RUNNING.add(self)
+                    return self
+                errors.append(outcome)
+                if outcome != "port-in-use":
+                    break
+        except BaseException:
+            self.stop()
+            raise
+        raise ServerError(
+            f"{self.name}: could not start ({'; '.join(errors)}).\n"
+            f"--- {self.stdout_path} ---\n{_tail(self.stdout_path)}\n"
+            f"--- {self.log_path} ---\n{_tail(self.log_path)}"
+        )
+
+    def _spawn_and_wait(self) -> str:
+        cmd = self._command()
+        offsets = {path: _size(path) for path in (self.stdout_path, self.log_path)}
+        preexec = _set_pdeathsig if threading.current_thread() is threading.main_thread() else None
+        with self.stdout_path.open("ab") as out:
+            out.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(cmd)}\n".encode())
+            out.flush()
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+                start_new_session=True,
+                preexec_fn=preexec,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._kill()  # reap leftovers of its process group, if any
+                text = "".join(_read_from(path, offset) for path, offset in offsets.items())
+                if "Address already in use" in text:
+                    return "port-in-use"
+                return "server exited during startup"
+            if self._probe() and _owns_listener(self.proc.pid, self.host, self.port):
+                return "ready"
+            time.sleep(0.05)
+        self._kill()
+        return f"not ready after {START_TIMEOUT:.0f} s"
+
+    def _probe(self) -> bool:
+        try:
+            with socket.create_connection(self.address, timeout=1.0) as sock:
+                sock.settimeout(2.0)
+                greeting = b""
+                while not greeting.endswith(b"\n") and len(greeting) < 4096:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    greeting += chunk
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"z LOGOUT\r\n")
+                return self._greeting_ok(greeting)
+        except OSError:
+            return False
+
+    def _kill(self) -> None:
+        proc = self.proc
+        self.proc = None
+        if proc is None:
+            return
+        pgid = proc.pid  # start_new_session=True: the server leads its own process group
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=STOP_TIMEOUT)
+        # Children (imap, imap-login, imap4d session processes...) may linger: kill the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=STOP_TIMEOUT)
+
+    def stop(self) -> None:
+        """Stop the server and every process of its process group.  Idempotent."""
+        _RUNNING.discard(self)
+        self._kill()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.host}:{self.port}>"
+
+    # -- users and mail -------------------------------------------------------------------------
+
+    def new_user(self, prefix: str = "u") -> str:
+        """Return a fresh user name (own, empty mailboxes) that logs in with ``password``."""
+        with self._lock:
+            self._user_counter += 1
+            local = f"{prefix}{self._user_counter}x{uuid.uuid4().hex[:8]}"
+            user = self._user_name(local)
+            self._add_user(user)
+        return user
+
+    def connect(self, user: str | None = None, *, timeout: float = 10.0) -> imaplib.IMAP4:
+        """Return an imaplib connection, logged in as ``user`` (or not logged in if None)."""
+        imap = imaplib.IMAP4(self.host, self.port, timeout=timeout)
+        if user is not None:
+            try:
+                imap.login(user, self.password)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    imap.shutdown()
+                raise
+        return imap
+
+    def seed(
+        self,
+        user: str,
+        mailbox: str,
+        messages: Iterable[bytes],
+        *,
+        flags: Sequence[str] = (),
+    ) -> int:
+        """APPEND ``messages`` to ``mailbox`` (created if needed); return its message count."""
+        imap = self.connect(user)
+        try:
+            if mailbox.upper() != "INBOX":
+                typ, data = imap.create(quote_mailbox(mailbox))
+                if typ != "OK" and not _already_exists(data):
+                    raise ServerError(f"CREATE {mailbox!r} failed: {typ} {data!r}")
+            flag_list = "(" + " ".join(flags) + ")" if flags else None
+            for message in messages:
+                # Always pass an internal date: imap4d refuses an APPEND without one when the
+                # message has no From: header ("NO APPEND [TRYCREATE] failed").
+                date = imaplib.Time2Internaldate(time.time())
+                typ, data = imap.append(quote_mailbox(mailbox), flag_list, date, message)
+                if typ != "OK":
+                    raise ServerError(f"APPEND to {mailbox!r} failed: {typ} {data!r}")
+            typ, data = imap.status(quote_mailbox(mailbox), "(MESSAGES)")
+            if typ != "OK" or not data or not isinstance(data[0], bytes):
+                raise ServerError(f"STATUS {mailbox!r} failed: {typ} {data!r}")
+            match = re.search(rb"MESSAGES (\d+)", data[0])
+            if match is None:
+                raise ServerError(f"unexpected STATUS reply {data!r}")
+            return int(match.group(1))
+        finally:
+            with contextlib.suppress(Exception):
+                imap.logout()
+
+    def capabilities(self, user: str | None = None) -> tuple[list[str], list[str]]:
+        """Return (pre-login, post-login) CAPABILITY lists (logs in as a new user if None)."""
+        imap = self.connect()
+        try:
+            pre = [c.upper() for c in imap.capabilities]
+            imap.login(user or self.new_user(), self.password)
+            typ, data = imap.capability()
+            if typ != "OK" or not data or not isinstance(data[0], bytes):
+                raise ServerError(f"CAPABILITY failed: {typ} {data!r}")
+            post = data[0].decode().upper().split()
+            return pre, post
+        finally:
+            with contextlib.suppress(Exception):
+                imap.logout()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class DovecotServer(ImapServer):
+    """A private Dovecot 2.3 instance (``legacy`` = no MOVE advertised, ``native`` = MOVE)."""
+
+    kind = "dovecot"
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        variant: Literal["legacy", "native"] = "native",
+        name: str | None = None,
+        password: str = DEFAULT_PASSWORD,
+        extra_config: str = "",
+    ) -> None:
+        super().__init__(root, name=name or f"dovecot-{variant}", password=password)
+        if variant not in ("legacy", "native"):
+            raise ValueError(f"unknown Dovecot variant {variant!r}")
+        self.variant = variant
+        self.extra_config = extra_config
+        self.config_path = self.root / "dovecot.conf"
+        self.home_dir = self.root / "home"
+        self.state_dir = self.root / "state"
+        self.base_dir = self.root / "run"
+        self._short_base_dir: str | None = None
+        for user in ("dovenull", "dovecot"):
+            try:
+                pwd.getpwnam(user)
+            except KeyError:
+                raise ServerNotInstalled(
+                    f"system user {user!r} missing: is dovecot-imapd installed? (see .ci/run)"
+                ) from None
+
+    def _prepare(self) -> None:
+        if len(str(self.base_dir)) > _MAX_BASE_DIR_LEN:
+            if self._short_base_dir is None:
+                self._short_base_dir = tempfile.mkdtemp(prefix="imp-dovecot-")
+            self.base_dir = Path(self._short_base_dir)
+        for directory in (self.state_dir, self.base_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.home_dir.mkdir(exist_ok=True)
+        os.chown(self.home_dir, self.mail_uid, self.mail_gid)
+        self.home_dir.chmod(0o755)
+        make_traversable(self.base_dir)
+
+    def _command(self) -> list[str]:
+        return [find_binary("dovecot"), "-F", "-c", str(self.config_path)]
+
+    def _greeting_ok(self, greeting: bytes) -> bool:
+        return greeting.startswith(b"* OK") and self._greeting_text().encode() in greeting
+
+    def _greeting_text(self) -> str:
+        return f"imapmoveproxy-test {self.name} ready."
+
+    def _write_config(self) -> None:
+        if self.variant == "legacy":
+            capability = f"imap_capability = {DOVECOT_LEGACY_CAPABILITY}"
+        else:
+            capability = "# imap_capability: Dovecot default (MOVE advertised)"
+        log = self.log_path
+        self.config_path.write_text(
+            f"""# Generated by tests/servers.py for {self.name}
+base_dir = {self.base_dir}
+state_dir = {self.state_dir}
+instance_name = imapmoveproxy-{self.name}-{self.port}
+protocols = imap
+listen = {self.host}
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_verbose = yes
+# No delay after failed logins (and no anvil auth penalty below): keeps negative tests fast.
+auth_failure_delay = 0
+log_path = {log}
+info_log_path = {log}
+debug_log_path = {log}
+login_greeting = {self._greeting_text()}
+default_login_user = dovenull
+default_internal_user = dovecot
+default_internal_group = dovecot
+default_process_limit = 500
+default_client_limit = 2000
+first_valid_uid = {self.mail_uid}
+last_valid_uid = {self.mail_uid}
+first_valid_gid = {self.mail_gid}
+last_valid_gid = {self.mail_gid}
+mail_location = maildir:~/Maildir
+mail_fsync = never
+# Raw IMAP traffic (post-login) of every session, if the directory exists (see new_user()).
+rawlog_dir = %h/rawlog
+{capability}
+
+passdb {{
+  driver = static
+  args = password={self.password}
+}}
+userdb {{
+  driver = static
+  args = uid={self.mail_uid} gid={self.mail_gid} home={self.home_dir}/%u
+}}
+namespace inbox {{
+  inbox = yes
+  separator = /
+}}
+protocol imap {{
+  mail_max_userip_connections = 1000
+}}
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = {self.host}
+    port = {self.port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+{self.extra_config}
+"""
+        )
+
+    def _add_user(self, user: str) -> None:
+        # passdb/userdb are static: any name works.  Pre-create home and rawlog directory
+        # (Dovecot only writes rawlogs into an existing directory).
+        home = self.home_dir / user
+        rawlog = home / "rawlog"
+        rawlog.mkdir(parents=True)
+        for directory in (home, rawlog):
+            os.chown(directory, self.mail_uid, self.mail_gid)
+            directory.chmod(0o700)
+
+    def rawlog_files(self, user: str | None = None) -> list[Path]:
+        pattern = f"{user}/rawlog/*.in" if user is not None else "*/rawlog/*.in"
+        return sorted(self.home_dir.glob(pattern), key=lambda p: (p.stat().st_mtime, p.name))
+
+    def received_bytes(self, user: str | None = None) -> bytes:
+        """All bytes clients sent after LOGIN (rawlog ``*.in``), timestamps stripped.
+
+        Only sessions of users created by :meth:`new_user` are recorded; pre-login traffic
+        (CAPABILITY, LOGIN, AUTHENTICATE, STARTTLS...) is handled by imap-login and never
+        recorded.  With ``user`` only that user's sessions are returned.
+        """
+        return b"".join(
+            _RAWLOG_TIMESTAMP.sub(b"", path.read_bytes()) for path in self.rawlog_files(user)
+        )
+
+    def stop(self) -> None:
+        super().stop()
+        if self._short_base_dir is not None:
+            shutil.rmtree(self._short_base_dir, ignore_errors=True)
+            self._short_base_dir = None
+
+
+class Imap4dServer(ImapServer):
+    """A private GNU Mailutils imap4d daemon (no MOVE, no UIDPLUS)."""
+
+    kind = "imap4d"
+    DOMAIN: ClassVar[str] = "test"
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        name: str = "imap4d",
+        extra_config: str = "",
+    ) -> None:
+        # The password is fixed: the passwd file holds a precomputed hash of it.
+        super().__init__(root, name=name, password=DEFAULT_PASSWORD)
+        self.extra_config = extra_config
+        self.config_path = self.root / "imap4d.conf"
+        self.home_dir = self.root / "home"
+        self.passwd_dir = self.root / "virtdomain"
+        # imap4d logs (incl. the session transcript) to stderr, captured in stdout.log.
+        self.log_path = self.stdout_path
+
+    def _prepare(self) -> None:
+        self.home_dir.mkdir(exist_ok=True)
+        self.home_dir.chmod(0o755)
+        self.passwd_dir.mkdir(exist_ok=True)
+        (self.passwd_dir / self.DOMAIN).touch()
+
+    def _command(self) -> list[str]:
+        return [find_binary("imap4d"), f"--config-file={self.config_path}"]
+
+    def _write_config(self) -> None:
+        self.config_path.write_text(
+            f"""# Generated by tests/servers.py for {self.name}
+mode daemon;
+foreground yes;
+max-children 200;
+create-home-dir yes;
+home-dir-mode 0700;
+logging {{
+  syslog no;
+  severity debug;
+}};
+tcp-wrappers {{
+  enable no;
+}};
+auth {{
+  authorization virtdomain;
+  authentication generic;
+}};
+virtdomain {{
+  passwd-dir "{self.passwd_dir}";
+}};
+server {self.host}:{self.port} {{
+  transcript yes;
+}};
+{self.extra_config}
+"""
+        )
+
+    def _user_name(self, local: str) -> str:
+        return f"{local}@{self.DOMAIN}"
+
+    def _add_user(self, user: str) -> None:
+        local = user.partition("@")[0]
+        home = self.home_dir / local
+        # imap4d runs virtdomain sessions as root (no setuid).  Pre-create the INBOX: imap4d
+        # only creates it on SELECT/EXAMINE, an APPEND to a missing INBOX fails with TRYCREATE.
+        home.mkdir(mode=0o700)
+        (home / "INBOX").touch(mode=0o600)
+        line = f"{local}:{_IMAP4D_PASSWORD_HASH}:{self.mail_uid}:{self.mail_gid}::{home}:/bin/false"
+        with (self.passwd_dir / self.DOMAIN).open("a") as passwd:
+            passwd.write(line + "\n")
+
+    def received_bytes(self, user: str | None = None) -> bytes:
+        """Client lines from imap4d's transcript (``C:`` lines), CRLF terminated.
+
+        Reconstructed, not raw: literal data shows as ``(data...)``, LOGIN passwords as
+        ``"***"``.  ``user`` is not supported (transcripts are not tagged with the user).
+        """
+        if user is not None:
+            raise NotImplementedError("imap4d transcripts cannot be filtered by user")
+        lines = []
+        for line in self.log_text().splitlines():
+            _, sep, rest = line.partition(": C: ")
+            if sep:
+                lines.append(rest.encode() + b"\r\n")
+        return b"".join(lines)
+
+
+def _already_exists(data: list[object]) -> bool:
+    text = b" ".join(d for d in data if isinstance(d, bytes)).upper()
+    return b"ALREADYEXISTS" in text or b"EXISTS" in text
+
+
+def _owns_listener(pid: int, host: str, port: int) -> bool:
+    """True if process ``pid`` holds the LISTEN socket on host:port (Linux /proc check).
+
+    Guards against a foreign server that grabbed the port between find_free_port() and our
+    bind (our server then exits, but it may still be alive while we probe).  Without a
+    readable /proc the check is skipped.
+    """
+    local = f"{socket.htonl(int.from_bytes(socket.inet_aton(host), 'big')):08X}:{port:04X}"
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return True
+    inodes = {
+        fields[9]
+        for fields in (line.split() for line in lines)
+        if len(fields) > 9 and fields[1] == local and fields[3] == "0A"
+    }
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _tail(path: Path, limit: int = 3000) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            return f.read().decode(errors="replace")
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return "(missing)"
+        return f"(unreadable: {exc})"
+
+
+# Safety net: stop whatever is still running when the interpreter exits.
+_RUNNING: set[ImapServer] = set()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_RUNNING):
+        server.stop()

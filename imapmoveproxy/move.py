@@ -11,10 +11,12 @@ The sequence of upstream commands, each step only after the previous one's tagge
 1. ``FETCH set (UID)`` (``UID SEARCH UID set`` for UID MOVE) pipelined with ``[UID] COPY set mbox``.
    The first one records which UIDs the set names right before the COPY, in case the COPY's
    tagged OK carries no COPYUID (RFC 4315 allows that); it is never used instead of COPYUID.
-2. After COPY's tagged OK only: ``UID STORE uids +FLAGS.SILENT (\\Deleted)`` and
-   ``UID EXPUNGE uids``, pipelined, where ``uids`` are the messages the upstream confirmed it
-   copied. UID EXPUNGE only removes messages of that set that carry ``\\Deleted``, all of which
-   have been copied, so pipelining the two cannot lose mail.
+2. After COPY's tagged OK only: ``UID STORE uids +FLAGS.SILENT (\\Deleted)``, where ``uids`` are
+   the messages the upstream confirmed it copied (split into several commands if long).
+3. After every STORE's tagged reply: ``UID EXPUNGE uids``. It only removes messages of that set
+   that carry ``\\Deleted``, all of which have been copied. The two are not pipelined: servers may
+   run pipelined commands concurrently (Dovecot does), and an EXPUNGE that overtakes its STORE
+   would leave messages flagged and in both mailboxes.
 """
 
 from __future__ import annotations
@@ -118,7 +120,8 @@ class Step(enum.Enum):
     CAPABILITY = "capability"  # learning the upstream's capabilities after authentication
     FORWARD = "forward"  # upstream has MOVE, or cannot support emulation: sent as it is
     COPY = "copy"
-    REMOVE = "remove"  # STORE \Deleted and UID EXPUNGE
+    FLAG = "flag"  # UID STORE +FLAGS.SILENT (\Deleted)
+    EXPUNGE = "expunge"  # UID EXPUNGE
     DONE = "done"
 
 
@@ -128,11 +131,13 @@ class MoveEmulation:
     def __init__(
         self,
         request: MoveRequest,
+        read_only: bool,
         new_tag: TagSource,
         emit: Callable[[bytes], None],
         max_set_bytes: int = 8192,
     ) -> None:
         self.request = request
+        self._read_only = read_only
         self._new_tag = new_tag
         self._emit = emit
         self._max_set_bytes = max_set_bytes
@@ -147,7 +152,7 @@ class MoveEmulation:
         self._failure: Tagged | None = None
         self._failed_step = ""
         self._expunge_ok: Tagged | None = None
-        self._store_tags: set[bytes] = set()
+        self._remove_sets: list[bytes] = []  # the UID sets flagged, then expunged
         self._held: list[bytes] = []  # EXISTS/RECENT caused by the COPY, shown after EXPUNGEs
         self._expunged = 0  # messages the client was told are gone since those were held
 
@@ -180,6 +185,12 @@ class MoveEmulation:
             self.outcome = "native" if caps.native_move else "refused"
             prefix = request.tag + b" " + uid + b"MOVE " + request.sequence_set + b" "
             return [astring_segments(prefix, request.mailbox, caps)]
+        if self._read_only:
+            # COPY would succeed and the expunge be ignored, leaving every message in both
+            # mailboxes: refuse before anything is copied.
+            self.outcome = "read-only"
+            self._finish(b"NO", b"READ-ONLY", b"Mailbox is read-only, messages cannot be moved.")
+            return []
         self.step = Step.COPY
         self._prefetch_tag = self._new_tag()
         self._copy_tag = self._new_tag()
@@ -209,7 +220,7 @@ class MoveEmulation:
             # with the count that follows them; hold the COPY's EXISTS/RECENT back until then.
             self._held.append(line)
             return False
-        if self.step is Step.REMOVE:
+        if self.step in (Step.FLAG, Step.EXPUNGE):
             # FETCH responses about the messages being moved are caused by our STORE (with
             # CONDSTORE even .SILENT answers with MODSEQ); those about others are relayed.
             uid = fetch_uid(line)
@@ -236,14 +247,16 @@ class MoveEmulation:
             if self._pending:
                 return []
             return self._after_copy()
-        # Step.REMOVE
         if reply.status != b"OK" and self._failure is None:
             self._failure = reply
-            self._failed_step = "flagging" if reply.tag in self._store_tags else "expunging"
-        elif reply.status == b"OK" and reply.tag not in self._store_tags:
+            self._failed_step = "flagging" if self.step is Step.FLAG else "expunging"
+        elif self.step is Step.EXPUNGE:
             self._expunge_ok = reply
-        if not self._pending:
-            self._report_removal()
+        if self._pending:
+            return []
+        if self.step is Step.FLAG:
+            return self._commands(Step.EXPUNGE, b"UID EXPUNGE %s\r\n")
+        self._report_removal()
         return []
 
     def forwarded_tagged_line(self, line: bytes) -> bool:
@@ -270,16 +283,17 @@ class MoveEmulation:
             self.outcome = "emulated"
             self._finish(b"OK", None, b"No messages found.")
             return []
-        self.step = Step.REMOVE
+        self._remove_sets = chunk_set(compress_uids(list(self._moving)), self._max_set_bytes)
+        return self._commands(Step.FLAG, b"UID STORE %s +FLAGS.SILENT (\\Deleted)\r\n")
+
+    def _commands(self, step: Step, template: bytes) -> list[UpstreamCommand]:
+        """One command per UID set of the messages being moved, all pipelined in one step."""
+        self.step = step
         commands: list[UpstreamCommand] = []
-        for uid_set in chunk_set(compress_uids(list(self._moving)), self._max_set_bytes):
-            store_tag, expunge_tag = self._new_tag(), self._new_tag()
-            self._store_tags.add(store_tag)
-            self._pending.update((store_tag, expunge_tag))
-            commands.append(
-                [store_tag + b" UID STORE " + uid_set + b" +FLAGS.SILENT (\\Deleted)\r\n"]
-            )
-            commands.append([expunge_tag + b" UID EXPUNGE " + uid_set + b"\r\n"])
+        for uid_set in self._remove_sets:
+            tag = self._new_tag()
+            self._pending.add(tag)
+            commands.append([tag + b" " + template % uid_set])
         return commands
 
     def _report_removal(self) -> None:

@@ -22,12 +22,44 @@ RECEIVE_SIZE = 65536
 UNAVAILABLE = b"* BYE [UNAVAILABLE] Upstream server not available, try again later.\r\n"
 
 
+class MoveLocks:
+    """One lock per source mailbox, so this process never runs two of its MOVEs at once.
+
+    Keys are UIDVALIDITY values: two mailboxes that share one (different users, say) are merely
+    serialised, which costs a little time and never correctness.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[bytes, tuple[trio.Semaphore, int]] = {}
+
+    async def acquire(self, key: bytes) -> None:
+        semaphore, users = self._locks.get(key, (trio.Semaphore(1), 0))
+        self._locks[key] = (semaphore, users + 1)
+        try:
+            await semaphore.acquire()
+        except BaseException:
+            self._forget(key)
+            raise
+
+    def release(self, key: bytes) -> None:
+        self._locks[key][0].release()
+        self._forget(key)
+
+    def _forget(self, key: bytes) -> None:
+        semaphore, users = self._locks[key]
+        if users == 1:
+            del self._locks[key]
+        else:
+            self._locks[key] = (semaphore, users - 1)
+
+
 class Proxy:
     """Accepts clients and gives each its own upstream connection."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self._ids = itertools.count(1)
+        self._locks = MoveLocks()
         self._settings = SessionSettings(
             max_line=config.max_line_length,
             max_mailbox_literal=config.max_mailbox_literal,
@@ -59,7 +91,7 @@ class Proxy:
             return
         session = Session(self._settings, conn_id)
         try:
-            await Connection(client, upstream, session, self.config).run()
+            await Connection(client, upstream, session, self.config, self._locks).run()
         finally:
             counters = session.counters
             moves = ",".join(f"{k}={v}" for k, v in sorted(counters.moves.items())) or "0"
@@ -103,6 +135,7 @@ class Connection:
         upstream: trio.SocketStream,
         session: Session,
         config: Config,
+        locks: MoveLocks,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -112,6 +145,9 @@ class Connection:
         self._upstream_lock = trio.Lock()
         self._resume = trio.Event()
         self._cancel = trio.CancelScope()
+        self._locks = locks
+        self._locked: bytes | None = None  # the mailbox lock this connection holds
+        self._locking = False
 
     async def run(self) -> None:
         try:
@@ -120,6 +156,8 @@ class Connection:
                     nursery.start_soon(self._pump_upstream)
                     nursery.start_soon(self._pump_client)
         finally:
+            if self._locked is not None:
+                self._locks.release(self._locked)
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await trio.aclose_forcefully(self.upstream)
                 await trio.aclose_forcefully(self.client)
@@ -172,6 +210,19 @@ class Connection:
         await self._send_client(b"")
         if session.close_reason:
             self._cancel.cancel()
+        if self._locked is not None and not session.move_running:
+            self._locks.release(self._locked)
+            self._locked = None
+        if session.move_ready and self._locked is None and not self._locking:
+            key = session.move_key
+            self._locking = True  # the other pump must not queue for the same MOVE
+            try:
+                await self._locks.acquire(key)
+            finally:
+                self._locking = False
+            self._locked = key
+            session.start_move()
+            await self._flush()
 
     async def _send_client(self, extra: bytes) -> None:
         async with self._client_lock:

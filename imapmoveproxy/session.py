@@ -17,24 +17,28 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 from dataclasses import dataclass, field
 
 from . import capabilities
 from .capabilities import Capabilities
 from .framing import Framer, Line, LineTooLong, Literal
 from .move import MoveEmulation, MoveRequest, UpstreamCommand, parse_move
-from .syntax import CommandStart, Tagged, is_tag, parse_command_start, parse_tagged
+from .syntax import CommandStart, Tagged, code_name, is_tag, parse_command_start, parse_tagged
 
 log = logging.getLogger(__name__)
 
 _MOVE_COMMANDS = (b"MOVE", b"UID MOVE")
 _AUTH_COMMANDS = (b"LOGIN", b"AUTHENTICATE")
 _DATA_COMMANDS = (b"AUTHENTICATE", b"IDLE")  # client lines after these are not commands
+_UIDVALIDITY_RE = re.compile(rb"\* OK \[UIDVALIDITY (\d+)\]", re.IGNORECASE)
 
 
 @dataclass(slots=True, frozen=True)
 class SessionSettings:
-    max_line: int = 65536  # longest line accepted from either side
+    max_line: int = 65536  # longest command line accepted from the client
+    # Upstream lines are long when they list many messages (SEARCH of 100,000 UIDs is ~600 KB).
+    max_upstream_line: int = 16 * 1024 * 1024
     max_mailbox_literal: int = 4096  # longest mailbox name a MOVE may carry as a literal
     max_set_bytes: int = 8192  # longest UID set the proxy puts in one upstream command
 
@@ -64,7 +68,7 @@ class Session:
         self.close_reason: str | None = None  # set when the connection must end
         self._log = logging.LoggerAdapter(log, {"conn": conn_id})
         self._client = Framer(self.settings.max_line)
-        self._upstream = Framer(self.settings.max_line)
+        self._upstream = Framer(self.settings.max_upstream_line)
         self._to_client = bytearray()
         self._to_upstream = bytearray()
         self._deferred = bytearray()  # proxy replies waiting for the upstream response to end
@@ -84,6 +88,8 @@ class Session:
         self._relay = True  # whether the upstream response being received goes to the client
         self._tag_counter = 0
         self._upstream_said_bye = False
+        self._read_only = False  # the selected mailbox was opened read-only (EXAMINE)
+        self._uidvalidity = b""
 
     # ------------------------------------------------------------------ caller interface
 
@@ -120,6 +126,26 @@ class Session:
     def wants_client_data(self) -> bool:
         """False while a MOVE holds back the client's later commands (stop reading them)."""
         return self._move is None and self._waiting_move is None and self.close_reason is None
+
+    @property
+    def move_ready(self) -> bool:
+        """A MOVE waits only for :meth:`start_move`: every earlier command has completed.
+
+        The caller first takes the lock for :attr:`move_key`, so that two connections never
+        emulate MOVEs out of the same mailbox at once: both COPYs could succeed before either
+        expunges, leaving a message in two targets. A native server does this atomically.
+        """
+        return self._waiting_move is not None and self._inflight_count == 0 and self._move is None
+
+    @property
+    def move_key(self) -> bytes:
+        """Identifies the selected mailbox (its UIDVALIDITY) for serialising MOVEs."""
+        return self._uidvalidity
+
+    @property
+    def move_running(self) -> bool:
+        """A MOVE has been started and has not had its tagged reply yet."""
+        return self._move is not None
 
     @property
     def moving(self) -> bool:
@@ -234,19 +260,20 @@ class Session:
         self._clear_collected()
         self._mode = Mode.FORWARD
         self._waiting_move = request
-        if self._inflight_count == 0:
-            self._start_move()
 
     def _clear_collected(self) -> None:
         self._move_lines = []
         self._move_literal = bytearray()
         self._move_literal_count = 0
 
-    def _start_move(self) -> None:
+    def start_move(self) -> None:
+        """Begin the MOVE that :attr:`move_ready` announced."""
         request = self._waiting_move
         assert request is not None
         self._waiting_move = None
-        self._move = MoveEmulation(request, self._new_tag, self._reply, self.settings.max_set_bytes)
+        self._move = MoveEmulation(
+            request, self._read_only, self._new_tag, self._reply, self.settings.max_set_bytes
+        )
         self._send(self._move.start(self._caps))
         self._after_move_step()
 
@@ -302,6 +329,9 @@ class Session:
                 self._upstream_said_bye = True
             if b"[" in line or line[2:13].upper() == b"CAPABILITY ":
                 line = self._capabilities(line)
+                match = _UIDVALIDITY_RE.match(line)
+                if match:
+                    self._uidvalidity = match.group(1)
             if self._move is not None and not self._move.on_untagged(line):
                 return False
             self._to_client += line
@@ -321,9 +351,13 @@ class Session:
         if move is not None and (move.owns(reply.tag) or move.forwarded_tagged_line(line)):
             return self._move_reply(move, reply, line)
         self._complete_client_command(reply)
-        self._to_client += self._capabilities(line) if b"[" in line else line
-        if self._waiting_move is not None and self._inflight_count == 0:
-            self._start_move()
+        if reply.code is not None:
+            name = code_name(reply.code)
+            if name in (b"READ-ONLY", b"READ-WRITE"):
+                self._read_only = name == b"READ-ONLY"
+            elif name == b"CAPABILITY":
+                line = self._capabilities(line)
+        self._to_client += line
         return True
 
     def _move_reply(self, move: MoveEmulation, reply: Tagged, line: bytes) -> bool:

@@ -29,12 +29,16 @@ class Script:
     def client(self, data: bytes) -> bytes:
         """Send client bytes; return what the proxy sent upstream as a result."""
         self.session.receive_client(data)
-        self.client_saw += bytes(self.session.take_to_client())
-        return bytes(self.session.take_to_upstream())
+        return self._collect()
 
     def upstream(self, data: bytes) -> bytes:
         """Send upstream bytes; return what the proxy sent upstream as a result."""
         self.session.receive_upstream(data)
+        return self._collect()
+
+    def _collect(self) -> bytes:
+        if self.session.move_ready:  # as the trio layer does once it holds the mailbox's lock
+            self.session.start_move()
         self.client_saw += bytes(self.session.take_to_client())
         return bytes(self.session.take_to_upstream())
 
@@ -82,14 +86,14 @@ def test_successful_move_shows_only_what_a_native_server_sends(script: Script):
         b"* 1 FETCH (UID 10)\r\n* 2 FETCH (UID 11)\r\nimp1 OK done\r\n"
         b"imp2 OK [COPYUID 7 10:11 20:21] Copy completed\r\n"
     )
-    assert sent == (
-        b"imp3 UID STORE 10:11 +FLAGS.SILENT (\\Deleted)\r\nimp4 UID EXPUNGE 10:11\r\n"
-    )
+    assert sent == b"imp3 UID STORE 10:11 +FLAGS.SILENT (\\Deleted)\r\n"
     assert script.seen() == b"* OK [COPYUID 7 10:11 20:21] Moved UIDs.\r\n"
-    script.upstream(
+    sent = script.upstream(
         b"* 1 FETCH (UID 10 MODSEQ (41))\r\n* 2 FETCH (UID 11 MODSEQ (42))\r\nimp3 OK Store\r\n"
-        b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\nimp4 OK Expunge completed\r\n"
     )
+    # only now, never pipelined behind the STORE: a server may run pipelined commands at once
+    assert sent == b"imp4 UID EXPUNGE 10:11\r\n"
+    script.upstream(b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\nimp4 OK Expunge completed\r\n")
     assert script.seen() == b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\nc OK Move completed.\r\n"
 
 
@@ -116,10 +120,11 @@ def test_only_messages_the_upstream_confirmed_copied_are_flagged(script: Script)
         b"* ESEARCH (TAG \"imp1\") UID ALL 10:11\r\nimp1 OK\r\n* 3 EXISTS\r\n"
         b"imp2 OK [COPYUID 7 10:11 1:2] Done\r\n"
     )
-    assert b"UID STORE 10:11 " in sent and b"UID EXPUNGE 10:11\r\n" in sent
+    assert sent == b"imp3 UID STORE 10:11 +FLAGS.SILENT (\\Deleted)\r\n"
     assert script.seen() == b"* OK [COPYUID 7 10:11 1:2] Moved UIDs.\r\n"
+    assert script.upstream(b"imp3 OK\r\n") == b"imp4 UID EXPUNGE 10:11\r\n"
     # the EXISTS is shown after the expunges, with the count that follows them (as natively)
-    script.upstream(b"imp3 OK\r\n* 1 EXPUNGE\r\n* VANISHED 11\r\nimp4 OK\r\n")
+    script.upstream(b"* 1 EXPUNGE\r\n* VANISHED 11\r\nimp4 OK\r\n")
     assert script.seen() == b"* 1 EXPUNGE\r\n* VANISHED 11\r\n* 1 EXISTS\r\nc OK Move completed.\r\n"
 
 
@@ -128,7 +133,7 @@ def test_without_copyuid_the_uids_found_before_copying_are_used(script: Script):
     sent = script.upstream(
         b"* 2 FETCH (UID 12)\r\n* 4 FETCH (UID 14)\r\nimp1 OK\r\nimp2 OK [UIDNOTSTICKY] Done\r\n"
     )
-    assert b"UID STORE 12,14 " in sent and b"UID EXPUNGE 12,14\r\n" in sent
+    assert b"UID STORE 12,14 " in sent
     assert b"COPYUID" not in script.seen()  # never invented
 
 
@@ -223,6 +228,8 @@ def test_move_with_unknown_capabilities_asks_the_upstream_first():
     s.receive_client(b"a LOGIN u p\r\n")
     s.receive_upstream(b"a OK Logged in\r\n")  # no capability list after login
     s.receive_client(b"b MOVE 1 Trash\r\n")
+    assert s.move_ready
+    s.start_move()
     assert bytes(s.take_to_upstream()).endswith(b"imp1 CAPABILITY\r\n")
     s.take_to_client()
     s.receive_upstream(b"* CAPABILITY IMAP4rev1 MOVE UIDPLUS\r\nimp1 OK\r\n")
@@ -240,6 +247,8 @@ def test_move_pipelined_behind_login_is_not_sent_to_a_legacy_upstream():
     sent = bytes(s.take_to_upstream())
     assert sent == b"a LOGIN u p\r\n"
     s.receive_upstream(b"a OK [CAPABILITY IMAP4rev1 UIDPLUS] Logged in\r\n")
+    assert s.move_ready
+    s.start_move()
     assert b"MOVE" not in bytes(s.take_to_upstream())
 
 
@@ -286,7 +295,21 @@ def test_large_uid_sets_are_split_into_short_commands():
     lines = sent.split(b"\r\n")[:-1]
     assert all(len(line) < 64 + 40 for line in lines)
     stored = b",".join(line.split()[3] for line in lines if b"STORE" in line)
-    assert stored == uids
+    assert stored == uids and b"EXPUNGE" not in sent
     tags = [line.split()[0] for line in lines]
-    s.upstream(b"".join(tag + b" OK\r\n" for tag in tags))
+    sent = s.upstream(b"".join(tag + b" OK\r\n" for tag in tags))
+    expunged = b",".join(line.split()[3] for line in sent.split(b"\r\n")[:-1])
+    assert expunged == uids
+    s.upstream(b"".join(line.split()[0] + b" OK\r\n" for line in sent.split(b"\r\n")[:-1]))
     assert s.seen().endswith(b"c OK Move completed.\r\n")
+
+
+def test_move_out_of_a_read_only_mailbox_is_refused_before_copying(script: Script):
+    script.client(b"e EXAMINE INBOX\r\n")
+    script.upstream(b"* 5 EXISTS\r\ne OK [READ-ONLY] Examined\r\n")
+    script.seen()
+    assert script.client(b"c MOVE 1 Trash\r\n") == b""
+    assert script.seen().startswith(b"c NO [READ-ONLY] ")
+    script.client(b"s SELECT INBOX\r\n")
+    script.upstream(b"s OK [READ-WRITE] Selected\r\n")
+    assert b"COPY 1 Trash" in script.client(b"d MOVE 1 Trash\r\n")

@@ -1,0 +1,99 @@
+"""Benchmark 3: MOVE emulated by the proxy (legacy Dovecot) versus native MOVE (native Dovecot).
+
+Every mover owns a user whose INBOX holds ``count`` messages and an empty ``Other`` mailbox.
+A timed ``UID MOVE 1:* <other>`` moves all of them; the mover then SELECTs the other mailbox
+(untimed) and the next timed MOVE brings them back.  Movers take turns, so the noisy machine
+slows them alike.  The ratio is median(proxy times) / median(native times).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from client import Client
+from common import BenchDovecot, Row, median, seed_maildir
+
+MAILBOXES = (b"INBOX", b"Other")
+
+
+@dataclass(slots=True)
+class Mover:
+    client: Client
+    count: int
+    current: int = 0  # index in MAILBOXES of the mailbox holding the messages
+    times: list[float] = field(default_factory=list)
+
+    def move(self, record: bool) -> None:
+        source, target = MAILBOXES[self.current], MAILBOXES[1 - self.current]
+        self.client.command(b"SELECT " + source)
+        _, _, seconds = self.client.command(b"UID MOVE 1:* " + target)
+        self.current = 1 - self.current
+        if record:
+            self.times.append(seconds)
+
+
+def make_mover(server: BenchDovecot, address: tuple[str, int], count: int) -> Mover:
+    user = server.new_user("move")
+    seed_maildir(server, user, count, 4096)
+    client = Client(address)
+    client.login(user, server.password)
+    client.command(b"CREATE Other")
+    return Mover(client, count)
+
+
+def run(
+    legacy: BenchDovecot,
+    native: BenchDovecot,
+    proxy_legacy: tuple[str, int],
+    proxy_native: tuple[str, int],
+    count: int,
+    repeats: int,
+) -> dict[str, list[float]]:
+    movers = {
+        "proxy": make_mover(legacy, proxy_legacy, count),
+        "native": make_mover(native, native.address, count),
+        "proxy+native": make_mover(native, proxy_native, count),
+    }
+    try:
+        for mover in movers.values():  # warm up: one MOVE each way, untimed
+            mover.move(False)
+            mover.move(False)
+        names = list(movers)
+        for rep in range(repeats):
+            shift = rep % len(names)
+            for name in names[shift:] + names[:shift]:
+                movers[name].move(True)
+        for name, mover in movers.items():
+            status = mover.client.text(b"STATUS " + MAILBOXES[mover.current] + b" (MESSAGES)")
+            if f"MESSAGES {count})".encode() not in status:
+                raise RuntimeError(f"{name}: messages lost or duplicated: {status!r}")
+        return {name: mover.times for name, mover in movers.items()}
+    finally:
+        for mover in movers.values():
+            mover.client.close()
+
+
+def rows(times: dict[str, list[float]], count: int, target: float) -> list[Row]:
+    native = median(times["native"])
+    proxy = median(times["proxy"])
+    relay = median(times["proxy+native"])
+    ratio = proxy / native
+    label = "1 message" if count == 1 else f"{count} messages"
+    return [
+        Row(
+            f"3. UID MOVE {label}, emulated vs native (median of {len(times['proxy'])})",
+            f"native {native * 1e3:.2f} ms",
+            f"{proxy * 1e3:.2f} ms",
+            ratio,
+            f"<= {target}",
+            ratio <= target,
+        ),
+        Row(
+            "context: proxy relaying a native MOVE",
+            f"native {native * 1e3:.2f} ms",
+            f"{relay * 1e3:.2f} ms",
+            relay / native,
+            "",
+            None,
+        ),
+    ]

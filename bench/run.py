@@ -1,0 +1,286 @@
+"""Run the imapmoveproxy benchmarks and print a Markdown table.
+
+    python bench/run.py                      # everything (about 10 minutes)
+    python bench/run.py --quick              # small sizes: a smoke run (about 1 minute)
+    python bench/run.py bulk flood           # a subset: bulk (incl. CPU/GB), flood, move, scale
+    python bench/run.py scale --connections 2000
+
+Must run as root (Dovecot switches users).  Everything listens on 127.0.0.1 and lives in a
+temporary directory (on tmpfs by default, ``--dir`` to change) removed at the end (``--keep``
+keeps it, with the logs).
+
+Every figure is a ratio against a reference measured in the same run (HAProxy in tcp mode, or
+native Dovecot MOVE), because the machine is noisy: absolute numbers are printed as context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import move
+import scale
+import throughput
+from common import BenchDovecot, HAProxy, Row, raise_nofile, rss_kib, seed_maildir, start_proxy
+
+BENCHMARKS = ("bulk", "flood", "move", "scale")
+
+
+@dataclass(slots=True, frozen=True)
+class Sizes:
+    bulk_count: int
+    bulk_kib: int
+    bulk_rounds: int
+    flood_count: int
+    flood_rounds: int
+    move_one_repeats: int
+    move_many: int
+    move_many_repeats: int
+    connections: int
+
+
+FULL = Sizes(200, 256, 10, 100_000, 7, 21, 1000, 7, 5000)
+QUICK = Sizes(40, 256, 3, 10_000, 3, 7, 100, 3, 300)
+
+
+class Bench:
+    def __init__(self, root: Path, sizes: Sizes, selected: list[str]) -> None:
+        self.root = root
+        self.sizes = sizes
+        self.selected = selected
+        self.rows: list[Row] = []
+        self.stack = contextlib.ExitStack()
+        self.legacy = BenchDovecot(root / "legacy", variant="legacy", sessions=sizes.connections)
+        self.native: BenchDovecot | None = None
+
+    def log(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    def run(self) -> None:
+        with self.stack:
+            self.log(f"starting Dovecot (legacy) in {self.root}")
+            self.stack.enter_context(self.legacy)
+            for name in self.selected:
+                started = time.monotonic()
+                getattr(self, f"bench_{name}")()
+                self.log(f"{name} done in {time.monotonic() - started:.0f} s")
+
+    # -- 1, 2, 5 -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _relays(self, tag: str) -> Iterator[tuple[dict[str, tuple[str, int]], dict[str, int]]]:
+        with (
+            HAProxy(self.root / f"haproxy-{tag}", self.legacy.address) as haproxy,
+            start_proxy(self.legacy.address, self.root / f"proxy-{tag}.log") as proxy,
+        ):
+            addresses = {
+                "direct": self.legacy.address,
+                "haproxy": haproxy.address,
+                "proxy": proxy.address,
+            }
+            pids = {"haproxy": haproxy.pid, "proxy": proxy.process.pid}
+            yield addresses, pids
+
+    def bench_bulk(self) -> None:
+        sizes = self.sizes
+        user = self.legacy.new_user("bulk")
+        seed_maildir(self.legacy, user, sizes.bulk_count, sizes.bulk_kib * 1024)
+        self.log(f"bulk: {sizes.bulk_count} x {sizes.bulk_kib} KiB, {sizes.bulk_rounds} rounds")
+        with self._relays("bulk") as (addresses, pids):
+            result = throughput.measure(
+                addresses, pids, user, self.legacy.password, b"FETCH 1:* BODY[]", sizes.bulk_rounds
+            )
+        self.rows += throughput.rows_bulk(result, sizes.bulk_count, sizes.bulk_kib)
+
+    def bench_flood(self) -> None:
+        sizes = self.sizes
+        user = self.legacy.new_user("flood")
+        with_time = time.monotonic()
+        seed_maildir(self.legacy, user, sizes.flood_count, 200, seen_every=3)
+        self.log(
+            f"flood: seeded {sizes.flood_count} messages in {time.monotonic() - with_time:.1f} s"
+        )
+        with self._relays("flood") as (addresses, pids):
+            result = throughput.measure(
+                addresses,
+                pids,
+                user,
+                self.legacy.password,
+                b"FETCH 1:* (UID FLAGS)",
+                sizes.flood_rounds,
+            )
+        self.rows += throughput.rows_flood(result, sizes.flood_count)
+
+    # -- 3 -------------------------------------------------------------------------------------
+
+    def bench_move(self) -> None:
+        if self.native is None:
+            self.native = BenchDovecot(self.root / "native", variant="native")
+            self.stack.enter_context(self.native)
+        native = self.native
+        with (
+            start_proxy(self.legacy.address, self.root / "proxy-move.log") as proxy_legacy,
+            start_proxy(native.address, self.root / "proxy-move-native.log") as proxy_native,
+        ):
+            for count, repeats, target in (
+                (1, self.sizes.move_one_repeats, 1.5),
+                (self.sizes.move_many, self.sizes.move_many_repeats, 1.3),
+            ):
+                self.log(f"move: {count} message(s), {repeats} repeats")
+                times = move.run(
+                    self.legacy, native, proxy_legacy.address, proxy_native.address, count, repeats
+                )
+                self.rows += move.rows(times, count, target)
+
+    # -- 4 -------------------------------------------------------------------------------------
+
+    def bench_scale(self) -> None:
+        count = self.sizes.connections
+        users = [self.legacy.new_user("idle") for _ in range(math.ceil(count / 500))]
+        password = self.legacy.password
+        legacy = self.legacy
+
+        def dovecot_idle() -> bool:
+            return legacy.process_count("imap") <= 2
+
+        def hold(address: tuple[str, int], pid: int | None, label: str) -> tuple[float, int, int]:
+            """Open ``count`` idle sessions; return (seconds, RSS before, RSS after)."""
+            if not scale.wait_until(dovecot_idle, 120):
+                raise RuntimeError("Dovecot sessions of the previous step did not end")
+            before = scale.settle_rss(pid, 0.3) if pid else 0
+            sockets, seconds = scale.open_idle(address, users, password, count)
+            try:
+                after = scale.settle_rss(pid) if pid else 0
+                self.log(
+                    f"scale: {label}: {count} idle in {seconds:.1f} s; "
+                    f"Dovecot imap processes: {legacy.process_count('imap')}, "
+                    f"MemAvailable {_mem_available_mib()} MiB"
+                )
+            finally:
+                scale.close_all(sockets)
+            return seconds, before, after
+
+        self.log(f"scale: {count} connections (MemAvailable {_mem_available_mib()} MiB)")
+        direct_s, _, _ = hold(legacy.address, None, "direct")
+        with HAProxy(self.root / "haproxy-scale", legacy.address, maxconn=count + 100) as haproxy:
+            haproxy_s, h_before, h_after = hold(haproxy.address, haproxy.pid, "haproxy")
+        with start_proxy(legacy.address, self.root / "proxy-scale.log") as proxy:
+            pid = proxy.process.pid
+            # Warm-up: a few connections so one-time allocations are not counted per connection.
+            warm, _ = scale.open_idle(proxy.address, users, password, min(20, count))
+            scale.close_all(warm)
+            proxy_s, p_before, p_after = hold(proxy.address, pid, "proxy")
+            idle_rss = rss_kib(pid)
+        per_proxy = (p_after - p_before) / count
+        per_haproxy = (h_after - h_before) / count
+        self.log(
+            f"scale: proxy RSS {p_before} -> {p_after} KiB ({idle_rss} KiB after close); "
+            f"HAProxy RSS {h_before} -> {h_after} KiB"
+        )
+        self.rows += [
+            Row(
+                f"4. RSS per idle connection ({count} LOGIN+IDLE)",
+                f"HAProxy {per_haproxy:.1f} KiB",
+                f"{per_proxy:.1f} KiB",
+                per_proxy / per_haproxy if per_haproxy > 0 else None,
+                "<= 32 KiB",
+                per_proxy <= 32,
+            ),
+            Row(
+                f"4. time to open {count} idle connections",
+                f"direct {direct_s:.1f} s",
+                f"{proxy_s:.1f} s",
+                proxy_s / direct_s,
+                "(context)",
+                None,
+            ),
+            Row(
+                "context: same through HAProxy",
+                f"direct {direct_s:.1f} s",
+                f"{haproxy_s:.1f} s",
+                haproxy_s / direct_s,
+                "",
+                None,
+            ),
+        ]
+
+
+def _mem_available_mib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) // 1024
+    return -1
+
+
+def table(rows: list[Row]) -> str:
+    header = ["benchmark", "reference", "proxy", "ratio", "target", "met?"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "benchmarks", nargs="*", metavar="BENCHMARK", help=f"subset of {', '.join(BENCHMARKS)}"
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--connections", type=int, help="idle connections for 'scale'")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
+        help="where the temporary directory (mail, configs, logs) goes; default /dev/shm "
+        "(tmpfs: Dovecot's disk I/O would otherwise dominate MOVE and add noise)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("must run as root (Dovecot switches to dovenull/nobody)")
+    unknown = sorted(set(args.benchmarks) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {BENCHMARKS}")
+    sizes = QUICK if args.quick else FULL
+    if args.connections:
+        sizes = Sizes(**{**sizes.__dict__, "connections": args.connections})
+    selected = [b for b in BENCHMARKS if b in args.benchmarks] or list(BENCHMARKS)
+    limit = raise_nofile(2 * sizes.connections + 2000)
+    if "scale" in selected and limit < 2 * sizes.connections + 200:
+        parser.error(f"RLIMIT_NOFILE is {limit}: too low for {sizes.connections} connections")
+    root = Path(tempfile.mkdtemp(prefix="imp-bench-", dir=args.dir))
+    bench = Bench(root, sizes, selected)
+    started = time.monotonic()
+    failure: BaseException | None = None
+    try:
+        bench.run()
+    except Exception as exc:  # report what was measured so far
+        failure = exc
+    finally:
+        if args.keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print(
+        f"\nimapmoveproxy benchmarks ({'quick' if args.quick else 'full'}; "
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; Python {platform.python_version()};"
+        f" {time.monotonic() - started:.0f} s)\n"
+    )
+    print(table(bench.rows))
+    if failure is not None:
+        print(f"\nFAILED: {type(failure).__name__}: {failure}")
+        raise failure
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,6 +33,8 @@ def summarize(raw: Path, top: int) -> None:
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
+        if "<module>" not in line:
+            print("other:", line[:300])
         stack, _, count_text = line.rpartition(" ")
         if not stack:
             continue
@@ -71,9 +73,11 @@ def main() -> int:
                 raw = root / "profile.txt"
                 extra = ["--native"] if args.native else []
                 spy = subprocess.Popen(
-                    [py_spy, "record", "--pid", str(proxy.process.pid), "--format", "raw"]
-                    + ["--output", str(raw), "--duration", str(args.seconds), "--nonblocking"]
-                    + extra,
+                    [
+                        *(py_spy, "record", "--pid", str(proxy.process.pid), "--format", "raw"),
+                        *("--output", str(raw), "--duration", str(args.seconds), "--nonblocking"),
+                        *extra,
+                    ],
                     stdout=subprocess.DEVNULL,
                 )
                 deadline = time.monotonic() + args.seconds + 1

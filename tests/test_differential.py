@@ -88,8 +88,8 @@ SCRIPTS: dict[str, list[Step]] = {
         cmd("s", "SELECT INBOX"), cmd("m", "MOVE 1 Nowhere"), cmd("f", "FETCH 1:* (UID FLAGS)"),
     ],
     "MOVE with a literal mailbox name": [
-        cmd("s", "SELECT INBOX"), cmd("m", "MOVE 4 {5}", b"Trash"), cmd("n", "MOVE 1 {5+}\r\nTrash"),
-        cmd("f", "FETCH 1:* UID"), cmd("x", "STATUS Trash (MESSAGES)"),
+        cmd("s", "SELECT INBOX"), cmd("m", "MOVE 4 {5}", b"Trash"),
+        cmd("n", "MOVE 1 {5+}\r\nTrash"), cmd("f", "FETCH 1:* UID"), cmd("x", "STATUS Trash (MESSAGES)"),
     ],
     "QRESYNC": [
         cmd("e", "ENABLE QRESYNC"), cmd("s", "SELECT INBOX"), cmd("m", "UID MOVE 1,4 Trash"),
@@ -100,7 +100,8 @@ SCRIPTS: dict[str, list[Step]] = {
         cmd("m", "MOVE 1 Trash"), cmd("u", "UID MOVE 4:5 Trash"), cmd("f", "FETCH 1:* (UID FLAGS)"),
     ],
     "MOVE outside the selected state": [
-        cmd("m", "MOVE 1 Trash"), cmd("s", "SELECT INBOX"), cmd("c", "CLOSE"), cmd("n", "MOVE 1 Trash"),
+        cmd("m", "MOVE 1 Trash"), cmd("s", "SELECT INBOX"), cmd("c", "CLOSE"),
+        cmd("n", "MOVE 1 Trash"),
     ],
     "MOVE with bad syntax": [
         cmd("s", "SELECT INBOX"), cmd("a", "MOVE"), cmd("b", "MOVE 1"), cmd("c", "MOVE x Trash"),
@@ -114,18 +115,21 @@ PIPELINED = [
 ]  # fmt: skip
 
 
-def both_ways(dovecot_native, dovecot_legacy, tmp_path: Path, steps: list[Step],
-              pipelined: bool = False) -> tuple[list[bytes], list[bytes], bytes]:
+def both_ways(
+    dovecot_native, dovecot_legacy, tmp_path: Path, steps: list[Step], pipelined: bool = False
+) -> tuple[list[bytes], list[bytes], bytes]:
     """Run ``steps`` natively (one by one) and through the proxy (pipelined if asked)."""
     native_user = prepare(dovecot_native, flagged=True)
     with RawClient(dovecot_native.address) as client:
         client.login(native_user, dovecot_native.password)
         reference = run_script(client, steps, pipelined=False)
     legacy_user = prepare(dovecot_legacy, flagged=True)
-    with running_proxy(dovecot_legacy.address, tmp_path / "proxy.log") as proxy:
-        with RawClient(proxy.address) as client:
-            client.login(legacy_user, dovecot_legacy.password)
-            proxied = run_script(client, steps, pipelined)
+    with (
+        running_proxy(dovecot_legacy.address, tmp_path / "proxy.log") as proxy,
+        RawClient(proxy.address) as client,
+    ):
+        client.login(legacy_user, dovecot_legacy.password)
+        proxied = run_script(client, steps, pipelined)
     return reference, proxied, dovecot_legacy.received_bytes(legacy_user)
 
 
@@ -152,12 +156,14 @@ def test_pipelined_commands_around_move(dovecot_native, dovecot_legacy, tmp_path
 
 def test_users_own_deleted_flags_are_left_alone(dovecot_legacy, tmp_path):
     user = prepare(dovecot_legacy, flagged=True)
-    with running_proxy(dovecot_legacy.address, tmp_path / "proxy.log") as proxy:
-        with RawClient(proxy.address) as client:
-            client.login(user, dovecot_legacy.password)
-            client.command(b"s", b"SELECT INBOX")
-            assert client.command(b"m", b"MOVE 1,3:5 Trash")[-1].startswith(b"m OK")
-            flags = client.command(b"f", b"FETCH 1:* (UID FLAGS)")
+    with (
+        running_proxy(dovecot_legacy.address, tmp_path / "proxy.log") as proxy,
+        RawClient(proxy.address) as client,
+    ):
+        client.login(user, dovecot_legacy.password)
+        client.command(b"s", b"SELECT INBOX")
+        assert client.command(b"m", b"MOVE 1,3:5 Trash")[-1].startswith(b"m OK")
+        flags = client.command(b"f", b"FETCH 1:* (UID FLAGS)")
     assert len(flags) == 2 and b"UID 2 FLAGS (\\Deleted" in flags[0]
 
 

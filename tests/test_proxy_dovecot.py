@@ -35,11 +35,11 @@ def mailbox(dovecot_legacy) -> str:
 
 def subjects(server: ImapServer, user: str, mailbox: str) -> list[str]:
     imap = server.connect(user)
-    typ, count = imap.select(mailbox, readonly=True)
+    _, count = imap.select(mailbox, readonly=True)
     if count == [b"0"]:
         imap.logout()
         return []
-    typ, data = imap.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    _typ, data = imap.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
     imap.logout()
     return sorted(
         item[1].decode().split(":", 1)[1].strip() for item in data if isinstance(item, tuple)
@@ -65,10 +65,10 @@ def test_imaplib_move_and_uid_move_through_the_proxy(proxy, dovecot_legacy, mail
     imap.login(mailbox, dovecot_legacy.password)
     assert "MOVE" in imap.capabilities
     imap.select("INBOX")
-    typ, data = imap._simple_command("MOVE", "1", "Trash")
+    typ, _ = imap._simple_command("MOVE", "1", "Trash")
     assert typ == "OK"
     assert any(b"COPYUID" in line for line in imap.untagged_responses.get("OK", []))
-    typ, data = imap.uid("MOVE", "5", '"Trash"')
+    typ, _data = imap.uid("MOVE", "5", '"Trash"')
     assert typ == "OK"
     imap.logout()
     assert subjects(dovecot_legacy, mailbox, "Trash") == ["message 1", "message 5"]
@@ -222,7 +222,9 @@ def test_upstream_that_sends_no_greeting_gets_bye_unavailable(tmp_path):
     silent = socket.socket()
     silent.bind((HOST, 0))
     silent.listen(5)
-    with running_proxy(silent.getsockname(), tmp_path / "proxy.log", "--connect-timeout", "0.5") as proxy:
+    with running_proxy(
+        silent.getsockname(), tmp_path / "proxy.log", "--connect-timeout", "0.5"
+    ) as proxy:
         raw = socket.create_connection(proxy.address, 5)
         assert raw.recv(1000).startswith(b"* BYE [UNAVAILABLE] ")
         raw.close()
@@ -234,8 +236,11 @@ def test_upstream_that_sends_no_greeting_gets_bye_unavailable(tmp_path):
     [
         (["--listen", "nonsense", "--upstream", "127.0.0.1:143"], None, "listen"),
         (["--listen", "127.0.0.1:1143"], None, "upstream"),
-        ([], 'listen = "127.0.0.1:1"\nupstream = "127.0.0.1:2"\nmax_line_length = "big"\n',
-         "max_line_length"),
+        (
+            [],
+            'listen = "127.0.0.1:1"\nupstream = "127.0.0.1:2"\nmax_line_length = "big"\n',
+            "max_line_length",
+        ),
         ([], 'listen = "127.0.0.1:1"\nupstream = "127.0.0.1:2"\nlisten_port = 3\n', "listen_port"),
         ([], "listen = \n", "config"),
     ],
@@ -247,7 +252,10 @@ def test_config_errors_are_one_line_naming_the_key(tmp_path, arguments, config, 
         arguments = [*arguments, "--config", str(path)]
     result = subprocess.run(
         [sys.executable, "-m", "imapmoveproxy", *arguments],
-        capture_output=True, text=True, cwd=ROOT, timeout=30,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

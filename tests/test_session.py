@@ -11,7 +11,9 @@ import pytest
 from imapmoveproxy.session import Session, SessionSettings
 
 GREETING = b"* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ AUTH=PLAIN] ready\r\n"
-CAPS = b"IMAP4rev1 LITERAL+ UIDPLUS CONDSTORE QRESYNC ESEARCH COMPRESS=DEFLATE AUTH=SCRAM-SHA-1-PLUS"
+CAPS = (
+    b"IMAP4rev1 LITERAL+ UIDPLUS CONDSTORE QRESYNC ESEARCH COMPRESS=DEFLATE AUTH=SCRAM-SHA-1-PLUS"
+)
 
 
 class Script:
@@ -104,8 +106,15 @@ def test_store_is_never_sent_before_copy_succeeds(script: Script):
     assert script.upstream(b'* ESEARCH (TAG "imp1") UID ALL 10:12\r\nimp1 OK\r\n') == b""
 
 
-@pytest.mark.parametrize("status", [b"NO [TRYCREATE] Mailbox doesn't exist", b"NO [OVERQUOTA] Full",
-                                    b"BAD Error in IMAP command", b"NO [NOPERM] Denied"])
+@pytest.mark.parametrize(
+    "status",
+    [
+        b"NO [TRYCREATE] Mailbox doesn't exist",
+        b"NO [OVERQUOTA] Full",
+        b"BAD Error in IMAP command",
+        b"NO [NOPERM] Denied",
+    ],
+)
 def test_failed_copy_is_reported_like_a_native_move_and_nothing_else_happens(script, status):
     script.client(b"c MOVE 1:2 Trash\r\n")
     sent = script.upstream(b"* 1 FETCH (UID 10)\r\nimp1 OK\r\nimp2 " + status + b"\r\n")
@@ -117,7 +126,7 @@ def test_only_messages_the_upstream_confirmed_copied_are_flagged(script: Script)
     script.client(b"c UID MOVE 1:* Trash\r\n")
     # the range covers UID 12 too, delivered meanwhile, but COPYUID names only 10 and 11
     sent = script.upstream(
-        b"* ESEARCH (TAG \"imp1\") UID ALL 10:11\r\nimp1 OK\r\n* 3 EXISTS\r\n"
+        b'* ESEARCH (TAG "imp1") UID ALL 10:11\r\nimp1 OK\r\n* 3 EXISTS\r\n'
         b"imp2 OK [COPYUID 7 10:11 1:2] Done\r\n"
     )
     assert sent == b"imp3 UID STORE 10:11 +FLAGS.SILENT (\\Deleted)\r\n"
@@ -125,7 +134,9 @@ def test_only_messages_the_upstream_confirmed_copied_are_flagged(script: Script)
     assert script.upstream(b"imp3 OK\r\n") == b"imp4 UID EXPUNGE 10:11\r\n"
     # the EXISTS is shown after the expunges, with the count that follows them (as natively)
     script.upstream(b"* 1 EXPUNGE\r\n* VANISHED 11\r\nimp4 OK\r\n")
-    assert script.seen() == b"* 1 EXPUNGE\r\n* VANISHED 11\r\n* 1 EXISTS\r\nc OK Move completed.\r\n"
+    assert (
+        script.seen() == b"* 1 EXPUNGE\r\n* VANISHED 11\r\n* 1 EXISTS\r\nc OK Move completed.\r\n"
+    )
 
 
 def test_without_copyuid_the_uids_found_before_copying_are_used(script: Script):
@@ -175,7 +186,9 @@ def test_qresync_vanished_and_highestmodseq_are_shown_as_native(script: Script):
 
 
 def test_move_waits_for_earlier_commands_and_holds_later_ones(script: Script):
-    assert script.client(b"c FETCH 1 FLAGS\r\nd MOVE 1 Trash\r\ne NOOP\r\n") == b"c FETCH 1 FLAGS\r\n"
+    assert (
+        script.client(b"c FETCH 1 FLAGS\r\nd MOVE 1 Trash\r\ne NOOP\r\n") == b"c FETCH 1 FLAGS\r\n"
+    )
     sent = script.upstream(b"* 1 FETCH (FLAGS ())\r\nc OK Fetch\r\n")
     assert sent.startswith(b"imp1 FETCH 1 (UID)\r\nimp2 COPY")
     assert script.client(b"f NOOP\r\n") == b""  # still held
@@ -214,8 +227,15 @@ def test_upstream_without_literal_plus_gets_a_synchronizing_literal():
 
 @pytest.mark.parametrize(
     "command",
-    [b"c MOVE\r\n", b"c MOVE 1\r\n", b"c MOVE x Trash\r\n", b"c MOVE 1 Trash extra\r\n",
-     b"c MOVE 0 Trash\r\n", b'c MOVE 1 "unterminated\r\n', b"c UID MOVE 1: Trash\r\n"],
+    [
+        b"c MOVE\r\n",
+        b"c MOVE 1\r\n",
+        b"c MOVE x Trash\r\n",
+        b"c MOVE 1 Trash extra\r\n",
+        b"c MOVE 0 Trash\r\n",
+        b'c MOVE 1 "unterminated\r\n',
+        b"c UID MOVE 1: Trash\r\n",
+    ],
 )
 def test_bad_move_syntax_gets_bad_and_nothing_is_sent(script: Script, command: bytes):
     assert script.client(command) == b""

@@ -89,7 +89,8 @@ SCRIPTS: dict[str, list[Step]] = {
     ],
     "MOVE with a literal mailbox name": [
         cmd("s", "SELECT INBOX"), cmd("m", "MOVE 4 {5}", b"Trash"),
-        cmd("n", "MOVE 1 {5+}\r\nTrash"), cmd("f", "FETCH 1:* UID"), cmd("x", "STATUS Trash (MESSAGES)"),
+        cmd("n", "MOVE 1 {5+}\r\nTrash"), cmd("f", "FETCH 1:* UID"),
+        cmd("x", "STATUS Trash (MESSAGES)"),
     ],
     "QRESYNC": [
         cmd("e", "ENABLE QRESYNC"), cmd("s", "SELECT INBOX"), cmd("m", "UID MOVE 1,4 Trash"),

@@ -27,24 +27,39 @@ WORKLOADS = {
 }
 
 
-def summarize(raw: Path, top: int) -> None:
+def _group(frame: str) -> str:
+    if frame.startswith(("_SocketType._nonblocking_helper", "EpollIOManager")):
+        return "socket and epoll system calls (trio/_socket.py, _io_epoll.py)"
+    if "imapmoveproxy/" in frame:
+        return "imapmoveproxy code"
+    if "trio/" in frame or "outcome/" in frame:
+        return "trio machinery (scheduler, locks, checkpoints)"
+    return "other"
+
+
+def summarize(raw: Path, top: int, lines: bool = False) -> None:
     """Print the top frames of py-spy's raw (collapsed stack) output."""
     own: collections.Counter[str] = collections.Counter()
+    groups: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
-        if "<module>" not in line:
-            print("other:", line[:300])
         stack, _, count_text = line.rpartition(" ")
         if not stack:
             continue
         count = int(count_text)
-        frames = [frame.rsplit(":", 1)[0] for frame in stack.split(";")]  # drop line numbers
+        frames = stack.split(";")
+        if not lines:
+            frames = [frame.rsplit(":", 1)[0] for frame in frames]  # drop line numbers
         total += count
         own[frames[-1]] += count
+        groups[_group(frames[-1])] += count
         for frame in set(frames):
             inclusive[frame] += count
-    print(f"{total} samples")
+    print(f"{total} samples (async stacks are partial: trust 'self' more than 'inclusive')")
+    print("\n-- self samples by group --")
+    for group, count in groups.most_common():
+        print(f"{100 * count / total:5.1f}%  {group}")
     for title, counter in (("self", own), ("inclusive", inclusive)):
         print(f"\n-- top {top} by {title} samples --")
         for frame, count in counter.most_common(top):
@@ -57,6 +72,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--native", action="store_true", help="py-spy --native (C frames)")
+    parser.add_argument("--lines", action="store_true", help="keep line numbers in frames")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     count, size, command = WORKLOADS[args.workload]
@@ -88,7 +104,7 @@ def main() -> int:
                 spy.wait(60)
                 client.close()
                 print(f"{fetches} x {command.decode()}")
-                summarize(raw, args.top)
+                summarize(raw, args.top, args.lines)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -272,3 +272,11 @@ def test_flags_override_the_config_file(tmp_path, dovecot_legacy, mailbox):
             client.login(mailbox, dovecot_legacy.password)
     finally:
         proxy.stop()
+
+
+def test_example_config_documents_every_setting_and_loads():
+    from imapmoveproxy.config import Config, build, load_file
+
+    values = load_file(ROOT / "config.example.toml")
+    build(values)
+    assert set(values) == set(Config.__dataclass_fields__)

@@ -49,6 +49,7 @@ def run(
     count: int,
     repeats: int,
 ) -> dict[str, list[float]]:
+    noop: dict[str, list[float]] = {"native": [], "proxy+native": []}
     movers = {
         "proxy": make_mover(legacy, proxy_legacy, count),
         "native": make_mover(native, native.address, count),
@@ -63,11 +64,19 @@ def run(
             shift = rep % len(names)
             for name in names[shift:] + names[:shift]:
                 movers[name].move(True)
+        # Context: the latency one proxy hop adds to any command (NOOP, native Dovecot).
+        for _ in range(repeats * 5):
+            for name in ("native", "proxy+native"):
+                _, _, seconds = movers[name].client.command(b"NOOP")
+                noop[name].append(seconds)
         for name, mover in movers.items():
             status = mover.client.text(b"STATUS " + MAILBOXES[mover.current] + b" (MESSAGES)")
             if f"MESSAGES {count})".encode() not in status:
                 raise RuntimeError(f"{name}: messages lost or duplicated: {status!r}")
-        return {name: mover.times for name, mover in movers.items()}
+        times = {name: mover.times for name, mover in movers.items()}
+        times["noop native"] = noop["native"]
+        times["noop proxy"] = noop["proxy+native"]
+        return times
     finally:
         for mover in movers.values():
             mover.client.close()
@@ -93,6 +102,14 @@ def rows(times: dict[str, list[float]], count: int, target: float) -> list[Row]:
             f"native {native * 1e3:.2f} ms",
             f"{relay * 1e3:.2f} ms",
             relay / native,
+            "",
+            None,
+        ),
+        Row(
+            "context: NOOP round trip, through the proxy vs direct",
+            f"direct {median(times['noop native']) * 1e3:.3f} ms",
+            f"{median(times['noop proxy']) * 1e3:.3f} ms",
+            median(times["noop proxy"]) / median(times["noop native"]),
             "",
             None,
         ),

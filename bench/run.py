@@ -276,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         f" {time.monotonic() - started:.0f} s)\n"
     )
     print(table(bench.rows))
+    print(
+        f"\nMail, configs and logs under {args.dir or tempfile.gettempdir()}. HAProxy: mode tcp, "
+        "nbthread 1, no logging. Proxy: --log-level warning. Throughput ratios are the median of "
+        "per-round ratios (paths take turns); MOVE ratios are median(proxy)/median(native); RSS is "
+        "VmRSS after minus before, over the connection count."
+    )
     if failure is not None:
         print(f"\nFAILED: {type(failure).__name__}: {failure}")
         raise failure

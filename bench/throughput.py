@@ -72,8 +72,9 @@ def measure(
                 stats[path].total_bytes += size
                 rates[path] = size / seconds
             ratios.append(rates["proxy"] / rates["haproxy"])
-        sizes = {s.size for s in stats.values()}
-        if len(sizes) != 1:
+        sizes = [s.size for s in stats.values()]
+        # Only the tagged line may differ ("... completed (0.012 + 0.000 + 0.011 secs).").
+        if max(sizes) - min(sizes) > 64:
             raise RuntimeError(f"the three paths returned different sizes: {sizes}")
         return Measurement(stats, ratios)
     finally:

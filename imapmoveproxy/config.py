@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+NO_UIDPLUS_POLICIES = ("refuse", "guarded")
 
 
 class ConfigError(Exception):
@@ -34,6 +35,7 @@ class Config:
     max_mailbox_literal: int = 4096
     max_set_bytes: int = 8192
     drain_timeout: float = 30.0
+    no_uidplus: str = "refuse"
 
 
 def parse_address(key: str, value: object) -> Address:
@@ -82,6 +84,11 @@ def build(values: dict[str, object]) -> Config:
     if level not in LOG_LEVELS:
         raise ConfigError(f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
     kwargs["log_level"] = level
+    policy = values.get("no_uidplus", "refuse")
+    if policy not in NO_UIDPLUS_POLICIES:
+        choices = ", ".join(NO_UIDPLUS_POLICIES)
+        raise ConfigError(f"no_uidplus: expected one of {choices}, got {policy!r}")
+    kwargs["no_uidplus"] = policy
     for key, minimum in _MINIMUMS.items():
         if key in values:
             kind = float if key.endswith("timeout") else int
@@ -109,13 +116,18 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--upstream", help="IMAP server to forward to, HOST:PORT")
     parser.add_argument("--connect-timeout", type=float, help="seconds to reach the upstream")
     parser.add_argument("--log-level", choices=LOG_LEVELS, help="log verbosity")
+    parser.add_argument(
+        "--no-uidplus",
+        choices=NO_UIDPLUS_POLICIES,
+        help="MOVE over a server without UIDPLUS: refuse (default) or guarded emulation",
+    )
     return parser
 
 
 def from_arguments(argv: list[str] | None) -> Config:
     args = argument_parser().parse_args(argv)
     values: dict[str, object] = load_file(args.config) if args.config else {}
-    for key in ("listen", "upstream", "connect_timeout", "log_level"):
+    for key in ("listen", "upstream", "connect_timeout", "log_level", "no_uidplus"):
         flag = getattr(args, key)
         if flag is not None:
             values[key] = flag

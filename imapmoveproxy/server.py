@@ -64,6 +64,7 @@ class Proxy:
             max_line=config.max_line_length,
             max_mailbox_literal=config.max_mailbox_literal,
             max_set_bytes=config.max_set_bytes,
+            guarded=config.no_uidplus == "guarded",
         )
 
     async def serve(

@@ -41,6 +41,7 @@ class SessionSettings:
     max_upstream_line: int = 16 * 1024 * 1024
     max_mailbox_literal: int = 4096  # longest mailbox name a MOVE may carry as a literal
     max_set_bytes: int = 8192  # longest UID set the proxy puts in one upstream command
+    guarded: bool = False  # emulate MOVE without UIDPLUS too (the "guarded" policy)
 
 
 class Mode(enum.Enum):
@@ -235,8 +236,7 @@ class Session:
     # ------------------------------------------------------------------ MOVE
 
     def _collects_move(self) -> bool:
-        caps = self._caps
-        return caps is None or (caps.uidplus and not caps.native_move)
+        return self._caps is None or self._offers_move(self._caps)
 
     def _collect_move(self, line: Line) -> None:
         self._mode = Mode.COLLECT
@@ -272,7 +272,12 @@ class Session:
         assert request is not None
         self._waiting_move = None
         self._move = MoveEmulation(
-            request, self._read_only, self._new_tag, self._reply, self.settings.max_set_bytes
+            request,
+            read_only=self._read_only,
+            guarded=self.settings.guarded,
+            new_tag=self._new_tag,
+            emit=self._reply,
+            max_set_bytes=self.settings.max_set_bytes,
         )
         self._send(self._move.start(self._caps))
         self._after_move_step()
@@ -282,10 +287,14 @@ class Session:
         if move is None or not move.done:
             return
         self._move = None
-        outcome = move.outcome or "bad-syntax"
-        self.counters.moves[outcome] = self.counters.moves.get(outcome, 0) + 1
+        policy = move.policy.value if move.policy else "none"
+        key = f"{policy}-{move.outcome}"
+        self.counters.moves[key] = self.counters.moves.get(key, 0) + 1
         kind = "UID MOVE" if move.request.uid else "MOVE"
-        self._log.info("%s %s: %s", kind, move.request.sequence_set.decode(), outcome)
+        self._log.info(
+            "%s %s: policy=%s outcome=%s",
+            kind, move.request.sequence_set.decode(), policy, move.outcome,
+        )  # fmt: skip
 
     def _new_tag(self) -> bytes:
         self._tag_counter += 1
@@ -388,9 +397,8 @@ class Session:
             self._caps = caps
         return new_line
 
-    @staticmethod
-    def _offers_move(caps: Capabilities) -> bool:
-        return caps.uidplus and not caps.native_move
+    def _offers_move(self, caps: Capabilities) -> bool:
+        return not caps.native_move and (caps.uidplus or self.settings.guarded)
 
     # ------------------------------------------------------------------ proxy's own replies
 

@@ -71,6 +71,17 @@ def dovecot_native(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapSer
 
 
 @pytest.fixture(scope="session")
+def dovecot_no_uidplus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
+    """Dovecot advertising neither MOVE nor UIDPLUS: a legacy server that, unlike imap4d, keeps
+    concurrent sessions' flag changes apart (the guarded policy's race test needs that)."""
+    root = tmp_path_factory.mktemp("dovecot-no-uidplus")
+    caps = "imap_capability = IMAP4rev1 LITERAL+ IDLE NAMESPACE UNSELECT ID\n"
+    yield from _serve(
+        lambda: DovecotServer(root, variant="legacy", name="dovecot-no-uidplus", extra_config=caps)
+    )
+
+
+@pytest.fixture(scope="session")
 def imap4d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
     """GNU Mailutils imap4d: neither MOVE nor UIDPLUS."""
     root = tmp_path_factory.mktemp("imap4d")

@@ -12,8 +12,9 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from servers import HOST, find_free_port
@@ -144,3 +145,67 @@ class RawClient:
         replies = self.command(b"L1", f'LOGIN "{user}" "{password}"'.encode())
         assert replies[-1].startswith(b"L1 OK"), replies
         return replies
+
+
+class InterceptingRelay:
+    """A TCP relay between the proxy and a real server that runs a hook before forwarding the
+    proxy's n-th occurrence of a command: the way to hold a real server still between two
+    steps of a MOVE, which no real server can be told to do."""
+
+    def __init__(self, upstream: tuple[str, int], pattern: bytes, occurrence: int,
+                 hook: Callable[[], None]) -> None:
+        self._upstream = upstream
+        self._pattern = pattern
+        self._occurrence = occurrence
+        self._hook = hook
+        self.hook_ran = threading.Event()
+        self._listener = socket.create_server((HOST, 0))
+        self._listener.settimeout(0.2)
+        self.address = self._listener.getsockname()[:2]
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            server = socket.create_connection(self._upstream, 10)
+            for source, sink, watch in ((client, server, True), (server, client, False)):
+                thread = threading.Thread(
+                    target=self._pump, args=(source, sink, watch), daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+
+    def _pump(self, source: socket.socket, sink: socket.socket, watch: bool) -> None:
+        seen = 0
+        source.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                data = source.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            if watch and not self.hook_ran.is_set():
+                seen += data.count(self._pattern)
+                if seen >= self._occurrence:
+                    self._hook()
+                    self.hook_ran.set()
+            try:
+                sink.sendall(data)
+            except OSError:
+                break
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(5)
+        self._listener.close()

@@ -136,7 +136,7 @@ def test_password_never_reaches_the_log(proxy, dovecot_legacy, mailbox):
     time.sleep(0.2)  # let the proxy write its connection line
     log = proxy.log_text()
     assert dovecot_legacy.password not in log
-    assert re.search(r"closed client=127\.0\.0\.1:\d+ upstream=.* moves=emulated=1", log)
+    assert re.search(r"closed client=127\.0\.0\.1:\d+ upstream=.* moves=uidplus-moved=1", log)
 
 
 def test_many_moves_in_parallel_connections(proxy, dovecot_legacy):

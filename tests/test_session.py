@@ -333,3 +333,70 @@ def test_move_out_of_a_read_only_mailbox_is_refused_before_copying(script: Scrip
     script.client(b"s SELECT INBOX\r\n")
     script.upstream(b"s OK [READ-WRITE] Selected\r\n")
     assert b"COPY 1 Trash" in script.client(b"d MOVE 1 Trash\r\n")
+
+
+def guarded_script() -> Script:
+    s = Script(caps=b"IMAP4rev1 LITERAL+", settings=SessionSettings(guarded=True))
+    s.seen()
+    return s
+
+
+def test_guarded_move_clears_and_restores_other_deleted_flags():
+    s = guarded_script()
+    assert s.client(b"c MOVE 2 Trash\r\n") == b"imp1 FETCH 2 (UID)\r\nimp2 COPY 2 Trash\r\n"
+    assert s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\nimp2 OK Copied\r\n") == b"imp3 NOOP\r\n"
+    assert s.upstream(b"imp3 OK\r\n") == b"imp4 UID SEARCH DELETED\r\n"
+    sent = s.upstream(b"* SEARCH 11 12\r\nimp4 OK\r\n")  # 11 is the user's own \Deleted
+    assert sent == (
+        b"imp5 UID STORE 11 -FLAGS.SILENT (\\Deleted)\r\n"
+        b"imp6 UID STORE 12 +FLAGS.SILENT (\\Deleted)\r\n"
+    )
+    assert s.upstream(b"* 1 FETCH (UID 11 FLAGS ())\r\nimp5 OK\r\nimp6 OK\r\n") == b"imp7 NOOP\r\n"
+    s.upstream(b"imp7 OK\r\n")
+    # the re-check finds 13, flagged by another session meanwhile: cleared too, checked again
+    sent = s.upstream(b"* SEARCH 12 13\r\nimp8 OK\r\n")
+    assert sent == b"imp9 UID STORE 13 -FLAGS.SILENT (\\Deleted)\r\n"
+    assert s.upstream(b"imp9 OK\r\n") == b"imp10 NOOP\r\n"
+    s.upstream(b"imp10 OK\r\n")
+    assert s.upstream(b"* SEARCH 12\r\nimp11 OK\r\n") == b"imp12 EXPUNGE\r\n"
+    sent = s.upstream(b"* 2 EXPUNGE\r\nimp12 OK\r\n")
+    assert sent == b"imp13 UID STORE 11,13 +FLAGS.SILENT (\\Deleted)\r\n"
+    assert s.upstream(b"imp13 OK\r\n") == b"imp14 UID FETCH 1:* (UID)\r\n"
+    s.upstream(b"* 1 FETCH (UID 11)\r\n* 2 FETCH (UID 13)\r\nimp14 OK\r\n")
+    assert s.seen() == b"* 2 EXPUNGE\r\nc OK Move completed.\r\n"
+
+
+def test_guarded_move_gives_up_with_nothing_lost_when_flags_keep_appearing():
+    s = guarded_script()
+    s.client(b"c UID MOVE 12 Trash\r\n")
+    s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\nimp2 OK Copied\r\n")
+    s.upstream(b"imp3 OK\r\n")
+    s.upstream(b"* SEARCH\r\nimp4 OK\r\n")
+    tag = 6
+    for n in range(4):  # another session flags a new message before every re-check
+        s.upstream(b"imp%d OK\r\n" % (tag - 1))
+        s.upstream(b"imp%d OK\r\n" % tag)
+        sent = s.upstream(b"* SEARCH 12 %d\r\nimp%d OK\r\n" % (20 + n, tag + 1))
+        tag += 3
+    assert b"EXPUNGE" not in sent
+    # undo: unflag the moved message, put back \Deleted on the ones cleared on the way
+    assert sent == (
+        b"imp%d UID STORE 12 -FLAGS.SILENT (\\Deleted)\r\n" % (tag - 1)
+        + b"imp%d UID STORE 20:23 +FLAGS.SILENT (\\Deleted)\r\n" % tag
+    )
+    s.upstream(b"imp%d OK\r\nimp%d OK\r\n" % (tag - 1, tag))
+    reply = s.seen()
+    assert reply.startswith(b"c NO [INUSE] MOVE incomplete:")
+    assert b"every message is in both mailboxes; none was lost" in reply
+
+
+def test_guarded_move_reports_messages_the_expunge_did_not_remove():
+    s = guarded_script()
+    s.client(b"c UID MOVE 12 Trash\r\n")
+    s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\nimp2 OK Copied\r\nimp3 OK\r\n")
+    s.upstream(b"* SEARCH\r\nimp4 OK\r\nimp5 OK\r\nimp6 OK\r\n")
+    assert s.upstream(b"* SEARCH 12\r\nimp7 OK\r\n") == b"imp8 EXPUNGE\r\n"
+    assert s.upstream(b"imp8 OK\r\n") == b"imp9 UID FETCH 1:* (UID)\r\n"  # nothing expunged
+    s.upstream(b"* 1 FETCH (UID 3)\r\n* 2 FETCH (UID 12)\r\nimp9 OK\r\n")
+    reply = s.seen()
+    assert reply.startswith(b"c NO MOVE incomplete:") and b"UIDs 12 were not expunged" in reply

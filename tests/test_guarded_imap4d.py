@@ -1,0 +1,134 @@
+"""Servers without UIDPLUS: the refuse and guarded policies, against GNU Mailutils imap4d.
+
+imap4d stores mail in mbox files and does not keep two sessions' flag changes apart (a flag one
+session sets can overwrite another's), so the race with a concurrent session is tested against
+Dovecot configured to advertise neither MOVE nor UIDPLUS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import InterceptingRelay, ProxyProcess, RawClient, running_proxy
+from servers import ImapServer, make_message
+
+
+def prepare(server: ImapServer) -> str:
+    """Five messages "m1".."m5" in INBOX, the user's own \\Deleted on m2 and m4, empty Trash."""
+    user = server.new_user()
+    server.seed(user, "INBOX", [make_message(f"m{i}") for i in range(1, 6)])
+    server.seed(user, "Trash", [])
+    imap = server.connect(user)
+    imap.select("INBOX")
+    imap.store("2,4", "+FLAGS", "(\\Deleted)")
+    imap.logout()
+    return user
+
+
+def contents(server: ImapServer, user: str, mailbox: str) -> dict[str, bool]:
+    """Subject -> whether the message carries \\Deleted, read directly from the server."""
+    with RawClient(server.address) as client:
+        client.login(user, server.password)
+        selected = client.command(b"s", b"EXAMINE " + mailbox.encode())
+        if any(re.match(rb"\* 0 EXISTS", r) for r in selected):
+            return {}
+        replies = client.command(b"f", b"FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    found = {}
+    for reply in replies[:-1]:
+        subject = re.search(rb"Subject: (\S+)", reply, re.IGNORECASE)
+        assert subject, reply
+        found[subject.group(1).decode()] = b"\\Deleted" in reply
+    return found
+
+
+@pytest.fixture
+def guarded_proxy(imap4d, tmp_path) -> Iterator[ProxyProcess]:
+    with running_proxy(imap4d.address, tmp_path / "proxy.log", "--no-uidplus", "guarded") as proxy:
+        yield proxy
+
+
+def test_refuse_does_not_advertise_move_and_passes_a_forced_one_through(imap4d, tmp_path):
+    user = prepare(imap4d)
+    with (
+        running_proxy(imap4d.address, tmp_path / "proxy.log") as proxy,
+        RawClient(proxy.address) as client,
+    ):
+        client.login(user, imap4d.password)
+        capability = client.command(b"c", b"CAPABILITY")[0]
+        assert b"IMAP4rev1" in capability and b"MOVE" not in capability
+        client.command(b"s", b"SELECT INBOX")
+        reply = client.command(b"m", b"MOVE 1 Trash")
+        assert reply[-1].startswith(b"m BAD")  # imap4d's own answer to a command it lacks
+        client.command(b"z", b"LOGOUT")
+        assert "moves=0" in _wait_for_log(proxy, "closed client=")
+    assert contents(imap4d, user, "Trash") == {}
+    assert len(contents(imap4d, user, "INBOX")) == 5
+
+
+def test_guarded_move_keeps_the_users_own_deleted_messages(imap4d, guarded_proxy):
+    user = prepare(imap4d)
+    with RawClient(guarded_proxy.address) as client:
+        client.login(user, imap4d.password)
+        assert b"MOVE" in client.command(b"c", b"CAPABILITY")[0]
+        client.command(b"s", b"SELECT INBOX")
+        replies = client.command(b"m", b"MOVE 1,3 Trash")
+        assert replies[-1].startswith(b"m OK")
+        assert not any(b"COPYUID" in r for r in replies)  # imap4d gives none: none invented
+        assert not any(b"FETCH" in r for r in replies), replies  # flag changes stay invisible
+        assert len([r for r in replies if re.match(rb"\* \d+ EXPUNGE", r)]) == 2
+        uid = client.command(b"u", b"UID FETCH 1:* (UID)")
+        last_uid = re.findall(rb"UID (\d+)", b"".join(uid))[-1]
+        assert client.command(b"n", b"UID MOVE " + last_uid + b" Trash")[-1].startswith(b"n OK")
+    assert contents(imap4d, user, "INBOX") == {"m2": True, "m4": True}
+    assert contents(imap4d, user, "Trash") == {"m1": False, "m3": False, "m5": False}
+    assert "policy=guarded outcome=moved" in guarded_proxy.log_text()
+
+
+def _wait_for_log(proxy: ProxyProcess, text: str) -> str:
+    for _ in range(50):
+        log = proxy.log_text()
+        if text in log:
+            return log
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not logged")
+
+
+def test_message_flagged_by_another_session_during_a_guarded_move_is_not_expunged(
+    dovecot_no_uidplus, tmp_path
+):
+    server = dovecot_no_uidplus
+    user = prepare(server)
+    other = server.connect(user)
+    other.select("INBOX")
+
+    def flag_m5_meanwhile() -> None:  # runs just before the proxy's re-check reaches imap4d
+        typ, _ = other.store("5", "+FLAGS", "(\\Deleted)")
+        assert typ == "OK"
+
+    # The second NOOP starts the re-check right before EXPUNGE: the flag lands after the
+    # proxy's first look at \Deleted messages and after it flagged the one it moves.
+    relay = InterceptingRelay(server.address, b" NOOP\r\n", 2, flag_m5_meanwhile)
+    try:
+        with (
+            running_proxy(relay.address, tmp_path / "proxy.log", "--no-uidplus", "guarded")
+            as proxy,
+            RawClient(proxy.address) as client,
+        ):
+            client.login(user, server.password)
+            client.command(b"s", b"SELECT INBOX")
+            replies = client.command(b"m", b"MOVE 1 Trash")
+            assert replies[-1].startswith(b"m OK"), replies
+            assert [r for r in replies if b"EXPUNGE" in r] == [b"* 1 EXPUNGE\r\n"]
+        assert relay.hook_ran.is_set()
+    finally:
+        relay.close()
+        with contextlib.suppress(Exception):
+            other.logout()
+    assert contents(server, user, "INBOX") == {"m2": True, "m3": False, "m4": True, "m5": True}
+    assert contents(server, user, "Trash") == {"m1": False}
+    assert "-FLAGS.SILENT (\\\\Deleted)" in Path(tmp_path / "proxy.log").read_text()

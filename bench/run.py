@@ -1,7 +1,7 @@
 """Run the imapmoveproxy benchmarks and print a Markdown table.
 
-    python bench/run.py                      # everything (about 10 minutes)
-    python bench/run.py --quick              # small sizes: a smoke run (about 1 minute)
+    python bench/run.py                      # everything (about 4 minutes)
+    python bench/run.py --quick              # small sizes: a smoke run (about 20 s)
     python bench/run.py bulk flood           # a subset: bulk (incl. CPU/GB), flood, move, scale
     python bench/run.py scale --connections 2000
 

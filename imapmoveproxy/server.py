@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import signal
 import time
 
 import trio
@@ -60,6 +61,7 @@ class Proxy:
         self.config = config
         self._ids = itertools.count(1)
         self._locks = MoveLocks()
+        self._connections: set[Connection] = set()
         self._settings = SessionSettings(
             max_line=config.max_line_length,
             max_mailbox_literal=config.max_mailbox_literal,
@@ -79,8 +81,40 @@ class Proxy:
                 listener.socket.getsockname()[:2],
                 self.config.upstream,
             )
-        task_status.started(listeners)
-        await trio.serve_listeners(self.handle, listeners)
+        async with trio.open_nursery() as connections:
+            with trio.CancelScope() as accepting:
+                async with trio.open_nursery() as acceptors:
+                    for listener in listeners:
+                        acceptors.start_soon(self._accept, listener, connections)
+                    task_status.started(listeners)
+                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                        async for signum in signals:
+                            log.info("%s: draining", signal.Signals(signum).name)
+                            accepting.cancel()
+            for listener in listeners:
+                await listener.aclose()
+            await self._drain(connections)
+
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # out of file descriptors, say: back off, keep serving
+                log.error("accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            nursery.start_soon(self.handle, stream)
+
+    async def _drain(self, connections: trio.Nursery) -> None:
+        """Let MOVEs in flight finish, tell every other client BYE, within drain_timeout."""
+        for connection in list(self._connections):
+            connection.shutdown()
+        with trio.move_on_after(self.config.drain_timeout) as timer:
+            while self._connections:
+                await trio.sleep(0.05)
+        if timer.cancelled_caught:
+            log.warning("drain timeout: closing %d connections", len(self._connections))
+        connections.cancel_scope.cancel()
 
     async def handle(self, client: trio.SocketStream) -> None:
         conn_id = f"c{next(self._ids)}"
@@ -91,9 +125,17 @@ class Proxy:
         if upstream is None:
             return
         session = Session(self._settings, conn_id)
+        connection = Connection(client, upstream, session, self.config, self._locks)
+        self._connections.add(connection)
         try:
-            await Connection(client, upstream, session, self.config, self._locks).run()
+            await connection.run()
+        except Exception:  # a bug must cost one connection, never the proxy
+            conn_log.exception("internal error, closing the connection")
+            session.close_reason = "internal error"
+            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError):
+                await client.send_all(b"* BYE [SERVERBUG] Internal proxy error.\r\n")
         finally:
+            self._connections.discard(connection)
             counters = session.counters
             moves = ",".join(f"{k}={v}" for k, v in sorted(counters.moves.items())) or "0"
             conn_log.info(
@@ -149,11 +191,19 @@ class Connection:
         self._locks = locks
         self._locked: bytes | None = None  # the mailbox lock this connection holds
         self._locking = False
+        self._nursery: trio.Nursery | None = None
+
+    def shutdown(self) -> None:
+        """The proxy is stopping: BYE now, or once the MOVE in progress has finished."""
+        self.session.shutdown()
+        if self._nursery is not None:
+            self._nursery.start_soon(self._flush)
 
     async def run(self) -> None:
         try:
             with self._cancel:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._pump_upstream)
                     nursery.start_soon(self._pump_client)
         finally:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 _MOVE_COMMANDS = (b"MOVE", b"UID MOVE")
 _AUTH_COMMANDS = (b"LOGIN", b"AUTHENTICATE")
 _DATA_COMMANDS = (b"AUTHENTICATE", b"IDLE")  # client lines after these are not commands
+_SHUTDOWN_BYE = b"[UNAVAILABLE] Server shutting down, please reconnect."
 _UIDVALIDITY_RE = re.compile(rb"\* OK \[UIDVALIDITY (\d+)\]", re.IGNORECASE)
 
 
@@ -91,6 +92,7 @@ class Session:
         self._upstream_said_bye = False
         self._read_only = False  # the selected mailbox was opened read-only (EXAMINE)
         self._uidvalidity = b""
+        self._shutting_down = False
 
     # ------------------------------------------------------------------ caller interface
 
@@ -114,19 +116,27 @@ class Session:
         data, self._to_upstream = self._to_upstream, bytearray()
         return data
 
+    def shutdown(self) -> None:
+        """The proxy is stopping: a MOVE in progress finishes first, then the client gets BYE."""
+        self._shutting_down = True
+        if not self.moving:
+            self._close("proxy shutting down", _SHUTDOWN_BYE, logging.INFO)
+
     def upstream_closed(self) -> None:
         """The upstream connection ended; tell the client unless the upstream already did."""
         if not self._upstream_said_bye:
-            self._log.warning(
-                "upstream closed the connection%s", " during a MOVE" if self.moving else ""
-            )
-            self.close_reason = "upstream closed"
-            self._reply(b"* BYE Connection to the mail server lost.\r\n")
+            during = " during a MOVE" if self.moving else ""
+            self._close(f"upstream closed the connection{during}", b"Mail server connection lost.")
 
     @property
     def wants_client_data(self) -> bool:
         """False while a MOVE holds back the client's later commands (stop reading them)."""
-        return self._move is None and self._waiting_move is None and self.close_reason is None
+        return (
+            self._move is None
+            and self._waiting_move is None
+            and self.close_reason is None
+            and not self._shutting_down
+        )
 
     @property
     def move_ready(self) -> bool:
@@ -161,7 +171,7 @@ class Session:
             try:
                 event = framer.next_event()
             except LineTooLong:
-                self._fail("client line too long", b"* BYE Line too long.\r\n")
+                self._close("client line too long", b"Line too long.")
                 return
             if event is None:
                 return
@@ -295,6 +305,8 @@ class Session:
             "%s %s: policy=%s outcome=%s",
             kind, move.request.sequence_set.decode(), policy, move.outcome,
         )  # fmt: skip
+        if self._shutting_down:
+            self._close("proxy shutting down", _SHUTDOWN_BYE, logging.INFO)
 
     def _new_tag(self) -> bytes:
         self._tag_counter += 1
@@ -314,7 +326,7 @@ class Session:
             try:
                 event = framer.next_event()
             except LineTooLong:
-                self._fail("upstream line too long", b"* BYE Upstream server error.\r\n")
+                self._close("upstream line too long", b"The mail server sent an overlong line.")
                 return
             if event is None:
                 return
@@ -409,7 +421,8 @@ class Session:
         else:
             self._deferred += data
 
-    def _fail(self, reason: str, bye: bytes) -> None:
-        self._log.warning("closing connection: %s", reason)
+    def _close(self, reason: str, bye: bytes, level: int = logging.WARNING) -> None:
+        """End the connection: log ``reason``, and tell the client ``* BYE <bye>``."""
+        self._log.log(level, "closing connection: %s", reason)
         self.close_reason = reason
-        self._reply(bye)
+        self._reply(b"* BYE " + bye + b"\r\n")

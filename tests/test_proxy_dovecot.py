@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import imaplib
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import imapclient
 import pytest
-from harness import ROOT, ProxyProcess, RawClient, running_proxy
+from harness import ROOT, InterceptingRelay, ProxyProcess, RawClient, running_proxy
 from servers import HOST, ImapServer, find_free_port, make_message
 
 
@@ -280,3 +281,31 @@ def test_example_config_documents_every_setting_and_loads():
     values = load_file(ROOT / "config.example.toml")
     build(values)
     assert set(values) == set(Config.__dataclass_fields__)
+
+
+def test_sigterm_lets_a_move_finish_then_says_bye_to_everyone(dovecot_legacy, mailbox, tmp_path):
+    """SIGTERM mid-MOVE: the MOVE completes (held mid-way by a relay), then BYE [UNAVAILABLE]."""
+    proxy_box: list[ProxyProcess] = []
+
+    def terminate_proxy() -> None:  # runs when the proxy's STORE reaches the relay
+        proxy_box[0].process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # let the proxy stop accepting and tell idle clients BYE meanwhile
+
+    relay = InterceptingRelay(dovecot_legacy.address, b"UID STORE", 1, terminate_proxy)
+    proxy = ProxyProcess(relay.address, tmp_path / "proxy.log")
+    proxy_box.append(proxy)
+    try:
+        with RawClient(proxy.address) as idle, RawClient(proxy.address) as mover:
+            idle.login(mailbox, dovecot_legacy.password)
+            mover.login(mailbox, dovecot_legacy.password)
+            mover.command(b"s", b"SELECT INBOX")
+            replies = mover.command(b"m", b"MOVE 1:2 Trash")
+            assert replies[-1].startswith(b"m OK"), replies
+            assert mover._read_response().startswith(b"* BYE [UNAVAILABLE]")
+            assert idle._read_response().startswith(b"* BYE [UNAVAILABLE]")
+        assert proxy.process.wait(10) == 0
+    finally:
+        proxy.stop()
+        relay.close()
+    assert subjects(dovecot_legacy, mailbox, "Trash") == ["message 1", "message 2"]
+    assert subjects(dovecot_legacy, mailbox, "INBOX") == ["message 3", "message 4", "message 5"]

@@ -11,6 +11,7 @@ The framer is sans-IO: ``feed()`` bytes in, then call ``next_event()`` until it 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -87,6 +88,21 @@ class Framer:
     def at_boundary(self) -> bool:
         """True between two messages: the next byte starts a new command or response."""
         return self._first
+
+    def plain_run(self, stop: re.Pattern[bytes]) -> bytes:
+        """Hand out, in one piece, the complete lines that come before the first one in which
+        ``stop`` matches (``b""`` unless at a message boundary). The caller's pattern must match
+        in any line it needs to see alone, and in any line announcing a literal; it may look at
+        the "\n" before a line, which for the first line is the last one handed out."""
+        if not self._first:
+            return b""
+        buf, pos = self._buf, self._pos
+        match = stop.search(buf, pos - 1 if pos else 0)  # from the "\n" ending the last line
+        end = buf.rfind(b"\n", pos, match.start() if match else len(buf)) + 1
+        if end <= pos:
+            return b""
+        self._pos = end
+        return buf[pos:end]
 
     def cancel_literal(self) -> None:
         """The announced synchronizing literal was refused: its bytes will never be sent."""

@@ -7,6 +7,8 @@ step on demand; tests/test_proxy_dovecot.py checks the same behaviour against a 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imapmoveproxy.session import Session, SessionSettings
 
@@ -400,3 +402,42 @@ def test_guarded_move_reports_messages_the_expunge_did_not_remove():
     s.upstream(b"* 1 FETCH (UID 3)\r\n* 2 FETCH (UID 12)\r\nimp9 OK\r\n")
     reply = s.seen()
     assert reply.startswith(b"c NO MOVE incomplete:") and b"UIDs 12 were not expunged" in reply
+
+
+RESPONSES = [
+    b"* 1 FETCH (UID 7 FLAGS (\\Seen))\r\n",
+    b"* 3 EXISTS\r\n",
+    b"* 2 EXPUNGE\r\n",
+    b"* 1 FETCH (BODY[] {12}\r\nline\r\n* BYE\r\n UID 3)\r\n",  # "* BYE" inside a literal is data
+    b"* CAPABILITY IMAP4rev1 UIDPLUS COMPRESS=DEFLATE\r\n",
+    b"* OK [UIDVALIDITY 42] UIDs valid\r\n",
+    b"* SEARCH 1 2 3\r\n",
+    b"* 4 FETCH (BODY[HEADER] {0}\r\n)\r\n",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(RESPONSES), min_size=1, max_size=30),
+    st.lists(st.integers(min_value=1, max_value=200), max_size=15),
+)
+def test_relayed_stream_is_the_same_however_the_upstream_splits_it(responses, cuts):
+    """Fast path (runs of plain lines) and slow path together give the one right output."""
+    stream = b"".join(responses)
+    expected = stream.replace(
+        b"UIDPLUS COMPRESS=DEFLATE\r\n", b"UIDPLUS MOVE\r\n"
+    )  # the only rewrite
+    whole = Script()
+    whole.seen()
+    whole.upstream(stream)
+    assert whole.seen() == expected
+    pieces, start = [], 0
+    for cut in sorted(set(cuts)):
+        pieces.append(stream[start:cut])
+        start = cut
+    pieces.append(stream[start:])
+    split = Script()
+    split.seen()
+    for piece in pieces:
+        split.upstream(piece)
+    assert split.seen() == expected

@@ -11,7 +11,7 @@ The framer is sans-IO: ``feed()`` bytes in, then call ``next_event()`` until it 
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -32,9 +32,13 @@ class Line:
 
 @dataclass(slots=True)
 class Literal:
-    """A chunk of literal data. ``last`` marks the chunk that completes the literal."""
+    """A chunk of literal data. ``last`` marks the chunk that completes the literal.
 
-    data: bytes
+    ``data`` is a view into the received bytes, not a copy: literals are the bulk of the
+    traffic, and the caller copies them once, into its output buffer.
+    """
+
+    data: memoryview
     last: bool
 
 
@@ -89,20 +93,19 @@ class Framer:
         """True between two messages: the next byte starts a new command or response."""
         return self._first
 
-    def plain_run(self, stop: re.Pattern[bytes]) -> bytes:
-        """Hand out, in one piece, the complete lines that come before the first one in which
-        ``stop`` matches (``b""`` unless at a message boundary). The caller's pattern must match
-        in any line it needs to see alone, and in any line announcing a literal; it may look at
-        the "\n" before a line, which for the first line is the last one handed out."""
-        if not self._first:
-            return b""
+    def plain_run(self, first_stop: Callable[[bytes, int], int]) -> memoryview:
+        """Hand out, in one piece (a view, not a copy), the complete lines that come before the
+        first line the caller must see alone (empty unless at a message boundary).
+
+        ``first_stop(buf, start)`` returns an index inside the first such line, or ``len(buf)``;
+        it must stop at any line that announces a literal.
+        """
         buf, pos = self._buf, self._pos
-        match = stop.search(buf, pos - 1 if pos else 0)  # from the "\n" ending the last line
-        end = buf.rfind(b"\n", pos, match.start() if match else len(buf)) + 1
+        end = buf.rfind(b"\n", pos, first_stop(buf, pos)) + 1 if self._first else 0
         if end <= pos:
-            return b""
+            return memoryview(b"")
         self._pos = end
-        return buf[pos:end]
+        return memoryview(buf)[pos:end]
 
     def cancel_literal(self) -> None:
         """The announced synchronizing literal was refused: its bytes will never be sent."""
@@ -128,7 +131,7 @@ class Framer:
             take = min(available, self._literal_left)
             self._literal_left -= take
             self._pos = pos + take
-            return Literal(buf[pos : pos + take], self._literal_left == 0)
+            return Literal(memoryview(buf)[pos : pos + take], self._literal_left == 0)
         end = buf.find(b"\n", pos)
         if end < 0:
             if len(buf) - pos > self._max_line:

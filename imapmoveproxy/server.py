@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # Bytes asked of the kernel per read: large reads halve the per-byte cost of bulk relaying
 # (bench/), and memory is only taken while data is actually there.
-RECEIVE_SIZE = 256 * 1024
+RECEIVE_SIZE = 1024 * 1024
 UNAVAILABLE = b"* BYE [UNAVAILABLE] Upstream server not available, try again later.\r\n"
 
 

@@ -31,10 +31,31 @@ log = logging.getLogger(__name__)
 _MOVE_COMMANDS = (b"MOVE", b"UID MOVE")
 _AUTH_COMMANDS = (b"LOGIN", b"AUTHENTICATE")
 _DATA_COMMANDS = (b"AUTHENTICATE", b"IDLE")  # client lines after these are not commands
-# A line the session must see by itself: anything not untagged ("\n" then not "*"), a literal
-# announcement, a response code (capabilities, UIDVALIDITY, READ-ONLY...), a capability list
-# and BYE. Everything else untagged is relayed as it is while no MOVE runs.
-_NEEDS_A_LOOK = re.compile(rb"(?:^|\n)[^*]|\}\r?\n|\[|\* BYE|(?i:capability)")
+_NOT_UNTAGGED = re.compile(rb"\n[^*]")
+# Inside a line, what makes the session look at it by itself: a literal announcement, a response
+# code (capabilities, UIDVALIDITY, READ-ONLY...), BYE, and (at a line start) CAPABILITY.
+_LOOK_AT = (b"}\r\n", b"}\n", b"[", b"* BYE", b"\n* C", b"\n* c")
+
+
+def _first_stop(buf: bytes, start: int) -> int:
+    """Where the first line the session must see alone begins or lies (``len(buf)``: none).
+
+    A run of plain untagged responses (a FETCH flood, say) is relayed in one piece; found with
+    a few ``bytes.find`` calls, this costs far less than looking at each line in Python.
+    """
+    if buf[start : start + 1] != b"*" or buf[start : start + 3] in (b"* C", b"* c"):
+        return start
+    stop = len(buf)
+    match = _NOT_UNTAGGED.search(buf, start, stop)
+    if match is not None:
+        stop = match.start() + 1
+    for needle in _LOOK_AT:
+        found = buf.find(needle, start, stop)
+        if found >= 0:
+            stop = found
+    return stop
+
+
 _SHUTDOWN_BYE = b"[UNAVAILABLE] Server shutting down, please reconnect."
 _UIDVALIDITY_RE = re.compile(rb"\* OK \[UIDVALIDITY (\d+)\]", re.IGNORECASE)
 
@@ -180,11 +201,11 @@ class Session:
             if event is None:
                 return
             if type(event) is Literal:
-                self._client_fragment(event.data, event.last)
+                self._client_fragment(event.data)
             elif event.first:
                 self._client_command(event)
             else:
-                self._client_fragment(event.data, False, event)
+                self._client_fragment(event.data, event)
 
     def _client_command(self, line: Line) -> None:
         if self._data_tag is not None:  # an AUTHENTICATE response or IDLE's DONE: data
@@ -221,7 +242,7 @@ class Session:
             self._data_tag = start.tag
             self._data_idle = start.name == b"IDLE"
 
-    def _client_fragment(self, data: bytes, literal_done: bool, line: Line | None = None) -> None:
+    def _client_fragment(self, data: bytes | memoryview, line: Line | None = None) -> None:
         """A literal chunk, or a line continuing a command after a literal."""
         if self._mode is Mode.FORWARD:
             self._to_upstream += data
@@ -330,7 +351,7 @@ class Session:
             if self._move is None and self._greeted:
                 # Fast path: relay in one piece the run of untagged responses that need no look
                 # (a FETCH flood is ~100 bytes a line; one at a time would cost 4 µs each).
-                run = framer.plain_run(_NEEDS_A_LOOK)
+                run = framer.plain_run(_first_stop)
                 if run:
                     self._to_client += run
                     self._flush_deferred()

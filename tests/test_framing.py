@@ -17,10 +17,11 @@ def frame(chunks: list[bytes], max_line: int = 65536) -> list[tuple[str, bytes, 
         framer.feed(chunk)
         while (event := framer.next_event()) is not None:
             if isinstance(event, Literal):
+                data = bytes(event.data)
                 if events and events[-1][0] == "literal" and not events[-1][2]:
-                    events[-1] = ("literal", events[-1][1] + event.data, event.last)
+                    events[-1] = ("literal", events[-1][1] + data, event.last)
                 else:
-                    events.append(("literal", event.data, event.last))
+                    events.append(("literal", data, event.last))
             else:
                 events.append(("line", event.data, event.first))
     return events

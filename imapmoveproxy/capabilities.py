@@ -3,12 +3,15 @@
 Capabilities appear in three places (the greeting's response code, ``* CAPABILITY`` and the tagged
 OK of LOGIN/AUTHENTICATE); all of them go through :func:`rewrite_line`. Names are compared
 case-insensitively and otherwise left exactly as the upstream spelled them.
+
+The upstream's STARTTLS and LOGINDISABLED are about the proxy's connection to it, never the
+client's: they are always removed, and the session adds its own where the proxy offers TLS.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 _CAPABILITY_RE = re.compile(
@@ -53,16 +56,19 @@ def _hidden(name: bytes) -> bool:
     return (
         upper.startswith(b"COMPRESS=")  # would compress past the proxy's parser
         or (upper.startswith(b"AUTH=") and upper.endswith(b"-PLUS"))  # channel binding
-        or upper == b"STARTTLS"  # TLS would run past the proxy end to end
+        or upper in (b"STARTTLS", b"LOGINDISABLED")  # about the upstream's TLS, not the client's
     )
 
 
-def rewrite_names(text: bytes, add_move: bool) -> bytes:
+# What to add to an upstream list: the session decides (MOVE; the proxy's own STARTTLS...).
+Additions = Callable[["Capabilities"], Sequence[bytes]]
+
+
+def rewrite_names(text: bytes, add: Sequence[bytes]) -> bytes:
     """The capability list shown to the client for the upstream's list ``text``."""
     names = [name for name in text.split() if not _hidden(name)]
-    if add_move and not any(n.upper() in (b"MOVE", b"IMAP4REV2") for n in names):
-        names.append(b"MOVE")
-    return b" ".join(names)
+    present = {name.upper() for name in names}
+    return b" ".join(names + [name for name in add if name not in present])
 
 
 def find_list(line: bytes) -> tuple[int, int] | None:
@@ -71,9 +77,7 @@ def find_list(line: bytes) -> tuple[int, int] | None:
     return None if match is None else match.span(1)
 
 
-def rewrite_line(
-    line: bytes, add_move: Callable[[Capabilities], bool]
-) -> tuple[bytes, Capabilities | None]:
+def rewrite_line(line: bytes, additions: Additions) -> tuple[bytes, Capabilities | None]:
     """Rewrite the capability list in ``line``; return the new line and the upstream's list."""
     span = find_list(line)
     if span is None:
@@ -81,4 +85,4 @@ def rewrite_line(
     start, end = span
     original = line[start:end]
     upstream = Capabilities.parse(original)
-    return line[:start] + rewrite_names(original, add_move(upstream)) + line[end:], upstream
+    return line[:start] + rewrite_names(original, additions(upstream)) + line[end:], upstream

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import sys
 
 import trio
@@ -39,10 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(config.log_level)
     try:
-        trio.run(Proxy(config).serve)
-    except KeyboardInterrupt:
-        return 0
+        proxy = Proxy(config)
+    except (OSError, ssl.SSLError) as exc:  # unreadable or mismatched certificate and key
+        key = "tls_cert" if config.tls_cert else "upstream_client_cert"
+        print(f"imapmoveproxy: configuration error: {key}: cannot load: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(proxy.serve)
     except OSError as exc:
-        logging.getLogger("imapmoveproxy").error("cannot listen on %s: %s", config.listen, exc)
+        logging.getLogger("imapmoveproxy").error("cannot listen: %s", exc)
         return 1
     return 0

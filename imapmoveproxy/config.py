@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NO_UIDPLUS_POLICIES = ("refuse", "guarded")
+UPSTREAM_TLS_MODES = ("none", "starttls", "implicit")
 
 
 class ConfigError(Exception):
@@ -27,8 +29,9 @@ class Address:
 
 @dataclass(slots=True, frozen=True)
 class Config:
-    listen: Address
     upstream: Address
+    listen: Address | None = None
+    listen_tls: Address | None = None
     connect_timeout: float = 10.0
     log_level: str = "info"
     max_line_length: int = 65536
@@ -36,6 +39,16 @@ class Config:
     max_set_bytes: int = 8192
     drain_timeout: float = 30.0
     no_uidplus: str = "refuse"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    require_tls: bool = False  # becomes true by default once a certificate is configured
+    tls_handshake_timeout: float = 10.0
+    upstream_tls: str = "none"
+    upstream_ca: Path | None = None
+    upstream_server_name: str | None = None
+    upstream_client_cert: Path | None = None
+    upstream_client_key: Path | None = None
+    upstream_tls_verify: bool = True
 
 
 def parse_address(key: str, value: object) -> Address:
@@ -48,51 +61,90 @@ def parse_address(key: str, value: object) -> Address:
     return Address(host, int(port))
 
 
-def _number(key: str, value: object, kind: type, minimum: float) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if kind is int and not isinstance(value, int):
-        raise ConfigError(f"{key}: expected a whole number, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{key}: must be at least {minimum}, got {value!r}")
-    return kind(value)
+def _number(kind: type, minimum: float) -> Callable[[str, object], Any]:
+    def parse(key: str, value: object) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if kind is int and not isinstance(value, int):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        if value < minimum:
+            raise ConfigError(f"{key}: must be at least {minimum}, got {value!r}")
+        return kind(value)
+
+    return parse
 
 
-_MINIMUMS = {
-    "connect_timeout": 0.1,
-    "max_line_length": 1024,
-    "max_mailbox_literal": 1,
-    "max_set_bytes": 64,
-    "drain_timeout": 0.0,
+def _choice(choices: tuple[str, ...]) -> Callable[[str, object], str]:
+    def parse(key: str, value: object) -> str:
+        if value not in choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    return parse
+
+
+def _file(key: str, value: object) -> Path:
+    if not isinstance(value, str | Path) or not Path(value).is_file():
+        raise ConfigError(f"{key}: not a readable file: {value!r}")
+    return Path(value)
+
+
+def _text(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _bool(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+_PARSERS: dict[str, Callable[[str, object], Any]] = {
+    "listen": parse_address,
+    "listen_tls": parse_address,
+    "upstream": parse_address,
+    "connect_timeout": _number(float, 0.1),
+    "log_level": _choice(LOG_LEVELS),
+    "max_line_length": _number(int, 1024),
+    "max_mailbox_literal": _number(int, 1),
+    "max_set_bytes": _number(int, 64),
+    "drain_timeout": _number(float, 0.0),
+    "no_uidplus": _choice(NO_UIDPLUS_POLICIES),
+    "tls_cert": _file,
+    "tls_key": _file,
+    "require_tls": _bool,
+    "tls_handshake_timeout": _number(float, 0.1),
+    "upstream_tls": _choice(UPSTREAM_TLS_MODES),
+    "upstream_ca": _file,
+    "upstream_server_name": _text,
+    "upstream_client_cert": _file,
+    "upstream_client_key": _file,
+    "upstream_tls_verify": _bool,
 }
+assert set(_PARSERS) == {f.name for f in fields(Config)}
 
 
 def build(values: dict[str, object]) -> Config:
     """Validate raw values (from TOML and flags) into a Config."""
-    known = {f.name for f in fields(Config)}
     for key in values:
-        if key not in known:
+        if key not in _PARSERS:
             raise ConfigError(f"{key}: unknown setting")
-    for key in ("listen", "upstream"):
-        if key not in values:
-            raise ConfigError(f"{key}: required (set it in the config file or with --{key})")
-    kwargs: dict[str, Any] = {
-        "listen": parse_address("listen", values["listen"]),
-        "upstream": parse_address("upstream", values["upstream"]),
-    }
-    level = values.get("log_level", "info")
-    if level not in LOG_LEVELS:
-        raise ConfigError(f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
-    kwargs["log_level"] = level
-    policy = values.get("no_uidplus", "refuse")
-    if policy not in NO_UIDPLUS_POLICIES:
-        choices = ", ".join(NO_UIDPLUS_POLICIES)
-        raise ConfigError(f"no_uidplus: expected one of {choices}, got {policy!r}")
-    kwargs["no_uidplus"] = policy
-    for key, minimum in _MINIMUMS.items():
-        if key in values:
-            kind = float if key.endswith("timeout") else int
-            kwargs[key] = _number(key, values[key], kind, minimum)
+    if "upstream" not in values:
+        raise ConfigError("upstream: required (set it in the config file or with --upstream)")
+    if "listen" not in values and "listen_tls" not in values:
+        raise ConfigError("listen: required, or listen_tls (set one with --listen/--listen-tls)")
+    kwargs = {key: _PARSERS[key](key, value) for key, value in values.items()}
+    for cert, key in (("tls_cert", "tls_key"), ("upstream_client_cert", "upstream_client_key")):
+        if (cert in kwargs) != (key in kwargs):
+            missing = key if cert in kwargs else cert
+            raise ConfigError(
+                f"{missing}: required together with {cert if missing == key else key}"
+            )
+    if "listen_tls" in kwargs and "tls_cert" not in kwargs:
+        raise ConfigError("tls_cert: required for listen_tls (and tls_key)")
+    kwargs.setdefault("require_tls", "tls_cert" in kwargs)
     return Config(**kwargs)
 
 
@@ -109,26 +161,44 @@ def load_file(path: Path) -> dict[str, object]:
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imapmoveproxy",
-        description="IMAP proxy that adds MOVE (RFC 6851) in front of servers that lack it.",
+        description="IMAP proxy that adds MOVE (RFC 6851) in front of servers that lack it. "
+        "Every flag overrides the config file key of the same name (see config.example.toml).",
     )
-    parser.add_argument("--config", type=Path, help="TOML configuration file")
-    parser.add_argument("--listen", help="address to accept clients on, HOST:PORT")
-    parser.add_argument("--upstream", help="IMAP server to forward to, HOST:PORT")
-    parser.add_argument("--connect-timeout", type=float, help="seconds to reach the upstream")
-    parser.add_argument("--log-level", choices=LOG_LEVELS, help="log verbosity")
-    parser.add_argument(
-        "--no-uidplus",
-        choices=NO_UIDPLUS_POLICIES,
-        help="MOVE over a server without UIDPLUS: refuse (default) or guarded emulation",
+    add = parser.add_argument
+    add("--config", type=Path, help="TOML configuration file")
+    add("--listen", help="plain IMAP address for clients, HOST:PORT (STARTTLS if a cert is set)")
+    add("--listen-tls", help="implicit-TLS address for clients, HOST:PORT")
+    add("--upstream", help="IMAP server to forward to, HOST:PORT")
+    add("--connect-timeout", type=float, help="seconds to reach the upstream")
+    add("--log-level", choices=LOG_LEVELS, help="log verbosity")
+    add("--no-uidplus", choices=NO_UIDPLUS_POLICIES, help="MOVE over a server without UIDPLUS")
+    add("--tls-cert", help="certificate chain (PEM) shown to clients")
+    add("--tls-key", help="private key (PEM) of --tls-cert")
+    add(
+        "--require-tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refuse LOGIN/AUTHENTICATE before STARTTLS (default: on with a certificate)",
     )
-    return parser
+    add("--upstream-tls", choices=UPSTREAM_TLS_MODES, help="TLS to the upstream")
+    add("--upstream-ca", help="CA bundle to verify the upstream (default: system store)")
+    add("--upstream-server-name", help="name expected in the upstream's certificate")
+    add("--upstream-client-cert", help="client certificate (PEM) for the upstream")
+    add("--upstream-client-key", help="private key (PEM) of --upstream-client-cert")
+    add(
+        "--upstream-tls-no-verify",
+        dest="upstream_tls_verify",
+        action="store_const",
+        const=False,
+        default=None,
+        help="do NOT verify the upstream's certificate (insecure)",
+    )
+    return parser  # fmt: skip
 
 
 def from_arguments(argv: list[str] | None) -> Config:
-    args = argument_parser().parse_args(argv)
-    values: dict[str, object] = load_file(args.config) if args.config else {}
-    for key in ("listen", "upstream", "connect_timeout", "log_level", "no_uidplus"):
-        flag = getattr(args, key)
-        if flag is not None:
-            values[key] = flag
+    args = vars(argument_parser().parse_args(argv))
+    config_file = args.pop("config")
+    values: dict[str, object] = load_file(config_file) if config_file else {}
+    values.update({key: value for key, value in args.items() if value is not None})
     return build(values)

@@ -180,6 +180,7 @@ class MoveEmulation:
         self._foreign: set[int] = set()  # guarded: other messages whose \Deleted we cleared
         self._already_deleted: set[int] = set()  # guarded: moved ones the user had flagged
         self._rechecks = 0
+        self._expunges: list[bytes] = []  # UID EXPUNGE commands still to send, one by one
         self._remaining: set[int] = set()  # guarded: moved messages still there after EXPUNGE
         self._failure: Tagged | None = None
         self._failed_step = ""
@@ -327,7 +328,8 @@ class MoveEmulation:
         if self.policy is Policy.UIDPLUS:
             # Even if flagging failed for some, UID EXPUNGE removes only messages of the set
             # that carry \\Deleted, all of them copied: those are moved, the rest stay.
-            return self._send(Step.EXPUNGE, self._per_set(b"UID EXPUNGE %s\r\n", self._moving))
+            self._expunges = self._per_set(b"UID EXPUNGE %s\r\n", self._moving)
+            return self._after_expunge()
         if self._failure is not None:
             return self._undo()
         return self._send(Step.RECHECK_SYNC, [b"NOOP\r\n"])
@@ -365,6 +367,10 @@ class MoveEmulation:
         return self._send(step, [_SEARCH_DELETED])
 
     def _after_expunge(self) -> list[UpstreamCommand]:
+        if self._expunges:
+            # One at a time: a server running two UID EXPUNGEs at once (Dovecot does) may
+            # report some expunges only after both tagged replies, that is after our OK.
+            return self._send(Step.EXPUNGE, [self._expunges.pop(0)])
         if self.policy is not Policy.GUARDED:
             return self._report()
         return self._send(Step.RESTORE, self._per_set(_FLAG, self._foreign))

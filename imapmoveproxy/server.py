@@ -14,8 +14,9 @@ import time
 
 import trio
 
-from .config import Config
+from .config import Address, Config
 from .session import Session, SessionSettings
+from .tls import Certificates, UpstreamUnavailable, open_upstream, upstream_context
 
 log = logging.getLogger(__name__)
 
@@ -62,42 +63,64 @@ class Proxy:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._ids = itertools.count(1)
-        self._locks = MoveLocks()
+        self.locks = MoveLocks()
         self._connections: set[Connection] = set()
+        self._certificates = (
+            Certificates(config.tls_cert, config.tls_key)
+            if config.tls_cert and config.tls_key
+            else None
+        )
+        self._upstream_tls = upstream_context(config)
         self._settings = SessionSettings(
             max_line=config.max_line_length,
             max_mailbox_literal=config.max_mailbox_literal,
             max_set_bytes=config.max_set_bytes,
             guarded=config.no_uidplus == "guarded",
+            tls_offered=self._certificates is not None,
+            require_tls=config.require_tls,
         )
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen and serve forever; ``task_status.started`` gets the bound listeners."""
-        listen = self.config.listen
-        listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
-        for listener in listeners:
-            log.info(
-                "listening on %s, upstream %s",
-                listener.socket.getsockname()[:2],
-                self.config.upstream,
-            )
+        """Listen and serve until SIGTERM/SIGINT, then drain.
+
+        ``task_status.started`` gets the bound listeners: plain ones first, then TLS ones.
+        """
+        plain = await self._listen(self.config.listen, "plain")
+        implicit = await self._listen(self.config.listen_tls, "TLS")
         async with trio.open_nursery() as connections:
             with trio.CancelScope() as accepting:
                 async with trio.open_nursery() as acceptors:
-                    for listener in listeners:
-                        acceptors.start_soon(self._accept, listener, connections)
-                    task_status.started(listeners)
-                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                        async for signum in signals:
+                    for listener in plain + implicit:
+                        tls = listener in implicit
+                        acceptors.start_soon(self._accept, listener, connections, tls)
+                    task_status.started(plain + implicit)
+                    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+                    with trio.open_signal_receiver(*signals) as received:
+                        async for signum in received:
+                            if signum == signal.SIGHUP:
+                                if self._certificates is not None:
+                                    self._certificates.reload()
+                                continue
                             log.info("%s: draining", signal.Signals(signum).name)
                             accepting.cancel()
-            for listener in listeners:
+            for listener in plain + implicit:
                 await listener.aclose()
             await self._drain(connections)
 
-    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    async def _listen(self, address: Address | None, kind: str) -> list[trio.SocketListener]:
+        if address is None:
+            return []
+        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
+        for listener in listeners:
+            where = listener.socket.getsockname()[:2]
+            log.info("listening (%s) on %s, upstream %s", kind, where, self.config.upstream)
+        return listeners
+
+    async def _accept(
+        self, listener: trio.SocketListener, nursery: trio.Nursery, tls: bool
+    ) -> None:
         while True:
             try:
                 stream = await listener.accept()
@@ -105,7 +128,7 @@ class Proxy:
                 log.error("accept failed: %s", exc)
                 await trio.sleep(0.1)
                 continue
-            nursery.start_soon(self.handle, stream)
+            nursery.start_soon(self.handle, stream, tls)
 
     async def _drain(self, connections: trio.Nursery) -> None:
         """Let MOVEs in flight finish, tell every other client BYE, within drain_timeout."""
@@ -118,16 +141,22 @@ class Proxy:
             log.warning("drain timeout: closing %d connections", len(self._connections))
         connections.cancel_scope.cancel()
 
-    async def handle(self, client: trio.SocketStream) -> None:
+    async def handle(self, socket_stream: trio.SocketStream, tls: bool = False) -> None:
         conn_id = f"c{next(self._ids)}"
         conn_log = logging.LoggerAdapter(log, {"conn": conn_id})
-        peer = _address(client)
+        peer = _address(socket_stream)
         started = time.monotonic()
-        upstream = await self._connect(client, conn_log, peer)
-        if upstream is None:
+        client: trio.abc.Stream = socket_stream
+        if tls:
+            client = await self.start_tls(socket_stream, conn_log)
+            if client is None:
+                return
+        opened = await self._connect(client, conn_log, peer)
+        if opened is None:
             return
-        session = Session(self._settings, conn_id)
-        connection = Connection(client, upstream, session, self.config, self._locks)
+        upstream, greeting = opened
+        session = Session(self._settings, conn_id, tls=tls)
+        connection = Connection(client, upstream, session, self, greeting)
         self._connections.add(connection)
         try:
             await connection.run()
@@ -141,9 +170,10 @@ class Proxy:
             counters = session.counters
             moves = ",".join(f"{k}={v}" for k, v in sorted(counters.moves.items())) or "0"
             conn_log.info(
-                "closed client=%s upstream=%s duration=%.3fs bytes_in=%d bytes_out=%d "
+                "closed client=%s%s upstream=%s duration=%.3fs bytes_in=%d bytes_out=%d "
                 "commands=%d moves=%s%s",
                 peer,
+                " tls" if session.tls else "",
                 self.config.upstream,
                 time.monotonic() - started,
                 counters.bytes_from_client,
@@ -153,16 +183,35 @@ class Proxy:
                 f" reason={session.close_reason}" if session.close_reason else "",
             )
 
+    async def start_tls(
+        self, stream: trio.abc.Stream, conn_log: logging.LoggerAdapter
+    ) -> trio.SSLStream | None:
+        """Server-side TLS handshake with a client, bounded in time; None if it failed."""
+        assert self._certificates is not None
+        tls = trio.SSLStream(stream, self._certificates.context, server_side=True)
+        with trio.move_on_after(self.config.tls_handshake_timeout) as timer:
+            try:
+                await tls.do_handshake()
+            except trio.BrokenResourceError as exc:
+                conn_log.info("client TLS handshake failed: %s", exc.__cause__ or exc)
+                await trio.aclose_forcefully(stream)
+                return None
+        if timer.cancelled_caught:
+            conn_log.info("client TLS handshake timed out")
+            await trio.aclose_forcefully(stream)
+            return None
+        return tls
+
     async def _connect(
-        self, client: trio.SocketStream, conn_log: logging.LoggerAdapter, peer: str
-    ) -> trio.SocketStream | None:
+        self, client: trio.abc.Stream, conn_log: logging.LoggerAdapter, peer: str
+    ) -> tuple[trio.abc.Stream, bytes] | None:
         upstream = self.config.upstream
         try:
             with trio.fail_after(self.config.connect_timeout):
-                return await trio.open_tcp_stream(upstream.host, upstream.port)
-        except (OSError, trio.TooSlowError) as exc:
+                return await open_upstream(self.config, self._upstream_tls)
+        except (OSError, trio.TooSlowError, UpstreamUnavailable) as exc:
             conn_log.warning(
-                "client=%s upstream %s unreachable: %s", peer, upstream, exc or "timed out"
+                "client=%s upstream %s unavailable: %s", peer, upstream, exc or "timed out"
             )
             with trio.move_on_after(1):
                 with contextlib.suppress(trio.BrokenResourceError):
@@ -176,21 +225,23 @@ class Connection:
 
     def __init__(
         self,
-        client: trio.SocketStream,
-        upstream: trio.SocketStream,
+        client: trio.abc.Stream,
+        upstream: trio.abc.Stream,
         session: Session,
-        config: Config,
-        locks: MoveLocks,
+        proxy: Proxy,
+        greeting: bytes = b"",
     ) -> None:
         self.client = client
         self.upstream = upstream
         self.session = session
-        self.config = config
+        self.config = proxy.config
+        self._proxy = proxy
+        self._greeting = greeting  # already read from the upstream (after its STARTTLS)
         self._client_lock = trio.Lock()
         self._upstream_lock = trio.Lock()
         self._resume = trio.Event()
         self._cancel = trio.CancelScope()
-        self._locks = locks
+        self._locks = proxy.locks
         self._locked: bytes | None = None  # the mailbox lock this connection holds
         self._locking = False
         self._nursery: trio.Nursery | None = None
@@ -218,7 +269,7 @@ class Connection:
     async def _pump_upstream(self) -> None:
         session = self.session
         with trio.move_on_after(self.config.connect_timeout) as greeting_wait:
-            data = await self._receive(self.upstream)
+            data = self._greeting or await self._receive(self.upstream)
         if greeting_wait.cancelled_caught:
             log.warning("upstream %s sent no greeting in time", self.config.upstream)
             await self._send(self.client, UNAVAILABLE)
@@ -247,12 +298,25 @@ class Connection:
                 break
             session.receive_client(data)
             await self._flush()
+            if session.starttls_requested:
+                await self._start_client_tls()
         # The client has gone. A MOVE it started is completed upstream before we close.
         with trio.move_on_after(self.config.drain_timeout):
             while session.moving:
                 self._resume = trio.Event()
                 await self._resume.wait()
         self._cancel.cancel()
+
+    async def _start_client_tls(self) -> None:
+        """STARTTLS from the client: the session has queued its OK; now the handshake."""
+        conn_log = logging.LoggerAdapter(log, {"conn": self.session.conn_id})
+        async with self._client_lock:  # nothing may be sent to the client in between
+            tls = await self._proxy.start_tls(self.client, conn_log)
+            if tls is None:
+                self._cancel.cancel()
+                return
+            self.client = tls
+        self.session.tls_established()
 
     async def _flush(self) -> None:
         session = self.session
@@ -283,7 +347,7 @@ class Connection:
             if data:
                 await self._send(self.client, data)
 
-    async def _send(self, stream: trio.SocketStream, data: bytes | bytearray) -> None:
+    async def _send(self, stream: trio.abc.Stream, data: bytes | bytearray) -> None:
         try:
             await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -292,7 +356,7 @@ class Connection:
             # A client that has gone cannot be told anything; upstream work goes on.
 
     @staticmethod
-    async def _receive(stream: trio.SocketStream) -> bytes:
+    async def _receive(stream: trio.abc.Stream) -> bytes:
         try:
             return await stream.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -68,6 +68,8 @@ class SessionSettings:
     max_mailbox_literal: int = 4096  # longest mailbox name a MOVE may carry as a literal
     max_set_bytes: int = 8192  # longest UID set the proxy puts in one upstream command
     guarded: bool = False  # emulate MOVE without UIDPLUS too (the "guarded" policy)
+    tls_offered: bool = False  # the proxy has a certificate: STARTTLS on plain connections
+    require_tls: bool = False  # no LOGIN/AUTHENTICATE before TLS
 
 
 class Mode(enum.Enum):
@@ -89,8 +91,13 @@ class Counters:
 class Session:
     """The protocol state of one client connection and its upstream connection."""
 
-    def __init__(self, settings: SessionSettings | None = None, conn_id: str = "-") -> None:
+    def __init__(
+        self, settings: SessionSettings | None = None, conn_id: str = "-", tls: bool = False
+    ) -> None:
         self.settings = settings or SessionSettings()
+        self.conn_id = conn_id
+        self.tls = tls  # the client's connection is encrypted
+        self.starttls_requested = False  # the caller must now start TLS with the client
         self.counters = Counters()
         self.close_reason: str | None = None  # set when the connection must end
         self._log = logging.LoggerAdapter(log, {"conn": conn_id})
@@ -141,6 +148,11 @@ class Session:
         data, self._to_upstream = self._to_upstream, bytearray()
         return data
 
+    def tls_established(self) -> None:
+        """The TLS handshake the session asked for with :attr:`starttls_requested` is done."""
+        self.tls = True
+        self.starttls_requested = False
+
     def shutdown(self) -> None:
         """The proxy is stopping: a MOVE in progress finishes first, then the client gets BYE."""
         self._shutting_down = True
@@ -161,6 +173,7 @@ class Session:
             and self._waiting_move is None
             and self.close_reason is None
             and not self._shutting_down
+            and not self.starttls_requested
         )
 
     @property
@@ -227,9 +240,25 @@ class Session:
         elif name == b"COMPRESS":
             self._reject(line, start.tag + b" NO COMPRESS is not available through this proxy.\r\n")
         elif name == b"STARTTLS":
-            self._reject(line, start.tag + b" NO STARTTLS is not available through this proxy.\r\n")
+            self._starttls(line, start.tag)
+        elif name in _AUTH_COMMANDS and self.settings.require_tls and not self.tls:
+            self._log.info("%s before STARTTLS refused", name.decode())
+            self._reject(line, start.tag + b" NO [PRIVACYREQUIRED] Use STARTTLS first.\r\n")
         else:
             self._forward_command(line, start)
+
+    def _starttls(self, line: Line, tag: bytes) -> None:
+        if not self.settings.tls_offered or self.tls:
+            state = "already active" if self.tls else "not available through this proxy"
+            self._reject(line, tag + b" BAD STARTTLS " + state.encode() + b".\r\n")
+        elif self._inflight_count or line.literal is not None:
+            self._reject(line, tag + b" BAD Finish the other commands before STARTTLS.\r\n")
+        else:
+            self._reply(tag + b" OK Begin TLS negotiation now.\r\n")
+            self.starttls_requested = True
+            # Whatever the client sent after STARTTLS in plaintext is thrown away (RFC 9051
+            # §6.2.1): it could have been injected by a man in the middle.
+            self._client = Framer(self.settings.max_line)
 
     def _forward_command(self, line: Line, start: CommandStart) -> None:
         self._mode = Mode.FORWARD
@@ -326,9 +355,12 @@ class Session:
         key = f"{policy}-{move.outcome}"
         self.counters.moves[key] = self.counters.moves.get(key, 0) + 1
         kind = "UID MOVE" if move.request.uid else "MOVE"
+        shown = move.request.sequence_set[:60] + (
+            b"..." if len(move.request.sequence_set) > 60 else b""
+        )
         self._log.info(
             "%s %s: policy=%s outcome=%s",
-            kind, move.request.sequence_set.decode(), policy, move.outcome,
+            kind, shown.decode(), policy, move.outcome,
         )  # fmt: skip
         if self._shutting_down:
             self._close("proxy shutting down", _SHUTDOWN_BYE, logging.INFO)
@@ -440,10 +472,19 @@ class Session:
             self._data_tag = None
 
     def _capabilities(self, line: bytes) -> bytes:
-        new_line, caps = capabilities.rewrite_line(line, self._offers_move)
+        new_line, caps = capabilities.rewrite_line(line, self._additions)
         if caps is not None:
             self._caps = caps
         return new_line
+
+    def _additions(self, caps: Capabilities) -> list[bytes]:
+        """What the proxy adds to the upstream's capability list ``caps``."""
+        added = [b"MOVE"] if self._offers_move(caps) else []
+        if self.settings.tls_offered and not self.tls:
+            added.append(b"STARTTLS")
+            if self.settings.require_tls:
+                added.append(b"LOGINDISABLED")
+        return added
 
     def _offers_move(self, caps: Capabilities) -> bool:
         return not caps.native_move and (caps.uidplus or self.settings.guarded)

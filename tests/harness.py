@@ -152,8 +152,9 @@ class InterceptingRelay:
     proxy's n-th occurrence of a command: the way to hold a real server still between two
     steps of a MOVE, which no real server can be told to do."""
 
-    def __init__(self, upstream: tuple[str, int], pattern: bytes, occurrence: int,
-                 hook: Callable[[], None]) -> None:
+    def __init__(
+        self, upstream: tuple[str, int], pattern: bytes, occurrence: int, hook: Callable[[], None]
+    ) -> None:
         self._upstream = upstream
         self._pattern = pattern
         self._occurrence = occurrence

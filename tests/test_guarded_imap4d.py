@@ -115,8 +115,9 @@ def test_message_flagged_by_another_session_during_a_guarded_move_is_not_expunge
     relay = InterceptingRelay(server.address, b" NOOP\r\n", 2, flag_m5_meanwhile)
     try:
         with (
-            running_proxy(relay.address, tmp_path / "proxy.log", "--no-uidplus", "guarded")
-            as proxy,
+            running_proxy(
+                relay.address, tmp_path / "proxy.log", "--no-uidplus", "guarded"
+            ) as proxy,
             RawClient(proxy.address) as client,
         ):
             client.login(user, server.password)

@@ -320,9 +320,12 @@ def test_large_uid_sets_are_split_into_short_commands():
     assert stored == uids and b"EXPUNGE" not in sent
     tags = [line.split()[0] for line in lines]
     sent = s.upstream(b"".join(tag + b" OK\r\n" for tag in tags))
-    expunged = b",".join(line.split()[3] for line in sent.split(b"\r\n")[:-1])
-    assert expunged == uids
-    s.upstream(b"".join(line.split()[0] + b" OK\r\n" for line in sent.split(b"\r\n")[:-1]))
+    expunged = []
+    for _ in range(len(tags)):  # the UID EXPUNGEs go one at a time, each after the last's OK
+        assert sent.count(b"\r\n") == 1 and b" UID EXPUNGE " in sent
+        expunged.append(sent.split()[3])
+        sent = s.upstream(sent.split()[0] + b" OK\r\n")
+    assert b",".join(expunged) == uids
     assert s.seen().endswith(b"c OK Move completed.\r\n")
 
 

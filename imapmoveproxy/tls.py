@@ -1,0 +1,152 @@
+"""TLS on both sides: the proxy's certificate for clients, and verified TLS to the upstream."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+
+import trio
+
+from .capabilities import Capabilities
+from .config import Config
+from .framing import Framer, Line
+from .syntax import Tagged, line_body, parse_status, parse_tagged
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream cannot be used safely (no STARTTLS, failed handshake...): tell the client."""
+
+
+def client_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The context clients' TLS terminates in: TLS 1.2 or newer, the system's modern defaults
+    (Python's defaults already disable compression and weak ciphers)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+class Certificates:
+    """The proxy's own certificate, reloaded from disk on request (SIGHUP) without a restart."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self._cert, self._key = cert, key
+        self.context = client_context(cert, key)
+
+    def reload(self) -> None:
+        try:
+            self.context = client_context(self._cert, self._key)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("certificate reload failed, keeping the previous one: %s", exc)
+            return
+        log.info("certificate reloaded from %s", self._cert)
+
+
+def upstream_context(config: Config) -> ssl.SSLContext | None:
+    """The context for TLS to the upstream, or None for plaintext."""
+    if config.upstream_tls == "none":
+        return None
+    context = ssl.create_default_context(
+        cafile=str(config.upstream_ca) if config.upstream_ca else None
+    )
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if config.upstream_client_cert and config.upstream_client_key:
+        context.load_cert_chain(config.upstream_client_cert, config.upstream_client_key)
+    if not config.upstream_tls_verify:
+        log.warning(
+            "INSECURE: the upstream's TLS certificate is NOT verified (upstream_tls_verify = "
+            "false); anyone between the proxy and %s can read and change all mail traffic",
+            config.upstream,
+        )
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def open_upstream(
+    config: Config, context: ssl.SSLContext | None
+) -> tuple[trio.abc.Stream, bytes]:
+    """Connect to the upstream as configured; return the stream and any greeting already read.
+
+    With ``starttls`` the greeting is read, STARTTLS negotiated (never silently skipped), and
+    the greeting handed on is rebuilt with the capabilities the upstream lists over TLS.
+    """
+    address = config.upstream
+    server_name = config.upstream_server_name or address.host
+    stream: trio.abc.Stream = await trio.open_tcp_stream(address.host, address.port)
+    if context is None:
+        return stream, b""
+    if config.upstream_tls == "implicit":
+        return await _handshake(stream, context, server_name), b""
+    reader = _Reader(stream, config.max_line_length)
+    greeting = await reader.line()
+    if not greeting.startswith(b"* OK"):
+        raise UpstreamUnavailable(f"greeting {line_body(greeting)[:80]!r}")
+    caps = Capabilities.parse(_capability_code(greeting) or await reader.capabilities(b"imp0"))
+    if b"STARTTLS" not in caps.names:
+        raise UpstreamUnavailable("the upstream does not offer STARTTLS")
+    await stream.send_all(b"imp0 STARTTLS\r\n")
+    reply = await reader.tagged(b"imp0")
+    if reply.status != b"OK":
+        raise UpstreamUnavailable(f"STARTTLS refused: {reply.text[:80]!r}")
+    tls = await _handshake(stream, context, server_name)
+    caps_text = await _Reader(tls, config.max_line_length).capabilities(b"imp0")
+    _, _, text = parse_status(greeting, 2)
+    return tls, b"* OK [CAPABILITY " + caps_text + b"] " + text + b"\r\n"
+
+
+async def _handshake(stream: trio.abc.Stream, context: ssl.SSLContext, name: str) -> trio.SSLStream:
+    tls = trio.SSLStream(stream, context, server_hostname=name)
+    try:
+        await tls.do_handshake()
+    except trio.BrokenResourceError as exc:
+        raise UpstreamUnavailable(f"TLS handshake failed: {exc.__cause__ or exc}") from exc
+    return tls
+
+
+def _capability_code(greeting: bytes) -> bytes | None:
+    _, code, _ = parse_status(greeting, 2)
+    if code is not None and code[:11].upper() == b"CAPABILITY ":
+        return code[11:]
+    return None
+
+
+class _Reader:
+    """Reads whole response lines off a stream (the few exchanges before the session starts)."""
+
+    def __init__(self, stream: trio.abc.Stream, max_line: int) -> None:
+        self._stream = stream
+        self._framer = Framer(max_line)
+
+    async def line(self) -> bytes:
+        for _ in range(10_000):  # bounded: the connect timeout bounds the time too
+            event = self._framer.next_event()
+            if isinstance(event, Line):
+                return event.data
+            if event is None:
+                data = await self._stream.receive_some(65536)
+                if not data:
+                    raise UpstreamUnavailable("connection closed during setup")
+                self._framer.feed(data)
+        raise UpstreamUnavailable("no response line during setup")
+
+    async def tagged(self, tag: bytes) -> Tagged:
+        for _ in range(1000):
+            reply = parse_tagged(await self.line())
+            if reply is not None and reply.tag == tag:
+                return reply
+        raise UpstreamUnavailable("no tagged reply during setup")
+
+    async def capabilities(self, tag: bytes) -> bytes:
+        await self._stream.send_all(tag + b" CAPABILITY\r\n")
+        names = b""
+        for _ in range(1000):
+            line = await self.line()
+            if line[:13].upper() == b"* CAPABILITY ":
+                names = line_body(line)[13:]
+            elif line.startswith(tag + b" "):
+                return names
+        raise UpstreamUnavailable("no CAPABILITY reply during setup")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import ssl
 import sys
 
@@ -21,12 +23,31 @@ class _ConnectionFilter(logging.Filter):
         return True
 
 
-def setup_logging(level: str) -> None:
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "conn": getattr(record, "conn", "-"),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str, log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ConnectionFilter())
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(conn)s %(name)s: %(message)s")
-    )
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(conn)s %(name)s: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -34,17 +55,20 @@ def setup_logging(level: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        config = from_arguments(argv)
+        config, check_only = from_arguments(argv, os.environ)
     except ConfigError as exc:
         print(f"imapmoveproxy: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     try:
         proxy = Proxy(config)
     except (OSError, ssl.SSLError) as exc:  # unreadable or mismatched certificate and key
         key = "tls_cert" if config.tls_cert else "upstream_client_cert"
         print(f"imapmoveproxy: configuration error: {key}: cannot load: {exc}", file=sys.stderr)
         return 2
+    if check_only:
+        print("imapmoveproxy: configuration OK")
+        return 0
     try:
         trio.run(proxy.serve)
     except OSError as exc:

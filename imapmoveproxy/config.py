@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,8 @@ from typing import Any
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NO_UIDPLUS_POLICIES = ("refuse", "guarded")
 UPSTREAM_TLS_MODES = ("none", "starttls", "implicit")
+LOG_FORMATS = ("text", "json")
+ENV_PREFIX = "IMAPMOVEPROXY_"
 
 
 class ConfigError(Exception):
@@ -34,6 +36,8 @@ class Config:
     listen_tls: Address | None = None
     connect_timeout: float = 10.0
     log_level: str = "info"
+    log_format: str = "text"
+    metrics: Address | None = None
     max_line_length: int = 65536
     max_mailbox_literal: int = 4096
     max_set_bytes: int = 8192
@@ -107,6 +111,8 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "upstream": parse_address,
     "connect_timeout": _number(float, 0.1),
     "log_level": _choice(LOG_LEVELS),
+    "log_format": _choice(LOG_FORMATS),
+    "metrics": parse_address,
     "max_line_length": _number(int, 1024),
     "max_mailbox_literal": _number(int, 1),
     "max_set_bytes": _number(int, 64),
@@ -171,6 +177,9 @@ def argument_parser() -> argparse.ArgumentParser:
     add("--upstream", help="IMAP server to forward to, HOST:PORT")
     add("--connect-timeout", type=float, help="seconds to reach the upstream")
     add("--log-level", choices=LOG_LEVELS, help="log verbosity")
+    add("--log-format", choices=LOG_FORMATS, help="log lines as text or JSON")
+    add("--metrics", help="serve /metrics, /healthz and /readyz on HOST:PORT")
+    add("--check-config", action="store_true", help="validate the configuration and exit")
     add("--no-uidplus", choices=NO_UIDPLUS_POLICIES, help="MOVE over a server without UIDPLUS")
     add("--tls-cert", help="certificate chain (PEM) shown to clients")
     add("--tls-key", help="private key (PEM) of --tls-cert")
@@ -196,9 +205,30 @@ def argument_parser() -> argparse.ArgumentParser:
     return parser  # fmt: skip
 
 
-def from_arguments(argv: list[str] | None) -> Config:
+def from_environment(environ: Mapping[str, str]) -> dict[str, object]:
+    """``IMAPMOVEPROXY_<KEY>`` variables: values in TOML syntax (numbers, true/false), or else
+    taken as plain strings (so ``IMAPMOVEPROXY_LISTEN=0.0.0.0:143`` needs no quotes)."""
+    values: dict[str, object] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or not raw:
+            continue
+        key = name.removeprefix(ENV_PREFIX).lower()
+        if key not in _PARSERS:
+            raise ConfigError(f"{key}: unknown setting (from environment variable {name})")
+        try:
+            values[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key] = raw
+    return values
+
+
+def from_arguments(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[Config, bool]:
+    """The configuration from file, environment and flags (in rising precedence), and whether
+    only a check was asked for (--check-config)."""
     args = vars(argument_parser().parse_args(argv))
     config_file = args.pop("config")
+    check_only = args.pop("check_config")
     values: dict[str, object] = load_file(config_file) if config_file else {}
+    values.update(from_environment(environ))
     values.update({key: value for key, value in args.items() if value is not None})
-    return build(values)
+    return build(values), check_only

@@ -15,6 +15,7 @@ import time
 import trio
 
 from .config import Address, Config
+from .metrics import Metrics, serve_http
 from .session import Session, SessionSettings
 from .tls import Certificates, UpstreamUnavailable, open_upstream, upstream_context
 
@@ -71,6 +72,8 @@ class Proxy:
             else None
         )
         self._upstream_tls = upstream_context(config)
+        self.metrics = Metrics()
+        self._draining = False
         self._settings = SessionSettings(
             max_line=config.max_line_length,
             max_mailbox_literal=config.max_mailbox_literal,
@@ -89,7 +92,10 @@ class Proxy:
         """
         plain = await self._listen(self.config.listen, "plain")
         implicit = await self._listen(self.config.listen_tls, "TLS")
+        http = await self._listen(self.config.metrics, "metrics")
         async with trio.open_nursery() as connections:
+            if http:  # in the outer nursery: /readyz says "draining" while MOVEs finish
+                connections.start_soon(serve_http, http, self.metrics, _alive, self._ready)
             with trio.CancelScope() as accepting:
                 async with trio.open_nursery() as acceptors:
                     for listener in plain + implicit:
@@ -104,6 +110,7 @@ class Proxy:
                                     self._certificates.reload()
                                 continue
                             log.info("%s: draining", signal.Signals(signum).name)
+                            self._draining = True
                             accepting.cancel()
             for listener in plain + implicit:
                 await listener.aclose()
@@ -130,6 +137,20 @@ class Proxy:
                 continue
             nursery.start_soon(self.handle, stream, tls)
 
+    async def _ready(self) -> bool:
+        """Ready for clients: not draining, and the upstream accepts connections."""
+        if self._draining:
+            return False
+        upstream = self.config.upstream
+        with trio.move_on_after(min(2.0, self.config.connect_timeout)):
+            try:
+                stream = await trio.open_tcp_stream(upstream.host, upstream.port)
+            except OSError:
+                return False
+            await trio.aclose_forcefully(stream)
+            return True
+        return False
+
     async def _drain(self, connections: trio.Nursery) -> None:
         """Let MOVEs in flight finish, tell every other client BYE, within drain_timeout."""
         for connection in list(self._connections):
@@ -147,17 +168,22 @@ class Proxy:
         peer = _address(socket_stream)
         started = time.monotonic()
         client: trio.abc.Stream = socket_stream
+        metrics = self.metrics
+        metrics.connections_total.inc()
         if tls:
             client = await self.start_tls(socket_stream, conn_log)
             if client is None:
+                metrics.rejected.labels("tls_handshake").inc()
                 return
         opened = await self._connect(client, conn_log, peer)
         if opened is None:
+            metrics.rejected.labels("upstream_unavailable").inc()
             return
         upstream, greeting = opened
         session = Session(self._settings, conn_id, tls=tls)
         connection = Connection(client, upstream, session, self, greeting)
         self._connections.add(connection)
+        metrics.connections.inc()
         try:
             await connection.run()
         except Exception:  # a bug must cost one connection, never the proxy
@@ -167,6 +193,7 @@ class Proxy:
                 await client.send_all(b"* BYE [SERVERBUG] Internal proxy error.\r\n")
         finally:
             self._connections.discard(connection)
+            metrics.connections.dec()
             counters = session.counters
             moves = ",".join(f"{k}={v}" for k, v in sorted(counters.moves.items())) or "0"
             conn_log.info(
@@ -206,10 +233,14 @@ class Proxy:
         self, client: trio.abc.Stream, conn_log: logging.LoggerAdapter, peer: str
     ) -> tuple[trio.abc.Stream, bytes] | None:
         upstream = self.config.upstream
+        started = time.monotonic()
         try:
             with trio.fail_after(self.config.connect_timeout):
-                return await open_upstream(self.config, self._upstream_tls)
+                opened = await open_upstream(self.config, self._upstream_tls)
+            self.metrics.upstream_seconds.observe(time.monotonic() - started)
+            return opened
         except (OSError, trio.TooSlowError, UpstreamUnavailable) as exc:
+            self.metrics.upstream_errors.inc()
             conn_log.warning(
                 "client=%s upstream %s unavailable: %s", peer, upstream, exc or "timed out"
             )
@@ -245,6 +276,8 @@ class Connection:
         self._locked: bytes | None = None  # the mailbox lock this connection holds
         self._locking = False
         self._nursery: trio.Nursery | None = None
+        self._move_started: float | None = None  # when the running MOVE began upstream
+        self._commands_counted = 0
 
     def shutdown(self) -> None:
         """The proxy is stopping: BYE now, or once the MOVE in progress has finished."""
@@ -275,7 +308,9 @@ class Connection:
             await self._send(self.client, UNAVAILABLE)
             self._cancel.cancel()
             return
+        counted = self._proxy.metrics.bytes_from_upstream
         while data:
+            counted.inc(len(data))
             session.receive_upstream(data)
             await self._flush()
             if session.wants_client_data:
@@ -296,6 +331,7 @@ class Connection:
             data = await self._receive(self.client)
             if not data:
                 break
+            self._proxy.metrics.bytes_from_client.inc(len(data))
             session.receive_client(data)
             await self._flush()
             if session.starttls_requested:
@@ -330,6 +366,12 @@ class Connection:
         if self._locked is not None and not session.move_running:
             self._locks.release(self._locked)
             self._locked = None
+        self._proxy.metrics.commands.inc(session.counters.commands - self._commands_counted)
+        self._commands_counted = session.counters.commands
+        for policy, outcome in session.take_finished_moves():
+            started, self._move_started = self._move_started, None
+            elapsed = None if started is None else time.monotonic() - started
+            self._proxy.metrics.move_done(policy, outcome, elapsed)
         if session.move_ready and self._locked is None and not self._locking:
             key = session.move_key
             self._locking = True  # the other pump must not queue for the same MOVE
@@ -338,6 +380,7 @@ class Connection:
             finally:
                 self._locking = False
             self._locked = key
+            self._move_started = time.monotonic()
             session.start_move()
             await self._flush()
 
@@ -369,3 +412,7 @@ def _address(stream: trio.SocketStream) -> str:
     except OSError:
         return "?"
     return f"{host}:{port}"
+
+
+async def _alive() -> bool:
+    return True  # answering at all is the proof: the event loop runs

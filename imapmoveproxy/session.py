@@ -125,6 +125,7 @@ class Session:
         self._read_only = False  # the selected mailbox was opened read-only (EXAMINE)
         self._uidvalidity = b""
         self._shutting_down = False
+        self._finished_moves: list[tuple[str, str]] = []  # (policy, outcome), for metrics
 
     # ------------------------------------------------------------------ caller interface
 
@@ -237,6 +238,10 @@ class Session:
         self.counters.commands += 1
         if name in _MOVE_COMMANDS and self._collects_move():
             self._collect_move(line)
+        elif name in _MOVE_COMMANDS:  # the upstream has MOVE, or no UIDPLUS and "refuse"
+            assert self._caps is not None
+            self._count_move("native" if self._caps.native_move else "refused", "forwarded")
+            self._forward_command(line, start)
         elif name == b"COMPRESS":
             self._reject(line, start.tag + b" NO COMPRESS is not available through this proxy.\r\n")
         elif name == b"STARTTLS":
@@ -352,8 +357,7 @@ class Session:
             return
         self._move = None
         policy = move.policy.value if move.policy else "none"
-        key = f"{policy}-{move.outcome}"
-        self.counters.moves[key] = self.counters.moves.get(key, 0) + 1
+        self._count_move(policy, move.outcome)
         kind = "UID MOVE" if move.request.uid else "MOVE"
         shown = move.request.sequence_set[:60] + (
             b"..." if len(move.request.sequence_set) > 60 else b""
@@ -364,6 +368,16 @@ class Session:
         )  # fmt: skip
         if self._shutting_down:
             self._close("proxy shutting down", _SHUTDOWN_BYE, logging.INFO)
+
+    def _count_move(self, policy: str, outcome: str) -> None:
+        key = f"{policy}-{outcome}"
+        self.counters.moves[key] = self.counters.moves.get(key, 0) + 1
+        self._finished_moves.append((policy, outcome))
+
+    def take_finished_moves(self) -> list[tuple[str, str]]:
+        """(policy, outcome) of every MOVE answered since the last call."""
+        moves, self._finished_moves = self._finished_moves, []
+        return moves
 
     def _new_tag(self) -> bytes:
         self._tag_counter += 1

@@ -1,0 +1,117 @@
+"""Prometheus metrics, and the small HTTP endpoint that serves them with /healthz and /readyz."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger(__name__)
+
+
+class Metrics:
+    """Every metric the proxy exports, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        prefix = "imapmoveproxy_"
+        self.connections = Gauge(
+            prefix + "connections_open", "Client connections open now", registry=registry
+        )
+        self.connections_total = Counter(
+            prefix + "connections", "Client connections accepted", registry=registry
+        )
+        self.rejected = Counter(
+            prefix + "connections_rejected",
+            "Client connections ended before proxying, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.bytes = Counter(
+            prefix + "bytes", "Bytes relayed, by direction", ["direction"], registry=registry
+        )
+        self.bytes_from_client = self.bytes.labels("client_to_upstream")
+        self.bytes_from_upstream = self.bytes.labels("upstream_to_client")
+        self.commands = Counter(prefix + "commands", "Client commands seen", registry=registry)
+        self.moves = Counter(
+            prefix + "moves",
+            "MOVE commands by handling (policy) and outcome",
+            ["policy", "outcome"],
+            registry=registry,
+        )
+        self.move_failures = Counter(
+            prefix + "move_failures",
+            "MOVEs that failed after the COPY, by the step that failed",
+            ["step"],
+            registry=registry,
+        )
+        self.move_seconds = Histogram(
+            prefix + "move_duration_seconds",
+            "Time from a MOVE's start upstream to its tagged reply",
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            prefix + "upstream_connect_errors",
+            "Failed connections to the upstream",
+            registry=registry,
+        )
+        self.upstream_seconds = Histogram(prefix + "upstream_connect_seconds",
+                                          "Time to connect to the upstream (and set up TLS)",
+                                          registry=registry)  # fmt: skip
+
+    def move_done(self, policy: str, outcome: str, seconds: float | None) -> None:
+        """Count a finished MOVE; ``seconds`` is None for one simply passed to the upstream."""
+        self.moves.labels(policy, outcome).inc()
+        if outcome.endswith("-failed"):
+            self.move_failures.labels(outcome.removesuffix("-failed")).inc()
+        if seconds is not None:
+            self.move_seconds.observe(seconds)
+
+
+Probe = Callable[[], Awaitable[bool]]
+
+
+async def serve_http(
+    listeners: list[trio.SocketListener], metrics: Metrics, alive: Probe, ready: Probe
+) -> None:
+    """GET /metrics, /healthz (the process answers) and /readyz (able to serve clients)."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            with trio.move_on_after(5):
+                request = b""
+                while b"\r\n\r\n" not in request and len(request) < 8192:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        return
+                    request += chunk
+                parts = request.split(b" ", 2)
+                path = parts[1] if len(parts) > 1 else b""
+                status, body, kind = await _respond(path, metrics, alive, ready)
+                head = (
+                    f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                )
+                await stream.send_all(head.encode() + body)
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    await trio.serve_listeners(handle, listeners)
+
+
+async def _respond(
+    path: bytes, metrics: Metrics, alive: Probe, ready: Probe
+) -> tuple[str, bytes, str]:
+    if path == b"/metrics":
+        return "200 OK", generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+    for name, probe in ((b"/healthz", alive), (b"/readyz", ready)):
+        if path == name:
+            if await probe():
+                return "200 OK", b"ok\n", "text/plain"
+            return "503 Service Unavailable", b"not ready\n", "text/plain"
+    return "404 Not Found", b"not found\n", "text/plain"

@@ -1,0 +1,130 @@
+"""What operators touch: metrics and probes, environment configuration, JSON logs, config checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from urllib.error import HTTPError
+
+from harness import ROOT, RawClient, running_proxy
+from servers import HOST, find_free_port, make_message
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    selector = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    pattern = re.escape(name + (f"{{{selector}}}" if labels else "")) + r" ([0-9.e+]+)$"
+    match = re.search(pattern, text, re.M)
+    assert match, f"{name} {labels} not in metrics"
+    return float(match.group(1))
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imapmoveproxy", *args], capture_output=True, text=True,
+        cwd=ROOT, timeout=30, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_metrics_count_moves_by_policy_and_outcome(dovecot_legacy, imap4d, tmp_path):
+    metrics_port = find_free_port()
+    user = dovecot_legacy.new_user()
+    dovecot_legacy.seed(user, "INBOX", [make_message(f"m{i}") for i in range(3)])
+    with running_proxy(dovecot_legacy.address, tmp_path / "p.log", "--metrics",
+                       f"{HOST}:{metrics_port}") as proxy:  # fmt: skip
+        assert http_get(metrics_port, "/healthz") == (200, "ok\n")
+        assert http_get(metrics_port, "/readyz") == (200, "ok\n")
+        with RawClient(proxy.address) as client:
+            client.login(user, dovecot_legacy.password)
+            client.command(b"s", b"SELECT INBOX")
+            client.command(b"m", b"MOVE 1 Nowhere")  # TRYCREATE: fails at the COPY
+            client.command(b"n", b"MOVE 1:2 INBOX")
+            client.command(b"z", b"LOGOUT")
+        status, text = http_get(metrics_port, "/metrics")
+    assert status == 200
+    assert metric(text, "imapmoveproxy_moves_total", policy="uidplus", outcome="moved") == 1
+    assert metric(text, "imapmoveproxy_moves_total", policy="uidplus", outcome="copy-failed") == 1
+    assert metric(text, "imapmoveproxy_move_duration_seconds_count") == 2
+    assert metric(text, "imapmoveproxy_connections_total") >= 1
+    assert metric(text, "imapmoveproxy_bytes_total", direction="upstream_to_client") > 500
+    assert metric(text, "imapmoveproxy_commands_total") >= 4
+    assert metric(text, "imapmoveproxy_upstream_connect_seconds_count") >= 1
+
+
+def test_guarded_policy_shows_in_metrics(imap4d, tmp_path):
+    metrics_port = find_free_port()
+    user = imap4d.new_user()
+    imap4d.seed(user, "INBOX", [make_message("m1")])
+    imap4d.seed(user, "Trash", [])
+    with running_proxy(imap4d.address, tmp_path / "p.log", "--no-uidplus", "guarded",
+                       "--metrics", f"{HOST}:{metrics_port}") as proxy:  # fmt: skip
+        with RawClient(proxy.address) as client:
+            client.login(user, imap4d.password)
+            client.command(b"s", b"SELECT INBOX")
+            assert client.command(b"m", b"MOVE 1 Trash")[-1].startswith(b"m OK")
+        _, text = http_get(metrics_port, "/metrics")
+    assert metric(text, "imapmoveproxy_moves_total", policy="guarded", outcome="moved") == 1
+
+
+def test_readyz_fails_when_the_upstream_is_down(tmp_path):
+    metrics_port = find_free_port()
+    with running_proxy((HOST, find_free_port()), tmp_path / "p.log", "--metrics",
+                       f"{HOST}:{metrics_port}"):  # fmt: skip
+        assert http_get(metrics_port, "/healthz")[0] == 200
+        assert http_get(metrics_port, "/readyz")[0] == 503
+        assert http_get(metrics_port, "/nothing")[0] == 404
+
+
+def test_configuration_from_environment_variables(tmp_path):
+    env = {
+        "IMAPMOVEPROXY_LISTEN": "127.0.0.1:1143",
+        "IMAPMOVEPROXY_UPSTREAM": "127.0.0.1:143",
+        "IMAPMOVEPROXY_CONNECT_TIMEOUT": "2.5",
+        "IMAPMOVEPROXY_UPSTREAM_TLS_VERIFY": "true",
+    }
+    result = run_cli("--check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "imapmoveproxy: configuration OK"
+    result = run_cli("--check-config", env={**env, "IMAPMOVEPROXY_CONNECT_TIMEOUT": "soon"})
+    assert result.returncode == 2
+    assert result.stderr.startswith("imapmoveproxy: configuration error: connect_timeout:")
+    result = run_cli("--check-config", env={**env, "IMAPMOVEPROXY_LISTEN_PORT": "1"})
+    assert result.returncode == 2 and "listen_port: unknown setting" in result.stderr
+    # precedence: file < environment < flags
+    config = tmp_path / "p.toml"
+    config.write_text('listen = "bad"\nupstream = "127.0.0.1:1"\n')
+    assert run_cli("--config", str(config), "--check-config", env=env).returncode == 0
+    bad_env = {**env, "IMAPMOVEPROXY_LISTEN": "also bad"}
+    assert run_cli("--config", str(config), "--check-config", env=bad_env).returncode == 2
+    fixed = run_cli("--config", str(config), "--check-config", "--listen", "127.0.0.1:9",
+                    env=bad_env)  # fmt: skip
+    assert fixed.returncode == 0
+
+
+def test_json_logs_carry_a_connection_id_and_no_password(dovecot_legacy, tmp_path):
+    user = dovecot_legacy.new_user()
+    log = tmp_path / "p.log"
+    with running_proxy(dovecot_legacy.address, log, "--log-format", "json") as proxy:
+        with RawClient(proxy.address) as client:
+            client.login(user, dovecot_legacy.password)
+            client.command(b"z", b"LOGOUT")
+        for _ in range(50):
+            if "closed client" in proxy.log_text():
+                break
+            __import__("time").sleep(0.1)
+        lines = [json.loads(line) for line in proxy.log_text().splitlines() if line]
+    closed = [entry for entry in lines if entry["message"].startswith("closed client=")]
+    assert closed and re.fullmatch(r"c\d+", closed[0]["conn"])
+    assert all({"time", "level", "conn", "logger", "message"} <= set(entry) for entry in lines)
+    assert dovecot_legacy.password not in log.read_text()

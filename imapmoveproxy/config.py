@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -53,6 +54,10 @@ class Config:
     upstream_client_cert: Path | None = None
     upstream_client_key: Path | None = None
     upstream_tls_verify: bool = True
+    proxy_protocol: bool = False
+    proxy_protocol_trusted: tuple[IPNetwork, ...] = ()
+    upstream_proxy_protocol: bool = False
+    upstream_id: bool = True
 
 
 def parse_address(key: str, value: object) -> Address:
@@ -105,6 +110,20 @@ def _bool(key: str, value: object) -> bool:
     return value
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(key: str, value: object) -> tuple[IPNetwork, ...]:
+    """A list of networks ("10.0.0.0/8"), or one comma-separated string of them."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ConfigError(f"{key}: expected a list of networks, got {value!r}")
+    try:
+        return tuple(ipaddress.ip_network(str(item).strip()) for item in items)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from exc
+
+
 _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "listen": parse_address,
     "listen_tls": parse_address,
@@ -128,6 +147,10 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "upstream_client_cert": _file,
     "upstream_client_key": _file,
     "upstream_tls_verify": _bool,
+    "proxy_protocol": _bool,
+    "proxy_protocol_trusted": _networks,
+    "upstream_proxy_protocol": _bool,
+    "upstream_id": _bool,
 }
 assert set(_PARSERS) == {f.name for f in fields(Config)}
 
@@ -151,6 +174,8 @@ def build(values: dict[str, object]) -> Config:
     if "listen_tls" in kwargs and "tls_cert" not in kwargs:
         raise ConfigError("tls_cert: required for listen_tls (and tls_key)")
     kwargs.setdefault("require_tls", "tls_cert" in kwargs)
+    if kwargs.get("proxy_protocol") and not kwargs.get("proxy_protocol_trusted"):
+        raise ConfigError("proxy_protocol_trusted: required with proxy_protocol (never guessed)")
     return Config(**kwargs)
 
 
@@ -201,6 +226,29 @@ def argument_parser() -> argparse.ArgumentParser:
         const=False,
         default=None,
         help="do NOT verify the upstream's certificate (insecure)",
+    )
+    add(
+        "--proxy-protocol",
+        action="store_const",
+        const=True,
+        default=None,
+        help="expect a PROXY v1/v2 header on client connections",
+    )
+    add("--proxy-protocol-trusted", help="networks allowed to send it, comma-separated")
+    add(
+        "--upstream-proxy-protocol",
+        action="store_const",
+        const=True,
+        default=None,
+        help="send a PROXY v2 header to the upstream (instead of ID x-originating-ip)",
+    )
+    add(
+        "--no-upstream-id",
+        dest="upstream_id",
+        action="store_const",
+        const=False,
+        default=None,
+        help="do not send the client's address in an ID command",
     )
     return parser  # fmt: skip
 

@@ -7,6 +7,7 @@ between sockets and the session and closes connections.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import itertools
 import logging
 import signal
@@ -16,7 +17,8 @@ import trio
 
 from .config import Address, Config
 from .metrics import Metrics, serve_http
-from .session import Session, SessionSettings
+from .proxyproto import V2_MAX, Endpoint, ProxyHeader, ProxyHeaderError, build_v2, parse
+from .session import SHUTDOWN_BYE, Session, SessionSettings
 from .tls import Certificates, UpstreamUnavailable, open_upstream, upstream_context
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 # (bench/), and memory is only taken while data is actually there.
 RECEIVE_SIZE = 1024 * 1024
 UNAVAILABLE = b"* BYE [UNAVAILABLE] Upstream server not available, try again later.\r\n"
+SHUTTING_DOWN = b"* BYE " + SHUTDOWN_BYE + b"\r\n"
 
 
 class MoveLocks:
@@ -74,6 +77,7 @@ class Proxy:
         self._upstream_tls = upstream_context(config)
         self.metrics = Metrics()
         self._draining = False
+        self._setting_up = 0  # connections accepted and not yet closed
         self._settings = SessionSettings(
             max_line=config.max_line_length,
             max_mailbox_literal=config.max_mailbox_literal,
@@ -81,6 +85,7 @@ class Proxy:
             guarded=config.no_uidplus == "guarded",
             tls_offered=self._certificates is not None,
             require_tls=config.require_tls,
+            forward_id=config.upstream_id and not config.upstream_proxy_protocol,
         )
 
     async def serve(
@@ -156,31 +161,50 @@ class Proxy:
         for connection in list(self._connections):
             connection.shutdown()
         with trio.move_on_after(self.config.drain_timeout) as timer:
-            while self._connections:
+            while self._setting_up:  # also those still connecting to the upstream
                 await trio.sleep(0.05)
         if timer.cancelled_caught:
-            log.warning("drain timeout: closing %d connections", len(self._connections))
+            log.warning("drain timeout: closing %d connections", self._setting_up)
         connections.cancel_scope.cancel()
 
     async def handle(self, socket_stream: trio.SocketStream, tls: bool = False) -> None:
+        self._setting_up += 1
+        try:
+            await self._handle(socket_stream, tls)
+        finally:
+            self._setting_up -= 1
+
+    async def _handle(self, socket_stream: trio.SocketStream, tls: bool) -> None:
         conn_id = f"c{next(self._ids)}"
         conn_log = logging.LoggerAdapter(log, {"conn": conn_id})
-        peer = _address(socket_stream)
         started = time.monotonic()
         client: trio.abc.Stream = socket_stream
         metrics = self.metrics
         metrics.connections_total.inc()
+        addresses = await self._client_addresses(socket_stream, conn_log)
+        if addresses is None:
+            metrics.rejected.labels("proxy_protocol").inc()
+            await trio.aclose_forcefully(socket_stream)
+            return
+        peer = _format(addresses[0])
         if tls:
             client = await self.start_tls(socket_stream, conn_log)
             if client is None:
                 metrics.rejected.labels("tls_handshake").inc()
                 return
-        opened = await self._connect(client, conn_log, peer)
+        opened = await self._connect(client, conn_log, peer, addresses)
         if opened is None:
             metrics.rejected.labels("upstream_unavailable").inc()
             return
         upstream, greeting = opened
-        session = Session(self._settings, conn_id, tls=tls)
+        if self._draining:  # accepted just before the drain began: tell it to come back
+            metrics.rejected.labels("draining").inc()
+            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError):
+                await client.send_all(SHUTTING_DOWN)
+            await trio.aclose_forcefully(upstream)
+            await trio.aclose_forcefully(client)
+            return
+        session = Session(self._settings, conn_id, tls=tls, addresses=addresses)
         connection = Connection(client, upstream, session, self, greeting)
         self._connections.add(connection)
         metrics.connections.inc()
@@ -229,14 +253,40 @@ class Proxy:
             return None
         return tls
 
+    async def _client_addresses(
+        self, stream: trio.SocketStream, conn_log: logging.LoggerAdapter
+    ) -> tuple[Endpoint, Endpoint] | None:
+        """The client's address and the one it connected to: from the socket, or from a
+        PROXY protocol header if the listener expects one (and the sender is trusted)."""
+        peer, local = _endpoint(stream, remote=True), _endpoint(stream, remote=False)
+        if not self.config.proxy_protocol:
+            return peer, local
+        address = ipaddress.ip_address(peer[0])
+        if not any(address in network for network in self.config.proxy_protocol_trusted):
+            conn_log.warning("PROXY protocol from untrusted %s refused", _format(peer))
+            return None
+        try:
+            with trio.fail_after(self.config.connect_timeout):
+                header = await read_proxy_header(stream)
+        except (ProxyHeaderError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            reason = exc or "timeout"
+            conn_log.warning("bad PROXY protocol header from %s: %s", _format(peer), reason)
+            return None
+        return header.source or peer, header.destination or local
+
     async def _connect(
-        self, client: trio.abc.Stream, conn_log: logging.LoggerAdapter, peer: str
+        self,
+        client: trio.abc.Stream,
+        conn_log: logging.LoggerAdapter,
+        peer: str,
+        addresses: tuple[Endpoint, Endpoint],
     ) -> tuple[trio.abc.Stream, bytes] | None:
         upstream = self.config.upstream
         started = time.monotonic()
+        preamble = build_v2(*addresses) if self.config.upstream_proxy_protocol else b""
         try:
             with trio.fail_after(self.config.connect_timeout):
-                opened = await open_upstream(self.config, self._upstream_tls)
+                opened = await open_upstream(self.config, self._upstream_tls, preamble)
             self.metrics.upstream_seconds.observe(time.monotonic() - started)
             return opened
         except (OSError, trio.TooSlowError, UpstreamUnavailable) as exc:
@@ -361,7 +411,7 @@ class Connection:
             if data:
                 await self._send(self.upstream, data)
         await self._send_client()
-        if session.close_reason:
+        if session.close_reason and not session.reply_pending:
             self._cancel.cancel()
         if self._locked is not None and not session.move_running:
             self._locks.release(self._locked)
@@ -406,12 +456,37 @@ class Connection:
             return b""
 
 
-def _address(stream: trio.SocketStream) -> str:
+def _endpoint(stream: trio.SocketStream, remote: bool) -> Endpoint:
     try:
-        host, port = stream.socket.getpeername()[:2]
+        name = stream.socket.getpeername() if remote else stream.socket.getsockname()
     except OSError:
-        return "?"
-    return f"{host}:{port}"
+        return ("0.0.0.0", 0)
+    return str(name[0]), int(name[1])
+
+
+def _format(endpoint: Endpoint) -> str:
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def read_proxy_header(stream: trio.SocketStream) -> ProxyHeader:
+    """Read a PROXY header exactly, not a byte further: what follows may be a TLS handshake."""
+    data = b""
+    for _ in range(V2_MAX):
+        result = parse(data)
+        if result is not None:
+            return result[0]
+        if data[:1] != b"\r":  # v1: a line, read a byte at a time (at most 107)
+            want = 1
+        elif len(data) < 16:  # v2: the fixed part, then the length it announces
+            want = 16 - len(data)
+        else:
+            want = 16 + int.from_bytes(data[14:16], "big") - len(data)
+        chunk = await stream.receive_some(want)
+        if not chunk:
+            raise ProxyHeaderError("connection closed in the PROXY header")
+        data += chunk
+    raise ProxyHeaderError("PROXY header too long")
 
 
 async def _alive() -> bool:

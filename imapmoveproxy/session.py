@@ -24,7 +24,17 @@ from . import capabilities
 from .capabilities import Capabilities
 from .framing import Framer, Line, LineTooLong, Literal
 from .move import MoveEmulation, MoveRequest, UpstreamCommand, parse_move
-from .syntax import CommandStart, Tagged, code_name, is_tag, parse_command_start, parse_tagged
+from .proxyproto import Endpoint
+from .syntax import (
+    CommandStart,
+    Tagged,
+    code_name,
+    is_tag,
+    line_body,
+    parse_command_start,
+    parse_tagged,
+    strip_x_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +66,7 @@ def _first_stop(buf: bytes, start: int) -> int:
     return stop
 
 
-_SHUTDOWN_BYE = b"[UNAVAILABLE] Server shutting down, please reconnect."
+SHUTDOWN_BYE = b"[UNAVAILABLE] Server shutting down, please reconnect."
 _UIDVALIDITY_RE = re.compile(rb"\* OK \[UIDVALIDITY (\d+)\]", re.IGNORECASE)
 
 
@@ -70,6 +80,7 @@ class SessionSettings:
     guarded: bool = False  # emulate MOVE without UIDPLUS too (the "guarded" policy)
     tls_offered: bool = False  # the proxy has a certificate: STARTTLS on plain connections
     require_tls: bool = False  # no LOGIN/AUTHENTICATE before TLS
+    forward_id: bool = False  # tell an upstream with ID the client's address (x-originating-ip)
 
 
 class Mode(enum.Enum):
@@ -92,12 +103,17 @@ class Session:
     """The protocol state of one client connection and its upstream connection."""
 
     def __init__(
-        self, settings: SessionSettings | None = None, conn_id: str = "-", tls: bool = False
+        self,
+        settings: SessionSettings | None = None,
+        conn_id: str = "-",
+        tls: bool = False,
+        addresses: tuple[Endpoint, Endpoint] | None = None,
     ) -> None:
         self.settings = settings or SessionSettings()
         self.conn_id = conn_id
         self.tls = tls  # the client's connection is encrypted
         self.starttls_requested = False  # the caller must now start TLS with the client
+        self._addresses = addresses  # the client's and the address it connected to
         self.counters = Counters()
         self.close_reason: str | None = None  # set when the connection must end
         self._log = logging.LoggerAdapter(log, {"conn": conn_id})
@@ -126,6 +142,7 @@ class Session:
         self._uidvalidity = b""
         self._shutting_down = False
         self._finished_moves: list[tuple[str, str]] = []  # (policy, outcome), for metrics
+        self._id_tag: bytes | None = None  # the proxy's own ID command, awaiting its reply
 
     # ------------------------------------------------------------------ caller interface
 
@@ -158,7 +175,7 @@ class Session:
         """The proxy is stopping: a MOVE in progress finishes first, then the client gets BYE."""
         self._shutting_down = True
         if not self.moving:
-            self._close("proxy shutting down", _SHUTDOWN_BYE, logging.INFO)
+            self._close("proxy shutting down", SHUTDOWN_BYE, logging.INFO)
 
     def upstream_closed(self) -> None:
         """The upstream connection ended; tell the client unless the upstream already did."""
@@ -170,7 +187,8 @@ class Session:
     def wants_client_data(self) -> bool:
         """False while a MOVE holds back the client's later commands (stop reading them)."""
         return (
-            self._move is None
+            self._greeted  # the proxy's ID, if any, must precede the client's first command
+            and self._move is None
             and self._waiting_move is None
             and self.close_reason is None
             and not self._shutting_down
@@ -191,6 +209,11 @@ class Session:
     def move_key(self) -> bytes:
         """Identifies the selected mailbox (its UIDVALIDITY) for serialising MOVEs."""
         return self._uidvalidity
+
+    @property
+    def reply_pending(self) -> bool:
+        """A reply of the proxy's own waits for the upstream response being relayed to end."""
+        return bool(self._deferred)
 
     @property
     def move_running(self) -> bool:
@@ -246,6 +269,8 @@ class Session:
             self._reject(line, start.tag + b" NO COMPRESS is not available through this proxy.\r\n")
         elif name == b"STARTTLS":
             self._starttls(line, start.tag)
+        elif name == b"ID" and self.settings.forward_id:
+            self._client_id(line, start)
         elif name in _AUTH_COMMANDS and self.settings.require_tls and not self.tls:
             self._log.info("%s before STARTTLS refused", name.decode())
             self._reject(line, start.tag + b" NO [PRIVACYREQUIRED] Use STARTTLS first.\r\n")
@@ -264,6 +289,30 @@ class Session:
             # Whatever the client sent after STARTTLS in plaintext is thrown away (RFC 9051
             # §6.2.1): it could have been injected by a man in the middle.
             self._client = Framer(self.settings.max_line)
+
+    def _send_id(self) -> None:
+        """Tell the upstream who the client is, before the client's first command (Dovecot
+        believes it from addresses in its login_trusted_networks)."""
+        assert self._addresses is not None
+        (client_ip, client_port), (local_ip, local_port) = self._addresses
+        fields = (
+            f'"x-originating-ip" "{client_ip}" "x-originating-port" "{client_port}" '
+            f'"x-connected-ip" "{local_ip}" "x-connected-port" "{local_port}"'
+        )
+        self._id_tag = self._new_tag()
+        self._to_upstream += self._id_tag + b" ID (" + fields.encode() + b")\r\n"
+
+    def _client_id(self, line: Line, start: CommandStart) -> None:
+        """The client's own ID goes on without any x- field it tried to set."""
+        if line.literal is not None:
+            self._reject(line, start.tag + b" BAD ID with literals is not supported here.\r\n")
+            return
+        fields = strip_x_fields(line_body(line.data)[start.args_offset :])
+        if fields is None:
+            self._reject(line, start.tag + b" BAD Invalid ID arguments.\r\n")
+            return
+        new_line = line.data[: start.args_offset] + b" " + fields + b"\r\n"
+        self._forward_command(Line(new_line, True), start)
 
     def _forward_command(self, line: Line, start: CommandStart) -> None:
         self._mode = Mode.FORWARD
@@ -367,7 +416,7 @@ class Session:
             kind, shown.decode(), policy, move.outcome,
         )  # fmt: skip
         if self._shutting_down:
-            self._close("proxy shutting down", _SHUTDOWN_BYE, logging.INFO)
+            self._close("proxy shutting down", SHUTDOWN_BYE, logging.INFO)
 
     def _count_move(self, policy: str, outcome: str) -> None:
         key = f"{policy}-{outcome}"
@@ -394,7 +443,7 @@ class Session:
     def _process_upstream(self) -> None:
         framer = self._upstream
         while True:
-            if self._move is None and self._greeted:
+            if self._move is None and self._greeted and self._id_tag is None:
                 # Fast path: relay in one piece the run of untagged responses that need no look
                 # (a FETCH flood is ~100 bytes a line; one at a time would cost 4 µs each).
                 run = framer.plain_run(_first_stop)
@@ -425,8 +474,12 @@ class Session:
         if not self._greeted:
             self._greeted = True
             self._to_client += self._capabilities(line)
+            if self.settings.forward_id and self._caps and b"ID" in self._caps.names:
+                self._send_id()
             return True
         lead = line[:1]
+        if self._id_tag is not None and line[:5].upper() == b"* ID ":
+            return False  # the answer to the proxy's own ID
         if lead == b"*":
             if line[2:5].upper() == b"BYE":
                 self._upstream_said_bye = True
@@ -450,6 +503,9 @@ class Session:
             self._log.warning("malformed line from upstream: %r", line[:100])
             self._to_client += line
             return True
+        if reply.tag == self._id_tag:
+            self._id_tag = None
+            return False
         move = self._move
         if move is not None and (move.owns(reply.tag) or move.forwarded_tagged_line(line)):
             return self._move_reply(move, reply, line)

@@ -238,3 +238,32 @@ def fetch_uid(line: bytes) -> int | None:
 
 def is_untagged_fetch(line: bytes) -> bool:
     return _UNTAGGED_FETCH_RE.match(line) is not None
+
+
+_ID_TOKEN = re.compile(rb'\s*(\(|\)|NIL|"(?:[^"\\\r\n]|\\.)*")', re.IGNORECASE)
+
+
+def strip_x_fields(arguments: bytes) -> bytes | None:
+    """ID's parameter list without the ``x-`` fields (RFC 2971), or None if it is malformed.
+
+    Only the proxy may say which address a client comes from (x-originating-ip and friends).
+    """
+    tokens: list[bytes] = []
+    pos = 0
+    while pos < len(arguments):
+        match = _ID_TOKEN.match(arguments, pos)
+        if match is None:
+            if arguments[pos:].strip():
+                return None
+            break
+        tokens.append(match.group(1))
+        pos = match.end()
+    if [t.upper() for t in tokens] == [b"NIL"]:
+        return b"NIL"
+    if len(tokens) < 2 or tokens[0] != b"(" or tokens[-1] != b")" or len(tokens) % 2:
+        return None
+    pairs = [(tokens[i], tokens[i + 1]) for i in range(1, len(tokens) - 1, 2)]
+    if any(key[:1] != b'"' or b"(" in (key, value) or b")" in (key, value) for key, value in pairs):
+        return None
+    kept = [key + b" " + value for key, value in pairs if key[1:3].lower() != b"x-"]
+    return b"(" + b" ".join(kept) + b")" if kept else b"NIL"

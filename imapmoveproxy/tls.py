@@ -67,7 +67,7 @@ def upstream_context(config: Config) -> ssl.SSLContext | None:
 
 
 async def open_upstream(
-    config: Config, context: ssl.SSLContext | None
+    config: Config, context: ssl.SSLContext | None, preamble: bytes = b""
 ) -> tuple[trio.abc.Stream, bytes]:
     """Connect to the upstream as configured; return the stream and any greeting already read.
 
@@ -77,6 +77,8 @@ async def open_upstream(
     address = config.upstream
     server_name = config.upstream_server_name or address.host
     stream: trio.abc.Stream = await trio.open_tcp_stream(address.host, address.port)
+    if preamble:  # a PROXY protocol header comes before anything else, TLS included
+        await stream.send_all(preamble)
     if context is None:
         return stream, b""
     if config.upstream_tls == "implicit":

@@ -444,3 +444,22 @@ def test_relayed_stream_is_the_same_however_the_upstream_splits_it(responses, cu
     for piece in pieces:
         split.upstream(piece)
     assert split.seen() == expected
+
+
+def test_proxy_sends_the_clients_address_in_id_and_strips_the_clients_x_fields():
+    s = Session(
+        SessionSettings(forward_id=True), addresses=(("192.0.2.7", 40001), ("10.0.0.1", 143))
+    )
+    s.receive_client(b'a ID ("x-originating-ip" "6.6.6.6" "name" "mutt")\r\n')
+    assert bytes(s.take_to_upstream()) == b""  # nothing before the greeting (and our ID)
+    s.receive_upstream(b"* OK [CAPABILITY IMAP4rev1 ID UIDPLUS] hi\r\n")
+    assert bytes(s.take_to_upstream()) == (
+        b'imp1 ID ("x-originating-ip" "192.0.2.7" "x-originating-port" "40001" '
+        b'"x-connected-ip" "10.0.0.1" "x-connected-port" "143")\r\n'
+        b'a ID ("name" "mutt")\r\n'
+    )
+    s.take_to_client()
+    s.receive_upstream(
+        b'* ID ("name" "Dovecot")\r\nimp1 OK ID done\r\n* ID ("name" "Dovecot")\r\na OK\r\n'
+    )
+    assert bytes(s.take_to_client()) == b'* ID ("name" "Dovecot")\r\na OK\r\n'

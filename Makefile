@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check imapmoveproxy tests bench scripts
+	$(BIN)/ruff check imapmoveproxy tests bench scripts deploy
 	$(BIN)/ruff format --check imapmoveproxy
 
 test: lint

@@ -1,0 +1,1 @@
+"""Helpers for tests/test_container.py: build and run the image with buildah, no Docker engine."""

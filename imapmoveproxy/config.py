@@ -58,6 +58,9 @@ class Config:
     proxy_protocol_trusted: tuple[IPNetwork, ...] = ()
     upstream_proxy_protocol: bool = False
     upstream_id: bool = True
+    max_connections: int = 10000
+    max_connections_per_address: int = 200
+    login_timeout: float = 60.0
 
 
 def parse_address(key: str, value: object) -> Address:
@@ -151,6 +154,9 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "proxy_protocol_trusted": _networks,
     "upstream_proxy_protocol": _bool,
     "upstream_id": _bool,
+    "max_connections": _number(int, 1),
+    "max_connections_per_address": _number(int, 1),
+    "login_timeout": _number(float, 1.0),
 }
 assert set(_PARSERS) == {f.name for f in fields(Config)}
 

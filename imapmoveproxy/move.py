@@ -296,9 +296,10 @@ class MoveEmulation:
             return self._begin(caps or Capabilities(frozenset()))  # no answer: no UIDPLUS
         return _NEXT[self.step](self)
 
-    def forwarded_tagged_line(self, line: bytes) -> bool:
-        """True if ``line`` is the tagged reply to the MOVE forwarded under the client's tag."""
-        return self.step is Step.FORWARD and line.startswith(self.request.tag + b" ")
+    def answers(self, tag: bytes) -> bool:
+        """Whether a tagged reply with ``tag`` is for this MOVE: one of the proxy's commands, or
+        the client's MOVE forwarded under the client's tag."""
+        return tag in self._pending or (self.step is Step.FORWARD and tag == self.request.tag)
 
     # ------------------------------------------------------------------ the steps
 

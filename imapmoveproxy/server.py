@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 RECEIVE_SIZE = 1024 * 1024
 UNAVAILABLE = b"* BYE [UNAVAILABLE] Upstream server not available, try again later.\r\n"
 SHUTTING_DOWN = b"* BYE " + SHUTDOWN_BYE + b"\r\n"
+TOO_MANY = b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n"
 
 
 class MoveLocks:
@@ -78,6 +79,7 @@ class Proxy:
         self.metrics = Metrics()
         self._draining = False
         self._setting_up = 0  # connections accepted and not yet closed
+        self._per_address: dict[str, int] = {}  # the same, by the address they come from
         self._settings = SessionSettings(
             max_line=config.max_line_length,
             max_mailbox_literal=config.max_mailbox_literal,
@@ -168,11 +170,28 @@ class Proxy:
         connections.cancel_scope.cancel()
 
     async def handle(self, socket_stream: trio.SocketStream, tls: bool = False) -> None:
+        # Behind a load balancer (PROXY protocol) every connection comes from the balancer:
+        # then only the total is limited here.
+        address = "" if self.config.proxy_protocol else _endpoint(socket_stream, remote=True)[0]
+        per_address = self._per_address.get(address, 0)
+        if self._setting_up >= self.config.max_connections or (
+            address and per_address >= self.config.max_connections_per_address
+        ):
+            log.warning("connection from %s refused: too many connections", address)
+            self.metrics.rejected.labels("limit").inc()
+            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError):
+                await socket_stream.send_all(TOO_MANY)
+            await trio.aclose_forcefully(socket_stream)
+            return
         self._setting_up += 1
+        self._per_address[address] = per_address + 1
         try:
             await self._handle(socket_stream, tls)
         finally:
             self._setting_up -= 1
+            self._per_address[address] -= 1
+            if not self._per_address[address]:
+                del self._per_address[address]
 
     async def _handle(self, socket_stream: trio.SocketStream, tls: bool) -> None:
         conn_id = f"c{next(self._ids)}"
@@ -342,6 +361,7 @@ class Connection:
                     self._nursery = nursery
                     nursery.start_soon(self._pump_upstream)
                     nursery.start_soon(self._pump_client)
+                    nursery.start_soon(self._login_deadline)
         finally:
             if self._locked is not None:
                 self._locks.release(self._locked)
@@ -392,6 +412,12 @@ class Connection:
                 self._resume = trio.Event()
                 await self._resume.wait()
         self._cancel.cancel()
+
+    async def _login_deadline(self) -> None:
+        await trio.sleep(self.config.login_timeout)
+        if not self.session.authenticated:
+            self.session.login_timed_out()
+            await self._flush()
 
     async def _start_client_tls(self) -> None:
         """STARTTLS from the client: the session has queued its OK; now the handshake."""

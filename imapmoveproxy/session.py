@@ -143,6 +143,8 @@ class Session:
         self._shutting_down = False
         self._finished_moves: list[tuple[str, str]] = []  # (policy, outcome), for metrics
         self._id_tag: bytes | None = None  # the proxy's own ID command, awaiting its reply
+        self._auth_tags: set[bytes] = set()  # LOGIN/AUTHENTICATE commands in flight
+        self.authenticated = False
 
     # ------------------------------------------------------------------ caller interface
 
@@ -170,6 +172,11 @@ class Session:
         """The TLS handshake the session asked for with :attr:`starttls_requested` is done."""
         self.tls = True
         self.starttls_requested = False
+
+    def login_timed_out(self) -> None:
+        """The client did not authenticate in the time allowed: end the connection."""
+        if not self.authenticated and self.close_reason is None:
+            self._close("no login in time", b"Autologout: no login in time.", logging.INFO)
 
     def shutdown(self) -> None:
         """The proxy is stopping: a MOVE in progress finishes first, then the client gets BYE."""
@@ -321,6 +328,7 @@ class Session:
         self._inflight_count += 1
         if start.name in _AUTH_COMMANDS:
             self._caps = None  # the capabilities change with the authentication state
+            self._auth_tags.add(start.tag)
         if start.name in _DATA_COMMANDS:
             self._data_tag = start.tag
             self._data_idle = start.name == b"IDLE"
@@ -473,6 +481,7 @@ class Session:
         """Handle the first line of an upstream response; return whether it goes to the client."""
         if not self._greeted:
             self._greeted = True
+            self.authenticated = line[:10].upper() == b"* PREAUTH "
             self._to_client += self._capabilities(line)
             if self.settings.forward_id and self._caps and b"ID" in self._caps.names:
                 self._send_id()
@@ -499,15 +508,18 @@ class Session:
             self._to_client += line
             return True
         reply = parse_tagged(line)
-        if reply is None:
-            self._log.warning("malformed line from upstream: %r", line[:100])
-            self._to_client += line
-            return True
+        if reply is None or not self._expects(reply.tag):
+            # A reply the proxy cannot place: everything after it may be out of step, and a
+            # MOVE built on it could lose mail. End the connection rather than guess.
+            what = "malformed line" if reply is None else "reply to a tag nobody sent"
+            self._log.warning("%s from upstream: %r", what, line[:100])
+            self._close(f"upstream protocol error ({what})", b"The mail server misbehaved.")
+            return False
         if reply.tag == self._id_tag:
             self._id_tag = None
             return False
         move = self._move
-        if move is not None and (move.owns(reply.tag) or move.forwarded_tagged_line(line)):
+        if move is not None and move.answers(reply.tag):
             return self._move_reply(move, reply, line)
         self._complete_client_command(reply)
         if reply.code is not None:
@@ -521,18 +533,22 @@ class Session:
 
     def _move_reply(self, move: MoveEmulation, reply: Tagged, line: bytes) -> bool:
         self._continuation = []
-        forwarded = move.forwarded_tagged_line(line)
+        forwarded = not move.owns(reply.tag)  # the client's own MOVE, sent on as it was
         if forwarded:
             self._to_client += line
         self._send(move.on_tagged(reply, self._caps))
         self._after_move_step()
         return forwarded
 
+    def _expects(self, tag: bytes) -> bool:
+        """Whether a tagged reply with ``tag`` answers a command someone sent."""
+        move = self._move
+        return (
+            tag in self._inflight or tag == self._id_tag or (move is not None and move.answers(tag))
+        )
+
     def _complete_client_command(self, reply: Tagged) -> None:
-        count = self._inflight.get(reply.tag)
-        if not count:
-            self._log.warning("upstream answered a tag the client did not send: %r", reply.tag)
-            return
+        count = self._inflight[reply.tag]
         if count == 1:
             del self._inflight[reply.tag]
         else:
@@ -540,6 +556,9 @@ class Session:
         self._inflight_count -= 1
         if reply.tag == self._data_tag:
             self._data_tag = None
+        if reply.tag in self._auth_tags:
+            self._auth_tags.discard(reply.tag)
+            self.authenticated = self.authenticated or reply.status == b"OK"
 
     def _capabilities(self, line: bytes) -> bytes:
         new_line, caps = capabilities.rewrite_line(line, self._additions)

@@ -315,3 +315,22 @@ def test_sigterm_lets_a_move_finish_then_says_bye_to_everyone(dovecot_legacy, ma
         relay.close()
     assert subjects(dovecot_legacy, mailbox, "Trash") == ["message 1", "message 2"]
     assert subjects(dovecot_legacy, mailbox, "INBOX") == ["message 3", "message 4", "message 5"]
+
+
+def test_connection_limits_and_login_timeout(dovecot_legacy, tmp_path):
+    config = tmp_path / "limits.toml"
+    config.write_text("max_connections_per_address = 2\nlogin_timeout = 1.0\n")
+    with running_proxy(
+        dovecot_legacy.address, tmp_path / "p.log", "--config", str(config)
+    ) as proxy:
+        first, second = RawClient(proxy.address), RawClient(proxy.address)
+        third = __import__("socket").create_connection(proxy.address, 10)
+        assert third.recv(200).startswith(b"* BYE [UNAVAILABLE] Too many connections")
+        third.close()
+        user = dovecot_legacy.new_user()
+        second.login(user, dovecot_legacy.password)
+        # the one that never logs in is told so and closed; the logged-in one stays
+        assert first._read_response() == b"* BYE Autologout: no login in time.\r\n"
+        assert second.command(b"n", b"NOOP")[-1].startswith(b"n OK")
+        first.close()
+        second.close()

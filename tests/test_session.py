@@ -411,7 +411,7 @@ RESPONSES = [
     b"* 1 FETCH (UID 7 FLAGS (\\Seen))\r\n",
     b"* 3 EXISTS\r\n",
     b"* 2 EXPUNGE\r\n",
-    b"* 1 FETCH (BODY[] {12}\r\nline\r\n* BYE\r\n UID 3)\r\n",  # "* BYE" inside a literal is data
+    b"* 1 FETCH (BODY[] {13}\r\nline\r\n* BYE\r\n UID 3)\r\n",  # "* BYE" inside a literal is data
     b"* CAPABILITY IMAP4rev1 UIDPLUS COMPRESS=DEFLATE\r\n",
     b"* OK [UIDVALIDITY 42] UIDs valid\r\n",
     b"* SEARCH 1 2 3\r\n",
@@ -463,3 +463,25 @@ def test_proxy_sends_the_clients_address_in_id_and_strips_the_clients_x_fields()
         b'* ID ("name" "Dovecot")\r\nimp1 OK ID done\r\n* ID ("name" "Dovecot")\r\na OK\r\n'
     )
     assert bytes(s.take_to_client()) == b'* ID ("name" "Dovecot")\r\na OK\r\n'
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b"imp9 OK whatever\r\n", b"zz NO what\r\n", b"garbage without status\r\n", b"\r\n"],
+)
+def test_upstream_reply_the_proxy_cannot_place_ends_the_connection(script: Script, reply: bytes):
+    script.client(b"c NOOP\r\n")
+    script.upstream(reply)
+    assert script.seen() == b"* BYE The mail server misbehaved.\r\n"
+    assert script.session.close_reason is not None
+
+
+def test_login_timeout_only_before_authentication():
+    s = Session()
+    s.receive_upstream(GREETING)
+    s.login_timed_out()
+    assert s.close_reason == "no login in time"
+    assert bytes(s.take_to_client()).endswith(b"* BYE Autologout: no login in time.\r\n")
+    logged_in = Script()
+    logged_in.session.login_timed_out()
+    assert logged_in.session.close_reason is None

@@ -270,7 +270,9 @@ class Session:
             self._collect_move(line)
         elif name in _MOVE_COMMANDS:  # the upstream has MOVE, or no UIDPLUS and "refuse"
             assert self._caps is not None
-            self._count_move("native" if self._caps.native_move else "refused", "forwarded")
+            policy = "native" if self._caps.native_move else "refused"
+            sequence_set = line.data[start.args_offset :].split(b" ", 2)[1:2]
+            self._count_move(name, b"".join(sequence_set), policy, "forwarded")
             self._forward_command(line, start)
         elif name == b"COMPRESS":
             self._reject(line, start.tag + b" NO COMPRESS is not available through this proxy.\r\n")
@@ -414,19 +416,18 @@ class Session:
             return
         self._move = None
         policy = move.policy.value if move.policy else "none"
-        self._count_move(policy, move.outcome)
-        kind = "UID MOVE" if move.request.uid else "MOVE"
-        shown = move.request.sequence_set[:60] + (
-            b"..." if len(move.request.sequence_set) > 60 else b""
-        )
-        self._log.info(
-            "%s %s: policy=%s outcome=%s",
-            kind, shown.decode(), policy, move.outcome,
-        )  # fmt: skip
+        kind = b"UID MOVE" if move.request.uid else b"MOVE"
+        self._count_move(kind, move.request.sequence_set, policy, move.outcome)
         if self._shutting_down:
             self._close("proxy shutting down", SHUTDOWN_BYE, logging.INFO)
 
-    def _count_move(self, policy: str, outcome: str) -> None:
+    def _count_move(self, kind: bytes, sequence_set: bytes, policy: str, outcome: str) -> None:
+        """Log a MOVE answered, and count it for the connection's summary and the metrics."""
+        shown = sequence_set[:60] + (b"..." if len(sequence_set) > 60 else b"")
+        self._log.info(
+            "%s %s: policy=%s outcome=%s",
+            kind.decode(), shown.decode("ascii", "replace"), policy, outcome,
+        )  # fmt: skip
         key = f"{policy}-{outcome}"
         self.counters.moves[key] = self.counters.moves.get(key, 0) + 1
         self._finished_moves.append((policy, outcome))

@@ -1,0 +1,1 @@
+"""Helpers for the compatibility matrix (tests/test_compat_*.py): real clients, real servers."""

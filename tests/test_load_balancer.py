@@ -268,7 +268,7 @@ def test_scale_out_drains_one_instance_without_breaking_a_move(trusting_dovecot,
 
 def test_proxy_protocol_parser():
     v1 = b"PROXY TCP4 192.0.2.1 198.51.100.2 51234 143\r\nrest"
-    assert parse(v1) == (ProxyHeader(("192.0.2.1", 51234), ("198.51.100.2", 143)), 44)
+    assert parse(v1) == (ProxyHeader(("192.0.2.1", 51234), ("198.51.100.2", 143)), 45)
     assert parse(b"PROXY UNKNOWN\r\n") == (ProxyHeader(None, None), 15)
     assert parse(b"PROXY TCP4 192.0.2.1") is None  # more bytes needed
     header = build_v2(("2001:db8::1", 40000), ("2001:db8::2", 993))

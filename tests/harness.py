@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from servers import HOST, find_free_port
+from servers import HOST, DovecotServer, find_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -210,3 +210,14 @@ class InterceptingRelay:
         for thread in self._threads:
             thread.join(5)
         self._listener.close()
+
+
+@contextlib.contextmanager
+def dovecot_with(root: Path, name: str, extra_config: str) -> Iterator[DovecotServer]:
+    """A Dovecot with MOVE hidden and ``extra_config`` appended (TLS, trusted networks...)."""
+    server = DovecotServer(root, variant="legacy", name=name, extra_config=extra_config)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import ProxyProcess, RawClient, running_proxy
+from harness import ProxyProcess, RawClient, dovecot_with, running_proxy
 from servers import HOST, DovecotServer, find_binary, find_free_port, make_message
 
 from imapmoveproxy.proxyproto import ProxyHeader, ProxyHeaderError, build_v2, parse
@@ -50,14 +50,10 @@ service imap-login {{
   }}
 }}
 """
-    server = DovecotServer(tmp_path_factory.mktemp("dovecot-trusting"), variant="legacy",
-                           name="dovecot-trusting", extra_config=extra)  # fmt: skip
-    server.start()
-    server.haproxy_port = haproxy_port  # type: ignore[attr-defined]
-    try:
+    root = tmp_path_factory.mktemp("dovecot-trusting")
+    with dovecot_with(root, "dovecot-trusting", extra) as server:
+        server.haproxy_port = haproxy_port  # type: ignore[attr-defined]
         yield server
-    finally:
-        server.stop()
 
 
 def wait_for_log(server: DovecotServer, pattern: str) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import imapclient
 import pytest
 import trustme
-from harness import ROOT, RawClient, running_proxy
+from harness import ROOT, RawClient, dovecot_with, running_proxy
 from servers import HOST, DovecotServer, ImapServer, find_free_port, make_message
 
 UPSTREAM_NAME = "mail.test"  # the name in the upstream Dovecot's certificate
@@ -65,16 +65,9 @@ service imap-login {{
   }}
 }}
 """
-    server = DovecotServer(
-        tmp_path_factory.mktemp("dovecot-tls"), variant="legacy", name="dovecot-tls",
-        extra_config=extra,
-    )  # fmt: skip
-    server.start()
-    server.imaps_port = imaps_port  # type: ignore[attr-defined]
-    try:
+    with dovecot_with(tmp_path_factory.mktemp("dovecot-tls"), "dovecot-tls", extra) as server:
+        server.imaps_port = imaps_port  # type: ignore[attr-defined]
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -192,6 +192,16 @@ class MoveEmulation:
     def done(self) -> bool:
         return self.step is Step.DONE
 
+    @property
+    def expunging(self) -> bool:
+        """Waiting for the replies to an EXPUNGE, whose ``* n EXPUNGE`` lines go to the client."""
+        return self.step is Step.EXPUNGE
+
+    def expunged(self, count: int) -> None:
+        """``count`` EXPUNGE responses were relayed to the client without passing through
+        :meth:`on_untagged`."""
+        self._expunged += count
+
     def owns(self, tag: bytes) -> bool:
         return tag in self._pending
 

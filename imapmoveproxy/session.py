@@ -42,9 +42,21 @@ _MOVE_COMMANDS = (b"MOVE", b"UID MOVE")
 _AUTH_COMMANDS = (b"LOGIN", b"AUTHENTICATE")
 _DATA_COMMANDS = (b"AUTHENTICATE", b"IDLE")  # client lines after these are not commands
 _NOT_UNTAGGED = re.compile(rb"\n[^*]")
+_EXPUNGE_LINE = re.compile(rb"\* \d+ EXPUNGE\r\n")
 # Inside a line, what makes the session look at it by itself: a literal announcement, a response
 # code (capabilities, UIDVALIDITY, READ-ONLY...), BYE, and (at a line start) CAPABILITY.
 _LOOK_AT = (b"}\r\n", b"}\n", b"[", b"* BYE", b"\n* C", b"\n* c")
+
+
+_NOT_EXPUNGE = re.compile(rb"\n(?!\* \d+ EXPUNGE\r\n)")
+
+
+def _first_non_expunge(buf: bytes, start: int) -> int:
+    """Where the first line that is not ``* n EXPUNGE`` lies (``len(buf)``: none)."""
+    if not _EXPUNGE_LINE.match(buf, start):
+        return start
+    match = _NOT_EXPUNGE.search(buf, start)
+    return len(buf) if match is None else match.start() + 1
 
 
 def _first_stop(buf: bytes, start: int) -> int:
@@ -452,13 +464,21 @@ class Session:
     def _process_upstream(self) -> None:
         framer = self._upstream
         while True:
-            if self._move is None and self._greeted and self._id_tag is None:
+            move = self._move
+            if move is None and self._greeted and self._id_tag is None:
                 # Fast path: relay in one piece the run of untagged responses that need no look
                 # (a FETCH flood is ~100 bytes a line; one at a time would cost 4 µs each).
                 run = framer.plain_run(_first_stop)
                 if run:
                     self._to_client += run
                     self._flush_deferred()
+                    continue
+            elif move is not None and move.expunging:
+                # The same for the EXPUNGE responses of a big MOVE: relayed, and counted.
+                run = framer.plain_run(_first_non_expunge)
+                if run:
+                    move.expunged(bytes(run).count(b"\n"))
+                    self._to_client += run
                     continue
             try:
                 event = framer.next_event()

@@ -6,7 +6,14 @@ The session streams everything through untouched except what it must understand:
 * the client's command boundaries and tags, to know when earlier commands have completed;
 * AUTHENTICATE and IDLE, whose client lines are data rather than commands;
 * MOVE and UID MOVE, collected whole and handed to :class:`.move.MoveEmulation`;
-* COMPRESS and STARTTLS, which a terminating proxy cannot honour, answered NO.
+* COMPRESS, which a terminating proxy cannot honour, answered NO; STARTTLS, done by the proxy
+  itself when it has a certificate (the caller runs the handshake);
+* LOGIN/AUTHENTICATE before TLS when TLS is required, and ID (the proxy's own goes first, with
+  the client's address; the client's loses its x- fields);
+* upstream replies it cannot place, which end the connection.
+
+Every response from the upstream is relayed unchanged except capability lists and what the
+proxy's own commands cause; runs of plain untagged responses are relayed in one piece.
 
 MOVE is a barrier: it starts once every earlier command has its tagged reply, and client bytes
 that follow it are not looked at (and the caller stops reading them) until the MOVE's tagged reply

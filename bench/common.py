@@ -319,8 +319,11 @@ backend dovecot
 
 @contextlib.contextmanager
 def start_proxy(upstream: tuple[str, int], log_path: Path) -> Iterator[ProxyProcess]:
-    """``python -m imapmoveproxy`` at log level warning (inherits this process's rlimits)."""
-    proxy = ProxyProcess(upstream, log_path, "--log-level", "warning")
+    """``python -m imapmoveproxy`` at log level warning (inherits this process's rlimits), with
+    the connection limits raised: every benchmark client comes from 127.0.0.1."""
+    limits = log_path.with_suffix(".toml")
+    limits.write_text("max_connections = 100000\nmax_connections_per_address = 100000\n")
+    proxy = ProxyProcess(upstream, log_path, "--log-level", "warning", "--config", str(limits))
     try:
         yield proxy
     finally:

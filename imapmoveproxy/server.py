@@ -10,6 +10,7 @@ import contextlib
 import ipaddress
 import itertools
 import logging
+import math
 import signal
 import time
 
@@ -361,7 +362,6 @@ class Connection:
                     self._nursery = nursery
                     nursery.start_soon(self._pump_upstream)
                     nursery.start_soon(self._pump_client)
-                    nursery.start_soon(self._login_deadline)
         finally:
             if self._locked is not None:
                 self._locks.release(self._locked)
@@ -392,13 +392,25 @@ class Connection:
 
     async def _pump_client(self) -> None:
         session = self.session
+        login_deadline = trio.current_time() + self.config.login_timeout
         while True:
             while not session.wants_client_data:
                 if session.close_reason:
                     return
                 self._resume = trio.Event()
                 await self._resume.wait()
-            data = await self._receive(self.client)
+            # Until the client has logged in, its time is limited (no task of its own for
+            # that: idle connections are many, and each task costs memory).
+            data = b""
+            deadline = math.inf if session.authenticated else login_deadline
+            with trio.move_on_at(deadline) as waiting:
+                data = await self._receive(self.client)
+            if waiting.cancelled_caught:
+                if session.authenticated:  # logged in while this read waited: no deadline
+                    continue
+                session.login_timed_out()
+                await self._flush()
+                return
             if not data:
                 break
             self._proxy.metrics.bytes_from_client.inc(len(data))
@@ -412,12 +424,6 @@ class Connection:
                 self._resume = trio.Event()
                 await self._resume.wait()
         self._cancel.cancel()
-
-    async def _login_deadline(self) -> None:
-        await trio.sleep(self.config.login_timeout)
-        if not self.session.authenticated:
-            self.session.login_timed_out()
-            await self._flush()
 
     async def _start_client_tls(self) -> None:
         """STARTTLS from the client: the session has queued its OK; now the handshake."""

@@ -334,3 +334,30 @@ def test_connection_limits_and_login_timeout(dovecot_legacy, tmp_path):
         assert second.command(b"n", b"NOOP")[-1].startswith(b"n OK")
         first.close()
         second.close()
+
+
+def test_client_that_disconnects_mid_move_still_gets_it_completed(
+    dovecot_legacy, mailbox, tmp_path
+):
+    """The client hangs up while the STORE is held (by a relay) on its way to Dovecot."""
+    relay = InterceptingRelay(dovecot_legacy.address, b"UID STORE", 1, lambda: time.sleep(0.5))
+    try:
+        with running_proxy(relay.address, tmp_path / "proxy.log") as proxy:
+            with RawClient(proxy.address) as client:
+                client.login(mailbox, dovecot_legacy.password)
+                client.command(b"s", b"SELECT INBOX")
+                client.send(b"m MOVE 1:2 Trash\r\n")
+            assert relay.hook_ran.wait(10)
+            for _ in range(50):  # the connection's summary line comes once the MOVE is done
+                if "moves=uidplus-moved=1" in proxy.log_text():
+                    break
+                time.sleep(0.1)
+            assert "moves=uidplus-moved=1" in proxy.log_text()
+    finally:
+        relay.close()
+    assert subjects(dovecot_legacy, mailbox, "Trash") == ["message 1", "message 2"]
+    imap = dovecot_legacy.connect(mailbox)
+    imap.select("INBOX")
+    _, flagged = imap.search(None, "DELETED")
+    imap.logout()
+    assert flagged == [b""]  # nothing left half-done

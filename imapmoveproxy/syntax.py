@@ -236,10 +236,6 @@ def fetch_uid(line: bytes) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def is_untagged_fetch(line: bytes) -> bool:
-    return _UNTAGGED_FETCH_RE.match(line) is not None
-
-
 _ID_TOKEN = re.compile(rb'\s*(\(|\)|NIL|"(?:[^"\\\r\n]|\\.)*")', re.IGNORECASE)
 
 

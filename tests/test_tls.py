@@ -317,3 +317,34 @@ def test_bad_certificate_is_a_one_line_config_error(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("imapmoveproxy: configuration error: tls_cert:")
 
+
+def test_client_certificate_to_an_upstream_that_requires_one(pki, ca, tmp_path):
+    client_cert = ca.issue_cert("imapmoveproxy-client")
+    cert, key = tmp_path / "client.crt", tmp_path / "client.key"
+    client_cert.cert_chain_pems[0].write_to_path(cert)
+    client_cert.private_key_pem.write_to_path(key)
+    extra = f"""
+ssl = required
+ssl_cert = <{pki["upstream_cert"]}
+ssl_key = <{pki["upstream_key"]}
+ssl_ca = <{pki["ca"]}
+ssl_verify_client_cert = yes
+ssl_require_crl = no
+auth_ssl_require_client_cert = yes
+"""
+    with dovecot_with(tmp_path / "dovecot", "dovecot-client-cert", extra) as server:
+        user = server.new_user()
+        tls = ["--upstream-tls", "starttls", "--upstream-ca", str(pki["ca"]),
+               "--upstream-server-name", UPSTREAM_NAME]  # fmt: skip
+        with_cert = [*tls, "--upstream-client-cert", str(cert), "--upstream-client-key", str(key)]
+        with (
+            running_proxy(server.address, tmp_path / "a.log", *with_cert) as proxy,
+            RawClient(proxy.address) as client,
+        ):
+            client.login(user, server.password)
+        with (
+            running_proxy(server.address, tmp_path / "b.log", *tls) as proxy,
+            RawClient(proxy.address) as client,
+        ):
+            reply = client.command(b"L", f'LOGIN "{user}" "{server.password}"'.encode())
+            assert reply[-1].startswith(b"L NO"), reply  # the same proxy without a certificate

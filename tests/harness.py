@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -221,3 +222,14 @@ def dovecot_with(root: Path, name: str, extra_config: str) -> Iterator[DovecotSe
         yield server
     finally:
         server.stop()
+
+
+def venv_tool(name: str, package: str) -> str:
+    """The path of a command-line tool installed by pip (on PATH or beside this Python);
+    the test fails, never skips, when it is missing."""
+    import pytest
+
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail(f"{name} not installed: pip install {package}", pytrace=False)
+    return found

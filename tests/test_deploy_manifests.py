@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from container import dockerfile
+from harness import venv_tool
 from servers import DOVECOT_LEGACY_CAPABILITY
 
 from imapmoveproxy.config import Config, build
@@ -116,11 +115,7 @@ def test_kustomization_lists_every_manifest():
 
 
 def check_jsonschema() -> str:
-    venv_bin = str(Path(sys.executable).parent)
-    found = shutil.which("check-jsonschema") or shutil.which("check-jsonschema", path=venv_bin)
-    if found is None:
-        pytest.fail("check-jsonschema not installed: pip install check-jsonschema", pytrace=False)
-    return found
+    return venv_tool("check-jsonschema", "check-jsonschema")
 
 
 def test_compose_file_is_valid_compose_spec():

@@ -363,22 +363,23 @@ class Session:
                 self._move_literal += data
             else:
                 self._collect_move(line)
-        elif line is not None and line.literal is None:
-            self._mode = Mode.FORWARD  # the discarded command has ended
-        elif line is not None and line.sync:
-            self._client.cancel_literal()  # already refused: the client will not send it
-            self._mode = Mode.FORWARD
+        elif line is not None:  # a line of a command already refused
+            self._skip_rest(line)
 
     def _reject(self, line: Line, reply: bytes) -> None:
         """Answer a command the proxy will not forward and skip whatever else belongs to it."""
         self._reply(reply)
+        self._skip_rest(line)
+
+    def _skip_rest(self, line: Line) -> None:
+        """After ``line`` of a refused command: what of the command is still to come."""
         if line.literal is None:
-            self._mode = Mode.FORWARD
+            self._mode = Mode.FORWARD  # nothing: the next line is a new command
         elif line.sync:
-            self._client.cancel_literal()
+            self._client.cancel_literal()  # refused: the client will not send its literal
             self._mode = Mode.FORWARD
         else:
-            self._mode = Mode.DISCARD
+            self._mode = Mode.DISCARD  # a non-synchronizing literal comes anyway: drop it
 
     # ------------------------------------------------------------------ MOVE
 

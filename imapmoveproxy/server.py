@@ -180,9 +180,7 @@ class Proxy:
         ):
             log.warning("connection from %s refused: too many connections", address)
             self.metrics.rejected.labels("limit").inc()
-            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError):
-                await socket_stream.send_all(TOO_MANY)
-            await trio.aclose_forcefully(socket_stream)
+            await _bye_and_close(socket_stream, TOO_MANY)
             return
         self._setting_up += 1
         self._per_address[address] = per_address + 1
@@ -219,10 +217,8 @@ class Proxy:
         upstream, greeting = opened
         if self._draining:  # accepted just before the drain began: tell it to come back
             metrics.rejected.labels("draining").inc()
-            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError):
-                await client.send_all(SHUTTING_DOWN)
             await trio.aclose_forcefully(upstream)
-            await trio.aclose_forcefully(client)
+            await _bye_and_close(client, SHUTTING_DOWN)
             return
         session = Session(self._settings, conn_id, tls=tls, addresses=addresses)
         connection = Connection(client, upstream, session, self, greeting)
@@ -233,8 +229,7 @@ class Proxy:
         except Exception:  # a bug must cost one connection, never the proxy
             conn_log.exception("internal error, closing the connection")
             session.close_reason = "internal error"
-            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError):
-                await client.send_all(b"* BYE [SERVERBUG] Internal proxy error.\r\n")
+            await _bye_and_close(client, b"* BYE [SERVERBUG] Internal proxy error.\r\n")
         finally:
             self._connections.discard(connection)
             metrics.connections.dec()
@@ -314,10 +309,7 @@ class Proxy:
             conn_log.warning(
                 "client=%s upstream %s unavailable: %s", peer, upstream, exc or "timed out"
             )
-            with trio.move_on_after(1):
-                with contextlib.suppress(trio.BrokenResourceError):
-                    await client.send_all(UNAVAILABLE)
-            await trio.aclose_forcefully(client)
+            await _bye_and_close(client, UNAVAILABLE)
             return None
 
 
@@ -519,6 +511,17 @@ async def read_proxy_header(stream: trio.SocketStream) -> ProxyHeader:
             raise ProxyHeaderError("connection closed in the PROXY header")
         data += chunk
     raise ProxyHeaderError("PROXY header too long")
+
+
+async def _bye_and_close(stream: trio.abc.Stream, bye: bytes) -> None:
+    """A last word to a client the proxy will not serve, bounded in time, then close (it may
+    be closed already, as after an internal error: then nothing is said)."""
+    with (
+        trio.move_on_after(1),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+    ):
+        await stream.send_all(bye)
+    await trio.aclose_forcefully(stream)
 
 
 async def _alive() -> bool:

@@ -226,10 +226,6 @@ class Proxy:
         metrics.connections.inc()
         try:
             await connection.run()
-        except Exception:  # a bug must cost one connection, never the proxy
-            conn_log.exception("internal error, closing the connection")
-            session.close_reason = "internal error"
-            await _bye_and_close(client, b"* BYE [SERVERBUG] Internal proxy error.\r\n")
         finally:
             self._connections.discard(connection)
             metrics.connections.dec()
@@ -330,6 +326,7 @@ class Connection:
         self.config = proxy.config
         self._proxy = proxy
         self._greeting = greeting  # already read from the upstream (after its STARTTLS)
+        self._log = logging.LoggerAdapter(log, {"conn": session.conn_id})
         self._client_lock = trio.Lock()
         self._upstream_lock = trio.Lock()
         self._resume = trio.Event()
@@ -354,6 +351,10 @@ class Connection:
                     self._nursery = nursery
                     nursery.start_soon(self._pump_upstream)
                     nursery.start_soon(self._pump_client)
+        except Exception:  # a bug must cost one connection, never the proxy
+            self._log.exception("internal error, closing the connection")
+            self.session.close_reason = "internal error"
+            await _bye_and_close(self.client, b"* BYE [SERVERBUG] Internal proxy error.\r\n")
         finally:
             if self._locked is not None:
                 self._locks.release(self._locked)
@@ -419,9 +420,8 @@ class Connection:
 
     async def _start_client_tls(self) -> None:
         """STARTTLS from the client: the session has queued its OK; now the handshake."""
-        conn_log = logging.LoggerAdapter(log, {"conn": self.session.conn_id})
         async with self._client_lock:  # nothing may be sent to the client in between
-            tls = await self._proxy.start_tls(self.client, conn_log)
+            tls = await self._proxy.start_tls(self.client, self._log)
             if tls is None:
                 self._cancel.cancel()
                 return

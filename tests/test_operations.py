@@ -128,3 +128,41 @@ def test_json_logs_carry_a_connection_id_and_no_password(dovecot_legacy, tmp_pat
     assert closed and re.fullmatch(r"c\d+", closed[0]["conn"])
     assert all({"time", "level", "conn", "logger", "message"} <= set(entry) for entry in lines)
     assert dovecot_legacy.password not in log.read_text()
+
+
+async def test_a_bug_costs_one_connection_never_the_proxy(monkeypatch):
+    """A fault that no server can cause: the session itself raises. The client gets BYE
+    [SERVERBUG] and the proxy goes on serving (the upstream here is a scripted greeting)."""
+    import functools
+
+    import trio
+
+    from imapmoveproxy.config import Address, Config
+    from imapmoveproxy.server import Proxy
+    from imapmoveproxy.session import Session
+
+    async def fake_upstream(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"* OK [CAPABILITY IMAP4rev1 UIDPLUS] fake\r\n")
+        await stream.receive_some(100)
+
+    def broken(self: Session, data: bytes) -> None:
+        raise RuntimeError("a bug")
+
+    async with trio.open_nursery() as nursery:
+        (upstream,) = await nursery.start(
+            functools.partial(trio.serve_tcp, host=HOST), fake_upstream, 0
+        )
+        port = upstream.socket.getsockname()[1]
+        proxy = Proxy(Config(upstream=Address(HOST, port), listen=Address(HOST, 0)))
+        listeners = await nursery.start(proxy.serve)
+        address = listeners[0].socket.getsockname()[:2]
+        monkeypatch.setattr(Session, "receive_client", broken)
+        client = await trio.open_tcp_stream(*address)
+        assert (await client.receive_some(1000)).startswith(b"* OK")
+        await client.send_all(b"a NOOP\r\n")
+        with trio.fail_after(10):
+            assert await client.receive_some(1000) == b"* BYE [SERVERBUG] Internal proxy error.\r\n"
+        second = await trio.open_tcp_stream(*address)
+        with trio.fail_after(10):
+            assert (await second.receive_some(1000)).startswith(b"* OK")
+        nursery.cancel_scope.cancel()

@@ -14,6 +14,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 NO_UIDPLUS_POLICIES = ("refuse", "guarded")
 UPSTREAM_TLS_MODES = ("none", "starttls", "implicit")
 LOG_FORMATS = ("text", "json")
+ROLLBACK_MODES = ("client", "master", "off")
 ENV_PREFIX = "IMAPMOVEPROXY_"
 
 
@@ -61,6 +62,11 @@ class Config:
     max_connections: int = 10000
     max_connections_per_address: int = 200
     login_timeout: float = 60.0
+    move_chunk_size: int = 1000
+    rollback: str = "client"
+    rollback_master_user: str | None = None
+    rollback_master_password: str | None = None
+    rollback_timeout: float = 30.0
 
 
 def parse_address(key: str, value: object) -> Address:
@@ -157,6 +163,11 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "max_connections": _number(int, 1),
     "max_connections_per_address": _number(int, 1),
     "login_timeout": _number(float, 1.0),
+    "move_chunk_size": _number(int, 0),
+    "rollback": _choice(ROLLBACK_MODES),
+    "rollback_master_user": _text,
+    "rollback_master_password": _text,
+    "rollback_timeout": _number(float, 1.0),
 }
 assert set(_PARSERS) == {f.name for f in fields(Config)}
 
@@ -182,6 +193,10 @@ def build(values: dict[str, object]) -> Config:
     kwargs.setdefault("require_tls", "tls_cert" in kwargs)
     if kwargs.get("proxy_protocol") and not kwargs.get("proxy_protocol_trusted"):
         raise ConfigError("proxy_protocol_trusted: required with proxy_protocol (never guessed)")
+    if kwargs.get("rollback") == "master":
+        for key in ("rollback_master_user", "rollback_master_password"):
+            if not kwargs.get(key):
+                raise ConfigError(f'{key}: required with rollback = "master"')
     return Config(**kwargs)
 
 
@@ -212,6 +227,8 @@ def argument_parser() -> argparse.ArgumentParser:
     add("--metrics", help="serve /metrics, /healthz and /readyz on HOST:PORT")
     add("--check-config", action="store_true", help="validate the configuration and exit")
     add("--no-uidplus", choices=NO_UIDPLUS_POLICIES, help="MOVE over a server without UIDPLUS")
+    add("--move-chunk-size", type=int, help="most messages one upstream COPY of a MOVE takes")
+    add("--rollback", choices=ROLLBACK_MODES, help="whose login removes a failed MOVE's copies")
     add("--tls-cert", help="certificate chain (PEM) shown to clients")
     add("--tls-key", help="private key (PEM) of --tls-cert")
     add(

@@ -9,6 +9,8 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .session import FinishedMove
+
 log = logging.getLogger(__name__)
 
 
@@ -48,6 +50,18 @@ class Metrics:
             ["step"],
             registry=registry,
         )
+        self.rollbacks = Counter(
+            prefix + "rollbacks",
+            "Failed MOVEs whose copies had to be removed from the target, by result "
+            "(done, failed, impossible: no credentials or no COPYUID)",
+            ["result"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            prefix + "duplicates",
+            "Messages a failed MOVE left in both mailboxes",
+            registry=registry,
+        )
         self.move_seconds = Histogram(
             prefix + "move_duration_seconds",
             "Time from a MOVE's start upstream to its tagged reply",
@@ -62,11 +76,14 @@ class Metrics:
                                           "Time to connect to the upstream (and set up TLS)",
                                           registry=registry)  # fmt: skip
 
-    def move_done(self, policy: str, outcome: str, seconds: float | None) -> None:
+    def move_done(self, move: FinishedMove, seconds: float | None) -> None:
         """Count a finished MOVE; ``seconds`` is None for one simply passed to the upstream."""
-        self.moves.labels(policy, outcome).inc()
-        if outcome.endswith("-failed"):
-            self.move_failures.labels(outcome.removesuffix("-failed")).inc()
+        self.moves.labels(move.policy, move.outcome).inc()
+        if move.outcome.endswith("-failed"):
+            self.move_failures.labels(move.outcome.removesuffix("-failed")).inc()
+        if move.rollback:
+            self.rollbacks.labels(move.rollback).inc()
+        self.duplicates.inc(move.duplicates)
         if seconds is not None:
             self.move_seconds.observe(seconds)
 

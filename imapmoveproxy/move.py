@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .capabilities import Capabilities
@@ -41,6 +41,7 @@ from .syntax import (
     line_body,
     parse_command_start,
     parse_quoted,
+    set_size,
 )
 
 # A command for the upstream as segments: each segment after the first waits for a "+".
@@ -102,19 +103,39 @@ def parse_move(command: bytes, literal: bytes | None, tail: bytes) -> MoveReques
     return MoveRequest(start.tag, uid, sequence_set, mailbox)
 
 
-def astring_segments(prefix: bytes, value: bytes, caps: Capabilities) -> UpstreamCommand:
-    """``prefix`` followed by ``value`` as an astring and CRLF, framed for this upstream.
+def astring_segments(prefix: bytes, values: Sequence[bytes], caps: Capabilities) -> UpstreamCommand:
+    """``prefix``, then ``values`` as astrings separated by spaces, then CRLF, framed for this
+    upstream.
 
-    No byte of ``value`` can end the command line: values with CR, LF, NUL or 8-bit bytes go as
-    a literal, non-synchronizing where the upstream allows it (LITERAL+, or LITERAL- up to 4096
+    No byte of a value can end the command line: values with CR, LF, NUL or 8-bit bytes go as
+    literals, non-synchronizing where the upstream allows it (LITERAL+, or LITERAL- up to 4096
     bytes), otherwise synchronizing, in which case the caller waits for "+" between segments.
     """
-    inline, literal = encode_astring(value)
-    if literal is None:
-        return [prefix + inline + b"\r\n"]
-    if caps.literal_plus or (caps.literal_minus and len(literal) <= 4096):
-        return [prefix + b"{%d+}\r\n" % len(literal) + literal + b"\r\n"]
-    return [prefix + b"{%d}\r\n" % len(literal), literal + b"\r\n"]
+    segments: list[bytes] = []
+    current = prefix
+    for index, value in enumerate(values):
+        current += b" " if index else b""
+        inline, literal = encode_astring(value)
+        if literal is None:
+            current += inline
+        elif caps.literal_plus or (caps.literal_minus and len(literal) <= 4096):
+            current += b"{%d+}\r\n" % len(literal) + literal
+        else:
+            segments.append(current + b"{%d}\r\n" % len(literal))
+            current = literal
+    segments.append(current + b"\r\n")
+    return segments
+
+
+@dataclass(slots=True, frozen=True)
+class RollbackRequest:
+    """Copies in the target of messages a failed MOVE left in the source: a second session of
+    the same user removes them (the client's session cannot select the target)."""
+
+    mailbox: bytes
+    uidvalidity: bytes  # of the target, from COPYUID: the copies are only removed if it holds
+    uids: tuple[int, ...]  # the copies' UIDs in the target
+    sources: tuple[int, ...]  # the UIDs in the source of the messages they are copies of
 
 
 class Policy(enum.Enum):
@@ -129,6 +150,8 @@ class Policy(enum.Enum):
 class Step(enum.Enum):
     CAPABILITY = "capability"  # learning the upstream's capabilities after authentication
     FORWARD = "forward"  # the client's MOVE sent to the upstream as it is
+    RIGHTS = "rights"  # MYRIGHTS on the source, if not known yet (ACL)
+    PREFETCH = "prefetch"  # a MOVE too big for one chunk: which UIDs to move, before copying
     COPY = "copy"
     FIND_SYNC = "find-sync"  # guarded: NOOP, so the search below sees other sessions' flags
     FIND_DELETED = "find-deleted"  # guarded: which other messages carry \Deleted
@@ -139,6 +162,9 @@ class Step(enum.Enum):
     RESTORE = "restore"  # guarded: put \Deleted back where it was
     VERIFY = "verify"  # guarded: which moved messages are still there after EXPUNGE
     UNDO = "undo"  # guarded, after a failure: unflag what we flagged, restore the others
+    UNFLAG = "unflag"  # UIDPLUS, after a failure: clear the \\Deleted flags the proxy set
+    CHECK = "check"  # UIDPLUS, after a failure: which moved messages are still in the source
+    ROLLBACK = "rollback"  # waiting for a second session to remove their copies from the target
     DONE = "done"
 
 
@@ -160,33 +186,58 @@ class MoveEmulation:
         new_tag: TagSource,
         emit: Callable[[bytes], None],
         max_set_bytes: int = 8192,
+        chunk_size: int = 0,
+        source: bytes | None = None,
+        rights: bytes | None = None,
+        exists: int | None = None,
     ) -> None:
         self.request = request
         self.policy: Policy | None = None
-        self.outcome = ""  # "moved", "copy-failed", "expunging-failed"... for logs and metrics
+        self.outcome = ""  # "moved", "copy-failed", "expunge-failed"... for logs and metrics
+        self.rollback = ""  # "done", "failed" or "impossible" once copies had to be removed
+        self.duplicates = 0  # messages this MOVE left in both mailboxes
+        self.rights = rights  # MYRIGHTS on the source: given cached, or learned here
         self.step = Step.CAPABILITY
         self._read_only = read_only
         self._guarded = guarded
         self._new_tag = new_tag
         self._emit = emit
         self._max_set_bytes = max_set_bytes
+        self._chunk_size = chunk_size
+        self._source = source  # the selected mailbox's name, if known (for MYRIGHTS)
+        self._exists = exists  # how many messages the mailbox has at most, if known
+        self._caps = Capabilities(frozenset())
         self._pending: set[bytes] = set()  # our tags still awaiting their tagged reply
         self._prefetch_tag = b""
+        self._prefetch_ok = False
+        self._deleted_tag = b""
         self._copy_tag = b""
         self._prefetched: list[int] = []
+        self._chunks: list[list[int]] = []  # UIDs of the chunks still to move
+        self._moved = 0  # messages moved by earlier chunks
+        self._total = 0  # messages to move in all
         self._copy_result: Tagged | None = None
         self._moving: set[int] = set()  # UIDs confirmed copied, to flag and expunge
-        self._deleted: set[int] = set()  # guarded: last UID SEARCH DELETED result
+        self._targets: dict[int, int] = {}  # source UID -> UID of its copy (COPYUID)
+        self._deleted: set[int] = set()  # messages carrying \Deleted (last search)
         self._foreign: set[int] = set()  # guarded: other messages whose \Deleted we cleared
-        self._already_deleted: set[int] = set()  # guarded: moved ones the user had flagged
+        self._already_deleted: set[int] = set()  # moved ones the user had flagged
         self._rechecks = 0
         self._expunges: list[bytes] = []  # UID EXPUNGE commands still to send, one by one
-        self._remaining: set[int] = set()  # guarded: moved messages still there after EXPUNGE
+        self._expunged_before = 0  # self._expunged when this chunk's EXPUNGE began
+        self._remaining: set[int] = set()  # moved messages still in the source after EXPUNGE
+        self._flagged: set[int] = set()  # moved messages carrying \\Deleted after the unflag
+        self._checked = True  # whether _remaining is known for sure
+        self._removed: set[int] = set()  # of those, the ones whose copies were removed
+        self._target_validity = b""  # UIDVALIDITY of the target, from COPYUID
         self._failure: Tagged | None = None
         self._failed_step = ""
         self._final_code: bytes | None = None  # HIGHESTMODSEQ of the last UID EXPUNGE
-        self._held: list[bytes] = []  # EXISTS/RECENT caused by the COPY, shown after EXPUNGEs
-        self._expunged = 0  # messages the client was told are gone since those were held
+        self._held: list[tuple[bytes, int]] = []  # EXISTS/RECENT the COPY caused, shown last
+        self._expunged = 0  # EXPUNGEs the client was shown during this MOVE
+        self.rollback_request: RollbackRequest | None = None  # waiting for a second session
+        self.reply = b""  # the tagged reply, once sent
+        self._rollback_error = ""
 
     @property
     def done(self) -> bool:
@@ -218,14 +269,15 @@ class MoveEmulation:
 
     def _begin(self, caps: Capabilities) -> list[UpstreamCommand]:
         request = self.request
-        uid = b"UID " if request.uid else b""
+        self._caps = caps
         if caps.native_move or not (caps.uidplus or self._guarded):
             # Nothing to emulate (native MOVE) or nothing safe to emulate with (no UIDPLUS):
             # the upstream answers the client's own command under the client's own tag.
             self.step = Step.FORWARD
             self.policy = Policy.NATIVE if caps.native_move else Policy.REFUSED
+            uid = b"UID " if request.uid else b""
             prefix = request.tag + b" " + uid + b"MOVE " + request.sequence_set + b" "
-            return [astring_segments(prefix, request.mailbox, caps)]
+            return [astring_segments(prefix, [request.mailbox], caps)]
         self.policy = Policy.UIDPLUS if caps.uidplus else Policy.GUARDED
         if self._read_only:
             # COPY would succeed and the expunge be ignored, leaving every message in both
@@ -233,17 +285,81 @@ class MoveEmulation:
             self.outcome = "read-only"
             self._finish(b"NO", b"READ-ONLY", b"Mailbox is read-only, messages cannot be moved.")
             return []
-        self.step = Step.COPY
+        if b"ACL" in caps.names and self._source is not None and self.rights is None:
+            return self._send_framed(
+                Step.RIGHTS, [astring_segments(b"MYRIGHTS ", [self._source], caps)]
+            )
+        return self._check_rights()
+
+    def _check_rights(self) -> list[UpstreamCommand]:
+        """Refuse before touching anything if the rights on the source forbid flagging or
+        expunging (RFC 4314; an RFC 2086 server has a single "d" right for both)."""
+        rights = (self.rights or b"").lower()
+        rfc4314 = any(name.startswith(b"RIGHTS=") for name in self._caps.names)
+        needed = (b"t", b"e") if rfc4314 else (b"d",)
+        if self.rights is not None and not all(right in rights for right in needed):
+            self.outcome = "no-permission"
+            text = b"Permission denied: messages cannot be removed from this mailbox (rights: %s)."
+            self._finish(b"NO", b"NOPERM", text % self.rights)
+            return []
+        sizes = [set_size(self.request.sequence_set), self._exists]
+        size = min((size for size in sizes if size is not None), default=None)
+        if self._chunk_size and (size is None or size > self._chunk_size):
+            return self._prefetch(Step.PREFETCH, copy=False)  # maybe too many for one COPY
+        return self._prefetch(Step.COPY, copy=True)
+
+    def _prefetch(self, step: Step, copy: bool) -> list[UpstreamCommand]:
+        """Which UIDs the client's set names and (UIDPLUS) which of them carry \\Deleted
+        already, so that a rollback clears only the flags the proxy set; pipelined with the
+        COPY of the whole set if ``copy``."""
+        request = self.request
+        uid = b"UID " if request.uid else b""
+        self.step = step
         self._prefetch_tag = self._new_tag()
-        self._copy_tag = self._new_tag()
-        self._pending.update((self._prefetch_tag, self._copy_tag))
-        if request.uid and caps.esearch:  # one short line however many messages
+        self._pending.add(self._prefetch_tag)
+        if request.uid and self._caps.esearch:  # one short line however many messages
             prefetch = b" UID SEARCH RETURN (ALL) UID " + request.sequence_set + b"\r\n"
         else:  # FETCH is what every server gets right (imap4d's SEARCH UID is not)
             prefetch = b" " + uid + b"FETCH " + request.sequence_set + b" (UID)\r\n"
-        prefetch = self._prefetch_tag + prefetch
-        copy = self._copy_tag + b" " + uid + b"COPY " + request.sequence_set + b" "
-        return [[prefetch], astring_segments(copy, request.mailbox, caps)]
+        commands = [[self._prefetch_tag + prefetch]]
+        if self.policy is Policy.UIDPLUS:  # the guarded policy searches \Deleted on its own
+            self._deleted_tag = self._new_tag()
+            self._pending.add(self._deleted_tag)
+            returns = b"RETURN (ALL) " if self._caps.esearch else b""
+            search = b" UID SEARCH " + returns + uid + request.sequence_set + b" DELETED\r\n"
+            commands.append([self._deleted_tag + search])
+        if copy:  # last: it may wait for "+" before sending the mailbox name
+            self._copy_tag = self._new_tag()
+            self._pending.add(self._copy_tag)
+            prefix = self._copy_tag + b" " + uid + b"COPY " + request.sequence_set + b" "
+            commands.append(astring_segments(prefix, [request.mailbox], self._caps))
+        return commands
+
+    def _after_prefetch(self) -> list[UpstreamCommand]:
+        uids = sorted(set(self._prefetched))
+        if not self._prefetch_ok or not uids:
+            # Let the COPY answer as the upstream would (an invalid set, no messages...).
+            self._prefetched = []
+            return self._prefetch(Step.COPY, copy=True)
+        size = self._chunk_size
+        self._chunks = [uids[i : i + size] for i in range(0, len(uids), size)]
+        self._total = len(uids)
+        return self._next_chunk()
+
+    def _next_chunk(self) -> list[UpstreamCommand]:
+        """Move the next chunk of UIDs: each chunk is moved or left alone on its own."""
+        self._moved += len(self._moving) - len(self._remaining)
+        chunk = self._chunks.pop(0)
+        self._prefetched = chunk
+        self._moving, self._targets, self._remaining = set(), {}, set()
+        self._foreign, self._rechecks = set(), 0
+        self._copy_result = None
+        self.step = Step.COPY
+        self._copy_tag = self._new_tag()
+        self._pending.add(self._copy_tag)
+        uid_set = b",".join(compress_uids(chunk))
+        copy = self._copy_tag + b" UID COPY " + uid_set + b" "
+        return [astring_segments(copy, [self.request.mailbox], self._caps)]
 
     # ------------------------------------------------------------------ upstream responses
 
@@ -252,22 +368,28 @@ class MoveEmulation:
         step = self.step
         if step is Step.CAPABILITY:
             return not _CAPABILITY_UNTAGGED_RE.match(line)
-        if step is Step.COPY:
-            if self._prefetch_tag in self._pending:
-                if _SEARCH_RE.match(line):
+        if step is Step.RIGHTS and _MYRIGHTS_RE.match(line):
+            self.rights = line_body(line).rsplit(b" ", 1)[-1]
+            return False
+        if step in (Step.COPY, Step.PREFETCH):
+            if _SEARCH_RE.match(line):
+                tag = _search_tag(line)
+                if tag == self._prefetch_tag:
                     self._prefetched.extend(_search_uids(line))
-                    return False
+                elif tag in (None, self._deleted_tag):
+                    self._deleted.update(_search_uids(line))
+                return False
+            if self._prefetch_tag in self._pending:
                 uid = fetch_uid(line)
                 if uid is not None:
                     self._prefetched.append(uid)
                     return not _ONLY_UID_RE.match(line)
-            if _COUNT_RE.match(line):
+            if step is Step.COPY and _COUNT_RE.match(line):
                 # A MOVE into the selected mailbox announces the new messages after the
                 # expunges, with the count that follows them: hold the COPY's EXISTS back.
-                self._held.append(line)
+                self._held.append((line, self._expunged))
                 return False
-            return True
-        if step in (Step.FIND_DELETED, Step.RECHECK) and _SEARCH_RE.match(line):
+        elif step in (Step.FIND_DELETED, Step.RECHECK) and _SEARCH_RE.match(line):
             self._deleted.update(_search_uids(line))
             return False
         # FETCH responses about messages whose flags we change are caused by our STOREs (with
@@ -276,6 +398,11 @@ class MoveEmulation:
         if step is Step.VERIFY and uid is not None and _ONLY_UID_RE.match(line):
             if uid in self._moving:
                 self._remaining.add(uid)
+            return False
+        if step is Step.CHECK and uid in self._moving:
+            self._remaining.add(uid)
+            if _DELETED_FLAG_RE.search(line):
+                self._flagged.add(uid)
             return False
         if uid is not None and (uid in self._moving or uid in self._foreign):
             return False
@@ -289,27 +416,42 @@ class MoveEmulation:
             self.step = Step.DONE
             return []
         self._pending.discard(reply.tag)
-        if self.step is Step.COPY:
-            if reply.tag == self._copy_tag:
-                self._copy_result = reply
-        elif reply.status != b"OK":
-            if self.step is Step.VERIFY:
-                self._remaining = set()  # cannot tell: the EXPUNGE itself succeeded
-            elif self._failure is None and self.step is not Step.CAPABILITY:
-                self._failure = reply
-                self._failed_step = self.step.value
-        elif self.step is Step.EXPUNGE and code_name(reply.code) == b"HIGHESTMODSEQ":
+        ok = reply.status == b"OK"
+        step = self.step
+        if reply.tag == self._copy_tag:
+            self._copy_result = reply
+        elif reply.tag == self._prefetch_tag:
+            self._prefetch_ok = ok
+        elif step in (Step.VERIFY, Step.CHECK) and not ok:
+            self._checked = False  # cannot tell which messages are left
+        elif step is Step.EXPUNGE and ok and code_name(reply.code) == b"HIGHESTMODSEQ":
             self._final_code = reply.code
+        elif not ok and step not in _UNFAILING and self._failure is None:
+            self._failure = reply
+            self._failed_step = step.value
         if self._pending:
             return []
-        if self.step is Step.CAPABILITY:
+        if step is Step.CAPABILITY:
             return self._begin(caps or Capabilities(frozenset()))  # no answer: no UIDPLUS
-        return _NEXT[self.step](self)
+        return _NEXT[step](self)
 
     def answers(self, tag: bytes) -> bool:
         """Whether a tagged reply with ``tag`` is for this MOVE: one of the proxy's commands, or
         the client's MOVE forwarded under the client's tag."""
         return tag in self._pending or (self.step is Step.FORWARD and tag == self.request.tag)
+
+    def on_rollback(self, error: str | None, *, attempted: bool = True) -> list[UpstreamCommand]:
+        """The second session removed the copies of :attr:`rollback_request` (``error`` is
+        None), failed to, or could not be ``attempted`` (no credentials)."""
+        assert self.step is Step.ROLLBACK and self.rollback_request is not None
+        if error is None:
+            self.rollback = "done"
+            self._removed = set(self.rollback_request.sources)
+        else:
+            self.rollback = "failed" if attempted else "impossible"
+            self._rollback_error = error
+        self.rollback_request = None
+        return self._report()
 
     # ------------------------------------------------------------------ the steps
 
@@ -317,13 +459,22 @@ class MoveEmulation:
         result = self._copy_result
         assert result is not None
         if result.status != b"OK":
-            # Nothing was copied, so nothing else is done: the client gets the COPY's answer.
+            # Nothing was copied in this chunk, so nothing else is done.
             self.outcome = "copy-failed"
-            self._finish(result.status, result.code, result.text)
-            return []
+            if not self._moved:  # the client gets the COPY's answer, as from a native MOVE
+                self._finish(result.status, result.code, result.text)
+                return []
+            self._failure, self._failed_step = result, "copy"
+            self._moving = set()
+            return self._report()
         copyuid = result.code if code_name(result.code) == b"COPYUID" else None
         if copyuid is not None and len(copyuid.split()) == 4:
-            self._moving = set(expand_uid_set(copyuid.split()[2]))
+            _, _, sources, targets = copyuid.split()
+            self._targets = dict(
+                zip(expand_uid_set(sources), expand_uid_set(targets), strict=False)
+            )
+            self._moving = set(self._targets)
+            self._target_validity = copyuid.split()[1]
             self._emit(b"* OK [" + copyuid + b"] Moved UIDs.\r\n")
         if not self._moving:
             self._moving = set(self._prefetched)
@@ -331,15 +482,20 @@ class MoveEmulation:
             self.outcome = "moved"
             self._finish(b"OK", None, b"No messages found.")
             return []
+        self._already_deleted = self._deleted & self._moving
+        self._total = self._total or len(self._moving)
         if self.policy is Policy.GUARDED:
             return self._send(Step.FIND_SYNC, [b"NOOP\r\n"])
         return self._send(Step.FLAG, self._per_set(_FLAG, self._moving))
 
     def _after_flag(self) -> list[UpstreamCommand]:
         if self.policy is Policy.UIDPLUS:
-            # Even if flagging failed for some, UID EXPUNGE removes only messages of the set
-            # that carry \\Deleted, all of them copied: those are moved, the rest stay.
+            if self._failure is not None:
+                return self._recover()
+            # UID EXPUNGE removes only messages of the set that carry \\Deleted, all of them
+            # copied: those are moved, the rest stay.
             self._expunges = self._per_set(b"UID EXPUNGE %s\r\n", self._moving)
+            self._expunged_before = self._expunged
             return self._after_expunge()
         if self._failure is not None:
             return self._undo()
@@ -382,9 +538,49 @@ class MoveEmulation:
             # One at a time: a server running two UID EXPUNGEs at once (Dovecot does) may
             # report some expunges only after both tagged replies, that is after our OK.
             return self._send(Step.EXPUNGE, [self._expunges.pop(0)])
-        if self.policy is not Policy.GUARDED:
+        if self.policy is Policy.GUARDED:
+            return self._send(Step.RESTORE, self._per_set(_FLAG, self._foreign))
+        if self._failure is None and self._expunged - self._expunged_before == len(self._moving):
+            return self._chunk_done()
+        # Fewer (or other sessions' too) EXPUNGEs than messages moved: find out which are left.
+        return self._recover()
+
+    def _recover(self) -> list[UpstreamCommand]:
+        """UIDPLUS, after a failure past the COPY: clear the \\Deleted flags the proxy set, then
+        list which moved messages are still in the source. Once unflagged, no other session's
+        EXPUNGE can remove them, so removing their copies from the target cannot lose them."""
+        unflag = self._per_set(_UNFLAG, self._moving - self._already_deleted)
+        return self._send(Step.UNFLAG, unflag)
+
+    def _check(self) -> list[UpstreamCommand]:
+        self._remaining, self._flagged = set(), set()
+        return self._send(Step.CHECK, self._per_set(b"UID FETCH %s (UID FLAGS)\r\n", self._moving))
+
+    def _after_check(self) -> list[UpstreamCommand]:
+        self._remaining &= self._moving
+        if not self._checked:
             return self._report()
-        return self._send(Step.RESTORE, self._per_set(_FLAG, self._foreign))
+        if not self._remaining:  # everything moved after all
+            self._failure = None
+            return self._chunk_done()
+        if self._failure is None:
+            left = b",".join(compress_uids(list(self._remaining)))
+            self._failure = Tagged(b"", b"NO", None, b"UIDs " + left + b" were not expunged")
+            self._failed_step = "expunge"
+        # Those still flagged \Deleted (the user's own, or an unflag failed) stay in both: any
+        # session's EXPUNGE may remove them from the source at any moment.
+        removable = sorted((self._remaining - self._flagged) & set(self._targets))
+        if not removable:
+            self.rollback = "impossible"
+            return self._report()
+        self.step = Step.ROLLBACK
+        self.rollback_request = RollbackRequest(
+            self.request.mailbox,
+            self._target_validity,
+            tuple(self._targets[uid] for uid in removable),
+            tuple(removable),
+        )
+        return []
 
     def _verify(self) -> list[UpstreamCommand]:
         """Guarded: a plain EXPUNGE does not say by UID what it removed; list what is left
@@ -398,11 +594,16 @@ class MoveEmulation:
         unflag = self._per_set(_UNFLAG, self._moving - self._already_deleted)
         return self._send(Step.UNDO, unflag + self._per_set(_FLAG, self._foreign))
 
-    def _report(self) -> list[UpstreamCommand]:
-        if self._remaining and self._failure is None:
+    def _chunk_done(self) -> list[UpstreamCommand]:
+        if self.policy is Policy.GUARDED and self._remaining and self._failure is None:
             left = b",".join(compress_uids(list(self._remaining)))
             self._failure = Tagged(b"", b"NO", None, b"UIDs " + left + b" were not expunged")
             self._failed_step = "expunge"
+        if self._failure is None and self._chunks:
+            return self._next_chunk()
+        return self._report()
+
+    def _report(self) -> list[UpstreamCommand]:
         failure = self._failure
         if failure is None:
             self.outcome = "moved"
@@ -420,10 +621,33 @@ class MoveEmulation:
                 f"UIDs {uids} ({reason}).".encode(),
             )
             return []
-        if self.policy is Policy.GUARDED and self.step is Step.UNDO:
-            state = "Nothing was removed from the source: every message is in both mailboxes"
+        moved = self._moved + len(self._moving) - len(self._remaining)
+        if self.policy is Policy.GUARDED:
+            if self.step is Step.UNDO:
+                state = "Nothing was removed from the source: every message is in both mailboxes"
+            else:
+                state = "Messages still listed in the source are in both mailboxes"
+        elif not self._checked:
+            state = (
+                "Which are still in the source could not be checked: those are in both mailboxes"
+            )
+        elif self._remaining - self._removed:
+            duplicates = self._remaining - self._removed
+            self.duplicates = len(duplicates)
+            sources = b",".join(compress_uids(list(duplicates))).decode()
+            targets = [self._targets[uid] for uid in duplicates if uid in self._targets]
+            copies = b",".join(compress_uids(targets)).decode() or "unknown"
+            why = f" (removing the copies failed: {self._rollback_error})" * bool(
+                self._rollback_error
+            )
+            state = f"UIDs {sources} are in both mailboxes (copies: UIDs {copies}){why}"
         else:
-            state = "Messages still listed in the source are in both mailboxes"
+            text = (
+                f"MOVE failed ({self._failed_step}: {reason}): {moved} of {self._total} "
+                "messages were moved, the others are unaffected."
+            )
+            self._finish(b"NO", failure.code, text.encode())
+            return []
         text = (
             "MOVE incomplete: the messages were copied to the target, but removing them from the "
             f"source failed ({self._failed_step}: {reason}). {state}; none was lost."
@@ -438,25 +662,30 @@ class MoveEmulation:
 
     def _send(self, step: Step, commands: list[bytes]) -> list[UpstreamCommand]:
         """Tag and send ``commands``, pipelined: together they make up ``step``."""
+        return self._send_framed(step, [[command] for command in commands])
+
+    def _send_framed(self, step: Step, commands: list[UpstreamCommand]) -> list[UpstreamCommand]:
         self.step = step
         tagged: list[UpstreamCommand] = []
-        for command in commands:
+        for first, *rest in commands:
             tag = self._new_tag()
             self._pending.add(tag)
-            tagged.append([tag + b" " + command])
+            tagged.append([tag + b" " + first, *rest])
         if not tagged:
             return _NEXT[step](self)
         return tagged
 
     def _finish(self, status: bytes, code: bytes | None, text: bytes) -> None:
-        for line in self._held:
+        for line, expunged_before in self._held:
             match = _COUNT_RE.match(line)
             assert match is not None
             if match.group(2).upper() == b"EXISTS":
-                line = b"* %d EXISTS\r\n" % (int(match.group(1)) - self._expunged)
+                shown = self._expunged - expunged_before
+                line = b"* %d EXISTS\r\n" % (int(match.group(1)) - shown)
             self._emit(line)
         code_part = b"[" + code + b"] " if code else b""
-        self._emit(self.request.tag + b" " + status + b" " + code_part + text + b"\r\n")
+        self.reply = self.request.tag + b" " + status + b" " + code_part + text
+        self._emit(self.reply + b"\r\n")
         self.step = Step.DONE
 
 
@@ -469,9 +698,18 @@ _NEXT: dict[Step, Callable[[MoveEmulation], list[UpstreamCommand]]] = {
     Step.RECHECK: MoveEmulation._after_recheck,
     Step.EXPUNGE: MoveEmulation._after_expunge,
     Step.RESTORE: MoveEmulation._verify,
-    Step.VERIFY: MoveEmulation._report,
+    Step.VERIFY: MoveEmulation._chunk_done,
     Step.UNDO: MoveEmulation._report,
+    Step.RIGHTS: MoveEmulation._check_rights,
+    Step.PREFETCH: MoveEmulation._after_prefetch,
+    Step.UNFLAG: MoveEmulation._check,
+    Step.CHECK: MoveEmulation._after_check,
 }
+# Steps whose failure does not make the MOVE fail: they only gather facts (or, for UNFLAG, the
+# CHECK that follows finds out what the failure left behind).
+_UNFAILING = frozenset(
+    (Step.CAPABILITY, Step.RIGHTS, Step.PREFETCH, Step.COPY, Step.CHECK, Step.UNFLAG)
+)
 
 
 _SEARCH_RE = re.compile(rb"\* (?:E?SEARCH)\b", re.IGNORECASE)
@@ -480,6 +718,15 @@ _CAPABILITY_UNTAGGED_RE = re.compile(rb"\* CAPABILITY ", re.IGNORECASE)
 _COUNT_RE = re.compile(rb"\* (\d+) (EXISTS|RECENT)\r?\n$", re.IGNORECASE)
 _EXPUNGE_RE = re.compile(rb"\* \d+ EXPUNGE\r?\n$", re.IGNORECASE)
 _VANISHED_RE = re.compile(rb"\* VANISHED ([0-9:,]+)\r?\n$", re.IGNORECASE)
+_MYRIGHTS_RE = re.compile(rb"\* MYRIGHTS ", re.IGNORECASE)
+_DELETED_FLAG_RE = re.compile(rb"FLAGS \([^)]*\\Deleted", re.IGNORECASE)
+_ESEARCH_TAG_RE = re.compile(rb'\* ESEARCH \(TAG "([^"]*)"\)', re.IGNORECASE)
+
+
+def _search_tag(line: bytes) -> bytes | None:
+    """The command tag an ESEARCH response names (None for a plain SEARCH response)."""
+    match = _ESEARCH_TAG_RE.match(line)
+    return match.group(1) if match else None
 
 
 def _expunge_count(line: bytes) -> int:

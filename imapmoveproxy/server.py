@@ -18,7 +18,9 @@ import trio
 
 from .config import Address, Config
 from .metrics import Metrics, serve_http
+from .move import RollbackRequest
 from .proxyproto import V2_MAX, Endpoint, ProxyHeader, ProxyHeaderError, build_v2, parse
+from .rollback import Credentials, Rollback
 from .session import SHUTDOWN_BYE, Session, SessionSettings
 from .tls import Certificates, UpstreamUnavailable, open_upstream, upstream_context
 
@@ -89,6 +91,12 @@ class Proxy:
             tls_offered=self._certificates is not None,
             require_tls=config.require_tls,
             forward_id=config.upstream_id and not config.upstream_proxy_protocol,
+            chunk_size=config.move_chunk_size,
+            rollback=config.rollback,
+            rollback_master=(
+                (config.rollback_master_user or "").encode(),
+                (config.rollback_master_password or "").encode(),
+            ),
         )
 
     async def serve(
@@ -221,7 +229,7 @@ class Proxy:
             await _bye_and_close(client, SHUTTING_DOWN)
             return
         session = Session(self._settings, conn_id, tls=tls, addresses=addresses)
-        connection = Connection(client, upstream, session, self, greeting)
+        connection = Connection(client, upstream, session, self, greeting, addresses)
         self._connections.add(connection)
         metrics.connections.inc()
         try:
@@ -294,10 +302,9 @@ class Proxy:
     ) -> tuple[trio.abc.Stream, bytes] | None:
         upstream = self.config.upstream
         started = time.monotonic()
-        preamble = build_v2(*addresses) if self.config.upstream_proxy_protocol else b""
         try:
             with trio.fail_after(self.config.connect_timeout):
-                opened = await open_upstream(self.config, self._upstream_tls, preamble)
+                opened = await self.open_upstream(addresses)
             self.metrics.upstream_seconds.observe(time.monotonic() - started)
             return opened
         except (OSError, trio.TooSlowError, UpstreamUnavailable) as exc:
@@ -307,6 +314,14 @@ class Proxy:
             )
             await _bye_and_close(client, UNAVAILABLE)
             return None
+
+    async def open_upstream(
+        self, addresses: tuple[Endpoint, Endpoint]
+    ) -> tuple[trio.abc.Stream, bytes]:
+        """A new upstream connection for the client at ``addresses`` (with the PROXY header
+        if configured); the greeting, if it has been read already."""
+        preamble = build_v2(*addresses) if self.config.upstream_proxy_protocol else b""
+        return await open_upstream(self.config, self._upstream_tls, preamble)
 
 
 class Connection:
@@ -318,7 +333,8 @@ class Connection:
         upstream: trio.abc.Stream,
         session: Session,
         proxy: Proxy,
-        greeting: bytes = b"",
+        greeting: bytes,
+        addresses: tuple[Endpoint, Endpoint],
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -326,6 +342,7 @@ class Connection:
         self.config = proxy.config
         self._proxy = proxy
         self._greeting = greeting  # already read from the upstream (after its STARTTLS)
+        self._addresses = addresses  # the client's, and the one it connected to
         self._log = logging.LoggerAdapter(log, {"conn": session.conn_id})
         self._client_lock = trio.Lock()
         self._upstream_lock = trio.Lock()
@@ -442,10 +459,13 @@ class Connection:
             self._locked = None
         self._proxy.metrics.commands.inc(session.counters.commands - self._commands_counted)
         self._commands_counted = session.counters.commands
-        for policy, outcome in session.take_finished_moves():
+        for move in session.take_finished_moves():
             started, self._move_started = self._move_started, None
             elapsed = None if started is None else time.monotonic() - started
-            self._proxy.metrics.move_done(policy, outcome, elapsed)
+            self._proxy.metrics.move_done(move, elapsed)
+        rollback = session.take_rollback()
+        if rollback is not None and self._nursery is not None:
+            self._nursery.start_soon(self._rollback, *rollback)
         if session.move_ready and self._locked is None and not self._locking:
             key = session.move_key
             self._locking = True  # the other pump must not queue for the same MOVE
@@ -457,6 +477,34 @@ class Connection:
             self._move_started = time.monotonic()
             session.start_move()
             await self._flush()
+
+    async def _rollback(self, request: RollbackRequest, credentials: Credentials) -> None:
+        """Run the second session that removes a failed MOVE's copies, bounded in time."""
+        rollback = Rollback(request, credentials, self.config.max_set_bytes)
+        error: str | None = None
+        stream: trio.abc.Stream | None = None
+        try:
+            with trio.fail_after(self.config.rollback_timeout):
+                stream, data = await self._proxy.open_upstream(self._addresses)
+                for _ in range(100_000):  # bounded: the timeout bounds it too
+                    if not data:
+                        data = await self._receive(stream)
+                        if not data:
+                            rollback.connection_lost()
+                    rollback.receive(data)
+                    data = b""
+                    outgoing = rollback.take_outgoing()
+                    if outgoing:
+                        await stream.send_all(outgoing)
+                    if rollback.done:
+                        break
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, UpstreamUnavailable) as exc:
+            error = f"second session: {exc or 'timed out'}"
+        finally:
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+        self.session.rollback_finished(error or rollback.error or _unfinished(rollback))
+        await self._flush()
 
     async def _send_client(self) -> None:
         async with self._client_lock:
@@ -478,6 +526,10 @@ class Connection:
             return await stream.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
+
+
+def _unfinished(rollback: Rollback) -> str | None:
+    return None if rollback.done else "second session did not finish"
 
 
 def _endpoint(stream: trio.SocketStream, remote: bool) -> Endpoint:

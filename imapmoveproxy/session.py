@@ -30,14 +30,17 @@ from dataclasses import dataclass, field
 from . import capabilities
 from .capabilities import Capabilities
 from .framing import Framer, Line, LineTooLong, Literal
-from .move import MoveEmulation, MoveRequest, UpstreamCommand, parse_move
+from .move import MoveEmulation, MoveRequest, RollbackRequest, UpstreamCommand, parse_move
 from .proxyproto import Endpoint
+from .rollback import Credentials, login_credentials, plain_credentials
 from .syntax import (
     CommandStart,
+    SyntaxProblem,
     Tagged,
     code_name,
     is_tag,
     line_body,
+    parse_astring,
     parse_command_start,
     parse_tagged,
     strip_x_fields,
@@ -48,11 +51,13 @@ log = logging.getLogger(__name__)
 _MOVE_COMMANDS = (b"MOVE", b"UID MOVE")
 _AUTH_COMMANDS = (b"LOGIN", b"AUTHENTICATE")
 _DATA_COMMANDS = (b"AUTHENTICATE", b"IDLE")  # client lines after these are not commands
+_SELECTING = (b"SELECT", b"EXAMINE", b"CLOSE", b"UNSELECT")  # change the selected mailbox
+_MAX_LOGIN = 8192  # longest LOGIN command whose credentials are kept for a rollback
 _NOT_UNTAGGED = re.compile(rb"\n[^*]")
 _EXPUNGE_LINE = re.compile(rb"\* \d+ EXPUNGE\r\n")
 # Inside a line, what makes the session look at it by itself: a literal announcement, a response
-# code (capabilities, UIDVALIDITY, READ-ONLY...), BYE, and (at a line start) CAPABILITY.
-_LOOK_AT = (b"}\r\n", b"}\n", b"[", b"* BYE", b"\n* C", b"\n* c")
+# code (capabilities, UIDVALIDITY, READ-ONLY...), BYE, EXISTS and (at a line start) CAPABILITY.
+_LOOK_AT = (b"}\r\n", b"}\n", b"[", b"* BYE", b" EXISTS\r\n", b"\n* C", b"\n* c")
 
 
 _NOT_EXPUNGE = re.compile(rb"\n(?!\* \d+ EXPUNGE\r\n)")
@@ -87,6 +92,7 @@ def _first_stop(buf: bytes, start: int) -> int:
 
 SHUTDOWN_BYE = b"[UNAVAILABLE] Server shutting down, please reconnect."
 _UIDVALIDITY_RE = re.compile(rb"\* OK \[UIDVALIDITY (\d+)\]", re.IGNORECASE)
+_EXISTS_RE = re.compile(rb"\* (\d+) EXISTS\r?\n$", re.IGNORECASE)
 
 
 @dataclass(slots=True, frozen=True)
@@ -100,6 +106,12 @@ class SessionSettings:
     tls_offered: bool = False  # the proxy has a certificate: STARTTLS on plain connections
     require_tls: bool = False  # no LOGIN/AUTHENTICATE before TLS
     forward_id: bool = False  # tell an upstream with ID the client's address (x-originating-ip)
+    chunk_size: int = 1000  # most messages one COPY of a MOVE takes (0: no limit)
+    # Credentials for the second session that removes the copies of a failed MOVE: "client"
+    # (those of the client's LOGIN or AUTHENTICATE PLAIN), "master" (rollback_master's, for the
+    # client's user) or "off".
+    rollback: str = "client"
+    rollback_master: tuple[bytes, bytes] = (b"", b"")  # (login, password)
 
 
 class Mode(enum.Enum):
@@ -108,6 +120,16 @@ class Mode(enum.Enum):
     FORWARD = "forward"
     COLLECT = "collect"  # a MOVE the proxy will execute itself
     DISCARD = "discard"  # a command already answered with BAD; its remaining bytes are dropped
+
+
+@dataclass(slots=True, frozen=True)
+class FinishedMove:
+    """A MOVE answered, for the metrics."""
+
+    policy: str
+    outcome: str
+    rollback: str = ""  # "", "done", "failed", "impossible"
+    duplicates: int = 0  # messages left in both mailboxes
 
 
 @dataclass(slots=True)
@@ -159,11 +181,21 @@ class Session:
         self._upstream_said_bye = False
         self._read_only = False  # the selected mailbox was opened read-only (EXAMINE)
         self._uidvalidity = b""
+        self._exists: int | None = None  # messages in the selected mailbox, at most
         self._shutting_down = False
-        self._finished_moves: list[tuple[str, str]] = []  # (policy, outcome), for metrics
+        self._finished_moves: list[FinishedMove] = []  # for the metrics
         self._id_tag: bytes | None = None  # the proxy's own ID command, awaiting its reply
         self._auth_tags: set[bytes] = set()  # LOGIN/AUTHENTICATE commands in flight
         self.authenticated = False
+        self._selected: bytes | None = None  # the selected mailbox's name, when known
+        self._selecting: dict[bytes, bytes | None] = {}  # SELECT... tag -> mailbox it selects
+        self._rights: bytes | None = None  # MYRIGHTS on the selected mailbox, once learned
+        self._login: bytearray | None = None  # a LOGIN with literals, being received whole
+        self._login_start: CommandStart | None = None
+        self._plain_tag: bytes | None = None  # AUTHENTICATE PLAIN awaiting its response line
+        self._new_credentials: dict[bytes, Credentials] = {}  # by LOGIN/AUTHENTICATE tag
+        self._credentials: Credentials | None = None  # for a rollback's second session
+        self._rollback_running = False
 
     # ------------------------------------------------------------------ caller interface
 
@@ -271,8 +303,12 @@ class Session:
                 self._client_fragment(event.data, event)
 
     def _client_command(self, line: Line) -> None:
+        self._login = None  # a LOGIN still being received was cut short
         if self._data_tag is not None:  # an AUTHENTICATE response or IDLE's DONE: data
             self._to_upstream += line.data
+            if self._plain_tag is not None:
+                self._keep_credentials(self._plain_tag, plain_credentials(line.data))
+                self._plain_tag = None
             if self._data_idle:
                 self._data_tag = None
             return
@@ -350,6 +386,10 @@ class Session:
         if start.name in _AUTH_COMMANDS:
             self._caps = None  # the capabilities change with the authentication state
             self._auth_tags.add(start.tag)
+            if self.settings.rollback != "off":
+                self._capture_credentials(line, start)
+        elif start.name in _SELECTING:
+            self._selecting[start.tag] = self._mailbox_argument(line, start)
         if start.name in _DATA_COMMANDS:
             self._data_tag = start.tag
             self._data_idle = start.name == b"IDLE"
@@ -358,6 +398,12 @@ class Session:
         """A literal chunk, or a line continuing a command after a literal."""
         if self._mode is Mode.FORWARD:
             self._to_upstream += data
+            if self._login is not None:
+                self._login += data
+                if len(self._login) > _MAX_LOGIN:
+                    self._login = None
+                elif line is not None and line.literal is None:
+                    self._login_received()
         elif self._mode is Mode.COLLECT:
             if line is None:
                 self._move_literal += data
@@ -365,6 +411,49 @@ class Session:
                 self._collect_move(line)
         elif line is not None:  # a line of a command already refused
             self._skip_rest(line)
+
+    # ------------------------------------------------------------------ remembered state
+
+    @staticmethod
+    def _mailbox_argument(line: Line, start: CommandStart) -> bytes | None:
+        """SELECT's or EXAMINE's mailbox name (None for CLOSE and UNSELECT, or if it came as a
+        literal: then the MOVE pre-check, which needs it, is skipped)."""
+        if start.name not in (b"SELECT", b"EXAMINE") or line.literal is not None:
+            return None
+        try:
+            return parse_astring(line.data, start.args_offset + 1)[0]
+        except SyntaxProblem:
+            return None
+
+    def _capture_credentials(self, line: Line, start: CommandStart) -> None:
+        """Keep what a LOGIN or AUTHENTICATE PLAIN logs in with, for a rollback's second
+        session, until the upstream accepts or refuses it. Other mechanisms cannot be replayed."""
+        if start.name == b"LOGIN":
+            self._login = bytearray(line.data)
+            self._login_start = start
+            if line.literal is None:
+                self._login_received()
+            return
+        mechanism, _, initial = line_body(line.data)[start.args_offset :].strip().partition(b" ")
+        if mechanism.upper() != b"PLAIN":
+            return
+        if initial:
+            self._keep_credentials(start.tag, plain_credentials(initial))
+        else:
+            self._plain_tag = start.tag
+
+    def _login_received(self) -> None:
+        assert self._login is not None and self._login_start is not None
+        start = self._login_start
+        self._keep_credentials(start.tag, login_credentials(bytes(self._login), start.args_offset))
+        self._login = None
+
+    def _keep_credentials(self, tag: bytes, credentials: Credentials | None) -> None:
+        if credentials is None:
+            return
+        if self.settings.rollback == "master":
+            credentials = credentials.as_master(*self.settings.rollback_master)
+        self._new_credentials[tag] = credentials
 
     def _reject(self, line: Line, reply: bytes) -> None:
         """Answer a command the proxy will not forward and skip whatever else belongs to it."""
@@ -426,34 +515,72 @@ class Session:
             new_tag=self._new_tag,
             emit=self._reply,
             max_set_bytes=self.settings.max_set_bytes,
+            chunk_size=self.settings.chunk_size,
+            source=self._selected,
+            rights=self._rights,
+            exists=self._exists,
         )
         self._send(self._move.start(self._caps))
         self._after_move_step()
 
+    def take_rollback(self) -> tuple[RollbackRequest, Credentials] | None:
+        """A second session the caller must run now, reporting to :meth:`rollback_finished`."""
+        move = self._move
+        if move is None or move.rollback_request is None or self._rollback_running:
+            return None
+        assert self._credentials is not None  # see _after_move_step
+        self._rollback_running = True
+        return move.rollback_request, self._credentials
+
+    def rollback_finished(self, error: str | None) -> None:
+        """The second session of :meth:`take_rollback` ended (``error`` None: it succeeded)."""
+        move = self._move
+        assert move is not None and self._rollback_running
+        self._rollback_running = False
+        if error is not None:
+            self._log.warning("rollback of a failed MOVE failed: %s", error)
+        self._send(move.on_rollback(error))
+        self._after_move_step()
+
     def _after_move_step(self) -> None:
         move = self._move
+        if move is not None and move.rollback_request is not None and self._credentials is None:
+            why = "off" if self.settings.rollback == "off" else "no credentials to replay"
+            self._send(move.on_rollback(f"second sessions are {why}", attempted=False))
         if move is None or not move.done:
             return
         self._move = None
+        self._rights = move.rights if move.outcome == "moved" else None
         policy = move.policy.value if move.policy else "none"
         kind = b"UID MOVE" if move.request.uid else b"MOVE"
-        self._count_move(kind, move.request.sequence_set, policy, move.outcome)
+        self._count_move(kind, move.request.sequence_set, policy, move.outcome, move)
         if self._shutting_down:
             self._close("proxy shutting down", SHUTDOWN_BYE, logging.INFO)
 
-    def _count_move(self, kind: bytes, sequence_set: bytes, policy: str, outcome: str) -> None:
+    def _count_move(
+        self,
+        kind: bytes,
+        sequence_set: bytes,
+        policy: str,
+        outcome: str,
+        move: MoveEmulation | None = None,
+    ) -> None:
         """Log a MOVE answered, and count it for the connection's summary and the metrics."""
         shown = sequence_set[:60] + (b"..." if len(sequence_set) > 60 else b"")
+        rollback, duplicates = (move.rollback, move.duplicates) if move else ("", 0)
         self._log.info(
-            "%s %s: policy=%s outcome=%s",
+            "%s %s: policy=%s outcome=%s%s",
             kind.decode(), shown.decode("ascii", "replace"), policy, outcome,
+            f" rollback={rollback}" if rollback else "",
         )  # fmt: skip
+        if move is not None and move.duplicates:
+            self._log.warning("MOVE left messages in both mailboxes: %s", move.reply.decode())
         key = f"{policy}-{outcome}"
         self.counters.moves[key] = self.counters.moves.get(key, 0) + 1
-        self._finished_moves.append((policy, outcome))
+        self._finished_moves.append(FinishedMove(policy, outcome, rollback, duplicates))
 
-    def take_finished_moves(self) -> list[tuple[str, str]]:
-        """(policy, outcome) of every MOVE answered since the last call."""
+    def take_finished_moves(self) -> list[FinishedMove]:
+        """Every MOVE answered since the last call."""
         moves, self._finished_moves = self._finished_moves, []
         return moves
 
@@ -526,6 +653,9 @@ class Session:
                 match = _UIDVALIDITY_RE.match(line)
                 if match:
                     self._uidvalidity = match.group(1)
+            exists = _EXISTS_RE.match(line)
+            if exists:  # expunges only lower it: this stays an upper bound
+                self._exists = int(exists.group(1))
             if self._move is not None and not self._move.on_untagged(line):
                 return False
             self._to_client += line
@@ -585,9 +715,17 @@ class Session:
         self._inflight_count -= 1
         if reply.tag == self._data_tag:
             self._data_tag = None
+        ok = reply.status == b"OK"
         if reply.tag in self._auth_tags:
             self._auth_tags.discard(reply.tag)
-            self.authenticated = self.authenticated or reply.status == b"OK"
+            self.authenticated = self.authenticated or ok
+            credentials = self._new_credentials.pop(reply.tag, None)
+            if ok and credentials is not None:
+                self._credentials = credentials
+        elif reply.tag in self._selecting:
+            mailbox = self._selecting.pop(reply.tag)
+            self._selected = mailbox if ok else None
+            self._rights = None
 
     def _capabilities(self, line: bytes) -> bytes:
         new_line, caps = capabilities.rewrite_line(line, self._additions)

@@ -91,6 +91,17 @@ def is_sequence_set(text: bytes) -> bool:
     return _SEQ_SET_RE.fullmatch(text) is not None
 
 
+def set_size(text: bytes) -> int | None:
+    """How many numbers a sequence set names at most; ``None`` if it uses ``*`` or ``$``."""
+    if b"*" in text or b"$" in text:
+        return None
+    total = 0
+    for part in text.split(b","):
+        low, _, high = part.partition(b":")
+        total += abs(int(high or low) - int(low)) + 1
+    return total
+
+
 def expand_uid_set(text: bytes, limit: int = 1_000_000) -> list[int]:
     """Expand a set of plain numbers (no ``*``), as in COPYUID, into an ordered list."""
     numbers: list[int] = []
@@ -161,6 +172,28 @@ def parse_quoted(text: bytes, start: int) -> tuple[bytes, int]:
         out.append(byte)
         i += 1
     raise SyntaxProblem("unterminated quoted string")
+
+
+_LITERAL_RE = re.compile(rb"~?\{(\d{1,9})\+?\}\r?\n")
+
+
+def parse_astring(text: bytes, start: int) -> tuple[bytes, int]:
+    """Decode the astring at ``text[start]``: an atom, a quoted string, or a literal whose bytes
+    follow its ``{n}`` and line end in ``text``; return (value, end index)."""
+    if text[start : start + 1] == b'"':
+        return parse_quoted(text, start)
+    literal = _LITERAL_RE.match(text, start)
+    if literal is not None:
+        end = literal.end() + int(literal.group(1))
+        if end > len(text):
+            raise SyntaxProblem("literal shorter than announced")
+        return text[literal.end() : end], end
+    end = start
+    while end < len(text) and (is_atom_char(text[end]) or text[end] == 0x5D):
+        end += 1
+    if end == start:
+        raise SyntaxProblem("missing astring")
+    return text[start:end], end
 
 
 def encode_astring(value: bytes) -> tuple[bytes, bytes | None]:

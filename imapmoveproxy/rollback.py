@@ -1,0 +1,238 @@
+"""Undoing the copies of a failed MOVE, through a second upstream session of the same user.
+
+When flagging or expunging fails after a successful COPY, the messages left in the source also
+have copies in the target. The client's session cannot touch the target without changing its
+selected mailbox, so the proxy logs in a second time, as the same user, and removes exactly those
+copies by their COPYUID target UIDs. Sans-IO like the session: bytes in, bytes out.
+
+The second login uses what the client itself logged in with (LOGIN or AUTHENTICATE PLAIN, held in
+memory for the connection only) or a configured master user, who logs in for the client's user
+with AUTHENTICATE PLAIN and an authorization identity (RFC 4616; Dovecot's master users).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import re
+from dataclasses import dataclass, field
+
+from .capabilities import Capabilities
+from .framing import Framer, Line, LineTooLong
+from .move import RollbackRequest, UpstreamCommand, astring_segments
+from .syntax import (
+    SyntaxProblem,
+    chunk_set,
+    compress_uids,
+    line_body,
+    parse_astring,
+    parse_tagged,
+)
+
+
+@dataclass(slots=True, frozen=True)
+class Credentials:
+    """How to log in as the client's user again. Never logged (the password is kept out of
+    ``repr``)."""
+
+    user: bytes  # whose mailboxes: the authorization identity
+    login: bytes = field(repr=False)  # who authenticates (the user, or a master user)
+    password: bytes = field(repr=False)
+    plain: bool = False  # AUTHENTICATE PLAIN rather than LOGIN
+
+    def as_master(self, login: bytes, password: bytes) -> Credentials:
+        """The same user, reached through a master user's login."""
+        return Credentials(self.user, login, password, plain=True)
+
+    def command(self, caps: Capabilities) -> UpstreamCommand:
+        """The login command (without its tag) for an upstream with ``caps``."""
+        if not self.plain:
+            return astring_segments(b"LOGIN ", [self.login, self.password], caps)
+        authzid = b"" if self.user == self.login else self.user
+        response = base64.b64encode(authzid + b"\0" + self.login + b"\0" + self.password)
+        if b"SASL-IR" in caps.names:
+            return [b"AUTHENTICATE PLAIN " + response + b"\r\n"]
+        return [b"AUTHENTICATE PLAIN\r\n", response + b"\r\n"]
+
+
+def login_credentials(command: bytes, args_offset: int) -> Credentials | None:
+    """The user name and password of a whole LOGIN command (literals included)."""
+    try:
+        if command[args_offset : args_offset + 1] != b" ":
+            return None
+        user, end = parse_astring(command, args_offset + 1)
+        if command[end : end + 1] != b" ":
+            return None
+        password, end = parse_astring(command, end + 1)
+    except SyntaxProblem:
+        return None
+    if line_body(command[end:]):
+        return None
+    return Credentials(user, user, password)
+
+
+def plain_credentials(response: bytes) -> Credentials | None:
+    """The identities and password in a base64 AUTHENTICATE PLAIN response (RFC 4616)."""
+    try:
+        decoded = base64.b64decode(line_body(response).strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    parts = decoded.split(b"\0")
+    if len(parts) != 3 or not parts[1]:
+        return None
+    authzid, login, password = parts
+    return Credentials(authzid or login, login, password, plain=True)
+
+
+class Phase(enum.Enum):
+    GREETING = "greeting"
+    LOGIN = "login"
+    SELECT = "select"
+    FLAG = "flag"
+    EXPUNGE = "expunge"
+    CHECK = "check"
+    DONE = "done"
+
+
+_UIDVALIDITY_RE = re.compile(rb"\* OK \[UIDVALIDITY (\d+)\]", re.IGNORECASE)
+_CAPABILITY_RE = re.compile(rb"(?:\* CAPABILITY |.*\[CAPABILITY )([^\]\r\n]*)", re.IGNORECASE)
+_FETCH_RE = re.compile(rb"\* \d+ FETCH \(.*UID (\d+)", re.IGNORECASE)
+
+
+class Rollback:
+    """One second session: log in, select the target, flag and expunge the copies by UID,
+    check that they are gone, log out. :attr:`error` says why it failed (``None``: it did not,
+    or it is not finished: see :attr:`done`)."""
+
+    def __init__(
+        self, request: RollbackRequest, credentials: Credentials, max_set_bytes: int = 8192
+    ) -> None:
+        self.request = request
+        self.error: str | None = None
+        self.done = False
+        self._credentials = credentials
+        self._framer = Framer(1024 * 1024)
+        self._out = bytearray()
+        self._caps = Capabilities(frozenset())
+        self._phase = Phase.GREETING
+        self._pending: set[bytes] = set()
+        self._continuation: list[bytes] = []
+        self._tags = 0
+        self._validity = b""
+        self._left: set[int] = set()
+        sets = chunk_set(compress_uids(list(request.uids)), max_set_bytes)
+        self._sets = sets
+
+    def receive(self, data: bytes) -> None:
+        self._framer.feed(data)
+        while not self.done:
+            try:
+                event = self._framer.next_event()
+            except LineTooLong:
+                self._fail("overlong line from the mail server")
+                return
+            if event is None:
+                return
+            if type(event) is Line and event.first:
+                self._line(event.data)
+
+    def take_outgoing(self) -> bytes:
+        data, self._out = bytes(self._out), bytearray()
+        return data
+
+    def connection_lost(self) -> None:
+        if not self.done:
+            self._fail("the mail server closed the connection")
+
+    def _line(self, line: bytes) -> None:
+        match = _CAPABILITY_RE.match(line)
+        if match:
+            self._caps = Capabilities.parse(match.group(1))
+        if self._phase is Phase.GREETING:
+            if line[:5].upper() == b"* OK ":
+                self._send(Phase.LOGIN, [self._credentials.command(self._caps)])
+            elif line[:10].upper() == b"* PREAUTH ":
+                self._select()
+            else:
+                self._fail(f"greeting {line_body(line)[:80]!r}")
+            return
+        if line[:1] == b"+":
+            if self._continuation:
+                self._out += self._continuation.pop(0)
+            else:
+                self._fail("unexpected continuation request")
+            return
+        if line[:1] == b"*":
+            self._untagged(line)
+            return
+        reply = parse_tagged(line)
+        if reply is None or reply.tag not in self._pending:
+            self._fail(f"unexpected reply {line_body(line)[:80]!r}")
+            return
+        self._pending.discard(reply.tag)
+        if reply.status != b"OK":
+            what = reply.text.decode("utf-8", "replace")[:200]
+            self._fail(f"{self._phase.value} refused: {what}")
+        elif not self._pending:
+            self._advance()
+
+    def _untagged(self, line: bytes) -> None:
+        if line[2:5].upper() == b"BYE":
+            self._fail(f"the mail server said {line_body(line)[:80]!r}")
+            return
+        match = _UIDVALIDITY_RE.match(line)
+        if match:
+            self._validity = match.group(1)
+        fetched = _FETCH_RE.match(line)
+        if self._phase is Phase.CHECK and fetched:
+            self._left.add(int(fetched.group(1)))
+
+    def _advance(self) -> None:
+        phase = self._phase
+        if phase is Phase.LOGIN:
+            self._select()
+        elif phase is Phase.SELECT:
+            if self._validity != self.request.uidvalidity:
+                # Not the mailbox the copies went to (recreated meanwhile): touch nothing.
+                self._fail(f"the target's UIDVALIDITY is now {self._validity.decode() or '?'}")
+                return
+            flag = b"UID STORE %s +FLAGS.SILENT (\\Deleted)\r\n"
+            self._send(Phase.FLAG, [[flag % uid_set] for uid_set in self._sets])
+        elif phase is Phase.FLAG:
+            expunge = b"UID EXPUNGE %s\r\n"
+            self._send(Phase.EXPUNGE, [[expunge % uid_set] for uid_set in self._sets])
+        elif phase is Phase.EXPUNGE:
+            check = b"UID FETCH %s (UID)\r\n"
+            self._send(Phase.CHECK, [[check % uid_set] for uid_set in self._sets])
+        elif phase is Phase.CHECK:
+            left = self._left & set(self.request.uids)
+            if left:
+                uids = b",".join(compress_uids(list(left))).decode()
+                self._fail(f"UIDs {uids} of the target were not removed")
+                return
+            self._out += self._tag() + b" LOGOUT\r\n"
+            self._phase = Phase.DONE
+            self.done = True
+
+    def _select(self) -> None:
+        self._send(Phase.SELECT, [astring_segments(b"SELECT ", [self.request.mailbox], self._caps)])
+
+    def _send(self, phase: Phase, commands: list[UpstreamCommand]) -> None:
+        """Pipelined: each command's further segments wait for "+" (the few commands that
+        have them are sent alone)."""
+        self._phase = phase
+        for first, *rest in commands:
+            tag = self._tag()
+            self._pending.add(tag)
+            self._out += tag + b" " + first
+            self._continuation = rest
+
+    def _tag(self) -> bytes:
+        self._tags += 1
+        return b"rb%d" % self._tags
+
+    def _fail(self, reason: str) -> None:
+        self.error = reason
+        self.done = True
+        self._phase = Phase.DONE

@@ -4,6 +4,10 @@ Session-scoped servers (one instance each per test session, stopped at session e
 
 * ``dovecot_legacy``: Dovecot 2.3 that does not advertise MOVE (but has UIDPLUS, CONDSTORE...).
 * ``dovecot_native``: Dovecot 2.3 with its default capabilities (MOVE advertised).
+* ``dovecot_no_uidplus``: Dovecot advertising neither MOVE nor UIDPLUS.
+* ``dovecot_acl``: ``dovecot_legacy`` plus the ACL and quota plugins and a master user (a
+  :class:`servers.DovecotAclServer`: ``set_rights()``, ``revoke_rights()``, ``reset_rights()``,
+  ``set_quota()``, ``master_user``/``master_password``, ``connect_master()``).
 * ``imap4d``: GNU Mailutils imap4d (neither MOVE nor UIDPLUS).
 
 Each is a :class:`servers.ImapServer` with ``.host``, ``.port``, ``.password``, ``.log_path``,
@@ -19,12 +23,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from servers import (
+    DovecotAclServer,
     DovecotServer,
     Imap4dServer,
     ImapServer,
@@ -32,9 +38,11 @@ from servers import (
     ServerNotInstalled,
 )
 
+_Server = TypeVar("_Server", bound=ImapServer)
 
-def _serve(factory: Callable[[], ImapServer]) -> Iterator[ImapServer]:
-    server: ImapServer | None = None
+
+def _serve(factory: Callable[[], _Server]) -> Iterator[_Server]:
+    server: _Server | None = None
     failure: str | None = None
     try:
         server = factory()
@@ -79,6 +87,19 @@ def dovecot_no_uidplus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ima
     yield from _serve(
         lambda: DovecotServer(root, variant="legacy", name="dovecot-no-uidplus", extra_config=caps)
     )
+
+
+@pytest.fixture(scope="session")
+def dovecot_acl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DovecotAclServer]:
+    """Legacy Dovecot (no MOVE, UIDPLUS) with the ACL and quota plugins and a master user.
+
+    ``set_rights(user, mailbox, rights)`` / ``revoke_rights(user, mailbox, letters)`` /
+    ``reset_rights(user, mailbox=None)`` act at once, even on sessions that have the mailbox
+    selected; ``set_quota(user, messages=, storage_kb=)`` acts on sessions logging in later.
+    Rights and quotas are per user: with a fresh new_user() per test nothing needs resetting.
+    """
+    root = tmp_path_factory.mktemp("dovecot-acl")
+    yield from _serve(lambda: DovecotAclServer(root))
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
+import re
 import socket
+from collections.abc import Iterator
 
 import pytest
-from servers import ImapServer, make_message
+from servers import DovecotAclServer, ImapServer, make_message
 
 
 def _capabilities(server: ImapServer) -> tuple[set[str], set[str]]:
@@ -116,3 +119,220 @@ def test_imap4d_transcript_records_commands(imap4d: ImapServer) -> None:
     finally:
         imap.logout()
     assert b" SELECT INBOX\r\n" in imap4d.received_bytes()
+
+
+# -- dovecot_acl: ACL and quota plugins, master user ------------------------------------------
+
+_DOVECOT_TIMING = re.compile(rb" \([0-9.+ ]+ secs\)")
+
+
+class _RawSession:
+    """A raw IMAP connection, for exact server lines (Dovecot's timing suffix stripped)."""
+
+    def __init__(self, server: ImapServer) -> None:
+        self.sock = socket.create_connection((server.host, server.port), timeout=10)
+        self.reader = self.sock.makefile("rb")
+        self.count = 0
+        assert self.reader.readline().startswith(b"* OK")
+
+    def command(self, line: str) -> tuple[list[bytes], bytes]:
+        """Send ``line``; return (untagged lines, tagged line without tag), no CRLF."""
+        self.count += 1
+        tag = f"r{self.count}".encode()
+        self.sock.sendall(tag + b" " + line.encode() + b"\r\n")
+        untagged = []
+        for _ in range(1000):
+            got = self.reader.readline()
+            assert got, f"server closed the connection after {line!r}"
+            got = _DOVECOT_TIMING.sub(b"", got.rstrip(b"\r\n"))
+            if got.startswith(tag + b" "):
+                return untagged, got[len(tag) + 1 :]
+            untagged.append(got)
+        raise AssertionError(f"no tagged response to {line!r}")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+@contextlib.contextmanager
+def _session(server: ImapServer, user: str) -> Iterator[_RawSession]:
+    session = _RawSession(server)
+    try:
+        _, tagged = session.command(f"LOGIN {user} {server.password}")
+        assert tagged.startswith(b"OK")
+        yield session
+    finally:
+        session.close()
+
+
+def _uid_flags(session: _RawSession) -> dict[int, set[bytes]]:
+    untagged, tagged = session.command("UID FETCH 1:* FLAGS")
+    assert tagged == b"OK Fetch completed."
+    flags = {}
+    for line in untagged:
+        match = re.fullmatch(rb"\* \d+ FETCH \(UID (\d+) FLAGS \(([^)]*)\)\)", line)
+        assert match, line
+        flags[int(match.group(1))] = set(match.group(2).split()) - {b"\\Recent"}
+    return flags
+
+
+def test_dovecot_acl_capabilities(dovecot_acl: DovecotAclServer) -> None:
+    pre, post = _capabilities(dovecot_acl)
+    assert {"UIDPLUS", "ACL", "RIGHTS=TEXK", "QUOTA", "IMAP4REV1"} <= post
+    assert "MOVE" not in post | pre
+
+
+def test_dovecot_acl_myrights(dovecot_acl: DovecotAclServer) -> None:
+    user = dovecot_acl.new_user()
+    dovecot_acl.seed(user, "Arch/My Box", [])
+    with _session(dovecot_acl, user) as imap:
+        assert imap.command("MYRIGHTS INBOX") == (
+            [b"* MYRIGHTS INBOX lrwstipekxacd"],
+            b"OK Myrights completed.",
+        )
+        dovecot_acl.revoke_rights(user, "INBOX", "te")
+        assert imap.command("MYRIGHTS INBOX")[0] == [b"* MYRIGHTS INBOX lrwsipkxac"]
+        # Other mailboxes keep full rights; names with "/" and spaces work.
+        assert imap.command('MYRIGHTS "Arch/My Box"')[0] == [
+            b'* MYRIGHTS "Arch/My Box" lrwstipekxacd'
+        ]
+        dovecot_acl.revoke_rights(user, "Arch/My Box", "e")
+        assert imap.command('MYRIGHTS "Arch/My Box"')[0] == [
+            b'* MYRIGHTS "Arch/My Box" lrwstipkxacd'
+        ]
+        # RFC 4314 "c" and "d" are Dovecot's "kx" and "et".
+        dovecot_acl.set_rights(user, "INBOX", "lrwsipcda")
+        assert imap.command("MYRIGHTS INBOX")[0] == [b"* MYRIGHTS INBOX lrwstipekxacd"]
+        dovecot_acl.set_rights(user, "INBOX", "lrs")
+        assert imap.command("MYRIGHTS INBOX")[0] == [b"* MYRIGHTS INBOX lrs"]
+        # Without "l" the mailbox is invisible.
+        dovecot_acl.set_rights(user, "INBOX", "")
+        assert imap.command("MYRIGHTS INBOX") == (
+            [],
+            b"NO [NONEXISTENT] Mailbox doesn't exist: INBOX.",
+        )
+        dovecot_acl.reset_rights(user)
+        assert imap.command("MYRIGHTS INBOX")[0] == [b"* MYRIGHTS INBOX lrwstipekxacd"]
+        assert imap.command('MYRIGHTS "Arch/My Box"')[0] == [
+            b'* MYRIGHTS "Arch/My Box" lrwstipekxacd'
+        ]
+    with pytest.raises(ValueError, match="unknown ACL right"):
+        dovecot_acl.set_rights(user, "INBOX", "lrz")
+
+
+def test_dovecot_acl_store_deleted_without_t_is_ignored(dovecot_acl: DovecotAclServer) -> None:
+    user = dovecot_acl.new_user()
+    dovecot_acl.seed(user, "INBOX", [make_message("one"), make_message("two")])
+    with _session(dovecot_acl, user) as imap:
+        untagged, tagged = imap.command("SELECT INBOX")
+        assert tagged == b"OK [READ-WRITE] Select completed."
+        assert b"\\Deleted" in next(line for line in untagged if b"PERMANENTFLAGS" in line)
+        # Revoked while selected: the very next command is subject to it.
+        dovecot_acl.revoke_rights(user, "INBOX", "t")
+        assert imap.command("UID STORE 1 +FLAGS.SILENT (\\Deleted)") == ([], b"OK Store completed.")
+        assert imap.command("UID STORE 2 +FLAGS (\\Deleted \\Seen)") == (
+            [b"* 2 FETCH (UID 2 FLAGS (\\Seen \\Recent))"],
+            b"OK Store completed.",
+        )
+        assert _uid_flags(imap) == {1: set(), 2: {b"\\Seen"}}
+        # Given back while selected: works again at once.
+        dovecot_acl.reset_rights(user, "INBOX")
+        assert imap.command("UID STORE 1 +FLAGS.SILENT (\\Deleted)") == ([], b"OK Store completed.")
+        assert _uid_flags(imap) == {1: {b"\\Deleted"}, 2: {b"\\Seen"}}
+    # A session selecting the mailbox without "t" is told so by PERMANENTFLAGS.
+    dovecot_acl.revoke_rights(user, "INBOX", "t")
+    with _session(dovecot_acl, user) as imap:
+        untagged, _ = imap.command("SELECT INBOX")
+        assert b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Seen \\Draft \\*)]" in b"\n".join(
+            untagged
+        )
+
+
+def test_dovecot_acl_expunge_needs_e_not_t(dovecot_acl: DovecotAclServer) -> None:
+    user = dovecot_acl.new_user()
+    dovecot_acl.seed(user, "INBOX", [make_message("one"), make_message("two")], flags=["\\Deleted"])
+    with _session(dovecot_acl, user) as imap:
+        imap.command("SELECT INBOX")
+        dovecot_acl.revoke_rights(user, "INBOX", "e")
+        assert imap.command("UID EXPUNGE 1") == ([], b"OK Expunge ignored: Permission denied.")
+        assert imap.command("EXPUNGE") == ([], b"OK Expunge ignored: Permission denied.")
+        assert set(_uid_flags(imap)) == {1, 2}
+        # Without "t" (but with "e") already \Deleted messages are expunged.
+        dovecot_acl.revoke_rights(user, "INBOX", "t")
+        untagged, tagged = imap.command("UID EXPUNGE 1")
+        assert (untagged[0], tagged) == (b"* 1 EXPUNGE", b"OK Expunge completed.")
+        assert set(_uid_flags(imap)) == {2}
+        dovecot_acl.revoke_rights(user, "INBOX", "e")
+        assert imap.command("CLOSE") == ([], b"OK Closed without expunging: Permission denied.")
+
+
+def test_dovecot_acl_copy_over_quota_is_all_or_nothing(dovecot_acl: DovecotAclServer) -> None:
+    user = dovecot_acl.new_user()
+    dovecot_acl.seed(user, "INBOX", [make_message(f"m{i}") for i in range(3)])
+    dovecot_acl.seed(user, "Target", [])
+    dovecot_acl.set_quota(user, messages=5)  # counts all mailboxes: 3 used
+    over_quota = b"NO [OVERQUOTA] Quota exceeded (mailbox for user is full)."
+    with _session(dovecot_acl, user) as imap:
+        assert imap.command("GETQUOTAROOT INBOX")[0] == [
+            b'* QUOTAROOT INBOX "User quota"',
+            b'* QUOTA "User quota" (MESSAGE 3 5)',
+        ]
+        imap.command("SELECT INBOX")
+        assert imap.command("UID COPY 1:3 Target") == ([], over_quota)
+        assert imap.command("STATUS Target (MESSAGES)")[0] == [b"* STATUS Target (MESSAGES 0)"]
+        _, tagged = imap.command("UID COPY 1:2 Target")
+        assert tagged.startswith(b"OK [COPYUID ")
+        assert imap.command("UID COPY 3 Target") == ([], over_quota)
+        # A quota change does not reach a session that is already logged in...
+        dovecot_acl.set_quota(user, messages=6)
+        assert imap.command("UID COPY 3 Target") == ([], over_quota)
+    # ...but the next one.
+    with _session(dovecot_acl, user) as imap:
+        imap.command("SELECT INBOX")
+        assert imap.command("UID COPY 3 Target")[1].startswith(b"OK [COPYUID ")
+        dovecot_acl.set_quota(user)
+    with _session(dovecot_acl, user) as imap:
+        assert imap.command("GETQUOTAROOT INBOX") == ([], b"OK No quota.")
+        imap.command("SELECT INBOX")
+        assert imap.command("UID COPY 1:3 Target")[1].startswith(b"OK [COPYUID ")
+
+
+def test_dovecot_acl_storage_quota(dovecot_acl: DovecotAclServer) -> None:
+    user = dovecot_acl.new_user()
+    dovecot_acl.seed(user, "INBOX", [make_message("big", "x" * 2000)])
+    dovecot_acl.set_quota(user, storage_kb=4)  # one message of ~2.2 KiB
+    with _session(dovecot_acl, user) as imap:
+        assert imap.command("GETQUOTAROOT INBOX")[0][1] == b'* QUOTA "User quota" (STORAGE 3 4)'
+        imap.command("SELECT INBOX")
+        assert imap.command("UID COPY 1 INBOX") == (
+            [],
+            b"NO [OVERQUOTA] Quota exceeded (mailbox for user is full).",
+        )
+
+
+def test_dovecot_acl_master_user(dovecot_acl: DovecotAclServer) -> None:
+    user = dovecot_acl.new_user()
+    dovecot_acl.seed(user, "INBOX", [make_message("mine")])
+    dovecot_acl.revoke_rights(user, "INBOX", "t")
+    imap = dovecot_acl.connect_master(user)
+    try:
+        assert imap.select("INBOX") == ("OK", [b"1"])
+        # The master session is subject to the user's rights (acl_user = %u).
+        typ, data = imap.myrights("INBOX")
+        assert (typ, data) == ("OK", [b"INBOX lrwsipekxacd"])
+    finally:
+        imap.logout()
+    master = f"{user}{dovecot_acl.master_separator}{dovecot_acl.master_user}"
+    imap = dovecot_acl.connect()
+    try:
+        assert imap.login(master, dovecot_acl.master_password)[0] == "OK"
+        assert imap.select("INBOX") == ("OK", [b"1"])
+    finally:
+        imap.logout()
+    imap = dovecot_acl.connect()
+    try:
+        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+            imap.login(master, dovecot_acl.master_password + "-wrong")
+    finally:
+        imap.shutdown()

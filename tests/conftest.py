@@ -114,3 +114,14 @@ def moveless_server(request: pytest.FixtureRequest) -> ImapServer:
     """Each server lacking MOVE in turn (parametrised: legacy Dovecot, then imap4d)."""
     server: ImapServer = request.getfixturevalue(request.param)
     return server
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the fault matrix's table of faults and outcomes (tests/test_fault_matrix.py)."""
+    module = sys.modules.get("test_fault_matrix")
+    rows = getattr(module, "FAULT_TABLE", [])
+    if not rows:
+        return
+    terminalreporter.section("MOVE fault matrix")
+    for fault, reply, result in rows:
+        terminalreporter.write_line(f"{fault}\n    client: {reply}\n    messages: {result}")

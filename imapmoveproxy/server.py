@@ -505,6 +505,7 @@ class Connection:
                 await trio.aclose_forcefully(stream)
         self.session.rollback_finished(error or rollback.error or _unfinished(rollback))
         await self._flush()
+        self._resume.set()  # the client's commands held behind the MOVE may go on
 
     async def _send_client(self) -> None:
         async with self._client_lock:

@@ -541,6 +541,8 @@ class Session:
             self._log.warning("rollback of a failed MOVE failed: %s", error)
         self._send(move.on_rollback(error))
         self._after_move_step()
+        if self._move is None:
+            self._process_client()  # commands the client pipelined behind the MOVE
 
     def _after_move_step(self) -> None:
         move = self._move

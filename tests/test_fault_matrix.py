@@ -140,7 +140,9 @@ def test_rights_revoked_mid_session_are_rolled_back(acl, proxy_for, fault, lette
         client.command(b"s", b"SELECT INBOX")
         assert client.command(b"f", b"UID MOVE 1 Archive")[-1].startswith(b"f OK")  # rights cached
         acl.revoke_rights(user, "INBOX", letter)
-        reply = client.command(b"m", b"UID MOVE 1:* Archive")[-1]
+        client.send(b"m UID MOVE 1:* Archive\r\nn NOOP\r\n")  # the NOOP waits for the MOVE
+        reply = client.read_until(b"m")[-1]
+        assert client.read_until(b"n")[-1].startswith(b"n OK")
     result = outcome(acl, user, originals)
     record(f"{fault} ({rollback} credentials)", reply, result)
     assert reply.startswith(b"m NO MOVE failed (expunge: UIDs 2:6 were not expunged): 0 of 5 ")

@@ -205,8 +205,9 @@ def test_partial_expunge_is_rolled_back_for_the_messages_left(script: Script):
     script.upstream(b"* 1 FETCH (UID 11 FLAGS (\\Seen))\r\nimp7 OK\r\n")
     request, _ = script.session.take_rollback() or pytest.fail("no rollback")
     assert request.uids == (21,) and request.sources == (11,)
+    assert script.client(b"d NOOP\r\n") == b""  # held behind the MOVE
     script.session.rollback_finished(None)
-    script.client(b"")
+    assert script.client(b"") == b"d NOOP\r\n"
     assert script.seen() == (
         b"* 1 EXPUNGE\r\nc NO MOVE failed (expunge: UIDs 11 were not expunged): 1 of 2 "
         b"messages were moved, the others are unaffected.\r\n"

@@ -58,6 +58,22 @@ class ProxyProcess:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """The first match of the regular expression ``pattern`` in the log, waiting for it."""
+        deadline = time.monotonic() + timeout
+        while (match := re.search(pattern, self.log_text())) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} in the proxy log: {self.log_text()[-2000:]}")
+            time.sleep(0.05)
+        return match
+
+    def memory_kib(self, field: str = "VmRSS") -> int:
+        """A memory figure of the proxy process from /proc (VmRSS: now, VmHWM: peak), in KiB."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        match = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
+        assert match, status
+        return int(match.group(1))
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -98,6 +114,13 @@ class RawClient:
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
+
+    def dribble(self, data: bytes, pause: float = 0.002) -> None:
+        """Send ``data`` one byte per TCP segment, pausing between bytes (a very slow client)."""
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for byte in data:
+            self.sock.sendall(bytes([byte]))
+            time.sleep(pause)
 
     def _fill(self) -> None:
         chunk = self.sock.recv(65536)

@@ -359,7 +359,9 @@ class Connection:
         """The proxy is stopping: BYE now, or once the MOVE in progress has finished."""
         self.session.shutdown()
         if self._nursery is not None:
-            self._nursery.start_soon(self._flush)
+            # A connection whose pumps have ended is closing already: nothing left to send.
+            with contextlib.suppress(RuntimeError):  # "Nursery is closed to new arrivals"
+                self._nursery.start_soon(self._flush)
 
     async def run(self) -> None:
         try:
@@ -373,10 +375,14 @@ class Connection:
             self.session.close_reason = "internal error"
             await _bye_and_close(self.client, b"* BYE [SERVERBUG] Internal proxy error.\r\n")
         finally:
+            self._nursery = None  # closed: shutdown() and rollbacks start nothing more
             if self._locked is not None:
                 self._locks.release(self._locked)
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await trio.aclose_forcefully(self.upstream)
+                if self.session.close_reason:  # the client was told BYE: let it read that
+                    await self._send_client()  # queued by one pump as the other ended it
+                    await _linger(self.client)
                 await trio.aclose_forcefully(self.client)
 
     async def _pump_upstream(self) -> None:
@@ -393,8 +399,6 @@ class Connection:
             counted.inc(len(data))
             session.receive_upstream(data)
             await self._flush()
-            if session.wants_client_data:
-                self._resume.set()
             data = await self._receive(self.upstream)
         session.upstream_closed()  # after LOGOUT's BYE, or it dropped us
         await self._send_client()
@@ -404,16 +408,16 @@ class Connection:
         session = self.session
         login_deadline = trio.current_time() + self.config.login_timeout
         while True:
-            while not session.wants_client_data:
-                if session.close_reason:
-                    return
-                self._resume = trio.Event()
-                await self._resume.wait()
             # Until the client has logged in, its time is limited (no task of its own for
             # that: idle connections are many, and each task costs memory).
             data = b""
             deadline = math.inf if session.authenticated else login_deadline
             with trio.move_on_at(deadline) as waiting:
+                while not session.wants_client_data:
+                    if session.close_reason:
+                        return
+                    self._resume = trio.Event()
+                    await self._resume.wait()
                 data = await self._receive(self.client)
             if waiting.cancelled_caught:
                 if session.authenticated:  # logged in while this read waited: no deadline
@@ -477,6 +481,8 @@ class Connection:
             self._move_started = time.monotonic()
             session.start_move()
             await self._flush()
+        if session.wants_client_data:
+            self._resume.set()  # the client pump may read again
 
     async def _rollback(self, request: RollbackRequest, credentials: Credentials) -> None:
         """Run the second session that removes a failed MOVE's copies, bounded in time."""
@@ -505,7 +511,6 @@ class Connection:
                 await trio.aclose_forcefully(stream)
         self.session.rollback_finished(error or rollback.error or _unfinished(rollback))
         await self._flush()
-        self._resume.set()  # the client's commands held behind the MOVE may go on
 
     async def _send_client(self) -> None:
         async with self._client_lock:
@@ -575,6 +580,22 @@ async def _bye_and_close(stream: trio.abc.Stream, bye: bytes) -> None:
     ):
         await stream.send_all(bye)
     await trio.aclose_forcefully(stream)
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Half-close, then read and drop what the client still sends, for a second at most.
+
+    Closing a socket with unread bytes makes the kernel reset the connection, and a reset can
+    make the client's kernel discard the BYE it has not read yet."""
+    with (
+        trio.move_on_after(1),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+    ):
+        if isinstance(stream, trio.SocketStream):
+            await stream.send_eof()
+        for _ in range(1024):  # at most 64 MiB
+            if not await stream.receive_some(65536):
+                return
 
 
 async def _alive() -> bool:

@@ -53,6 +53,7 @@ _AUTH_COMMANDS = (b"LOGIN", b"AUTHENTICATE")
 _DATA_COMMANDS = (b"AUTHENTICATE", b"IDLE")  # client lines after these are not commands
 _SELECTING = (b"SELECT", b"EXAMINE", b"CLOSE", b"UNSELECT")  # change the selected mailbox
 _MAX_LOGIN = 8192  # longest LOGIN command whose credentials are kept for a rollback
+_MAX_INVALID = 10  # invalid command lines in a row that end the connection (as in Dovecot)
 _NOT_UNTAGGED = re.compile(rb"\n[^*]")
 _EXPUNGE_LINE = re.compile(rb"\* \d+ EXPUNGE\r\n")
 # Inside a line, what makes the session look at it by itself: a literal announcement, a response
@@ -196,6 +197,9 @@ class Session:
         self._new_credentials: dict[bytes, Credentials] = {}  # by LOGIN/AUTHENTICATE tag
         self._credentials: Credentials | None = None  # for a rollback's second session
         self._rollback_running = False
+        self._invalid = 0  # invalid command lines in a row
+        self._forwarding: bytes = b""  # tag of the client command being forwarded
+        self._literal_tag: bytes | None = None  # its synchronizing literal awaits the server's "+"
 
     # ------------------------------------------------------------------ caller interface
 
@@ -314,11 +318,16 @@ class Session:
             return
         start = parse_command_start(line.data)
         if start is None:
+            self._invalid += 1
+            if self._invalid >= _MAX_INVALID:
+                self._close("too many invalid commands", b"Too many invalid IMAP commands.")
+                return
             tag = line.data.split(b" ", 1)[0]
             tag = tag if is_tag(tag) and b"\n" not in tag else b"*"
-            self._log.info("bad command line from client")
+            self._log.debug("bad command line from client")
             self._reject(line, tag + b" BAD Error in IMAP command received by server.\r\n")
             return
+        self._invalid = 0
         name = start.name
         self.counters.commands += 1
         if name in _MOVE_COMMANDS and self._collects_move():
@@ -380,6 +389,8 @@ class Session:
 
     def _forward_command(self, line: Line, start: CommandStart) -> None:
         self._mode = Mode.FORWARD
+        self._forwarding = start.tag
+        self._note_literal(line)
         self._to_upstream += line.data
         self._inflight[start.tag] = self._inflight.get(start.tag, 0) + 1
         self._inflight_count += 1
@@ -398,6 +409,8 @@ class Session:
         """A literal chunk, or a line continuing a command after a literal."""
         if self._mode is Mode.FORWARD:
             self._to_upstream += data
+            if line is not None:
+                self._note_literal(line)
             if self._login is not None:
                 self._login += data
                 if len(self._login) > _MAX_LOGIN:
@@ -411,6 +424,12 @@ class Session:
                 self._collect_move(line)
         elif line is not None:  # a line of a command already refused
             self._skip_rest(line)
+
+    def _note_literal(self, line: Line) -> None:
+        """A forwarded line announcing a synchronizing literal: the client sends it only after
+        the server's "+"; if the server answers the command instead, it never comes."""
+        if line.literal is not None and line.sync:
+            self._literal_tag = self._forwarding
 
     # ------------------------------------------------------------------ remembered state
 
@@ -508,6 +527,10 @@ class Session:
         request = self._waiting_move
         assert request is not None
         self._waiting_move = None
+        if not self.authenticated:  # as a native server answers a MOVE before login
+            self._reply(request.tag + b" BAD Error in IMAP command received by server.\r\n")
+            self._process_client()
+            return
         self._move = MoveEmulation(
             request,
             read_only=self._read_only,
@@ -522,6 +545,8 @@ class Session:
         )
         self._send(self._move.start(self._caps))
         self._after_move_step()
+        if self._move is None:  # answered at once (bad syntax, read-only, no rights...)
+            self._process_client()
 
     def take_rollback(self) -> tuple[RollbackRequest, Credentials] | None:
         """A second session the caller must run now, reporting to :meth:`rollback_finished`."""
@@ -666,6 +691,7 @@ class Session:
             if self._continuation:
                 self._to_upstream += self._continuation.pop(0)
                 return False
+            self._literal_tag = None  # the client may send its literal now
             self._to_client += line
             return True
         reply = parse_tagged(line)
@@ -715,6 +741,10 @@ class Session:
         else:
             self._inflight[reply.tag] = count - 1
         self._inflight_count -= 1
+        if reply.tag == self._literal_tag:  # refused before its literal: none will come
+            self._literal_tag = None
+            self._client.cancel_literal()
+            self._mode = Mode.FORWARD
         if reply.tag == self._data_tag:
             self._data_tag = None
         ok = reply.status == b"OK"

@@ -18,12 +18,17 @@ def is_atom_char(byte: int) -> bool:
     return 0x20 < byte < 0x7F and byte not in _ATOM_SPECIALS
 
 
+MAX_TAG = 100
+
+
 def is_tag(tag: bytes) -> bool:
-    """A tag is 1*<ASTRING-CHAR except "+">: atom chars plus "]"."""
-    return bool(tag) and all(
-        (is_atom_char(b) or b == 0x5D) and b != 0x2B
-        for b in tag  # "]" allowed, "+" not
-    )
+    """A tag the proxy accepts: atom characters but "+", at most 100 bytes.
+
+    The grammar (1*<ASTRING-CHAR except "+">) also allows "]" and any length, but Dovecot answers
+    a tag with "]", or one over 126 bytes before login, with an untagged BAD: the proxy could not
+    pair that reply with its command. Refused here, such a command gets the same untagged BAD.
+    """
+    return 0 < len(tag) <= MAX_TAG and all(is_atom_char(b) and b != 0x2B for b in tag)
 
 
 @dataclass(slots=True, frozen=True)

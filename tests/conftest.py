@@ -29,6 +29,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from harness import ProxyProcess, running_proxy
 from servers import (
     DovecotAclServer,
     DovecotServer,
@@ -36,6 +37,7 @@ from servers import (
     ImapServer,
     ServerError,
     ServerNotInstalled,
+    make_message,
 )
 
 _Server = TypeVar("_Server", bound=ImapServer)
@@ -114,6 +116,25 @@ def moveless_server(request: pytest.FixtureRequest) -> ImapServer:
     """Each server lacking MOVE in turn (parametrised: legacy Dovecot, then imap4d)."""
     server: ImapServer = request.getfixturevalue(request.param)
     return server
+
+
+@pytest.fixture
+def proxy(dovecot_legacy: ImapServer, tmp_path: Path) -> Iterator[ProxyProcess]:
+    """The proxy, as a process, in front of ``dovecot_legacy``."""
+    with running_proxy(dovecot_legacy.address, tmp_path / "proxy.log") as running:
+        yield running
+
+
+@pytest.fixture
+def mailbox(dovecot_legacy: ImapServer, request: pytest.FixtureRequest) -> str:
+    """A new user of ``dovecot_legacy`` with messages "message 1"... in INBOX (five, or the
+    test module's ``MAILBOX_MESSAGES``) and an empty Trash."""
+    count = getattr(request.module, "MAILBOX_MESSAGES", 5)
+    user = dovecot_legacy.new_user()
+    messages = [make_message(f"message {i}") for i in range(1, count + 1)]
+    dovecot_legacy.seed(user, "INBOX", messages)
+    dovecot_legacy.seed(user, "Trash", [])
+    return user
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -36,19 +36,7 @@ def proxy_with(server: ImapServer, tmp_path: Path, **settings: float) -> Iterato
         yield proxy
 
 
-@pytest.fixture
-def proxy(dovecot_legacy, tmp_path) -> Iterator[ProxyProcess]:
-    with running_proxy(dovecot_legacy.address, tmp_path / "proxy.log") as running:
-        yield running
-
-
-@pytest.fixture
-def mailbox(dovecot_legacy) -> str:
-    """A user with three messages in INBOX and an empty Trash."""
-    user = dovecot_legacy.new_user()
-    dovecot_legacy.seed(user, "INBOX", [make_message(f"message {i}") for i in range(1, 4)])
-    dovecot_legacy.seed(user, "Trash", [])
-    return user
+MAILBOX_MESSAGES = 3  # in the ``mailbox`` fixture's INBOX (tests/conftest.py)
 
 
 def subjects(server: ImapServer, user: str, box: str) -> list[str]:

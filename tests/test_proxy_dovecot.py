@@ -10,28 +10,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import imapclient
 import pytest
 from harness import ROOT, InterceptingRelay, ProxyProcess, RawClient, running_proxy
 from servers import HOST, ImapServer, find_free_port, make_message
-
-
-@pytest.fixture
-def proxy(dovecot_legacy, tmp_path) -> Iterator[ProxyProcess]:
-    with running_proxy(dovecot_legacy.address, tmp_path / "proxy.log") as running:
-        yield running
-
-
-@pytest.fixture
-def mailbox(dovecot_legacy) -> str:
-    """A user with five messages in INBOX and an empty Trash."""
-    user = dovecot_legacy.new_user()
-    dovecot_legacy.seed(user, "INBOX", [make_message(f"message {i}") for i in range(1, 6)])
-    dovecot_legacy.seed(user, "Trash", [])
-    return user
 
 
 def subjects(server: ImapServer, user: str, mailbox: str) -> list[str]:

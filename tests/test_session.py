@@ -277,24 +277,19 @@ def login_script(login: bytes, settings: SessionSettings | None = None) -> Sessi
     ],
 )
 def test_credentials_of_login_and_authenticate_plain_are_kept_for_a_rollback(login: bytes):
-    credentials = login_script(login)._credentials
-    assert credentials is not None
-    assert (credentials.user, credentials.login, credentials.password) == (
-        b"user",
-        b"user",
-        b"pass",
-    )
+    assert kept(login_script(login)) == (b"user", b"user", b"pass")
 
 
 def test_a_master_user_logs_in_for_the_clients_user_and_the_password_is_not_kept():
     settings = SessionSettings(rollback="master", rollback_master=(b"admin", b"secret"))
-    credentials = login_script(b"a LOGIN user pass\r\n", settings)._credentials
+    assert kept(login_script(b"a LOGIN user pass\r\n", settings)) == (b"user", b"admin", b"secret")
+
+
+def kept(session: Session) -> tuple[bytes, bytes, bytes]:
+    """(user, login, password) the session keeps for a rollback's second session."""
+    credentials = session._credentials
     assert credentials is not None
-    assert (credentials.user, credentials.login, credentials.password) == (
-        b"user",
-        b"admin",
-        b"secret",
-    )
+    return credentials.user, credentials.login, credentials.password
 
 
 def test_refused_logins_leave_no_credentials():

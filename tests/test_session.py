@@ -53,11 +53,16 @@ class Script:
         return seen
 
 
-@pytest.fixture
-def script() -> Script:
-    s = Script()
+def started(caps: bytes = CAPS, settings: SessionSettings | None = None) -> Script:
+    """A script logged in with INBOX selected, the client's view of that already read."""
+    s = Script(caps, settings)
     s.seen()
     return s
+
+
+@pytest.fixture
+def script() -> Script:
+    return started()
 
 
 def test_login_capabilities_gain_move_and_lose_what_the_proxy_cannot_honour():
@@ -71,8 +76,7 @@ def test_login_capabilities_gain_move_and_lose_what_the_proxy_cannot_honour():
 
 
 def test_upstream_with_native_move_is_passed_through_untouched():
-    s = Script(caps=b"IMAP4rev1 UIDPLUS MOVE")
-    s.seen()
+    s = started(caps=b"IMAP4rev1 UIDPLUS MOVE")
     assert s.client(b"c UID MOVE 1:3 Trash\r\n") == b"c UID MOVE 1:3 Trash\r\n"
     s.upstream(b"* OK [COPYUID 1 1:3 4:6] Moved\r\n* 1 EXPUNGE\r\nc OK Move completed\r\n")
     assert s.seen() == b"* OK [COPYUID 1 1:3 4:6] Moved\r\n* 1 EXPUNGE\r\nc OK Move completed\r\n"
@@ -227,8 +231,7 @@ def test_expunge_responses_of_other_sessions_do_not_hide_a_message_left_behind(s
 @pytest.mark.parametrize("error", ["connection refused", None])
 def test_without_a_working_second_session_the_duplicates_are_named(error: str | None):
     rollback = "client" if error else "off"
-    s = Script(settings=SessionSettings(rollback=rollback))
-    s.seen()
+    s = started(settings=SessionSettings(rollback=rollback))
     copied(s)
     s.upstream(b"imp4 NO [NOPERM] Denied\r\n")
     s.upstream(b"imp5 OK\r\n")
@@ -301,9 +304,7 @@ def test_refused_logins_leave_no_credentials():
 
 
 def acl_script() -> Script:
-    s = Script(caps=CAPS + b" ACL RIGHTS=texk")
-    s.seen()
-    return s
+    return started(caps=CAPS + b" ACL RIGHTS=texk")
 
 
 def test_rights_are_checked_before_anything_is_touched_and_cached_per_mailbox():
@@ -328,9 +329,7 @@ def test_rights_are_checked_before_anything_is_touched_and_cached_per_mailbox():
 
 
 def chunk_script(caps: bytes = CAPS) -> Script:
-    s = Script(caps=caps, settings=SessionSettings(chunk_size=2))
-    s.seen()
-    return s
+    return started(caps=caps, settings=SessionSettings(chunk_size=2))
 
 
 def move_chunk(s: Script, tag: int, uids: bytes, copies: bytes) -> None:
@@ -433,8 +432,7 @@ def test_synchronizing_literal_mailbox_gets_a_continuation_from_the_proxy(script
 
 
 def test_upstream_without_literal_plus_gets_a_synchronizing_literal():
-    s = Script(caps=b"IMAP4rev1 UIDPLUS")
-    s.seen()
+    s = started(caps=b"IMAP4rev1 UIDPLUS")
     sent = s.client(b'c MOVE 1 "caf\xc3\xa9"\r\n')
     assert sent.endswith(b"imp3 COPY 1 {5}\r\n")
     assert s.upstream(b"+ go ahead\r\n") == b"caf\xc3\xa9\r\n"
@@ -523,8 +521,7 @@ def test_proxy_replies_never_land_inside_a_relayed_literal(script: Script):
 
 
 def test_large_uid_sets_are_split_into_short_commands():
-    s = Script(settings=SessionSettings(max_set_bytes=64))
-    s.seen()
+    s = started(settings=SessionSettings(max_set_bytes=64))
     s.client(b"c UID MOVE 1:100 Trash\r\n")
     uids = b",".join(b"%d" % n for n in range(1, 100, 2))
     sent = s.upstream(b"imp1 OK\r\nimp2 OK\r\nimp3 OK [COPYUID 7 " + uids + b" 1:50] Done\r\n")
@@ -556,9 +553,7 @@ def test_move_out_of_a_read_only_mailbox_is_refused_before_copying(script: Scrip
 
 
 def guarded_script() -> Script:
-    s = Script(caps=b"IMAP4rev1 LITERAL+", settings=SessionSettings(guarded=True))
-    s.seen()
-    return s
+    return started(caps=b"IMAP4rev1 LITERAL+", settings=SessionSettings(guarded=True))
 
 
 def test_guarded_move_clears_and_restores_other_deleted_flags():

@@ -166,3 +166,30 @@ async def test_a_bug_costs_one_connection_never_the_proxy(monkeypatch):
         with trio.fail_after(10):
             assert (await second.receive_some(1000)).startswith(b"* OK")
         nursery.cancel_scope.cancel()
+
+
+def test_rollbacks_and_duplicates_are_counted(dovecot_acl, tmp_path):
+    """A MOVE rolled back, and one whose messages the user had flagged \\Deleted (their copies
+    are kept: another session may expunge the originals), behind revoked expunge rights."""
+    metrics_port = find_free_port()
+    users = [dovecot_acl.new_user() for _ in range(2)]
+    for user, flags in zip(users, [(), ("\\Deleted",)], strict=True):
+        dovecot_acl.seed(user, "INBOX", [make_message(f"r{i}") for i in range(3)], flags=flags)
+        dovecot_acl.seed(user, "Archive", [])
+    with running_proxy(dovecot_acl.address, tmp_path / "p.log", "--metrics",
+                       f"{HOST}:{metrics_port}") as proxy:  # fmt: skip
+        for user in users:
+            with RawClient(proxy.address) as client:
+                client.login(user, dovecot_acl.password)
+                client.command(b"s", b"SELECT INBOX")
+                assert client.command(b"f", b"UID MOVE 1 Archive")[-1].startswith(b"f OK")
+                dovecot_acl.revoke_rights(user, "INBOX", "e")
+                assert client.command(b"m", b"UID MOVE 2:3 Archive")[-1].startswith(b"m NO ")
+        _, text = http_get(metrics_port, "/metrics")
+    assert metric(text, "imapmoveproxy_rollbacks_total", result="done") == 1
+    assert metric(text, "imapmoveproxy_rollbacks_total", result="impossible") == 1
+    assert metric(text, "imapmoveproxy_duplicates_total") == 2
+    assert (
+        metric(text, "imapmoveproxy_moves_total", policy="uidplus", outcome="expunge-failed") == 2
+    )
+    assert metric(text, "imapmoveproxy_move_failures_total", step="expunge") == 2

@@ -7,6 +7,7 @@ proxy cannot hide itself in the tests.
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import re
 import shutil
@@ -171,19 +172,48 @@ class RawClient:
         return replies
 
 
+class RelayAction(enum.Enum):
+    """What an :class:`InterceptingRelay` does with the command line in which the pattern's
+    n-th occurrence is seen (bytes before that line are always forwarded first)."""
+
+    FORWARD = "forward"  # run the hook, then forward (the default)
+    DROP_BEFORE = "drop before"  # do not forward the line; close both sides
+    DROP_AFTER = "drop after"  # forward the line, then close both sides at once
+    INJECT = "inject"  # forward the line, then send ``reply`` to the proxy as if from the server
+    ANSWER = "answer instead"  # do not forward the line; send ``reply`` to the proxy instead
+
+
 class InterceptingRelay:
     """A TCP relay between the proxy and a real server that runs a hook before forwarding the
     proxy's n-th occurrence of a command: the way to hold a real server still between two
-    steps of a MOVE, which no real server can be told to do."""
+    steps of a MOVE, which no real server can be told to do.
+
+    With an ``action`` other than FORWARD, the relay also does what no real server does at that
+    point (see :class:`RelayAction`): the upstream connection drops just before or just after
+    the command, or a reply the server never sent reaches the proxy. ``reply`` is bytes, or a
+    function of the matched command's tag. Occurrences are counted per connection (the
+    proxy's rollback session is a connection of its own); the hook and the action run once.
+    An injected reply reaches the proxy before anything the server sends after the command.
+    """
 
     def __init__(
-        self, upstream: tuple[str, int], pattern: bytes, occurrence: int, hook: Callable[[], None]
+        self,
+        upstream: tuple[str, int],
+        pattern: bytes,
+        occurrence: int,
+        hook: Callable[[], None] | None = None,
+        *,
+        action: RelayAction = RelayAction.FORWARD,
+        reply: bytes | Callable[[bytes], bytes] = b"",
     ) -> None:
         self._upstream = upstream
         self._pattern = pattern
         self._occurrence = occurrence
         self._hook = hook
+        self._action = action
+        self._reply = reply
         self.hook_ran = threading.Event()
+        self.matched = b""  # the command line the action was taken on
         self._listener = socket.create_server((HOST, 0))
         self._listener.settimeout(0.2)
         self.address = self._listener.getsockname()[:2]
@@ -198,14 +228,17 @@ class InterceptingRelay:
             except TimeoutError:
                 continue
             server = socket.create_connection(self._upstream, 10)
+            to_client = threading.Lock()  # the server's bytes and injected ones never interleave
             for source, sink, watch in ((client, server, True), (server, client, False)):
                 thread = threading.Thread(
-                    target=self._pump, args=(source, sink, watch), daemon=True
+                    target=self._pump, args=(source, sink, watch, to_client), daemon=True
                 )
                 thread.start()
                 self._threads.append(thread)
 
-    def _pump(self, source: socket.socket, sink: socket.socket, watch: bool) -> None:
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, watch: bool, to_client: threading.Lock
+    ) -> None:
         seen = 0
         source.settimeout(0.2)
         while not self._stop.is_set():
@@ -218,16 +251,87 @@ class InterceptingRelay:
             if not data:
                 break
             if watch and not self.hook_ran.is_set():
+                if self._action is not RelayAction.FORWARD:
+                    at = self._nth(data, seen)
+                    if at is not None:
+                        if not self._intercept(data, at, source, sink, to_client):
+                            break
+                        continue
                 seen += data.count(self._pattern)
                 if seen >= self._occurrence:
-                    self._hook()
+                    if self._hook is not None:
+                        self._hook()
                     self.hook_ran.set()
             try:
-                sink.sendall(data)
+                if watch:
+                    sink.sendall(data)
+                else:
+                    with to_client:
+                        sink.sendall(data)
             except OSError:
                 break
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
+
+    def _nth(self, data: bytes, seen: int) -> int | None:
+        """Where in ``data`` the pattern's n-th occurrence starts, if it is in there."""
+        at = -1
+        for _ in range(self._occurrence - seen):
+            at = data.find(self._pattern, at + 1)
+            if at < 0:
+                return None
+        return at
+
+    def _intercept(
+        self,
+        data: bytes,
+        at: int,
+        client: socket.socket,
+        server: socket.socket,
+        to_client: threading.Lock,
+    ) -> bool:
+        """Take the action on the line of ``data`` holding the match at ``at``; return whether
+        the connection goes on."""
+        start = data.rfind(b"\n", 0, at) + 1
+        while (end := data.find(b"\n", at)) < 0 and not self._stop.is_set():
+            try:  # the rest of the line, still on its way
+                more = client.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not more:
+                break
+            data += more
+        end = len(data) if end < 0 else end + 1
+        head, line, tail = data[:start], data[start:end], data[end:]
+        self.matched = line
+        reply = self._reply(line.split(b" ", 1)[0]) if callable(self._reply) else self._reply
+        if self._hook is not None:
+            self._hook()
+        action = self._action
+        try:
+            with to_client:  # nothing the server sends meanwhile can overtake the reply
+                if action is RelayAction.ANSWER:
+                    server.sendall(head)
+                    client.sendall(reply)
+                    server.sendall(tail)
+                elif action is RelayAction.INJECT:
+                    server.sendall(head + line)
+                    client.sendall(reply)
+                    server.sendall(tail)
+                else:
+                    server.sendall(head + line if action is RelayAction.DROP_AFTER else head)
+        except OSError:
+            return False
+        finally:
+            self.hook_ran.set()
+        if action in (RelayAction.DROP_BEFORE, RelayAction.DROP_AFTER):
+            for sock in (client, server):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            return False
+        return True
 
     def close(self) -> None:
         self._stop.set()

@@ -625,7 +625,9 @@ class Session:
 
     def _process_upstream(self) -> None:
         framer = self._upstream
-        while True:
+        # Once the connection is ending nothing more is relayed or acted on, except the rest of
+        # a response the BYE waits behind.
+        while self.close_reason is None or self._deferred:
             move = self._move
             if move is None and self._greeted and self._id_tag is None:
                 # Fast path: relay in one piece the run of untagged responses that need no look

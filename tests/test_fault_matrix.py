@@ -331,12 +331,6 @@ def test_an_upstream_line_the_proxy_cannot_place_ends_with_bye_and_loses_nothing
     assert relay.matched in dovecot_legacy.received_bytes(user)  # forwarded, then the bytes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a line it cannot place, the session goes on with the upstream bytes it has "
-    "already read: it relays them after its BYE and lets a tagged OK among them drive the MOVE "
-    "(UID EXPUNGE sent upstream on a stream it has just declared out of step)",
-)
 def test_nothing_after_a_line_the_proxy_cannot_place_is_acted_on(
     dovecot_legacy, proxy_for, relay_for
 ):

@@ -181,9 +181,12 @@ def test_move_of_ten_thousand_messages(proxy, dovecot_legacy):
             if expunges != 5_000:  # say where the others went before failing
                 late = client.command(b"x", b"NOOP")
                 unlike = [r[:80] for r in replies if not r.endswith(b"EXPUNGE\r\n")]
+                outs = dovecot_legacy.home_dir.glob(f"{user}/rawlog/*.out")
+                sent = [path.read_bytes().count(b" EXPUNGE\r\n") for path in outs]
                 raise AssertionError(
                     f"{tag!r}: {expunges} EXPUNGEs before the tagged OK, {len(late) - 1} after; "
-                    f"other responses {unlike}; log tail {proxy.log_text()[-1500:]}"
+                    f"Dovecot sent {sent} in all, by session; other responses {unlike}; "
+                    f"log tail {proxy.log_text()[-1500:]}"
                 )
         status = client.command(b"t", b"STATUS Trash (MESSAGES)")
         assert b"MESSAGES 5000" in status[0]

@@ -8,16 +8,25 @@ cause (their tags, the COPY's tagged reply, FETCH responses of the STORE) leaks 
 
 The sequence of upstream commands, each step only after the previous one's tagged reply:
 
-1. ``[UID] FETCH set (UID)`` (with ESEARCH, ``UID SEARCH RETURN (ALL) UID set`` for UID MOVE)
-   pipelined with ``[UID] COPY set mbox``.
-   The first one records which UIDs the set names right before the COPY, in case the COPY's
-   tagged OK carries no COPYUID (RFC 4315 allows that); it is never used instead of COPYUID.
+0. Once per selected mailbox, on an upstream with ACL: ``MYRIGHTS`` on the source; without the
+   rights to flag and expunge, NO [NOPERM] before anything is touched.
+1. ``[UID] FETCH set (UID)`` (with ESEARCH, ``UID SEARCH RETURN (ALL) UID set`` for UID MOVE) and
+   ``UID SEARCH [UID] set DELETED``, pipelined with ``[UID] COPY set mbox``.
+   The first records which UIDs the set names right before the COPY, in case the COPY's tagged
+   OK carries no COPYUID (RFC 4315 allows that); it is never used instead of COPYUID. The second
+   says which of them the user had flagged, so that a rollback leaves those flags alone.
+   A set that may hold more than ``chunk_size`` messages is listed first and then moved chunk by
+   chunk (``UID COPY``, steps 2 and 3, then the next chunk).
 2. After COPY's tagged OK only: ``UID STORE uids +FLAGS.SILENT (\\Deleted)``, where ``uids`` are
    the messages the upstream confirmed it copied (split into several commands if long).
 3. After every STORE's tagged reply: ``UID EXPUNGE uids``. It only removes messages of that set
    that carry ``\\Deleted``, all of which have been copied. The two are not pipelined: servers may
    run pipelined commands concurrently (Dovecot does), and an EXPUNGE that overtakes its STORE
    would leave messages flagged and in both mailboxes.
+4. If a STORE failed, or the EXPUNGEs shown are not exactly one per message: ``UID STORE uids
+   -FLAGS.SILENT (\\Deleted)`` where the proxy set the flag, then ``UID FETCH uids (UID FLAGS)``
+   to learn which are still in the source, and a :class:`RollbackRequest` for their copies,
+   which a second session removes from the target (:mod:`.rollback`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ The session streams everything through untouched except what it must understand:
 * the client's command boundaries and tags, to know when earlier commands have completed;
 * AUTHENTICATE and IDLE, whose client lines are data rather than commands;
 * MOVE and UID MOVE, collected whole and handed to :class:`.move.MoveEmulation`;
+* the selected mailbox's name (for the MOVE's rights check) and the credentials of LOGIN and
+  AUTHENTICATE PLAIN, kept in memory for a rollback's second session (:mod:`.rollback`);
 * COMPRESS, which a terminating proxy cannot honour, answered NO; STARTTLS, done by the proxy
   itself when it has a certificate (the caller runs the handshake);
 * LOGIN/AUTHENTICATE before TLS when TLS is required, and ID (the proxy's own goes first, with

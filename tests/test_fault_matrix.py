@@ -13,6 +13,7 @@ outcomes is printed at the end of the test run.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,14 +96,26 @@ def proxy_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
         proxy.stop()
 
 
-def move(proxy: ProxyProcess, user: str, password: str, first: bytes = b"") -> bytes:
-    """Log in, optionally run ``first`` (a MOVE that succeeds and caches the rights), then
-    move everything left from INBOX to Archive; return the MOVE's tagged reply."""
+@contextlib.contextmanager
+def selected(
+    proxy: ProxyProcess, server: ImapServer, user: str, revoke: str = ""
+) -> Iterator[RawClient]:
+    """A client of ``proxy`` logged in with INBOX selected. With ``revoke`` (rights letters of
+    the ACL server), a first MOVE of UID 1 succeeds, so the proxy has the rights cached, and
+    then those rights are taken away."""
     with RawClient(proxy.address) as client:
-        client.login(user, password)
+        client.login(user, server.password)
         client.command(b"s", b"SELECT INBOX")
-        if first:
-            assert client.command(b"f", first)[-1].startswith(b"f OK"), "first MOVE failed"
+        if revoke:
+            assert client.command(b"f", b"UID MOVE 1 Archive")[-1].startswith(b"f OK")
+            assert isinstance(server, DovecotAclServer)
+            server.revoke_rights(user, "INBOX", revoke)
+        yield client
+
+
+def move(proxy: ProxyProcess, server: ImapServer, user: str) -> bytes:
+    """Move everything from INBOX to Archive; return the MOVE's tagged reply."""
+    with selected(proxy, server, user) as client:
         return client.command(b"m", b"UID MOVE 1:* Archive")[-1]
 
 
@@ -112,7 +125,7 @@ def move(proxy: ProxyProcess, user: str, password: str, first: bytes = b"") -> b
 def test_missing_rights_are_refused_before_anything_is_copied(acl, proxy_for, fault, letter):
     user, originals = seeded(acl)
     acl.revoke_rights(user, "INBOX", letter)
-    reply = move(proxy_for(acl.address), user, acl.password)
+    reply = move(proxy_for(acl.address), acl, user)
     result = outcome(acl, user, originals)
     record(f"{fault} (ACL)", reply, result)
     assert reply.startswith(b"m NO [NOPERM] Permission denied")
@@ -135,11 +148,7 @@ def test_rights_revoked_mid_session_are_rolled_back(acl, proxy_for, fault, lette
         env = {"IMAPMOVEPROXY_ROLLBACK_MASTER_USER": acl.master_user,
                "IMAPMOVEPROXY_ROLLBACK_MASTER_PASSWORD": acl.master_password}  # fmt: skip
     proxy = proxy_for(acl.address, "--rollback", rollback, **env)
-    with RawClient(proxy.address) as client:
-        client.login(user, acl.password)
-        client.command(b"s", b"SELECT INBOX")
-        assert client.command(b"f", b"UID MOVE 1 Archive")[-1].startswith(b"f OK")  # rights cached
-        acl.revoke_rights(user, "INBOX", letter)
+    with selected(proxy, acl, user, revoke=letter) as client:
         client.send(b"m UID MOVE 1:* Archive\r\nn NOOP\r\n")  # the NOOP waits for the MOVE
         reply = client.read_until(b"m")[-1]
         assert client.read_until(b"n")[-1].startswith(b"n OK")
@@ -167,11 +176,7 @@ def test_rights_revoked_mid_session_are_rolled_back(acl, proxy_for, fault, lette
 def test_without_a_rollback_the_duplicates_are_named(acl, proxy_for, fault, extra, env):
     user, originals = seeded(acl)
     proxy = proxy_for(acl.address, *extra, **env)
-    with RawClient(proxy.address) as client:
-        client.login(user, acl.password)
-        client.command(b"s", b"SELECT INBOX")
-        client.command(b"f", b"UID MOVE 1 Archive")
-        acl.revoke_rights(user, "INBOX", "e")
+    with selected(proxy, acl, user, revoke="e") as client:
         reply = client.command(b"m", b"UID MOVE 1:* Archive")[-1]
     result = outcome(acl, user, originals)
     record(fault, reply, result)
@@ -181,10 +186,23 @@ def test_without_a_rollback_the_duplicates_are_named(acl, proxy_for, fault, extr
     proxy.wait_for_log(r"WARNING.*MOVE left messages in both mailboxes: m NO .*UIDs 2:6")
 
 
+def test_a_client_gone_mid_move_still_gets_its_move_rolled_back(acl, proxy_for):
+    """The client hangs up right after sending a MOVE that will need a rollback: the proxy
+    finishes it upstream, second session included, before it closes the connection."""
+    user, originals = seeded(acl)
+    proxy = proxy_for(acl.address)
+    with selected(proxy, acl, user, revoke="e") as client:
+        client.send(b"m UID MOVE 1:* Archive\r\n")
+    proxy.wait_for_log(r"UID MOVE 1:\*: policy=uidplus outcome=expunge-failed rollback=done")
+    result = outcome(acl, user, originals)
+    record("client hung up mid-MOVE, expunge right revoked", b"(gone)", result)
+    assert result == Outcome(1, COUNT - 1, 0, 0, 0)
+
+
 def test_copy_over_quota_leaves_everything_unaffected(acl, proxy_for):
     user, originals = seeded(acl)
     acl.set_quota(user, messages=COUNT + 2)
-    reply = move(proxy_for(acl.address), user, acl.password)
+    reply = move(proxy_for(acl.address), acl, user)
     result = outcome(acl, user, originals)
     record("target over quota on COPY", reply, result)
     assert reply.startswith(b"m NO [OVERQUOTA]")
@@ -194,7 +212,7 @@ def test_copy_over_quota_leaves_everything_unaffected(acl, proxy_for):
 def test_chunks_move_what_one_copy_would_not_fit_in_the_quota(acl, proxy_for):
     user, originals = seeded(acl)
     acl.set_quota(user, messages=COUNT + 2)
-    reply = move(proxy_for(acl.address, "--move-chunk-size", "2"), user, acl.password)
+    reply = move(proxy_for(acl.address, "--move-chunk-size", "2"), acl, user)
     result = outcome(acl, user, originals)
     record("quota room for 2 copies, chunks of 2", reply, result)
     assert reply == b"m OK Move completed.\r\n"

@@ -695,3 +695,12 @@ def test_login_timeout_only_before_authentication():
     logged_in = Script()
     logged_in.session.login_timed_out()
     assert logged_in.session.close_reason is None
+
+
+def test_an_overlong_upstream_line_ends_the_connection_without_holding_it_whole():
+    s = started(settings=SessionSettings(max_upstream_line=4096))
+    s.client(b"c FETCH 1 (FLAGS)\r\n")
+    for _ in range(3):  # never ending: the session must not wait for (and keep) all of it
+        s.upstream(b"* 1 FETCH (FLAGS (" + b"\\Flag " * 500)
+    assert s.session.close_reason == "upstream line too long"
+    assert s.seen().endswith(b"* BYE The mail server sent an overlong line.\r\n")

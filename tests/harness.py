@@ -16,10 +16,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from servers import HOST, DovecotServer, find_free_port
+from servers import HOST, DovecotServer, ImapServer, find_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -359,4 +360,21 @@ def venv_tool(name: str, package: str) -> str:
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if found is None:
         pytest.fail(f"{name} not installed: pip install {package}", pytrace=False)
+    return found
+
+
+def message_ids(server: ImapServer, user: str, boxes: tuple[str, ...]) -> Counter[str]:
+    """How often each Message-ID occurs across ``boxes``, read directly from the server."""
+    found: Counter[str] = Counter()
+    for box in boxes:
+        imap = server.connect(user)
+        _, count = imap.select(box, readonly=True)
+        if count != [b"0"]:
+            _, data = imap.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+            for item in data:
+                if isinstance(item, tuple):
+                    match = re.search(rb"<([^>]+)>", item[1])
+                    assert match, item
+                    found[match.group(1).decode()] += 1
+        imap.logout()
     return found

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import InterceptingRelay, ProxyProcess, RawClient, RelayAction
+from harness import InterceptingRelay, ProxyProcess, RawClient, RelayAction, message_ids
 from servers import DovecotAclServer, ImapServer, make_message
-from test_faults import message_ids
 
 FAULT_TABLE: list[tuple[str, str, str]] = []  # (fault, the client's reply, the messages)
 COUNT = 6
@@ -46,11 +45,7 @@ class Outcome:
 def outcome(server: ImapServer, user: str, originals: set[str]) -> Outcome:
     source = message_ids(server, user, ("INBOX",))
     target = message_ids(server, user, ("Archive",))
-    imap = server.connect(user)
-    imap.select("INBOX", readonly=True)
-    _, data = imap.uid("SEARCH", "DELETED")
-    imap.logout()
-    flagged = len(data[0].split()) if data and data[0] else 0
+    flagged = deleted_in(server, user, "INBOX")
     both = {m for m in originals if m in source and m in target}
     return Outcome(
         moved=len({m for m in originals if m in target} - both),
@@ -258,6 +253,33 @@ def move_until_closed(proxy: ProxyProcess, user: str, password: str) -> list[byt
         return responses
 
 
+def relayed_fault(
+    server: ImapServer,
+    proxy_for: Callable[..., ProxyProcess],
+    relay_for: Callable[..., InterceptingRelay],
+    fault: str,
+    pattern: bytes,
+    expected: list[bytes | re.Pattern[bytes]],
+    result: Outcome,
+    **relay_options: object,
+) -> tuple[ProxyProcess, InterceptingRelay, bytes]:
+    """A MOVE through a relay that acts on ``pattern``: the responses up to the end of the
+    connection must be ``expected`` and the messages ``result``. Returns the proxy, the relay and
+    what the server received."""
+    user, originals = seeded(server)
+    relay = relay_for(server.address, pattern, **relay_options)
+    proxy = proxy_for(relay.address)
+    responses = move_until_closed(proxy, user, server.password)
+    assert relay.hook_ran.is_set() and pattern in relay.matched
+    found = outcome(server, user, originals)
+    record(fault, shown(responses), found)
+    assert len(responses) == len(expected), responses
+    for response, wanted in zip(responses, expected, strict=True):
+        assert wanted.fullmatch(response) if isinstance(wanted, re.Pattern) else response == wanted
+    assert found == result
+    return proxy, relay, server.received_bytes(user)
+
+
 def shown(responses: list[bytes]) -> bytes:
     return b" / ".join(response.rstrip(b"\r\n") for response in responses)
 
@@ -296,18 +318,9 @@ def test_upstream_dropped_mid_move_ends_with_bye_and_loses_nothing(
     """A real server cannot be made to drop its connection between two steps of a MOVE: a relay
     in front of the real Dovecot closes both sides just before (or right after) it forwards the
     proxy's command, so that command never reaches Dovecot (or runs with its reply lost)."""
-    user, originals = seeded(dovecot_legacy)
-    relay = relay_for(dovecot_legacy.address, pattern, action=action)
-    proxy = proxy_for(relay.address)
-    responses = move_until_closed(proxy, user, dovecot_legacy.password)
-    assert relay.hook_ran.is_set() and pattern in relay.matched
-    found = outcome(dovecot_legacy, user, originals)
-    record(fault, shown(responses), found)
-    assert len(responses) == len(expected), responses
-    for response, wanted in zip(responses, expected, strict=True):
-        assert wanted.fullmatch(response) if isinstance(wanted, re.Pattern) else response == wanted
-    assert found == result
-    received = dovecot_legacy.received_bytes(user)
+    proxy, relay, received = relayed_fault(
+        dovecot_legacy, proxy_for, relay_for, fault, pattern, expected, result, action=action
+    )
     assert (relay.matched in received) is (action is RelayAction.DROP_AFTER)
     proxy.wait_for_log(r"closing connection: upstream closed the connection during a MOVE")
 
@@ -334,19 +347,12 @@ def test_an_upstream_line_the_proxy_cannot_place_ends_with_bye_and_loses_nothing
     a relay in front of the real Dovecot forwards the proxy's command, then hands the proxy
     those bytes as if from Dovecot, before anything Dovecot answers. Dovecot runs the command
     it was sent (the STORE flags, the UID EXPUNGE moves), but the proxy must not build on it."""
-    user, originals = seeded(dovecot_legacy)
-    relay = relay_for(dovecot_legacy.address, pattern, action=RelayAction.INJECT, reply=injected)
-    proxy = proxy_for(relay.address)
-    responses = move_until_closed(proxy, user, dovecot_legacy.password)
-    assert relay.hook_ran.is_set() and pattern in relay.matched
-    found = outcome(dovecot_legacy, user, originals)
-    record(fault, shown(responses), found)
-    assert len(responses) == len(expected), responses
-    for response, wanted in zip(responses, expected, strict=True):
-        assert wanted.fullmatch(response) if isinstance(wanted, re.Pattern) else response == wanted
-    assert found == result
+    proxy, relay, received = relayed_fault(
+        dovecot_legacy, proxy_for, relay_for, fault, pattern, expected, result,
+        action=RelayAction.INJECT, reply=injected,
+    )  # fmt: skip
     proxy.wait_for_log(rf"closing connection: upstream protocol error \({logged}\)")
-    assert relay.matched in dovecot_legacy.received_bytes(user)  # forwarded, then the bytes
+    assert relay.matched in received  # forwarded, then the bytes
 
 
 def test_nothing_after_a_line_the_proxy_cannot_place_is_acted_on(

@@ -3,31 +3,12 @@
 from __future__ import annotations
 
 import random
-import re
 import signal
 import threading
 import time
-from collections import Counter
 
-from harness import ProxyProcess, RawClient
-from servers import ImapServer, make_message
-
-
-def message_ids(server: ImapServer, user: str, boxes: tuple[str, ...]) -> Counter[str]:
-    """How often each Message-ID occurs across ``boxes``, read directly from the server."""
-    found: Counter[str] = Counter()
-    for box in boxes:
-        imap = server.connect(user)
-        _, count = imap.select(box, readonly=True)
-        if count != [b"0"]:
-            _, data = imap.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
-            for item in data:
-                if isinstance(item, tuple):
-                    match = re.search(rb"<([^>]+)>", item[1])
-                    assert match, item
-                    found[match.group(1).decode()] += 1
-        imap.logout()
-    return found
+from harness import ProxyProcess, RawClient, message_ids
+from servers import make_message
 
 
 def test_proxy_killed_at_random_points_of_moves_loses_nothing(dovecot_legacy, tmp_path):

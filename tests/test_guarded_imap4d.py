@@ -133,3 +133,25 @@ def test_message_flagged_by_another_session_during_a_guarded_move_is_not_expunge
     assert contents(server, user, "INBOX") == {"m2": True, "m3": False, "m4": True, "m5": True}
     assert contents(server, user, "Trash") == {"m1": False}
     assert "-FLAGS.SILENT (\\\\Deleted)" in Path(tmp_path / "proxy.log").read_text()
+
+
+def test_guarded_move_in_chunks_keeps_the_users_own_deleted_messages(imap4d, tmp_path):
+    """Chunks of 2 over imap4d: each chunk is copied, flagged and expunged around the user's
+    own \\Deleted messages, which stay where they are, flag and all."""
+    user = prepare(imap4d)
+    extra = ("--no-uidplus", "guarded", "--move-chunk-size", "2")
+    with (
+        running_proxy(imap4d.address, tmp_path / "proxy.log", *extra) as proxy,
+        RawClient(proxy.address) as client,
+    ):
+        client.login(user, imap4d.password)
+        client.command(b"s", b"SELECT INBOX")
+        replies = client.command(b"m", b"MOVE 1,3,5 Trash")  # over 2: listed, then chunks
+        assert replies[-1].startswith(b"m OK"), replies
+        assert len([r for r in replies if re.match(rb"\* \d+ EXPUNGE", r)]) == 3
+        uids = client.command(b"u", b"UID FETCH 1:* (UID)")
+    assert len(uids) == 3  # two left, and the tagged reply
+    assert contents(imap4d, user, "INBOX") == {"m2": True, "m4": True}
+    assert contents(imap4d, user, "Trash") == {"m1": False, "m3": False, "m5": False}
+    copies = re.findall(r"to upstream: b'imp\d+ (UID COPY \S+)", proxy.log_path.read_text())
+    assert copies == ["UID COPY 1,3", "UID COPY 5"]

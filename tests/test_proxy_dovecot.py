@@ -236,6 +236,16 @@ def test_upstream_that_sends_no_greeting_gets_bye_unavailable(tmp_path):
         ),
         ([], 'listen = "127.0.0.1:1"\nupstream = "127.0.0.1:2"\nlisten_port = 3\n', "listen_port"),
         ([], "listen = \n", "config"),
+        (
+            ["--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2", "--rollback", "master"],
+            None,
+            "rollback_master_user",
+        ),
+        (
+            ["--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2", "--move-chunk-size", "-1"],
+            None,
+            "move_chunk_size",
+        ),
     ],
 )
 def test_config_errors_are_one_line_naming_the_key(tmp_path, arguments, config, key):

@@ -46,11 +46,13 @@ class Sizes:
     move_one_repeats: int
     move_many: int
     move_many_repeats: int
+    move_chunked: int  # more than the default move_chunk_size (1000): moved in chunks
+    move_chunked_repeats: int
     connections: int
 
 
-FULL = Sizes(200, 256, 10, 100_000, 7, 21, 1000, 7, 5000)
-QUICK = Sizes(40, 256, 3, 10_000, 3, 7, 100, 3, 300)
+FULL = Sizes(200, 256, 10, 100_000, 7, 21, 1000, 7, 5000, 3, 5000)
+QUICK = Sizes(40, 256, 3, 10_000, 3, 7, 100, 3, 1500, 1, 300)
 
 
 class Bench:
@@ -135,6 +137,7 @@ class Bench:
             for count, repeats, target in (
                 (1, self.sizes.move_one_repeats, 1.5),
                 (self.sizes.move_many, self.sizes.move_many_repeats, 1.3),
+                (self.sizes.move_chunked, self.sizes.move_chunked_repeats, None),
             ):
                 self.log(f"move: {count} message(s), {repeats} repeats")
                 times = move.run(

@@ -16,6 +16,7 @@ $(BIN)/.installed: pyproject.toml
 lint: $(BIN)/.installed
 	$(BIN)/ruff check imapmoveproxy tests bench scripts deploy
 	$(BIN)/ruff format --check imapmoveproxy
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest

@@ -112,7 +112,7 @@ class Framer:
         self._literal_left = 0
         self._first = True
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         if self._pos:
             self._buf = self._buf[self._pos :] + data
             self._pos = 0

@@ -124,7 +124,7 @@ class Rollback:
         sets = chunk_set(compress_uids(list(request.uids)), max_set_bytes)
         self._sets = sets
 
-    def receive(self, data: bytes) -> None:
+    def receive(self, data: bytes | bytearray) -> None:
         self._framer.feed(data)
         while not self.done:
             try:

@@ -214,10 +214,11 @@ class Proxy:
             return
         peer = _format(addresses[0])
         if tls:
-            client = await self.start_tls(socket_stream, conn_log)
-            if client is None:
+            tls_stream = await self.start_tls(socket_stream, conn_log)
+            if tls_stream is None:
                 metrics.rejected.labels("tls_handshake").inc()
                 return
+            client = tls_stream
         opened = await self._connect(client, conn_log, peer, addresses)
         if opened is None:
             metrics.rejected.labels("upstream_unavailable").inc()
@@ -410,7 +411,7 @@ class Connection:
         while True:
             # Until the client has logged in, its time is limited (no task of its own for
             # that: idle connections are many, and each task costs memory).
-            data = b""
+            data: bytes | bytearray = b""
             deadline = math.inf if session.authenticated else login_deadline
             with trio.move_on_at(deadline) as waiting:
                 while not session.wants_client_data:
@@ -491,7 +492,8 @@ class Connection:
         stream: trio.abc.Stream | None = None
         try:
             with trio.fail_after(self.config.rollback_timeout):
-                stream, data = await self._proxy.open_upstream(self._addresses)
+                stream, greeting = await self._proxy.open_upstream(self._addresses)
+                data: bytes | bytearray = greeting
                 for _ in range(100_000):  # bounded: the timeout bounds it too
                     if not data:
                         data = await self._receive(stream)
@@ -527,7 +529,7 @@ class Connection:
             # A client that has gone cannot be told anything; upstream work goes on.
 
     @staticmethod
-    async def _receive(stream: trio.abc.Stream) -> bytes:
+    async def _receive(stream: trio.abc.Stream) -> bytes | bytearray:
         try:
             return await stream.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -205,12 +205,12 @@ class Session:
 
     # ------------------------------------------------------------------ caller interface
 
-    def receive_client(self, data: bytes) -> None:
+    def receive_client(self, data: bytes | bytearray) -> None:
         self.counters.bytes_from_client += len(data)
         self._client.feed(data)
         self._process_client()
 
-    def receive_upstream(self, data: bytes) -> None:
+    def receive_upstream(self, data: bytes | bytearray) -> None:
         self.counters.bytes_from_upstream += len(data)
         self._upstream.feed(data)
         self._process_upstream()
@@ -301,7 +301,7 @@ class Session:
                 return
             if event is None:
                 return
-            if type(event) is Literal:
+            if isinstance(event, Literal):
                 self._client_fragment(event.data)
             elif event.first:
                 self._client_command(event)

@@ -431,7 +431,9 @@ class MoveEmulation:
             self._copy_result = reply
         elif reply.tag == self._prefetch_tag:
             self._prefetch_ok = ok
-        elif step in (Step.VERIFY, Step.CHECK) and not ok:
+        elif step is Step.VERIFY and not ok:
+            self._remaining = set()  # cannot tell: the EXPUNGE itself succeeded
+        elif step is Step.CHECK and not ok:
             self._checked = False  # cannot tell which messages are left
         elif step is Step.EXPUNGE and ok and code_name(reply.code) == b"HIGHESTMODSEQ":
             self._final_code = reply.code

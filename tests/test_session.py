@@ -617,6 +617,17 @@ def test_guarded_move_reports_messages_the_expunge_did_not_remove():
     assert reply.startswith(b"c NO MOVE incomplete:") and b"UIDs 12 were not expunged" in reply
 
 
+def test_guarded_move_whose_final_check_fails_reports_what_the_expunge_did():
+    s = guarded_script()
+    s.client(b"c UID MOVE 12 Trash\r\n")
+    s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\nimp2 OK Copied\r\nimp3 OK\r\n")
+    s.upstream(b"* SEARCH\r\nimp4 OK\r\nimp5 OK\r\nimp6 OK\r\n")
+    s.upstream(b"* SEARCH 12\r\nimp7 OK\r\n")
+    s.upstream(b"* 2 EXPUNGE\r\nimp8 OK\r\n")
+    s.upstream(b"* 2 FETCH (UID 12)\r\nimp9 NO Too busy\r\n")  # a partial, failed check
+    assert s.seen().endswith(b"c OK Move completed.\r\n")
+
+
 RESPONSES = [
     b"* 1 FETCH (UID 7 FLAGS (\\Seen))\r\n",
     b"* 3 EXISTS\r\n",

@@ -111,13 +111,6 @@ def imap4d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
     yield from _serve(lambda: Imap4dServer(root))
 
 
-@pytest.fixture(params=["dovecot_legacy", "imap4d"])
-def moveless_server(request: pytest.FixtureRequest) -> ImapServer:
-    """Each server lacking MOVE in turn (parametrised: legacy Dovecot, then imap4d)."""
-    server: ImapServer = request.getfixturevalue(request.param)
-    return server
-
-
 @pytest.fixture
 def proxy(dovecot_legacy: ImapServer, tmp_path: Path) -> Iterator[ProxyProcess]:
     """The proxy, as a process, in front of ``dovecot_legacy``."""

@@ -172,6 +172,12 @@ class RawClient:
         assert replies[-1].startswith(b"L1 OK"), replies
         return replies
 
+    def logout(self) -> None:
+        """LOGOUT, up to its tagged OK: the end of the session is then known to the server (imap4d
+        writes a session's flag changes to its mbox files only then, before it answers)."""
+        replies = self.command(b"Z", b"LOGOUT")
+        assert replies[-1].startswith(b"Z OK"), replies
+
 
 class RelayAction(enum.Enum):
     """What an :class:`InterceptingRelay` does with the command line in which the pattern's

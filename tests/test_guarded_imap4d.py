@@ -84,6 +84,7 @@ def test_guarded_move_keeps_the_users_own_deleted_messages(imap4d, guarded_proxy
         uid = client.command(b"u", b"UID FETCH 1:* (UID)")
         last_uid = re.findall(rb"UID (\d+)", b"".join(uid))[-1]
         assert client.command(b"n", b"UID MOVE " + last_uid + b" Trash")[-1].startswith(b"n OK")
+        client.logout()
     assert contents(imap4d, user, "INBOX") == {"m2": True, "m4": True}
     assert contents(imap4d, user, "Trash") == {"m1": False, "m3": False, "m5": False}
     assert "policy=guarded outcome=moved" in guarded_proxy.log_text()
@@ -150,6 +151,7 @@ def test_guarded_move_in_chunks_keeps_the_users_own_deleted_messages(imap4d, tmp
         assert replies[-1].startswith(b"m OK"), replies
         assert len([r for r in replies if re.match(rb"\* \d+ EXPUNGE", r)]) == 3
         uids = client.command(b"u", b"UID FETCH 1:* (UID)")
+        client.logout()
     assert len(uids) == 3  # two left, and the tagged reply
     assert contents(imap4d, user, "INBOX") == {"m2": True, "m4": True}
     assert contents(imap4d, user, "Trash") == {"m1": False, "m3": False, "m5": False}

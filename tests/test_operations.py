@@ -37,7 +37,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )  # fmt: skip
 
 
-def test_metrics_count_moves_by_policy_and_outcome(dovecot_legacy, imap4d, tmp_path):
+def test_metrics_count_moves_by_policy_and_outcome(dovecot_legacy, tmp_path):
     metrics_port = find_free_port()
     user = dovecot_legacy.new_user()
     dovecot_legacy.seed(user, "INBOX", [make_message(f"m{i}") for i in range(3)])

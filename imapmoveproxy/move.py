@@ -232,6 +232,7 @@ class MoveEmulation:
         self._foreign: set[int] = set()  # guarded: other messages whose \Deleted we cleared
         self._already_deleted: set[int] = set()  # moved ones the user had flagged
         self._rechecks = 0
+        self._retried = False  # uidplus: this chunk's flag and expunge were sent a second time
         self._expunges: list[bytes] = []  # UID EXPUNGE commands still to send, one by one
         self._expunged_before = 0  # self._expunged when this chunk's EXPUNGE began
         self._remaining: set[int] = set()  # moved messages still in the source after EXPUNGE
@@ -361,7 +362,7 @@ class MoveEmulation:
         chunk = self._chunks.pop(0)
         self._prefetched = chunk
         self._moving, self._targets, self._remaining = set(), {}, set()
-        self._foreign, self._rechecks = set(), 0
+        self._foreign, self._rechecks, self._retried = set(), 0, False
         self._copy_result = None
         self.step = Step.COPY
         self._copy_tag = self._new_tag()
@@ -506,7 +507,8 @@ class MoveEmulation:
             # UID EXPUNGE removes only messages of the set that carry \\Deleted, all of them
             # copied: those are moved, the rest stay.
             self._expunges = self._per_set(b"UID EXPUNGE %s\r\n", self._moving)
-            self._expunged_before = self._expunged
+            if not self._retried:  # a retry's EXPUNGEs add to the first attempt's
+                self._expunged_before = self._expunged
             return self._after_expunge()
         if self._failure is not None:
             return self._undo()
@@ -553,6 +555,12 @@ class MoveEmulation:
             return self._send(Step.RESTORE, self._per_set(_FLAG, self._foreign))
         if self._failure is None and self._expunged - self._expunged_before == len(self._moving):
             return self._chunk_done()
+        if self._failure is None and not self._retried:
+            # Dovecot (maildir, other sessions copying into the mailbox) was seen answering OK
+            # to a UID EXPUNGE that removed none of the messages just flagged. Flag and expunge
+            # once more: messages already gone are skipped by both commands.
+            self._retried = True
+            return self._send(Step.FLAG, self._per_set(_FLAG, self._moving))
         # Fewer (or other sessions' too) EXPUNGEs than messages moved: find out which are left.
         return self._recover()
 

@@ -448,3 +448,31 @@ def test_a_rollback_whose_session_drops_names_the_duplicates(dovecot_legacy, pro
     assert found == Outcome(0, 0, COUNT, 0, 0)  # the originals unflagged: none can be lost
     assert flagged_copies == COUNT  # the rollback flagged them before it was cut off
     proxy.wait_for_log(r"rollback=failed")
+
+
+def test_an_expunge_that_removed_nothing_is_tried_once_more(dovecot_legacy, proxy_for, relay_for):
+    """Under load, with other sessions copying into the mailbox, the real Dovecot (maildir) was
+    seen answering OK to a UID EXPUNGE that removed none of the messages the proxy had just
+    flagged. It cannot be made to do that on demand: a relay answers the proxy's first UID
+    EXPUNGE with OK itself instead of forwarding it. The proxy flags and expunges once more,
+    and the MOVE completes as a native one would."""
+    user, originals = seeded(dovecot_legacy)
+    relay = relay_for(
+        dovecot_legacy.address, b"UID EXPUNGE ",
+        action=RelayAction.ANSWER, reply=lambda tag: tag + b" OK Expunge completed.\r\n",
+    )  # fmt: skip
+    proxy = proxy_for(relay.address)
+    with RawClient(proxy.address) as client:
+        client.login(user, dovecot_legacy.password)
+        client.command(b"s", b"SELECT INBOX")
+        responses = client.command(b"m", b"UID MOVE 1:* Archive")
+    found = outcome(dovecot_legacy, user, originals)
+    record("UID EXPUNGE answered OK without expunging, once", responses[-1], found)
+    assert COPYUID_LINE.fullmatch(responses[0]), responses
+    expunges = [response for response in responses if response.endswith(b" EXPUNGE\r\n")]
+    assert expunges == [b"* %d EXPUNGE\r\n" % n for n in range(COUNT, 0, -1)], responses
+    assert responses[-1] == b"m OK Move completed.\r\n"
+    assert found == Outcome(COUNT, 0, 0, 0, 0)
+    received = dovecot_legacy.received_bytes(user)
+    assert received.count(b"UID STORE 1:6 +FLAGS.SILENT (\\Deleted)") == 2
+    assert received.count(b"UID EXPUNGE 1:6") == 1  # the first never reached Dovecot

@@ -200,13 +200,25 @@ def test_failed_flagging_is_rolled_back_through_a_second_session(script: Script)
     assert script.session.take_finished_moves()[0].rollback == "done"
 
 
-def test_partial_expunge_is_rolled_back_for_the_messages_left(script: Script):
+def test_a_message_an_expunge_left_behind_is_flagged_and_expunged_once_more(script: Script):
     copied(script)
     assert script.upstream(b"imp4 OK\r\n") == b"imp5 UID EXPUNGE 10:11\r\n"
     sent = script.upstream(b"* 1 EXPUNGE\r\nimp5 OK\r\n")  # one EXPUNGE for two messages
-    assert sent == b"imp6 UID STORE 10:11 -FLAGS.SILENT (\\Deleted)\r\n"
-    assert script.upstream(b"imp6 OK\r\n") == b"imp7 UID FETCH 10:11 (UID FLAGS)\r\n"
-    script.upstream(b"* 1 FETCH (UID 11 FLAGS (\\Seen))\r\nimp7 OK\r\n")
+    assert sent == b"imp6 UID STORE 10:11 +FLAGS.SILENT (\\Deleted)\r\n"
+    assert script.upstream(b"imp6 OK\r\n") == b"imp7 UID EXPUNGE 10:11\r\n"
+    script.upstream(b"* 1 EXPUNGE\r\nimp7 OK\r\n")
+    assert script.seen() == b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\nc OK Move completed.\r\n"
+
+
+def test_partial_expunge_is_rolled_back_for_the_messages_left(script: Script):
+    copied(script)
+    assert script.upstream(b"imp4 OK\r\n") == b"imp5 UID EXPUNGE 10:11\r\n"
+    script.upstream(b"* 1 EXPUNGE\r\nimp5 OK\r\n")  # one EXPUNGE for two messages
+    assert script.upstream(b"imp6 OK\r\n") == b"imp7 UID EXPUNGE 10:11\r\n"  # once more
+    sent = script.upstream(b"imp7 OK\r\n")  # and still one: give up
+    assert sent == b"imp8 UID STORE 10:11 -FLAGS.SILENT (\\Deleted)\r\n"
+    assert script.upstream(b"imp8 OK\r\n") == b"imp9 UID FETCH 10:11 (UID FLAGS)\r\n"
+    script.upstream(b"* 1 FETCH (UID 11 FLAGS (\\Seen))\r\nimp9 OK\r\n")
     request, _ = script.session.take_rollback() or pytest.fail("no rollback")
     assert request.uids == (21,) and request.sources == (11,)
     assert script.client(b"d NOOP\r\n") == b""  # held behind the MOVE
@@ -221,10 +233,12 @@ def test_partial_expunge_is_rolled_back_for_the_messages_left(script: Script):
 def test_expunge_responses_of_other_sessions_do_not_hide_a_message_left_behind(script: Script):
     copied(script)
     script.upstream(b"imp4 OK\r\n")
-    sent = script.upstream(b"* 1 EXPUNGE\r\n* 3 EXPUNGE\r\n* 1 EXPUNGE\r\nimp5 OK\r\n")
-    assert b"-FLAGS" in sent  # three EXPUNGEs for two messages: check which are left
-    assert script.upstream(b"imp6 OK\r\n") == b"imp7 UID FETCH 10:11 (UID FLAGS)\r\n"
-    script.upstream(b"imp7 OK\r\n")  # neither is left
+    script.upstream(b"* 1 EXPUNGE\r\n* 3 EXPUNGE\r\n* 1 EXPUNGE\r\nimp5 OK\r\n")
+    script.upstream(b"imp6 OK\r\n")  # three EXPUNGEs for two messages: once more,
+    sent = script.upstream(b"imp7 OK\r\n")  # then check which are left
+    assert b"-FLAGS" in sent
+    assert script.upstream(b"imp8 OK\r\n") == b"imp9 UID FETCH 10:11 (UID FLAGS)\r\n"
+    script.upstream(b"imp9 OK\r\n")  # neither is left
     assert script.seen().endswith(b"* 1 EXPUNGE\r\nc OK Move completed.\r\n")
 
 
@@ -383,7 +397,8 @@ def test_unsolicited_responses_from_other_sessions_are_relayed_in_order(script: 
         b"* 1 FETCH (UID 10 FLAGS (\\Deleted))\r\n* 4 FETCH (UID 14 FLAGS (\\Flagged))\r\n"
         b"imp4 OK\r\n* 1 EXPUNGE\r\n* 2 EXPUNGE\r\nimp5 OK\r\n"
     )
-    script.upstream(b"imp6 OK\r\nimp7 OK\r\n")  # 2 EXPUNGEs for 1 message: it checked
+    # 2 EXPUNGEs for 1 message: it flagged and expunged once more, then checked
+    script.upstream(b"imp6 OK\r\nimp7 OK\r\nimp8 OK\r\nimp9 OK\r\n")
     assert script.seen() == (
         b"* 3 FETCH (FLAGS (\\Seen) UID 13)\r\n* OK [COPYUID 7 10 20] Moved UIDs.\r\n"
         b"* 4 FETCH (UID 14 FLAGS (\\Flagged))\r\n* 1 EXPUNGE\r\n* 2 EXPUNGE\r\n* 4 EXISTS\r\n"

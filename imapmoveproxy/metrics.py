@@ -62,6 +62,12 @@ class Metrics:
             "Messages a failed MOVE left in both mailboxes",
             registry=registry,
         )
+        self.expunge_retries = Counter(
+            prefix + "expunge_retries",
+            "UID EXPUNGEs that answered OK but removed too few messages, flagged and expunged "
+            "once more",
+            registry=registry,
+        )
         self.move_seconds = Histogram(
             prefix + "move_duration_seconds",
             "Time from a MOVE's start upstream to its tagged reply",
@@ -84,6 +90,7 @@ class Metrics:
         if move.rollback:
             self.rollbacks.labels(move.rollback).inc()
         self.duplicates.inc(move.duplicates)
+        self.expunge_retries.inc(move.expunge_retries)
         if seconds is not None:
             self.move_seconds.observe(seconds)
 

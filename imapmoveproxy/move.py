@@ -205,6 +205,7 @@ class MoveEmulation:
         self.outcome = ""  # "moved", "copy-failed", "expunge-failed"... for logs and metrics
         self.rollback = ""  # "done", "failed" or "impossible" once copies had to be removed
         self.duplicates = 0  # messages this MOVE left in both mailboxes
+        self.expunge_retries = 0  # chunks whose UID EXPUNGE removed too few, flagged again
         self.rights = rights  # MYRIGHTS on the source: given cached, or learned here
         self.step = Step.CAPABILITY
         self._read_only = read_only
@@ -560,6 +561,7 @@ class MoveEmulation:
             # to a UID EXPUNGE that removed none of the messages just flagged. Flag and expunge
             # once more: messages already gone are skipped by both commands.
             self._retried = True
+            self.expunge_retries += 1
             return self._send(Step.FLAG, self._per_set(_FLAG, self._moving))
         # Fewer (or other sessions' too) EXPUNGEs than messages moved: find out which are left.
         return self._recover()

@@ -133,6 +133,7 @@ class FinishedMove:
     outcome: str
     rollback: str = ""  # "", "done", "failed", "impossible"
     duplicates: int = 0  # messages left in both mailboxes
+    expunge_retries: int = 0  # UID EXPUNGEs that removed too few and were tried once more
 
 
 @dataclass(slots=True)
@@ -596,17 +597,20 @@ class Session:
     ) -> None:
         """Log a MOVE answered, and count it for the connection's summary and the metrics."""
         shown = sequence_set[:60] + (b"..." if len(sequence_set) > 60 else b"")
-        rollback, duplicates = (move.rollback, move.duplicates) if move else ("", 0)
+        rollback, duplicates, retries = (
+            (move.rollback, move.duplicates, move.expunge_retries) if move else ("", 0, 0)
+        )
         self._log.info(
-            "%s %s: policy=%s outcome=%s%s",
+            "%s %s: policy=%s outcome=%s%s%s",
             kind.decode(), shown.decode("ascii", "replace"), policy, outcome,
             f" rollback={rollback}" if rollback else "",
+            f" expunge_retries={retries}" if retries else "",
         )  # fmt: skip
         if move is not None and move.duplicates:
             self._log.warning("MOVE left messages in both mailboxes: %s", move.reply.decode())
         key = f"{policy}-{outcome}"
         self.counters.moves[key] = self.counters.moves.get(key, 0) + 1
-        self._finished_moves.append(FinishedMove(policy, outcome, rollback, duplicates))
+        self._finished_moves.append(FinishedMove(policy, outcome, rollback, duplicates, retries))
 
     def take_finished_moves(self) -> list[FinishedMove]:
         """Every MOVE answered since the last call."""

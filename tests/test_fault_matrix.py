@@ -476,3 +476,4 @@ def test_an_expunge_that_removed_nothing_is_tried_once_more(dovecot_legacy, prox
     received = dovecot_legacy.received_bytes(user)
     assert received.count(b"UID STORE 1:6 +FLAGS.SILENT (\\Deleted)") == 2
     assert received.count(b"UID EXPUNGE 1:6") == 1  # the first never reached Dovecot
+    proxy.wait_for_log(r"(?m)UID MOVE 1:\*: policy=uidplus outcome=moved expunge_retries=1$")

@@ -189,6 +189,8 @@ def test_rollbacks_and_duplicates_are_counted(dovecot_acl, tmp_path):
     assert metric(text, "imapmoveproxy_rollbacks_total", result="done") == 1
     assert metric(text, "imapmoveproxy_rollbacks_total", result="impossible") == 1
     assert metric(text, "imapmoveproxy_duplicates_total") == 2
+    # without the expunge right Dovecot answers "OK Expunge ignored": tried once more, each time
+    assert metric(text, "imapmoveproxy_expunge_retries_total") == 2
     assert (
         metric(text, "imapmoveproxy_moves_total", policy="uidplus", outcome="expunge-failed") == 2
     )

@@ -253,6 +253,17 @@ def move_until_closed(proxy: ProxyProcess, user: str, password: str) -> list[byt
         return responses
 
 
+def move_and_go_on(proxy: ProxyProcess, user: str, password: str) -> list[bytes]:
+    """Log in, select INBOX, send the MOVE and return its responses, after checking that the
+    session goes on (a NOOP is answered)."""
+    with RawClient(proxy.address) as client:
+        client.login(user, password)
+        client.command(b"s", b"SELECT INBOX")
+        responses = client.command(b"m", b"UID MOVE 1:* Archive")
+        assert client.command(b"n", b"NOOP")[-1].startswith(b"n OK")
+    return responses
+
+
 def relayed_fault(
     server: ImapServer,
     proxy_for: Callable[..., ProxyProcess],
@@ -395,11 +406,7 @@ def test_a_refused_store_is_rolled_back_through_the_second_session(
         action=RelayAction.ANSWER, reply=refuse_store,
     )  # fmt: skip
     proxy = proxy_for(relay.address)
-    with RawClient(proxy.address) as client:
-        client.login(user, dovecot_legacy.password)
-        client.command(b"s", b"SELECT INBOX")
-        responses = client.command(b"m", b"UID MOVE 1:* Archive")
-        assert client.command(b"n", b"NOOP")[-1].startswith(b"n OK")  # the session goes on
+    responses = move_and_go_on(proxy, user, dovecot_legacy.password)
     assert relay.hook_ran.is_set() and relay.matched.endswith(b"+FLAGS.SILENT (\\Deleted)\r\n")
     found = outcome(dovecot_legacy, user, originals)
     record("STORE refused after the COPY (relay answers NO)", responses[-1], found)
@@ -424,11 +431,7 @@ def test_a_rollback_whose_session_drops_names_the_duplicates(dovecot_legacy, pro
     )  # fmt: skip
     outer = relay_for(inner.address, b"UID EXPUNGE ", action=RelayAction.DROP_BEFORE)
     proxy = proxy_for(outer.address)
-    with RawClient(proxy.address) as client:
-        client.login(user, dovecot_legacy.password)
-        client.command(b"s", b"SELECT INBOX")
-        responses = client.command(b"m", b"UID MOVE 1:* Archive")
-        assert client.command(b"n", b"NOOP")[-1].startswith(b"n OK")
+    responses = move_and_go_on(proxy, user, dovecot_legacy.password)
     assert outer.matched.startswith(b"rb")  # the second session's command
     found = outcome(dovecot_legacy, user, originals)
     flagged_copies = deleted_in(dovecot_legacy, user, "Archive")
@@ -462,10 +465,7 @@ def test_an_expunge_that_removed_nothing_is_tried_once_more(dovecot_legacy, prox
         action=RelayAction.ANSWER, reply=lambda tag: tag + b" OK Expunge completed.\r\n",
     )  # fmt: skip
     proxy = proxy_for(relay.address)
-    with RawClient(proxy.address) as client:
-        client.login(user, dovecot_legacy.password)
-        client.command(b"s", b"SELECT INBOX")
-        responses = client.command(b"m", b"UID MOVE 1:* Archive")
+    responses = move_and_go_on(proxy, user, dovecot_legacy.password)
     found = outcome(dovecot_legacy, user, originals)
     record("UID EXPUNGE answered OK without expunging, once", responses[-1], found)
     assert COPYUID_LINE.fullmatch(responses[0]), responses

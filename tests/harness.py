@@ -42,11 +42,18 @@ class ProxyProcess:
         self.process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
         )
+        # Ready once every listener accepts: the plain one, and the implicit-TLS one if any
+        # (opened after the plain one).
+        ports = [self.port]
+        if "--listen-tls" in extra:
+            ports.append(int(extra[extra.index("--listen-tls") + 1].rsplit(":", 1)[1]))
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"proxy exited: {self.log_text()}")
-            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), 0.5):
+            with contextlib.suppress(OSError), socket.create_connection((HOST, ports[0]), 0.5):
+                ports.pop(0)
+            if not ports:
                 return
             time.sleep(0.05)
         self.stop()

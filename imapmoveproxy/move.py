@@ -240,6 +240,7 @@ class MoveEmulation:
         self._flagged: set[int] = set()  # moved messages carrying \\Deleted after the unflag
         self._checked = True  # whether _remaining is known for sure
         self._removed: set[int] = set()  # of those, the ones whose copies were removed
+        self._vanished: set[int] = set()  # of those, the ones whose copies had left the target
         self._target_validity = b""  # UIDVALIDITY of the target, from COPYUID
         self._failure: Tagged | None = None
         self._failed_step = ""
@@ -453,13 +454,19 @@ class MoveEmulation:
         the client's MOVE forwarded under the client's tag."""
         return tag in self._pending or (self.step is Step.FORWARD and tag == self.request.tag)
 
-    def on_rollback(self, error: str | None, *, attempted: bool = True) -> list[UpstreamCommand]:
+    def on_rollback(
+        self, error: str | None, *, attempted: bool = True, missing: frozenset[int] = frozenset()
+    ) -> list[UpstreamCommand]:
         """The second session removed the copies of :attr:`rollback_request` (``error`` is
-        None), failed to, or could not be ``attempted`` (no credentials)."""
-        assert self.step is Step.ROLLBACK and self.rollback_request is not None
+        None), failed to, or could not be ``attempted`` (no credentials). ``missing``: copies
+        it found gone from the target already (another session moved or deleted them)."""
+        request = self.rollback_request
+        assert self.step is Step.ROLLBACK and request is not None
         if error is None:
             self.rollback = "done"
-            self._removed = set(self.rollback_request.sources)
+            pairs = zip(request.sources, request.uids, strict=True)
+            self._vanished = {source for source, copy in pairs if copy in missing}
+            self._removed = set(request.sources) - self._vanished
         else:
             self.rollback = "failed" if attempted else "impossible"
             self._rollback_error = error
@@ -653,15 +660,8 @@ class MoveEmulation:
                 "Which are still in the source could not be checked: those are in both mailboxes"
             )
         elif self._remaining - self._removed:
-            duplicates = self._remaining - self._removed
-            self.duplicates = len(duplicates)
-            sources = b",".join(compress_uids(list(duplicates))).decode()
-            targets = [self._targets[uid] for uid in duplicates if uid in self._targets]
-            copies = b",".join(compress_uids(targets)).decode() or "unknown"
-            why = f" (removing the copies failed: {self._rollback_error})" * bool(
-                self._rollback_error
-            )
-            state = f"UIDs {sources} are in both mailboxes (copies: UIDs {copies}){why}"
+            self.duplicates = len(self._remaining - self._removed)
+            state = self._duplicates_state()
         else:
             text = (
                 f"MOVE failed ({self._failed_step}: {reason}): {moved} of {self._total} "
@@ -675,6 +675,27 @@ class MoveEmulation:
         )
         self._finish(b"NO", failure.code, text.encode())
         return []
+
+    def _duplicates_state(self) -> str:
+        """What the tagged NO says of the messages left in both mailboxes (or maybe twice)."""
+        both = self._remaining - self._removed - self._vanished
+        parts = []
+        if both:
+            sources = b",".join(compress_uids(list(both))).decode()
+            targets = [self._targets[uid] for uid in both if uid in self._targets]
+            copies = b",".join(compress_uids(targets)).decode() or "unknown"
+            why = f" (removing the copies failed: {self._rollback_error})" * bool(
+                self._rollback_error
+            )
+            parts.append(f"UIDs {sources} are in both mailboxes (copies: UIDs {copies}){why}")
+        if self._vanished:
+            sources = b",".join(compress_uids(list(self._vanished))).decode()
+            parts.append(
+                f"the copies of UIDs {sources} had left the target before they could be removed "
+                "(another session moved or deleted them), so those messages may exist twice"
+            )
+        state = "; ".join(parts)
+        return state[:1].upper() + state[1:]
 
     def _per_set(self, template: bytes, uids: set[int]) -> list[bytes]:
         """``template`` once per UID set, split so that no command line grows too long."""

@@ -89,6 +89,7 @@ class Phase(enum.Enum):
     GREETING = "greeting"
     LOGIN = "login"
     SELECT = "select"
+    FIND = "find"
     FLAG = "flag"
     EXPUNGE = "expunge"
     CHECK = "check"
@@ -101,9 +102,10 @@ _FETCH_RE = re.compile(rb"\* \d+ FETCH \(.*UID (\d+)", re.IGNORECASE)
 
 
 class Rollback:
-    """One second session: log in, select the target, flag and expunge the copies by UID,
-    check that they are gone, log out. :attr:`error` says why it failed (``None``: it did not,
-    or it is not finished: see :attr:`done`)."""
+    """One second session: log in, select the target, list which copies are there, flag and
+    expunge them by UID, check that they are gone, log out. :attr:`error` says why it failed
+    (``None``: it did not, or it is not finished: see :attr:`done`); :attr:`missing` names the
+    copies that had already left the target (another session moved or deleted them)."""
 
     def __init__(
         self, request: RollbackRequest, credentials: Credentials, max_set_bytes: int = 8192
@@ -111,6 +113,7 @@ class Rollback:
         self.request = request
         self.error: str | None = None
         self.done = False
+        self.missing: frozenset[int] = frozenset()
         self._credentials = credentials
         self._framer = Framer(1024 * 1024)
         self._out = bytearray()
@@ -185,7 +188,7 @@ class Rollback:
         if match:
             self._validity = match.group(1)
         fetched = _FETCH_RE.match(line)
-        if self._phase is Phase.CHECK and fetched:
+        if self._phase in (Phase.FIND, Phase.CHECK) and fetched:
             self._left.add(int(fetched.group(1)))
 
     def _advance(self) -> None:
@@ -197,14 +200,15 @@ class Rollback:
                 # Not the mailbox the copies went to (recreated meanwhile): touch nothing.
                 self._fail(f"the target's UIDVALIDITY is now {self._validity.decode() or '?'}")
                 return
-            flag = b"UID STORE %s +FLAGS.SILENT (\\Deleted)\r\n"
-            self._send(Phase.FLAG, [[flag % uid_set] for uid_set in self._sets])
+            self._send_per_set(Phase.FIND, b"UID FETCH %s (UID)\r\n")
+        elif phase is Phase.FIND:
+            self.missing = frozenset(self.request.uids) - self._left
+            self._left = set()
+            self._send_per_set(Phase.FLAG, b"UID STORE %s +FLAGS.SILENT (\\Deleted)\r\n")
         elif phase is Phase.FLAG:
-            expunge = b"UID EXPUNGE %s\r\n"
-            self._send(Phase.EXPUNGE, [[expunge % uid_set] for uid_set in self._sets])
+            self._send_per_set(Phase.EXPUNGE, b"UID EXPUNGE %s\r\n")
         elif phase is Phase.EXPUNGE:
-            check = b"UID FETCH %s (UID)\r\n"
-            self._send(Phase.CHECK, [[check % uid_set] for uid_set in self._sets])
+            self._send_per_set(Phase.CHECK, b"UID FETCH %s (UID)\r\n")
         elif phase is Phase.CHECK:
             left = self._left & set(self.request.uids)
             if left:
@@ -217,6 +221,9 @@ class Rollback:
 
     def _select(self) -> None:
         self._send(Phase.SELECT, [astring_segments(b"SELECT ", [self.request.mailbox], self._caps)])
+
+    def _send_per_set(self, phase: Phase, template: bytes) -> None:
+        self._send(phase, [[template % uid_set] for uid_set in self._sets])
 
     def _send(self, phase: Phase, commands: list[UpstreamCommand]) -> None:
         """Pipelined: each command's further segments wait for "+" (the few commands that

@@ -511,7 +511,9 @@ class Connection:
         finally:
             if stream is not None:
                 await trio.aclose_forcefully(stream)
-        self.session.rollback_finished(error or rollback.error or _unfinished(rollback))
+        self.session.rollback_finished(
+            error or rollback.error or _unfinished(rollback), rollback.missing
+        )
         await self._flush()
 
     async def _send_client(self) -> None:

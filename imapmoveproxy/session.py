@@ -560,14 +560,15 @@ class Session:
         self._rollback_running = True
         return move.rollback_request, self._credentials
 
-    def rollback_finished(self, error: str | None) -> None:
-        """The second session of :meth:`take_rollback` ended (``error`` None: it succeeded)."""
+    def rollback_finished(self, error: str | None, missing: frozenset[int] = frozenset()) -> None:
+        """The second session of :meth:`take_rollback` ended (``error`` None: it succeeded;
+        ``missing``: the copies it found gone from the target already)."""
         move = self._move
         assert move is not None and self._rollback_running
         self._rollback_running = False
         if error is not None:
             self._log.warning("rollback of a failed MOVE failed: %s", error)
-        self._send(move.on_rollback(error))
+        self._send(move.on_rollback(error, missing=missing))
         self._after_move_step()
         if self._move is None:
             self._process_client()  # commands the client pipelined behind the MOVE

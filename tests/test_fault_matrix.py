@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -477,3 +478,40 @@ def test_an_expunge_that_removed_nothing_is_tried_once_more(dovecot_legacy, prox
     assert received.count(b"UID STORE 1:6 +FLAGS.SILENT (\\Deleted)") == 2
     assert received.count(b"UID EXPUNGE 1:6") == 1  # the first never reached Dovecot
     proxy.wait_for_log(r"(?m)UID MOVE 1:\*: policy=uidplus outcome=moved expunge_retries=1$")
+
+
+def test_copies_moved_away_before_the_rollback_are_named(dovecot_legacy, proxy_for, relay_for):
+    """The STORE is refused (by a relay, as above); just before the rollback's second session
+    selects the target, another real session moves every copy out of it to a third mailbox. The
+    rollback finds nothing to remove, and the client is told the messages may exist twice
+    instead of being told they are unaffected."""
+    user, originals = seeded(dovecot_legacy)
+    dovecot_legacy.seed(user, "Elsewhere", [])
+
+    def move_copies_away() -> None:
+        other = dovecot_legacy.connect(user)
+        other.select("Archive")
+        assert other.uid("COPY", "1:*", "Elsewhere")[0] == "OK"
+        other.uid("STORE", "1:*", "+FLAGS.SILENT", "(\\Deleted)")
+        other.expunge()
+        other.logout()
+
+    inner = relay_for(
+        dovecot_legacy.address, b"+FLAGS.SILENT (\\Deleted)",
+        action=RelayAction.ANSWER, reply=refuse_store,
+    )  # fmt: skip
+    outer = relay_for(inner.address, b"rb2 SELECT ", hook=move_copies_away)
+    proxy = proxy_for(outer.address)
+    responses = move_and_go_on(proxy, user, dovecot_legacy.password)
+    assert outer.hook_ran.is_set()
+    found = outcome(dovecot_legacy, user, originals)
+    record("copies moved out of the target before the rollback", responses[-1], found)
+    assert responses[-1] == (
+        b"m NO [NOPERM] MOVE incomplete: the messages were copied to the target, but removing "
+        b"them from the source failed (flag: injected). The copies of UIDs 1:6 had left the "
+        b"target before they could be removed (another session moved or deleted them), so those "
+        b"messages may exist twice; none was lost.\r\n"
+    )
+    assert found == Outcome(0, COUNT, 0, 0, 0)  # the originals are back as they were
+    assert message_ids(dovecot_legacy, user, ("Elsewhere",)) == Counter(originals)
+    proxy.wait_for_log(r"MOVE left messages in both mailboxes")

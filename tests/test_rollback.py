@@ -30,17 +30,28 @@ def test_logs_in_selects_removes_exactly_the_copies_checks_and_logs_out():
     )
     assert step(rollback, b"rb1 OK Logged in\r\n") == b'rb2 SELECT "Sent Items"\r\n'
     sent = step(rollback, b"* OK [UIDVALIDITY 7] Ok\r\n* 9 EXISTS\r\nrb2 OK [READ-WRITE] Sel\r\n")
-    assert sent == b"rb3 UID STORE 20:21,23 +FLAGS.SILENT (\\Deleted)\r\n"
-    assert step(rollback, b"rb3 OK\r\n") == b"rb4 UID EXPUNGE 20:21,23\r\n"
-    assert step(rollback, b"* 3 EXPUNGE\r\nrb4 OK\r\n") == b"rb5 UID FETCH 20:21,23 (UID)\r\n"
-    assert step(rollback, b"rb5 OK\r\n") == b"rb6 LOGOUT\r\n"
-    assert rollback.done and rollback.error is None
+    assert sent == b"rb3 UID FETCH 20:21,23 (UID)\r\n"  # which copies are there
+    found = b"* 1 FETCH (UID 20)\r\n* 2 FETCH (UID 21)\r\n* 3 FETCH (UID 23)\r\nrb3 OK\r\n"
+    assert step(rollback, found) == b"rb4 UID STORE 20:21,23 +FLAGS.SILENT (\\Deleted)\r\n"
+    assert step(rollback, b"rb4 OK\r\n") == b"rb5 UID EXPUNGE 20:21,23\r\n"
+    assert step(rollback, b"* 3 EXPUNGE\r\nrb5 OK\r\n") == b"rb6 UID FETCH 20:21,23 (UID)\r\n"
+    assert step(rollback, b"rb6 OK\r\n") == b"rb7 LOGOUT\r\n"
+    assert rollback.done and rollback.error is None and rollback.missing == frozenset()
+
+
+def test_copies_already_gone_from_the_target_are_named():
+    rollback = Rollback(REQUEST, USER)
+    step(rollback, b"* OK hi\r\nrb1 OK\r\n* OK [UIDVALIDITY 7] x\r\nrb2 OK\r\n")
+    step(rollback, b"* 2 FETCH (UID 21)\r\nrb3 OK\r\n")  # 20 and 23 were moved away meanwhile
+    step(rollback, b"rb4 OK\r\n* 2 EXPUNGE\r\nrb5 OK\r\nrb6 OK\r\n")
+    assert rollback.done and rollback.error is None and rollback.missing == {20, 23}
 
 
 def test_a_copy_still_there_afterwards_is_a_failure():
     rollback = Rollback(REQUEST, USER)
-    step(rollback, b"* OK hi\r\nrb1 OK\r\n* OK [UIDVALIDITY 7] x\r\nrb2 OK\r\nrb3 OK\r\nrb4 OK\r\n")
-    step(rollback, b"* 1 FETCH (UID 21)\r\nrb5 OK\r\n")
+    step(rollback, b"* OK hi\r\nrb1 OK\r\n* OK [UIDVALIDITY 7] x\r\nrb2 OK\r\n")
+    step(rollback, b"* 2 FETCH (UID 21)\r\nrb3 OK\r\nrb4 OK\r\nrb5 OK\r\n")
+    step(rollback, b"* 1 FETCH (UID 21)\r\nrb6 OK\r\n")
     assert rollback.done and rollback.error == "UIDs 21 of the target were not removed"
 
 

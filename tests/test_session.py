@@ -200,6 +200,23 @@ def test_failed_flagging_is_rolled_back_through_a_second_session(script: Script)
     assert script.session.take_finished_moves()[0].rollback == "done"
 
 
+def test_copies_gone_from_the_target_before_the_rollback_are_named(script: Script):
+    copied(script)
+    script.upstream(b"imp4 NO [NOPERM] Permission denied\r\nimp5 OK\r\n")
+    script.upstream(b"* 1 FETCH (UID 10 FLAGS ())\r\n* 2 FETCH (UID 11 FLAGS ())\r\nimp6 OK\r\n")
+    request, _ = script.session.take_rollback() or pytest.fail("no rollback")
+    assert request.uids == (20, 21)
+    script.session.rollback_finished(None, frozenset({21}))  # another session took 21 away
+    script.client(b"")
+    assert script.seen() == (
+        b"c NO [NOPERM] MOVE incomplete: the messages were copied to the target, but removing "
+        b"them from the source failed (flag: Permission denied). The copies of UIDs 11 had left "
+        b"the target before they could be removed (another session moved or deleted them), so "
+        b"those messages may exist twice; none was lost.\r\n"
+    )
+    assert script.session.take_finished_moves()[0].duplicates == 1
+
+
 def test_a_message_an_expunge_left_behind_is_flagged_and_expunged_once_more(script: Script):
     copied(script)
     assert script.upstream(b"imp4 OK\r\n") == b"imp5 UID EXPUNGE 10:11\r\n"

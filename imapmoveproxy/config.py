@@ -67,6 +67,7 @@ class Config:
     rollback_master_user: str | None = None
     rollback_master_password: str | None = None
     rollback_timeout: float = 30.0
+    move_step_timeout: float = 120.0
 
 
 def parse_address(key: str, value: object) -> Address:
@@ -168,6 +169,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "rollback_master_user": _text,
     "rollback_master_password": _text,
     "rollback_timeout": _number(float, 1.0),
+    "move_step_timeout": _number(float, 0.1),
 }
 assert set(_PARSERS) == {f.name for f in fields(Config)}
 
@@ -228,6 +230,7 @@ def argument_parser() -> argparse.ArgumentParser:
     add("--check-config", action="store_true", help="validate the configuration and exit")
     add("--no-uidplus", choices=NO_UIDPLUS_POLICIES, help="MOVE over a server without UIDPLUS")
     add("--move-chunk-size", type=int, help="most messages one upstream COPY of a MOVE takes")
+    add("--move-step-timeout", type=float, help="seconds a MOVE waits for one upstream reply")
     add("--rollback", choices=ROLLBACK_MODES, help="whose login removes a failed MOVE's copies")
     add("--tls-cert", help="certificate chain (PEM) shown to clients")
     add("--tls-key", help="private key (PEM) of --tls-cert")

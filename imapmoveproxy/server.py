@@ -13,23 +13,20 @@ import logging
 import math
 import signal
 import time
+from collections.abc import AsyncIterator
 
 import trio
 
 from .config import Address, Config
+from .connection import UNAVAILABLE, Connection, bye_and_close
 from .metrics import Metrics, serve_http
-from .move import RollbackRequest
 from .proxyproto import V2_MAX, Endpoint, ProxyHeader, ProxyHeaderError, build_v2, parse
-from .rollback import Credentials, Rollback
 from .session import SHUTDOWN_BYE, Session, SessionSettings
 from .tls import Certificates, UpstreamUnavailable, open_upstream, upstream_context
 
 log = logging.getLogger(__name__)
 
-# Bytes asked of the kernel per read: large reads halve the per-byte cost of bulk relaying
-# (bench/), and memory is only taken while data is actually there.
-RECEIVE_SIZE = 1024 * 1024
-UNAVAILABLE = b"* BYE [UNAVAILABLE] Upstream server not available, try again later.\r\n"
+READINESS_TTL = 2.0
 SHUTTING_DOWN = b"* BYE " + SHUTDOWN_BYE + b"\r\n"
 TOO_MANY = b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n"
 
@@ -57,6 +54,14 @@ class MoveLocks:
         self._locks[key][0].release()
         self._forget(key)
 
+    @contextlib.asynccontextmanager
+    async def hold(self, key: bytes) -> AsyncIterator[None]:
+        await self.acquire(key)
+        try:
+            yield
+        finally:
+            self.release(key)
+
     def _forget(self, key: bytes) -> None:
         semaphore, users = self._locks[key]
         if users == 1:
@@ -81,6 +86,7 @@ class Proxy:
         self._upstream_tls = upstream_context(config)
         self.metrics = Metrics()
         self._draining = False
+        self._readiness: tuple[float, bool] = (-math.inf, False)  # when last checked, result
         self._setting_up = 0  # connections accepted and not yet closed
         self._per_address: dict[str, int] = {}  # the same, by the address they come from
         self._settings = SessionSettings(
@@ -154,9 +160,18 @@ class Proxy:
             nursery.start_soon(self.handle, stream, tls)
 
     async def _ready(self) -> bool:
-        """Ready for clients: not draining, and the upstream accepts connections."""
+        """Ready for clients: not draining, and the upstream accepts connections (checked at
+        most once per READINESS_TTL seconds, however often a prober asks)."""
         if self._draining:
             return False
+        checked, ready = self._readiness
+        if trio.current_time() < checked + READINESS_TTL:
+            return ready
+        ready = await self._upstream_accepts()
+        self._readiness = (trio.current_time(), ready)
+        return ready
+
+    async def _upstream_accepts(self) -> bool:
         upstream = self.config.upstream
         with trio.move_on_after(min(2.0, self.config.connect_timeout)):
             try:
@@ -188,7 +203,7 @@ class Proxy:
         ):
             log.warning("connection from %s refused: too many connections", address)
             self.metrics.rejected.labels("limit").inc()
-            await _bye_and_close(socket_stream, TOO_MANY)
+            await bye_and_close(socket_stream, TOO_MANY)
             return
         self._setting_up += 1
         self._per_address[address] = per_address + 1
@@ -227,7 +242,7 @@ class Proxy:
         if self._draining:  # accepted just before the drain began: tell it to come back
             metrics.rejected.labels("draining").inc()
             await trio.aclose_forcefully(upstream)
-            await _bye_and_close(client, SHUTTING_DOWN)
+            await bye_and_close(client, SHUTTING_DOWN)
             return
         session = Session(self._settings, conn_id, tls=tls, addresses=addresses)
         connection = Connection(client, upstream, session, self, greeting, addresses)
@@ -313,7 +328,7 @@ class Proxy:
             conn_log.warning(
                 "client=%s upstream %s unavailable: %s", peer, upstream, exc or "timed out"
             )
-            await _bye_and_close(client, UNAVAILABLE)
+            await bye_and_close(client, UNAVAILABLE)
             return None
 
     async def open_upstream(
@@ -323,223 +338,6 @@ class Proxy:
         if configured); the greeting, if it has been read already."""
         preamble = build_v2(*addresses) if self.config.upstream_proxy_protocol else b""
         return await open_upstream(self.config, self._upstream_tls, preamble)
-
-
-class Connection:
-    """Pumps bytes between one client, its session and its upstream connection."""
-
-    def __init__(
-        self,
-        client: trio.abc.Stream,
-        upstream: trio.abc.Stream,
-        session: Session,
-        proxy: Proxy,
-        greeting: bytes,
-        addresses: tuple[Endpoint, Endpoint],
-    ) -> None:
-        self.client = client
-        self.upstream = upstream
-        self.session = session
-        self.config = proxy.config
-        self._proxy = proxy
-        self._greeting = greeting  # already read from the upstream (after its STARTTLS)
-        self._addresses = addresses  # the client's, and the one it connected to
-        self._log = logging.LoggerAdapter(log, {"conn": session.conn_id})
-        self._client_lock = trio.Lock()
-        self._upstream_lock = trio.Lock()
-        self._resume = trio.Event()
-        self._cancel = trio.CancelScope()
-        self._locks = proxy.locks
-        self._locked: bytes | None = None  # the mailbox lock this connection holds
-        self._locking = False
-        self._nursery: trio.Nursery | None = None
-        self._move_started: float | None = None  # when the running MOVE began upstream
-        self._commands_counted = 0
-
-    def shutdown(self) -> None:
-        """The proxy is stopping: BYE now, or once the MOVE in progress has finished."""
-        self.session.shutdown()
-        if self._nursery is not None:
-            # A connection whose pumps have ended is closing already: nothing left to send.
-            with contextlib.suppress(RuntimeError):  # "Nursery is closed to new arrivals"
-                self._nursery.start_soon(self._flush)
-
-    async def run(self) -> None:
-        try:
-            with self._cancel:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    nursery.start_soon(self._pump_upstream)
-                    nursery.start_soon(self._pump_client)
-        except Exception:  # a bug must cost one connection, never the proxy
-            self._log.exception("internal error, closing the connection")
-            self.session.close_reason = "internal error"
-            await _bye_and_close(self.client, b"* BYE [SERVERBUG] Internal proxy error.\r\n")
-        finally:
-            self._nursery = None  # closed: shutdown() and rollbacks start nothing more
-            if self._locked is not None:
-                self._locks.release(self._locked)
-            with trio.CancelScope(shield=True), trio.move_on_after(2):
-                await trio.aclose_forcefully(self.upstream)
-                if self.session.close_reason:  # the client was told BYE: let it read that
-                    await self._send_client()  # queued by one pump as the other ended it
-                    await _linger(self.client)
-                await trio.aclose_forcefully(self.client)
-
-    async def _pump_upstream(self) -> None:
-        session = self.session
-        with trio.move_on_after(self.config.connect_timeout) as greeting_wait:
-            data = self._greeting or await self._receive(self.upstream)
-        if greeting_wait.cancelled_caught:
-            log.warning("upstream %s sent no greeting in time", self.config.upstream)
-            await self._send(self.client, UNAVAILABLE)
-            self._cancel.cancel()
-            return
-        counted = self._proxy.metrics.bytes_from_upstream
-        while data:
-            counted.inc(len(data))
-            session.receive_upstream(data)
-            await self._flush()
-            data = await self._receive(self.upstream)
-        session.upstream_closed()  # after LOGOUT's BYE, or it dropped us
-        await self._send_client()
-        self._cancel.cancel()
-
-    async def _pump_client(self) -> None:
-        session = self.session
-        login_deadline = trio.current_time() + self.config.login_timeout
-        while True:
-            # Until the client has logged in, its time is limited (no task of its own for
-            # that: idle connections are many, and each task costs memory).
-            data: bytes | bytearray = b""
-            deadline = math.inf if session.authenticated else login_deadline
-            with trio.move_on_at(deadline) as waiting:
-                while not session.wants_client_data:
-                    if session.close_reason:
-                        return
-                    self._resume = trio.Event()
-                    await self._resume.wait()
-                data = await self._receive(self.client)
-            if waiting.cancelled_caught:
-                if session.authenticated:  # logged in while this read waited: no deadline
-                    continue
-                session.login_timed_out()
-                await self._flush()
-                return
-            if not data:
-                break
-            self._proxy.metrics.bytes_from_client.inc(len(data))
-            session.receive_client(data)
-            await self._flush()
-            if session.starttls_requested:
-                await self._start_client_tls()
-        # The client has gone. A MOVE it started is completed upstream before we close.
-        with trio.move_on_after(self.config.drain_timeout):
-            while session.moving:
-                self._resume = trio.Event()
-                await self._resume.wait()
-        self._cancel.cancel()
-
-    async def _start_client_tls(self) -> None:
-        """STARTTLS from the client: the session has queued its OK; now the handshake."""
-        async with self._client_lock:  # nothing may be sent to the client in between
-            tls = await self._proxy.start_tls(self.client, self._log)
-            if tls is None:
-                self._cancel.cancel()
-                return
-            self.client = tls
-        self.session.tls_established()
-
-    async def _flush(self) -> None:
-        session = self.session
-        async with self._upstream_lock:
-            data = session.take_to_upstream()
-            if data:
-                await self._send(self.upstream, data)
-        await self._send_client()
-        if session.close_reason and not session.reply_pending:
-            self._cancel.cancel()
-        if self._locked is not None and not session.move_running:
-            self._locks.release(self._locked)
-            self._locked = None
-        self._proxy.metrics.commands.inc(session.counters.commands - self._commands_counted)
-        self._commands_counted = session.counters.commands
-        for move in session.take_finished_moves():
-            started, self._move_started = self._move_started, None
-            elapsed = None if started is None else time.monotonic() - started
-            self._proxy.metrics.move_done(move, elapsed)
-        rollback = session.take_rollback()
-        if rollback is not None and self._nursery is not None:
-            self._nursery.start_soon(self._rollback, *rollback)
-        if session.move_ready and self._locked is None and not self._locking:
-            key = session.move_key
-            self._locking = True  # the other pump must not queue for the same MOVE
-            try:
-                await self._locks.acquire(key)
-            finally:
-                self._locking = False
-            self._locked = key
-            self._move_started = time.monotonic()
-            session.start_move()
-            await self._flush()
-        if session.wants_client_data:
-            self._resume.set()  # the client pump may read again
-
-    async def _rollback(self, request: RollbackRequest, credentials: Credentials) -> None:
-        """Run the second session that removes a failed MOVE's copies, bounded in time."""
-        rollback = Rollback(request, credentials, self.config.max_set_bytes)
-        error: str | None = None
-        stream: trio.abc.Stream | None = None
-        try:
-            with trio.fail_after(self.config.rollback_timeout):
-                stream, greeting = await self._proxy.open_upstream(self._addresses)
-                data: bytes | bytearray = greeting
-                for _ in range(100_000):  # bounded: the timeout bounds it too
-                    if not data:
-                        data = await self._receive(stream)
-                        if not data:
-                            rollback.connection_lost()
-                    rollback.receive(data)
-                    data = b""
-                    outgoing = rollback.take_outgoing()
-                    if outgoing:
-                        await stream.send_all(outgoing)
-                    if rollback.done:
-                        break
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError, UpstreamUnavailable) as exc:
-            error = f"second session: {exc or 'timed out'}"
-        finally:
-            if stream is not None:
-                await trio.aclose_forcefully(stream)
-        self.session.rollback_finished(
-            error or rollback.error or _unfinished(rollback), rollback.missing
-        )
-        await self._flush()
-
-    async def _send_client(self) -> None:
-        async with self._client_lock:
-            data = self.session.take_to_client()
-            if data:
-                await self._send(self.client, data)
-
-    async def _send(self, stream: trio.abc.Stream, data: bytes | bytearray) -> None:
-        try:
-            await stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            if stream is self.upstream:
-                self._cancel.cancel()
-            # A client that has gone cannot be told anything; upstream work goes on.
-
-    @staticmethod
-    async def _receive(stream: trio.abc.Stream) -> bytes | bytearray:
-        try:
-            return await stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return b""
-
-
-def _unfinished(rollback: Rollback) -> str | None:
-    return None if rollback.done else "second session did not finish"
 
 
 def _endpoint(stream: trio.SocketStream, remote: bool) -> Endpoint:
@@ -573,33 +371,6 @@ async def read_proxy_header(stream: trio.SocketStream) -> ProxyHeader:
             raise ProxyHeaderError("connection closed in the PROXY header")
         data += chunk
     raise ProxyHeaderError("PROXY header too long")
-
-
-async def _bye_and_close(stream: trio.abc.Stream, bye: bytes) -> None:
-    """A last word to a client the proxy will not serve, bounded in time, then close (it may
-    be closed already, as after an internal error: then nothing is said)."""
-    with (
-        trio.move_on_after(1),
-        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-    ):
-        await stream.send_all(bye)
-    await trio.aclose_forcefully(stream)
-
-
-async def _linger(stream: trio.abc.Stream) -> None:
-    """Half-close, then read and drop what the client still sends, for a second at most.
-
-    Closing a socket with unread bytes makes the kernel reset the connection, and a reset can
-    make the client's kernel discard the BYE it has not read yet."""
-    with (
-        trio.move_on_after(1),
-        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-    ):
-        if isinstance(stream, trio.SocketStream):
-            await stream.send_eof()
-        for _ in range(1024):  # at most 64 MiB
-            if not await stream.receive_some(65536):
-                return
 
 
 async def _alive() -> bool:

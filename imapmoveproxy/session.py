@@ -54,6 +54,7 @@ _MOVE_COMMANDS = (b"MOVE", b"UID MOVE")
 _AUTH_COMMANDS = (b"LOGIN", b"AUTHENTICATE")
 _DATA_COMMANDS = (b"AUTHENTICATE", b"IDLE")  # client lines after these are not commands
 _SELECTING = (b"SELECT", b"EXAMINE", b"CLOSE", b"UNSELECT")  # change the selected mailbox
+_WATCHED_COMMANDS = _AUTH_COMMANDS + _SELECTING  # whose tagged reply the session acts on
 _MAX_LOGIN = 8192  # longest LOGIN command whose credentials are kept for a rollback
 _MAX_INVALID = 10  # invalid command lines in a row that end the connection (as in Dovecot)
 _NOT_UNTAGGED = re.compile(rb"\n[^*]")
@@ -115,6 +116,9 @@ class SessionSettings:
     # client's user) or "off".
     rollback: str = "client"
     rollback_master: tuple[bytes, bytes] = (b"", b"")  # (login, password)
+    # Bytes the session lets wait for either peer before it stops reading client commands: the
+    # caller stops reading from a side whose output it has not been able to deliver (backpressure).
+    backlog: int = 256 * 1024
 
 
 class Mode(enum.Enum):
@@ -201,6 +205,7 @@ class Session:
         self._credentials: Credentials | None = None  # for a rollback's second session
         self._rollback_running = False
         self._invalid = 0  # invalid command lines in a row
+        self._held: Line | None = None  # a command waiting for its tag to be unambiguous
         self._forwarding: bytes = b""  # tag of the client command being forwarded
         self._literal_tag: bytes | None = None  # its synchronizing literal awaits the server's "+"
 
@@ -244,13 +249,16 @@ class Session:
 
     def upstream_closed(self) -> None:
         """The upstream connection ended; tell the client unless the upstream already did."""
-        if not self._upstream_said_bye:
+        if not self._upstream_said_bye and self.close_reason is None:
             during = " during a MOVE" if self.moving else ""
             self._close(f"upstream closed the connection{during}", b"Mail server connection lost.")
 
     @property
     def wants_client_data(self) -> bool:
-        """False while a MOVE holds back the client's later commands (stop reading them)."""
+        """Whether the session looks at the client's next command now. Not while a MOVE holds
+        back the client's later commands, nor while the output of earlier ones waits for a
+        peer that does not read it: the client's bytes then wait in the framer (bounded by
+        :attr:`client_buffered`, which the caller checks before reading more)."""
         return (
             self._greeted  # the proxy's ID, if any, must precede the client's first command
             and self._move is None
@@ -258,7 +266,34 @@ class Session:
             and self.close_reason is None
             and not self._shutting_down
             and not self.starttls_requested
+            and self._held is None
+            and self.pending_to_client < self.settings.backlog
+            and len(self._to_upstream) < self.settings.backlog
         )
+
+    @property
+    def pending_to_client(self) -> int:
+        """Bytes queued for the client, the replies held back behind a response included."""
+        return len(self._to_client) + len(self._deferred)
+
+    @property
+    def ready_to_client(self) -> int:
+        """Bytes :meth:`take_to_client` would return now."""
+        return len(self._to_client)
+
+    @property
+    def pending_to_upstream(self) -> int:
+        return len(self._to_upstream)
+
+    @property
+    def client_buffered(self) -> int:
+        """Client bytes received and not yet looked at."""
+        return self._client.buffered
+
+    def resume(self) -> None:
+        """Output has been delivered: look at client commands held back by the backlog."""
+        if self._move is None and self._waiting_move is None:
+            self._process_client()
 
     @property
     def move_ready(self) -> bool:
@@ -284,6 +319,20 @@ class Session:
     def move_running(self) -> bool:
         """A MOVE has been started and has not had its tagged reply yet."""
         return self._move is not None
+
+    @property
+    def move_waits_for_upstream(self) -> bool:
+        """A MOVE waits for a reply of the client's upstream connection (not for a second
+        session): the caller bounds that wait in time (:meth:`move_stalled`)."""
+        return self._move is not None and not self._rollback_running
+
+    def move_stalled(self) -> None:
+        """The upstream has not answered the running MOVE in time: abandon the connection. What
+        has been done so far stays as it is (at worst messages in both mailboxes, none lost)."""
+        self._close(
+            "the mail server stopped answering during a MOVE",
+            b"[UNAVAILABLE] The mail server stopped answering.",
+        )
 
     @property
     def moving(self) -> bool:
@@ -331,6 +380,9 @@ class Session:
             self._reject(line, tag + b" BAD Error in IMAP command received by server.\r\n")
             return
         self._invalid = 0
+        if self._tag_in_doubt(start):
+            self._held = line  # looked at again once the other command with its tag completes
+            return
         name = start.name
         self.counters.commands += 1
         if name in _MOVE_COMMANDS and self._collects_move():
@@ -352,6 +404,27 @@ class Session:
             self._reject(line, start.tag + b" NO [PRIVACYREQUIRED] Use STARTTLS first.\r\n")
         else:
             self._forward_command(line, start)
+
+    def _tag_in_doubt(self, start: CommandStart) -> bool:
+        """Whether a tagged reply to this command could not be told apart from one to another
+        command in flight: a command whose reply the session acts on (LOGIN, AUTHENTICATE,
+        SELECT...) waits until no other command with its tag is in flight, and any command
+        waits while such a command with its tag is in flight. Otherwise, after ``a NOOP`` and
+        ``a LOGIN`` pipelined, the NOOP's ``a OK`` would pass for a successful login."""
+        tag = start.tag
+        if tag in self._auth_tags or tag in self._selecting:
+            return True
+        return start.name in _WATCHED_COMMANDS and tag in self._inflight
+
+    def _release_held(self) -> None:
+        line = self._held
+        if line is None:
+            return
+        start = parse_command_start(line.data)
+        assert start is not None  # held only after it parsed
+        if not self._tag_in_doubt(start):
+            self._held = None
+            self._client_command(line)
 
     def _starttls(self, line: Line, tag: bytes) -> None:
         if not self.settings.tls_offered or self.tls:
@@ -759,14 +832,15 @@ class Session:
         ok = reply.status == b"OK"
         if reply.tag in self._auth_tags:
             self._auth_tags.discard(reply.tag)
-            self.authenticated = self.authenticated or ok
             credentials = self._new_credentials.pop(reply.tag, None)
-            if ok and credentials is not None:
+            if ok:  # bound to this very login: a mechanism not captured leaves none
+                self.authenticated = True
                 self._credentials = credentials
         elif reply.tag in self._selecting:
             mailbox = self._selecting.pop(reply.tag)
             self._selected = mailbox if ok else None
             self._rights = None
+        self._release_held()
 
     def _capabilities(self, line: bytes) -> bytes:
         new_line, caps = capabilities.rewrite_line(line, self._additions)

@@ -1,0 +1,372 @@
+"""One client connection in trio: four tasks around a sans-IO :class:`.session.Session`.
+
+Each stream has one task that reads it and one that writes it, and no lock or buffer is shared
+by the two directions:
+
+* the client reader feeds client bytes to the session while the session's backlogs (bytes for
+  either peer, client bytes not looked at yet) are under their bound; otherwise it waits, and the
+  client's own TCP window then stops the client (backpressure, never memory);
+* the upstream reader feeds upstream bytes while the bytes for the client are under the bound;
+  it never waits for the upstream writer, so a server that stops reading while it writes (as
+  every server does when its output is full) is always read from;
+* the two writers send whatever the session has queued for their peer.
+
+The connection's own task watches the clock: the login deadline, a MOVE whose upstream stops
+answering, the drain of a client gone in the middle of a MOVE, and the last words of a connection
+that is closing. Every decision about the protocol is the session's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import trio
+
+from .move import RollbackRequest
+from .proxyproto import Endpoint
+from .rollback import Credentials, Rollback
+from .session import Session
+from .tls import UpstreamUnavailable
+
+if TYPE_CHECKING:
+    from .server import Proxy
+
+log = logging.getLogger(__name__)
+
+# Bytes asked of the kernel per read: large reads halve the per-byte cost of bulk relaying
+# (bench/), and memory is only taken while data is actually there.
+RECEIVE_SIZE = 1024 * 1024
+UNAVAILABLE = b"* BYE [UNAVAILABLE] Upstream server not available, try again later.\r\n"
+CLOSE_GRACE = 2.0  # seconds a closing connection has to deliver its last words
+
+
+class Signal:
+    """Wakes every task waiting on it; a task re-checks its own condition after waking."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            await self._event.wait()
+
+
+class Connection:
+    """Moves bytes between one client, its session and its upstream connection."""
+
+    def __init__(
+        self,
+        client: trio.abc.Stream,
+        upstream: trio.abc.Stream,
+        session: Session,
+        proxy: Proxy,
+        greeting: bytes,
+        addresses: tuple[Endpoint, Endpoint],
+    ) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.session = session
+        self.config = proxy.config
+        self._proxy = proxy
+        self._greeting = greeting  # already read from the upstream (after its STARTTLS)
+        self._addresses = addresses  # the client's, and the one it connected to
+        self._log = logging.LoggerAdapter(log, {"conn": session.conn_id})
+        self._changed = Signal()  # the session has new output, room, or a new state
+        self._client_send = trio.Lock()  # the client writer, or a TLS handshake with the client
+        self._sending_client = 0  # bytes the client writer is sending now
+        self._client_gone = False
+        self._upstream_gone = False
+        self._upstream_heard = trio.current_time()  # when upstream bytes last went or came
+        self._move_task = False  # a task holds (or waits for) the mailbox lock for a MOVE
+        self._nursery: trio.Nursery | None = None
+        self._commands_counted = 0
+        self._move_started: float | None = None
+
+    def shutdown(self) -> None:
+        """The proxy is stopping: BYE now, or once the MOVE in progress has finished."""
+        self.session.shutdown()
+        self._after_session()
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._read_upstream)
+                nursery.start_soon(self._read_client)
+                nursery.start_soon(self._write_upstream)
+                nursery.start_soon(self._write_client)
+                await self._supervise()
+                nursery.cancel_scope.cancel()
+        except Exception:  # a bug must cost one connection, never the proxy
+            self._log.exception("internal error, closing the connection")
+            self.session.close_reason = "internal error"
+            await bye_and_close(self.client, b"* BYE [SERVERBUG] Internal proxy error.\r\n")
+        finally:
+            self._nursery = None  # closed: shutdown() and rollbacks start nothing more
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+                await trio.aclose_forcefully(self.upstream)
+                if self.session.close_reason and not self._client_gone:
+                    await _linger(self.client)  # let the client read its BYE
+                await trio.aclose_forcefully(self.client)
+
+    # ------------------------------------------------------------------ the clock
+
+    async def _supervise(self) -> None:
+        """Return when the connection must end, after the session's last words are sent."""
+        session, config = self.session, self.config
+        login_deadline = trio.current_time() + config.login_timeout
+        closing_since = math.inf
+        gone_since = math.inf
+        while True:
+            now = trio.current_time()
+            if session.close_reason is not None or self._upstream_gone:
+                closing_since = min(closing_since, now)
+                delivered = not session.pending_to_client and not self._sending_client
+                if delivered or self._client_gone or now >= closing_since + CLOSE_GRACE:
+                    return
+                deadline = closing_since + CLOSE_GRACE
+            elif self._client_gone:
+                gone_since = min(gone_since, now)
+                if not session.moving or now >= gone_since + config.drain_timeout:
+                    if session.moving:
+                        self._log.warning("client gone; MOVE not finished within drain_timeout")
+                    return
+                deadline = gone_since + config.drain_timeout
+            elif not session.authenticated:
+                if now >= login_deadline:
+                    session.login_timed_out()
+                    self._after_session()
+                    continue
+                deadline = login_deadline
+            else:
+                deadline = math.inf
+            if session.move_waits_for_upstream and session.close_reason is None:
+                stall = self._upstream_heard + config.move_step_timeout
+                if now >= stall:
+                    session.move_stalled()
+                    self._after_session()
+                    continue
+                deadline = min(deadline, stall)
+            with trio.move_on_at(deadline):
+                await self._changed.wait()
+
+    # ------------------------------------------------------------------ readers
+
+    async def _read_upstream(self) -> None:
+        session = self.session
+        with trio.move_on_after(self.config.connect_timeout) as greeting_wait:
+            data = self._greeting or await self._receive(self.upstream)
+        if greeting_wait.cancelled_caught:
+            self._log.warning("upstream %s sent no greeting in time", self.config.upstream)
+            await self._send(self.client, UNAVAILABLE)
+            self._client_gone = True  # nothing more for it: end now
+            self._changed.fire()
+            return
+        counted = self._proxy.metrics.bytes_from_upstream
+        while data:
+            self._upstream_heard = trio.current_time()
+            counted.inc(len(data))
+            session.receive_upstream(data)
+            self._after_session()
+            # Backpressure: a client that does not read stops us reading the upstream. (Replies
+            # held back behind the response being relayed do not count: only reading the rest
+            # of that response releases them.)
+            await self._changed.until(lambda: session.ready_to_client < session.settings.backlog)
+            data = await self._receive(self.upstream)
+        session.upstream_closed()  # after LOGOUT's BYE, or it dropped us
+        self._upstream_gone = True
+        self._after_session()
+
+    async def _read_client(self) -> None:
+        session, backlog = self.session, self.session.settings.backlog
+
+        def room() -> bool:
+            return (
+                session.client_buffered < backlog
+                and session.pending_to_upstream < backlog
+                and session.pending_to_client < backlog
+            )
+
+        while True:
+            await self._changed.until(room)
+            data = await self._receive(self.client)
+            if not data:
+                break
+            self._proxy.metrics.bytes_from_client.inc(len(data))
+            session.receive_client(data)
+            self._after_session()
+            if session.starttls_requested and not await self._start_client_tls():
+                break
+        self._client_gone = True
+        self._changed.fire()
+
+    async def _start_client_tls(self) -> bool:
+        """STARTTLS from the client: once its OK has been sent, the handshake."""
+        await self._changed.until(
+            lambda: not self.session.pending_to_client and not self._sending_client
+        )
+        async with self._client_send:  # nothing may be sent to the client in between
+            tls = await self._proxy.start_tls(self.client, self._log)
+            if tls is None:
+                return False
+            self.client = tls
+        self.session.tls_established()
+        self._after_session()
+        return True
+
+    # ------------------------------------------------------------------ writers
+
+    async def _write_client(self) -> None:
+        session = self.session
+        while True:
+            # (Replies held back behind an upstream response wait for its end, in the session.)
+            await self._changed.until(lambda: session.ready_to_client > 0)
+            data = session.take_to_client()
+            self._sending_client = len(data)
+            async with self._client_send:
+                if not self._client_gone:
+                    self._client_gone = not await self._send(self.client, data)
+            self._sending_client = 0
+            session.resume()
+            self._after_session()
+
+    async def _write_upstream(self) -> None:
+        session = self.session
+        while True:
+            await self._changed.until(lambda: bool(session.pending_to_upstream))
+            data = session.take_to_upstream()
+            sent = await self._send(self.upstream, data)
+            self._upstream_heard = trio.current_time()  # a MOVE's wait for a reply starts
+            if not sent:
+                session.upstream_closed()
+            session.resume()
+            self._after_session()
+
+    # ------------------------------------------------------------------ after the session ran
+
+    def _after_session(self) -> None:
+        """React to what the session now asks for, and wake the tasks waiting on it."""
+        session, metrics = self.session, self._proxy.metrics
+        metrics.commands.inc(session.counters.commands - self._commands_counted)
+        self._commands_counted = session.counters.commands
+        for move in session.take_finished_moves():
+            started, self._move_started = self._move_started, None
+            elapsed = None if started is None else time.monotonic() - started
+            metrics.move_done(move, elapsed)
+        if self._nursery is not None:
+            rollback = session.take_rollback()
+            if rollback is not None:
+                self._nursery.start_soon(self._rollback, *rollback)
+            if session.move_ready and not self._move_task:
+                self._move_task = True
+                self._nursery.start_soon(self._run_move)
+        self._changed.fire()
+
+    async def _run_move(self) -> None:
+        """Hold the source mailbox's lock from the MOVE's start to its tagged reply."""
+        session = self.session
+        try:
+            async with self._proxy.locks.hold(session.move_key):
+                self._move_started = time.monotonic()
+                self._upstream_heard = trio.current_time()
+                session.start_move()
+                self._after_session()
+                await self._changed.until(lambda: not session.move_running)
+        finally:
+            self._move_task = False
+        self._after_session()
+
+    async def _rollback(self, request: RollbackRequest, credentials: Credentials) -> None:
+        """Run the second session that removes a failed MOVE's copies, bounded in time."""
+        rollback = Rollback(request, credentials, self.config.max_set_bytes)
+        error: str | None = None
+        try:
+            with trio.fail_after(self.config.rollback_timeout):
+                async with self._second_session() as (stream, greeting):
+                    data: bytes | bytearray = greeting
+                    for _ in range(100_000):  # bounded: the timeout bounds it too
+                        if not data:
+                            data = await self._receive(stream)
+                            if not data:
+                                rollback.connection_lost()
+                        rollback.receive(data)
+                        data = b""
+                        outgoing = rollback.take_outgoing()
+                        if outgoing:
+                            await stream.send_all(outgoing)
+                        if rollback.done:
+                            break
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, UpstreamUnavailable) as exc:
+            error = f"second session: {exc or 'timed out'}"
+        self._upstream_heard = trio.current_time()  # the MOVE waits for its upstream again
+        unfinished = None if rollback.done else "second session did not finish"
+        self.session.rollback_finished(error or rollback.error or unfinished, rollback.missing)
+        self._after_session()
+
+    @asynccontextmanager
+    async def _second_session(self) -> AsyncIterator[tuple[trio.abc.Stream, bytes]]:
+        stream, greeting = await self._proxy.open_upstream(self._addresses)
+        try:
+            yield stream, greeting
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    # ------------------------------------------------------------------ bytes
+
+    @staticmethod
+    async def _send(stream: trio.abc.Stream, data: bytes | bytearray) -> bool:
+        """Whether ``data`` could be sent (False: the peer has gone)."""
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    @staticmethod
+    async def _receive(stream: trio.abc.Stream) -> bytes | bytearray:
+        try:
+            return await stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
+
+async def bye_and_close(stream: trio.abc.Stream, bye: bytes) -> None:
+    """A last word to a client the proxy will not serve, bounded in time, then close (it may
+    be closed already, as after an internal error: then nothing is said)."""
+    with (
+        trio.move_on_after(1),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+    ):
+        await stream.send_all(bye)
+    await trio.aclose_forcefully(stream)
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Half-close, then read and drop what the client still sends, for a second at most.
+
+    Closing a socket with unread bytes makes the kernel reset the connection, and a reset can
+    make the client's kernel discard the BYE it has not read yet."""
+    with (
+        trio.move_on_after(1),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+    ):
+        if isinstance(stream, trio.SocketStream):
+            await stream.send_eof()
+        for _ in range(1024):  # at most 64 MiB
+            if not await stream.receive_some(65536):
+                return

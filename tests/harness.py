@@ -195,6 +195,7 @@ class RelayAction(enum.Enum):
     DROP_AFTER = "drop after"  # forward the line, then close both sides at once
     INJECT = "inject"  # forward the line, then send ``reply`` to the proxy as if from the server
     ANSWER = "answer instead"  # do not forward the line; send ``reply`` to the proxy instead
+    SWALLOW = "swallow"  # do not forward the line, answer nothing: a server that stalls
 
 
 class InterceptingRelay:
@@ -228,6 +229,7 @@ class InterceptingRelay:
         self._reply = reply
         self.hook_ran = threading.Event()
         self.matched = b""  # the command line the action was taken on
+        self.connections = 0  # accepted so far
         self._listener = socket.create_server((HOST, 0))
         self._listener.settimeout(0.2)
         self.address = self._listener.getsockname()[:2]
@@ -241,6 +243,7 @@ class InterceptingRelay:
                 client, _ = self._listener.accept()
             except TimeoutError:
                 continue
+            self.connections += 1
             server = socket.create_connection(self._upstream, 10)
             to_client = threading.Lock()  # the server's bytes and injected ones never interleave
             for source, sink, watch in ((client, server, True), (server, client, False)):
@@ -330,6 +333,8 @@ class InterceptingRelay:
                     server.sendall(head)
                     client.sendall(reply)
                     server.sendall(tail)
+                elif action is RelayAction.SWALLOW:
+                    server.sendall(head + tail)
                 elif action is RelayAction.INJECT:
                     server.sendall(head + line)
                     client.sendall(reply)

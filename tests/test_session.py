@@ -334,6 +334,38 @@ def test_refused_logins_leave_no_credentials():
     assert s._credentials is None
 
 
+def test_a_login_reusing_a_tag_in_flight_waits_and_cannot_take_the_other_commands_ok():
+    """``a NOOP`` and ``a LOGIN bob wrong`` pipelined: the NOOP's ``a OK`` must not pass for
+    bob's login, and a later AUTHENTICATE the proxy cannot capture must not inherit bob."""
+    s = Session()
+    s.receive_upstream(GREETING)
+    s.receive_client(b"a NOOP\r\na LOGIN bob wrong\r\n")
+    assert s.take_to_upstream() == b"a NOOP\r\n"  # the LOGIN waits for the tag to be free
+    s.receive_upstream(b"a OK NOOP completed\r\n")
+    assert s.take_to_upstream() == b"a LOGIN bob wrong\r\n"
+    assert not s.authenticated and s._credentials is None
+    s.receive_upstream(b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+    assert not s.authenticated and s._credentials is None
+    s.receive_client(b"b AUTHENTICATE LOGIN\r\n")
+    s.receive_upstream(b"+ VXNlcm5hbWU6\r\n")
+    s.receive_client(b"YWxpY2U=\r\n")
+    s.receive_upstream(b"+ UGFzc3dvcmQ6\r\n")
+    s.receive_client(b"cGFzcw==\r\n")
+    s.receive_upstream(b"b OK Logged in\r\n")
+    assert s.authenticated and s._credentials is None
+    assert b"a NO" in s.take_to_client()
+
+
+def test_commands_reusing_the_tag_of_a_login_in_flight_wait_for_its_reply():
+    s = Session()
+    s.receive_upstream(GREETING)
+    s.receive_client(b"a LOGIN user pass\r\na NOOP\r\nb NOOP\r\n")
+    assert s.take_to_upstream() == b"a LOGIN user pass\r\n"  # b waits behind a's NOOP too
+    s.receive_upstream(b"a OK Logged in\r\n")
+    assert s.take_to_upstream() == b"a NOOP\r\nb NOOP\r\n"
+    assert kept(s) == (b"user", b"user", b"pass")
+
+
 def acl_script() -> Script:
     return started(caps=CAPS + b" ACL RIGHTS=texk")
 

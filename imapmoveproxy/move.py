@@ -15,8 +15,13 @@ The sequence of upstream commands, each step only after the previous one's tagge
    The first records which UIDs the set names right before the COPY, in case the COPY's tagged
    OK carries no COPYUID (RFC 4315 allows that); it is never used instead of COPYUID. The second
    says which of them the user had flagged, so that a rollback leaves those flags alone.
-   A set that may hold more than ``chunk_size`` messages is listed first and then moved chunk by
-   chunk (``UID COPY``, steps 2 and 3, then the next chunk).
+   A set that may hold more than ``chunk_size`` messages, and every set of the guarded policy
+   (whose COPY never says what it copied), is listed first and then moved chunk by chunk
+   (``UID COPY`` of listed UIDs, steps 2 and 3, then the next chunk).
+   Only what lies in the client's set counts: a FETCH about a message outside it is another
+   session's news (relayed); an answer to the proxy's own FETCH, SEARCH or COPY naming a message
+   outside it (imap4d answers ``UID FETCH 4000000000`` with its last message) ends the MOVE
+   with a NO before anything is flagged, its copies removed as in step 4.
 2. After COPY's tagged OK only: ``UID STORE uids +FLAGS.SILENT (\\Deleted)``, where ``uids`` are
    the messages the upstream confirmed it copied (split into several commands if long).
 3. After every STORE's tagged reply: ``UID EXPUNGE uids``. It only removes messages of that set
@@ -32,12 +37,15 @@ The sequence of upstream commands, each step only after the previous one's tagge
 from __future__ import annotations
 
 import enum
+import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 from .capabilities import Capabilities
 from .syntax import (
+    NumberSet,
     SyntaxProblem,
     Tagged,
     chunk_set,
@@ -52,6 +60,8 @@ from .syntax import (
     parse_quoted,
     set_size,
 )
+
+log = logging.getLogger(__name__)
 
 # A command for the upstream as segments: each segment after the first waits for a "+".
 UpstreamCommand = list[bytes]
@@ -181,6 +191,8 @@ _FLAG = b"UID STORE %s +FLAGS.SILENT (\\Deleted)\r\n"
 _UNFLAG = b"UID STORE %s -FLAGS.SILENT (\\Deleted)\r\n"
 _SEARCH_DELETED = b"UID SEARCH DELETED\r\n"
 _RECHECKS = 3  # how often a guarded MOVE clears newly flagged messages before giving up
+_MOST_PER_COPY = 1_000_000  # chunk size when chunks are off: a COPYUID must stay expandable
+_OUTSIDE = "set-check"  # the step named when the upstream names messages outside the set
 
 
 class MoveEmulation:
@@ -222,14 +234,21 @@ class MoveEmulation:
         self._prefetch_ok = False
         self._deleted_tag = b""
         self._copy_tag = b""
-        self._prefetched: list[int] = []
-        self._chunks: list[list[int]] = []  # UIDs of the chunks still to move
+        self._copy_set: NumberSet | None = None  # UIDs of a chunk's UID COPY
+        self._listed = NumberSet()  # UIDs the prefetch's ESEARCH named
+        self._fetched: dict[int, bool] = {}  # UID FETCH prefetch: UID -> only UID (our answer)
+        self._numbered: dict[int, int] = {}  # FETCH prefetch: number in the set -> its UID
+        self._outside = ""  # what the upstream named outside the client's set, if it did
+        self._client_cache: tuple[int | None, NumberSet] | None = None  # (star, client's set)
+        self._prefetched = NumberSet()  # UIDs in the client's set, once the prefetch is judged
+        self._queue: Iterator[int] = iter(())  # UIDs of the chunks still to move
+        self._left = 0  # how many UIDs are in the queue
         self._moved = 0  # messages moved by earlier chunks
         self._total = 0  # messages to move in all
         self._copy_result: Tagged | None = None
         self._moving: set[int] = set()  # UIDs confirmed copied, to flag and expunge
         self._targets: dict[int, int] = {}  # source UID -> UID of its copy (COPYUID)
-        self._deleted: set[int] = set()  # messages carrying \Deleted (last search)
+        self._deleted = NumberSet()  # messages carrying \Deleted (last search)
         self._foreign: set[int] = set()  # guarded: other messages whose \Deleted we cleared
         self._already_deleted: set[int] = set()  # moved ones the user had flagged
         self._rechecks = 0
@@ -264,6 +283,8 @@ class MoveEmulation:
         """``count`` EXPUNGE responses were relayed to the client without passing through
         :meth:`on_untagged`."""
         self._expunged += count
+        if self._exists is not None:
+            self._exists -= count
 
     def owns(self, tag: bytes) -> bool:
         return tag in self._pending
@@ -316,9 +337,15 @@ class MoveEmulation:
             return []
         sizes = [set_size(self.request.sequence_set), self._exists]
         size = min((size for size in sizes if size is not None), default=None)
-        if self._chunk_size and (size is None or size > self._chunk_size):
-            return self._prefetch(Step.PREFETCH, copy=False)  # maybe too many for one COPY
+        if self.policy is Policy.GUARDED or size is None or size > self._chunk_limit:
+            # Maybe too many for one COPY; or no COPYUID will say what the COPY took, so it may
+            # only name UIDs checked to be in the client's set.
+            return self._prefetch(Step.PREFETCH, copy=False)
         return self._prefetch(Step.COPY, copy=True)
+
+    @property
+    def _chunk_limit(self) -> int:
+        return self._chunk_size or _MOST_PER_COPY
 
     def _prefetch(self, step: Step, copy: bool) -> list[UpstreamCommand]:
         """Which UIDs the client's set names and (UIDPLUS) which of them carry \\Deleted
@@ -329,7 +356,9 @@ class MoveEmulation:
         self.step = step
         self._prefetch_tag = self._new_tag()
         self._pending.add(self._prefetch_tag)
-        if request.uid and self._caps.esearch:  # one short line however many messages
+        self._listed, self._fetched, self._numbered = NumberSet(), {}, {}
+        searchres = request.sequence_set == b"$"  # SEARCHRES implies ESEARCH (RFC 5182)
+        if (request.uid or searchres) and self._caps.esearch:  # one short line for any size
             prefetch = b" UID SEARCH RETURN (ALL) UID " + request.sequence_set + b"\r\n"
         else:  # FETCH is what every server gets right (imap4d's SEARCH UID is not)
             prefetch = b" " + uid + b"FETCH " + request.sequence_set + b" (UID)\r\n"
@@ -341,6 +370,7 @@ class MoveEmulation:
             search = b" UID SEARCH " + returns + uid + request.sequence_set + b" DELETED\r\n"
             commands.append([self._deleted_tag + search])
         if copy:  # last: it may wait for "+" before sending the mailbox name
+            self._copy_set = None  # the client's own set
             self._copy_tag = self._new_tag()
             self._pending.add(self._copy_tag)
             prefix = self._copy_tag + b" " + uid + b"COPY " + request.sequence_set + b" "
@@ -348,21 +378,21 @@ class MoveEmulation:
         return commands
 
     def _after_prefetch(self) -> list[UpstreamCommand]:
-        uids = sorted(set(self._prefetched))
-        if not self._prefetch_ok or not uids:
+        if self._outside:
+            return self._refuse_outside()
+        if not self._prefetch_ok or not self._prefetched.size:
             # Let the COPY answer as the upstream would (an invalid set, no messages...).
-            self._prefetched = []
             return self._prefetch(Step.COPY, copy=True)
-        size = self._chunk_size
-        self._chunks = [uids[i : i + size] for i in range(0, len(uids), size)]
-        self._total = len(uids)
+        self._queue, self._left = iter(self._prefetched), self._prefetched.size
+        self._total = self._left
         return self._next_chunk()
 
     def _next_chunk(self) -> list[UpstreamCommand]:
         """Move the next chunk of UIDs: each chunk is moved or left alone on its own."""
         self._moved += len(self._moving) - len(self._remaining)
-        chunk = self._chunks.pop(0)
-        self._prefetched = chunk
+        chunk = list(islice(self._queue, self._chunk_limit))
+        self._left -= len(chunk)
+        self._prefetched = self._copy_set = NumberSet.of(chunk)
         self._moving, self._targets, self._remaining = set(), {}, set()
         self._foreign, self._rechecks, self._retried = set(), 0, False
         self._copy_result = None
@@ -383,26 +413,28 @@ class MoveEmulation:
         if step is Step.RIGHTS and _MYRIGHTS_RE.match(line):
             self.rights = line_body(line).rsplit(b" ", 1)[-1]
             return False
+        count = _COUNT_RE.match(line)
+        if count is not None and count.group(2).upper() == b"EXISTS":
+            self._exists = int(count.group(1))
         if step in (Step.COPY, Step.PREFETCH):
             if _SEARCH_RE.match(line):
                 tag = _search_tag(line)
                 if tag == self._prefetch_tag:
-                    self._prefetched.extend(_search_uids(line))
+                    self._listed |= _search_set(line)
                 elif tag in (None, self._deleted_tag):
-                    self._deleted.update(_search_uids(line))
+                    self._deleted |= _search_set(line)
                 return False
             if self._prefetch_tag in self._pending:
                 uid = fetch_uid(line)
-                if uid is not None:
-                    self._prefetched.append(uid)
+                if uid is not None and self._prefetched_fetch(line, uid):
                     return not _ONLY_UID_RE.match(line)
-            if step is Step.COPY and _COUNT_RE.match(line):
+            if step is Step.COPY and count is not None:
                 # A MOVE into the selected mailbox announces the new messages after the
                 # expunges, with the count that follows them: hold the COPY's EXISTS back.
                 self._held.append((line, self._expunged))
                 return False
         elif step in (Step.FIND_DELETED, Step.RECHECK) and _SEARCH_RE.match(line):
-            self._deleted.update(_search_uids(line))
+            self._deleted |= _search_set(line)
             return False
         # FETCH responses about messages whose flags we change are caused by our STOREs (with
         # CONDSTORE even .SILENT answers with MODSEQ); those about others are relayed.
@@ -418,8 +450,51 @@ class MoveEmulation:
             return False
         if uid is not None and (uid in self._moving or uid in self._foreign):
             return False
-        self._expunged += _expunge_count(line)
+        expunged = _expunge_count(line)
+        if expunged:
+            self.expunged(expunged)
         return True
+
+    def _prefetched_fetch(self, line: bytes, uid: int) -> bool:
+        """Note a FETCH with ``uid`` that came while the prefetch ran; return whether it is
+        (maybe) the answer to it. A FETCH about a message outside the client's set is another
+        session's news (with CONDSTORE it carries the UID too): it never joins the MOVE."""
+        if self.request.uid:  # judged once the whole answer is in: "*" is its highest UID
+            self._fetched[uid] = self._fetched.get(uid, False) or bool(_ONLY_UID_RE.match(line))
+            return True
+        number = int(line.split(b" ", 2)[1])
+        client = self._client_set(self._exists)
+        if client is not None and number not in client:
+            return False
+        if self._numbered.setdefault(number, uid) != uid:
+            self._outside = f"message {number} as UIDs {self._numbered[number]} and {uid}"
+        return True
+
+    def _client_set(self, star: int | None) -> NumberSet | None:
+        """The numbers the client's set names, ``*`` being ``star``; None for ``$``."""
+        if self.request.sequence_set == b"$":
+            return None
+        if self._client_cache is None or self._client_cache[0] != star:
+            self._client_cache = (star, NumberSet.parse(self.request.sequence_set, star))
+        return self._client_cache[1]
+
+    def _judge_prefetch(self) -> None:
+        """The prefetch's answer is complete: keep what lies in the client's set, and note in
+        :attr:`_outside` an answer to the proxy's own FETCH or SEARCH that lies outside it."""
+        named = self._listed | NumberSet.of(self._numbered.values())
+        if self.request.uid:
+            # the answer to the proxy's own FETCH (UID) or SEARCH, then others' news in the set
+            named |= NumberSet.of(uid for uid, only in self._fetched.items() if only)
+            highest = max(max(self._fetched, default=0), self._listed.highest or 0)
+            client = self._client_set(highest)
+            if client is not None:
+                self._note_outside(named - client)
+                named = (named | NumberSet.of(self._fetched)) & client
+        self._prefetched = named
+
+    def _note_outside(self, outside: NumberSet) -> None:
+        if outside.ranges and not self._outside:
+            self._outside = f"UIDs {outside.text()}"
 
     def on_tagged(self, reply: Tagged, caps: Capabilities | None) -> list[UpstreamCommand]:
         """Advance on the tagged reply to one of our commands (or the forwarded MOVE)."""
@@ -434,6 +509,7 @@ class MoveEmulation:
             self._copy_result = reply
         elif reply.tag == self._prefetch_tag:
             self._prefetch_ok = ok
+            self._judge_prefetch()
         elif step is Step.VERIFY and not ok:
             self._remaining = set()  # cannot tell: the EXPUNGE itself succeeded
         elif step is Step.CHECK and not ok:
@@ -495,18 +571,64 @@ class MoveEmulation:
             )
             self._moving = set(self._targets)
             self._target_validity = copyuid.split()[1]
+            self._check_copied(NumberSet.of(self._moving))
+            if self._outside:  # its copies are removed, and the client is told why
+                return self._refuse_outside()
             self._emit(b"* OK [" + copyuid + b"] Moved UIDs.\r\n")
+        elif self._outside:
+            return self._refuse_outside()
         if not self._moving:
             self._moving = set(self._prefetched)
         if not self._moving:
             self.outcome = "moved"
             self._finish(b"OK", None, b"No messages found.")
             return []
-        self._already_deleted = self._deleted & self._moving
+        self._already_deleted = {uid for uid in self._moving if uid in self._deleted}
         self._total = self._total or len(self._moving)
         if self.policy is Policy.GUARDED:
             return self._send(Step.FIND_SYNC, [b"NOOP\r\n"])
         return self._send(Step.FLAG, self._per_set(_FLAG, self._moving))
+
+    def _check_copied(self, sources: NumberSet) -> None:
+        """COPYUID's source UIDs against the set the COPY named: for UIDs, inside it (``*``
+        being its highest UID); for sequence numbers, no more messages than it names."""
+        if self._copy_set is not None:
+            self._note_outside(sources - self._copy_set)
+        elif self.request.uid:
+            client = self._client_set(sources.highest)
+            if client is not None:
+                self._note_outside(sources - client)
+        else:
+            client = self._client_set(self._exists)
+            if client is not None and sources.size > client.size:
+                self._outside = f"{sources.size} messages for a set of {client.size}"
+
+    def _refuse_outside(self) -> list[UpstreamCommand]:
+        """The upstream named messages the client did not (:attr:`_outside`): flag and expunge
+        nothing; remove the copies a COPY made, through the check and rollback of step 4."""
+        request = self.request
+        log.warning(
+            "%sMOVE %s: the server named messages outside the set (%s): MOVE refused",
+            "UID " * request.uid, request.sequence_set[:60].decode(), self._outside,
+        )  # fmt: skip
+        self._failure = Tagged(
+            b"", b"NO", b"SERVERBUG", f"the server named {self._outside}, outside the set".encode()
+        )
+        self._failed_step = _OUTSIDE
+        if self._targets:  # copied: find which are still in the source, then remove the copies
+            self._total = self._total or len(self._targets)
+            self._moving = set(self._targets)
+            return self._check()
+        copied = self._copy_result is not None and self._copy_result.status == b"OK"
+        state = (
+            "nothing was removed from the source, but its COPY may have left copies in the target"
+            if copied  # no COPYUID says as what
+            else "nothing was copied, flagged or expunged"
+        )
+        self.outcome = f"{_OUTSIDE}-failed"
+        text = f"MOVE failed: the server named {self._outside}, outside the set; {state}."
+        self._finish(b"NO", b"SERVERBUG", text.encode())
+        return []
 
     def _after_flag(self) -> list[UpstreamCommand]:
         if self.policy is Policy.UIDPLUS:
@@ -526,8 +648,8 @@ class MoveEmulation:
         """Guarded: clear \\Deleted on the other messages, flag the moved ones."""
         if self._failure is not None:
             return self._report()
-        self._foreign = self._deleted - self._moving
-        self._already_deleted = self._deleted & self._moving
+        self._foreign = set(self._deleted) - self._moving
+        self._already_deleted = {uid for uid in self._moving if uid in self._deleted}
         unflag = self._per_set(_UNFLAG, self._foreign)
         return self._send(Step.FLAG, unflag + self._per_set(_FLAG, self._moving))
 
@@ -535,7 +657,7 @@ class MoveEmulation:
         """Guarded: right before EXPUNGE, no message outside the move may carry \\Deleted."""
         if self._failure is not None:
             return self._undo()
-        newly_flagged = self._deleted - self._moving
+        newly_flagged = set(self._deleted) - self._moving
         if not newly_flagged:
             return self._send(Step.EXPUNGE, [b"EXPUNGE\r\n"])
         self._foreign |= newly_flagged  # another session flagged these meanwhile
@@ -551,7 +673,7 @@ class MoveEmulation:
         Dovecot, for one, only takes in other sessions' flag changes when it syncs)."""
         if self._failure is not None:
             return self._undo() if step is Step.RECHECK else self._report()
-        self._deleted = set()
+        self._deleted = NumberSet()
         return self._send(step, [_SEARCH_DELETED])
 
     def _after_expunge(self) -> list[UpstreamCommand]:
@@ -588,7 +710,7 @@ class MoveEmulation:
         self._remaining &= self._moving
         if not self._checked:
             return self._report()
-        if not self._remaining:  # everything moved after all
+        if not self._remaining and self._failed_step != _OUTSIDE:  # everything moved after all
             self._failure = None
             return self._chunk_done()
         if self._failure is None:
@@ -627,7 +749,7 @@ class MoveEmulation:
             left = b",".join(compress_uids(list(self._remaining)))
             self._failure = Tagged(b"", b"NO", None, b"UIDs " + left + b" were not expunged")
             self._failed_step = "expunge"
-        if self._failure is None and self._chunks:
+        if self._failure is None and self._left:
             return self._next_chunk()
         return self._report()
 
@@ -776,13 +898,13 @@ def _expunge_count(line: bytes) -> int:
     if _EXPUNGE_RE.match(line):
         return 1
     match = _VANISHED_RE.match(line)
-    return len(expand_uid_set(match.group(1))) if match else 0
+    return NumberSet.parse(match.group(1)).size if match else 0
 
 
-def _search_uids(line: bytes) -> list[int]:
-    """UIDs from ``* SEARCH 1 2 3`` or ``* ESEARCH (TAG "x") UID ALL 1:3``."""
+def _search_set(line: bytes) -> NumberSet:
+    """UIDs from ``* SEARCH 1 2 3`` or ``* ESEARCH (TAG "x") UID ALL 1:3``, unexpanded."""
     body = line_body(line)
     if body[2:9].upper() == b"ESEARCH":
         match = re.search(rb" ALL ([0-9:,]+)", body, re.IGNORECASE)
-        return expand_uid_set(match.group(1)) if match else []
-    return [int(word) for word in body.split()[2:] if word.isdigit()]
+        return NumberSet.parse(match.group(1)) if match else NumberSet()
+    return NumberSet.of(int(word) for word in body.split()[2:] if word.isdigit())

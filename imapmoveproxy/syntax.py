@@ -7,6 +7,8 @@ connections. Anything the proxy does not need to understand is never parsed at a
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 # ATOM-CHAR: any CHAR except atom-specials (RFC 3501 §9): ( ) { SP CTL % * " \ ]
@@ -105,6 +107,93 @@ def set_size(text: bytes) -> int | None:
         low, _, high = part.partition(b":")
         total += abs(int(high or low) - int(low)) + 1
     return total
+
+
+_BEYOND = 1 << 32  # larger than any sequence number or UID (both are 32-bit)
+
+
+@dataclass(slots=True, frozen=True)
+class NumberSet:
+    """A set of message numbers kept as sorted, disjoint ranges: ``1:1500000`` stays small."""
+
+    ranges: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def parse(cls, text: bytes, star: int | None = None) -> NumberSet:
+        """The numbers a sequence set (or a set from a response, without ``*``) names.
+
+        ``*`` stands for ``star``, the largest number in use (RFC 3501 §9: ``7:*`` with 5 in use
+        is ``5:7``); ``None`` means it is not known, and ``*`` covers every number up.
+        ``$`` and malformed sets raise :class:`ValueError`.
+        """
+        top = _BEYOND if star is None else star
+        pairs = []
+        for part in text.split(b","):
+            low, _, high = part.partition(b":")
+            first = top if low == b"*" else int(low)
+            last = first if not high else (top if high == b"*" else int(high))
+            pairs.append((min(first, last), max(first, last)))
+        return cls.of_ranges(pairs)
+
+    @classmethod
+    def of(cls, numbers: Iterable[int]) -> NumberSet:
+        return cls.of_ranges((number, number) for number in numbers)
+
+    @classmethod
+    def of_ranges(cls, pairs: Iterable[tuple[int, int]]) -> NumberSet:
+        merged: list[tuple[int, int]] = []
+        for low, high in sorted(pairs):
+            if merged and low <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+            else:
+                merged.append((low, high))
+        return cls(tuple(merged))
+
+    def __or__(self, other: NumberSet) -> NumberSet:
+        return NumberSet.of_ranges(self.ranges + other.ranges)
+
+    def __sub__(self, other: NumberSet) -> NumberSet:
+        left: list[tuple[int, int]] = []
+        others, start = other.ranges, 0
+        for low, high in self.ranges:
+            while start < len(others) and others[start][1] < low:
+                start += 1
+            index = start
+            while low <= high:
+                if index >= len(others) or others[index][0] > high:
+                    left.append((low, high))
+                    break
+                if others[index][0] > low:
+                    left.append((low, others[index][0] - 1))
+                low = max(low, others[index][1] + 1)
+                index += 1
+        return NumberSet(tuple(left))
+
+    def __and__(self, other: NumberSet) -> NumberSet:
+        return self - (self - other)
+
+    def text(self, most: int = 10) -> str:
+        """The first ``most`` ranges as a set, for messages."""
+        parts = [f"{low}" if low == high else f"{low}:{high}" for low, high in self.ranges]
+        return ",".join(parts[:most]) + (",..." if len(parts) > most else "")
+
+    def __contains__(self, number: object) -> bool:
+        if not isinstance(number, int):
+            return False
+        index = bisect_right(self.ranges, number, key=lambda pair: pair[0]) - 1
+        return index >= 0 and self.ranges[index][1] >= number
+
+    def __iter__(self) -> Iterator[int]:
+        for low, high in self.ranges:
+            yield from range(low, high + 1)
+
+    @property
+    def size(self) -> int:
+        return sum(high - low + 1 for low, high in self.ranges)
+
+    @property
+    def highest(self) -> int | None:
+        return self.ranges[-1][1] if self.ranges else None
 
 
 def expand_uid_set(text: bytes, limit: int = 1_000_000) -> list[int]:

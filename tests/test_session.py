@@ -431,6 +431,58 @@ def test_a_failed_first_chunk_answers_like_a_native_move():
     assert s.seen() == b"c NO [OVERQUOTA] Quota exceeded\r\n"
 
 
+def test_a_move_of_any_size_goes_in_chunks():
+    """Issue 12 defect 7: the listing of 1.5 million UIDs ended the connection ("set too
+    large"). Scripted: a real server with 1.5 million messages is too slow to build."""
+    s = started(settings=SessionSettings(chunk_size=1000))
+    s.upstream(b"* 1500000 EXISTS\r\n")
+    s.client(b"c UID MOVE 1:* Trash\r\n")
+    sent = s.upstream(
+        b'* ESEARCH (TAG "imp1") UID ALL 1:1500000\r\nimp1 OK\r\n'
+        b'* ESEARCH (TAG "imp2") UID ALL 1:1500000\r\nimp2 OK\r\n'
+    )
+    assert sent == b"imp3 UID COPY 1:1000 Trash\r\n"
+    assert s.session.close_reason is None
+    s.upstream(b"imp3 OK [COPYUID 7 1:1000 1:1000] Done\r\n")
+    assert s.upstream(b"imp4 OK\r\n") == b"imp5 UID EXPUNGE 1:1000\r\n"
+    sent = s.upstream(b"* VANISHED 1:1000\r\nimp5 OK\r\n")
+    assert sent == b"imp6 UID COPY 1001:2000 Trash\r\n"
+
+
+def test_a_fetch_about_a_message_outside_the_set_is_relayed_and_not_moved():
+    """Issue 12 defect 4 at unit level: under QRESYNC another session's flag change carries a
+    UID; message 4 is not in the set 1:2, so it is not copied."""
+    s = chunk_script()
+    assert s.client(b"c MOVE 1:3 Trash\r\n").startswith(b"imp1 FETCH 1:3 (UID)\r\n")
+    sent = s.upstream(
+        b"* 1 FETCH (UID 10)\r\n* 4 FETCH (UID 14 MODSEQ (9) FLAGS (\\Flagged))\r\n"
+        b"* 2 FETCH (UID 11)\r\n* 3 FETCH (UID 12)\r\nimp1 OK\r\nimp2 OK\r\n"
+    )
+    assert sent == b"imp3 UID COPY 10:11 Trash\r\n"
+    assert s.seen() == b"* 4 FETCH (UID 14 MODSEQ (9) FLAGS (\\Flagged))\r\n"
+    move_chunk(s, 3, b"10:11", b"1:2")
+    assert s._collect() == b"imp6 UID COPY 12 Trash\r\n"
+
+
+def test_copyuid_naming_uids_outside_the_set_ends_the_move_and_removes_the_copies(
+    script: Script,
+):
+    script.client(b"c UID MOVE 5 Trash\r\n")
+    sent = script.upstream(
+        b'* ESEARCH (TAG "imp1") UID ALL 5\r\nimp1 OK\r\nimp2 OK\r\n'
+        b"imp3 OK [COPYUID 7 5:6 20:21] Done\r\n"
+    )
+    assert sent == b"imp4 UID FETCH 5:6 (UID FLAGS)\r\n"  # nothing flagged, only checked
+    script.upstream(b"* 1 FETCH (UID 5 FLAGS ())\r\n* 2 FETCH (UID 6 FLAGS ())\r\nimp4 OK\r\n")
+    rollback = script.session.take_rollback()
+    assert rollback is not None and rollback[0].uids == (20, 21)
+    script.session.rollback_finished(None)
+    script._collect()
+    reply = script.seen()
+    assert reply.startswith(b"c NO [SERVERBUG] MOVE failed (set-check: the server named UIDs 6")
+    assert reply.endswith(b"0 of 2 messages were moved, the others are unaffected.\r\n")
+
+
 def test_small_moves_cost_no_extra_round_trip_with_chunks():
     s = chunk_script()
     assert b"COPY 1:2 Trash" in s.client(b"c MOVE 1:2 Trash\r\n")
@@ -622,8 +674,10 @@ def guarded_script() -> Script:
 
 def test_guarded_move_clears_and_restores_other_deleted_flags():
     s = guarded_script()
-    assert s.client(b"c MOVE 2 Trash\r\n") == b"imp1 FETCH 2 (UID)\r\nimp2 COPY 2 Trash\r\n"
-    assert s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\nimp2 OK Copied\r\n") == b"imp3 NOOP\r\n"
+    # no COPYUID will say what a COPY took: it only names UIDs listed in the client's set
+    assert s.client(b"c MOVE 2 Trash\r\n") == b"imp1 FETCH 2 (UID)\r\n"
+    assert s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\n") == b"imp2 UID COPY 12 Trash\r\n"
+    assert s.upstream(b"imp2 OK Copied\r\n") == b"imp3 NOOP\r\n"
     assert s.upstream(b"imp3 OK\r\n") == b"imp4 UID SEARCH DELETED\r\n"
     sent = s.upstream(b"* SEARCH 11 12\r\nimp4 OK\r\n")  # 11 is the user's own \Deleted
     assert sent == (

@@ -66,7 +66,7 @@ _LOOK_AT = (b"}\r\n", b"}\n", b"[", b"* BYE", b" EXISTS\r\n", b"\n* C", b"\n* c"
 _NOT_EXPUNGE = re.compile(rb"\n(?!\* \d+ EXPUNGE\r\n)")
 
 
-def _first_non_expunge(buf: bytes, start: int) -> int:
+def _first_non_expunge(buf: bytes | bytearray, start: int) -> int:
     """Where the first line that is not ``* n EXPUNGE`` lies (``len(buf)``: none)."""
     if not _EXPUNGE_LINE.match(buf, start):
         return start
@@ -74,7 +74,7 @@ def _first_non_expunge(buf: bytes, start: int) -> int:
     return len(buf) if match is None else match.start() + 1
 
 
-def _first_stop(buf: bytes, start: int) -> int:
+def _first_stop(buf: bytes | bytearray, start: int) -> int:
     """Where the first line the session must see alone begins or lies (``len(buf)``: none).
 
     A run of plain untagged responses (a FETCH flood, say) is relayed in one piece; found with

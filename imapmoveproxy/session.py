@@ -345,7 +345,7 @@ class Session:
             self._reject(line, start.tag + b" NO COMPRESS is not available through this proxy.\r\n")
         elif name == b"STARTTLS":
             self._starttls(line, start.tag)
-        elif name == b"ID" and self.settings.forward_id:
+        elif name == b"ID":  # with or without the proxy's own ID before it
             self._client_id(line, start)
         elif name in _AUTH_COMMANDS and self.settings.require_tls and not self.tls:
             self._log.info("%s before STARTTLS refused", name.decode())
@@ -379,7 +379,8 @@ class Session:
         self._to_upstream += self._id_tag + b" ID (" + fields.encode() + b")\r\n"
 
     def _client_id(self, line: Line, start: CommandStart) -> None:
-        """The client's own ID goes on without any x- field it tried to set."""
+        """The client's own ID goes on without any x- field it tried to set: a server that
+        trusts the proxy's address would believe the client's x-originating-ip otherwise."""
         if line.literal is not None:
             self._reject(line, start.tag + b" BAD ID with literals is not supported here.\r\n")
             return

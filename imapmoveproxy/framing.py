@@ -111,6 +111,11 @@ class Framer:
         return len(self._buf) - self._pos
 
     @property
+    def in_line(self) -> bool:
+        """The start of a line has arrived, and nothing after it: not its end yet."""
+        return self._literal_left == 0 and self._last_newline < self._pos < len(self._buf)
+
+    @property
     def at_boundary(self) -> bool:
         """True between two messages: the next byte starts a new command or response."""
         return self._first

@@ -408,18 +408,29 @@ class Connection:
     async def _pump_client(self) -> None:
         session = self.session
         login_deadline = trio.current_time() + self.config.login_timeout
+        line_deadline = math.inf  # when the command line the client has begun must be complete
         while True:
             # Until the client has logged in, its time is limited (no task of its own for
             # that: idle connections are many, and each task costs memory).
             data: bytes | bytearray = b""
             deadline = math.inf if session.authenticated else login_deadline
+            late = False
             with trio.move_on_at(deadline) as waiting:
                 while not session.wants_client_data:
                     if session.close_reason:
                         return
+                    line_deadline = math.inf  # not read meanwhile: the client is not late
                     self._resume = trio.Event()
                     await self._resume.wait()
-                data = await self._receive(self.client)
+                if line_deadline == math.inf and session.line_pending:
+                    line_deadline = trio.current_time() + self.config.line_timeout
+                with trio.move_on_at(line_deadline) as line_wait:
+                    data = await self._receive(self.client)
+                late = line_wait.cancelled_caught
+            if late:
+                session.line_timed_out()
+                await self._flush()
+                return
             if waiting.cancelled_caught:
                 if session.authenticated:  # logged in while this read waited: no deadline
                     continue
@@ -430,6 +441,8 @@ class Connection:
                 break
             self._proxy.metrics.bytes_from_client.inc(len(data))
             session.receive_client(data)
+            if b"\n" in data or not session.line_pending:  # a line ended: the next has its own time
+                line_deadline = math.inf
             await self._flush()
             if session.starttls_requested:
                 await self._start_client_tls()

@@ -236,6 +236,16 @@ class Session:
         if not self.authenticated and self.close_reason is None:
             self._close("no login in time", b"Autologout: no login in time.", logging.INFO)
 
+    @property
+    def line_pending(self) -> bool:
+        """The client has sent the start of a command line, and not its end."""
+        return self._client.in_line
+
+    def line_timed_out(self) -> None:
+        """The client did not finish a command line in the time allowed: end the connection."""
+        if self.close_reason is None:
+            self._close("client line not finished in time", b"Line not finished in time.")
+
     def shutdown(self) -> None:
         """The proxy is stopping: a MOVE in progress finishes first, then the client gets BYE."""
         self._shutting_down = True

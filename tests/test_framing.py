@@ -260,3 +260,18 @@ def test_views_handed_out_stay_valid_while_more_is_fed():
     ]
     assert bytes(chunk.data) == b"0123456789"
     assert bytes(run) == b"* 2 EXISTS\r\n" * 3
+
+
+def test_in_line_only_while_the_start_of_a_line_waits_for_its_end():
+    framer = Framer()
+    assert not framer.in_line
+    framer.feed(b"a NOOP\r\nb APPEND INBOX {3+}\r\nab")
+    assert not framer.in_line  # complete lines are waiting to be taken
+    assert [type(framer.next_event()) for _ in range(3)] == [Line, Line, Literal]
+    assert not framer.in_line  # inside a literal
+    framer.feed(b"c\r\nc NO")
+    assert isinstance(framer.next_event(), Literal)
+    assert [framer.next_event(), framer.next_event()] == [Line(b"\r\n", first=False), None]
+    assert framer.in_line
+    framer.feed(b"OP\r\n")
+    assert not framer.in_line

@@ -62,6 +62,7 @@ class Config:
     max_connections: int = 10000
     max_connections_per_address: int = 200
     login_timeout: float = 60.0
+    line_timeout: float = 60.0
     move_chunk_size: int = 1000
     rollback: str = "client"
     rollback_master_user: str | None = None
@@ -164,6 +165,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "max_connections": _number(int, 1),
     "max_connections_per_address": _number(int, 1),
     "login_timeout": _number(float, 1.0),
+    "line_timeout": _number(float, 1.0),
     "move_chunk_size": _number(int, 0),
     "rollback": _choice(ROLLBACK_MODES),
     "rollback_master_user": _text,

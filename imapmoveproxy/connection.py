@@ -92,6 +92,7 @@ class Connection:
         self._client_gone = False
         self._upstream_gone = False
         self._upstream_heard = trio.current_time()  # when upstream bytes last went or came
+        self._line_started = math.inf  # when the client began the line it has not finished
         self._move_task = False  # a task holds (or waits for) the mailbox lock for a MOVE
         self._nursery: trio.Nursery | None = None
         self._commands_counted = 0
@@ -147,6 +148,10 @@ class Connection:
                         self._log.warning("client gone; MOVE not finished within drain_timeout")
                     return
                 deadline = gone_since + config.drain_timeout
+            elif session.line_pending and now >= self._line_started + config.line_timeout:
+                session.line_timed_out()
+                self._after_session()
+                continue
             elif not session.authenticated:
                 if now >= login_deadline:
                     session.login_timed_out()
@@ -155,6 +160,8 @@ class Connection:
                 deadline = login_deadline
             else:
                 deadline = math.inf
+            if session.line_pending:
+                deadline = min(deadline, self._line_started + config.line_timeout)
             if session.move_waits_for_upstream and session.close_reason is None:
                 stall = self._upstream_heard + config.move_step_timeout
                 if now >= stall:
@@ -203,10 +210,16 @@ class Connection:
             )
 
         while True:
-            await self._changed.until(room)
+            if not room():
+                self._line_started = math.inf  # not read meanwhile: the client is not late
+                await self._changed.until(room)
             data = await self._receive(self.client)
             if not data:
                 break
+            if b"\n" in data or not session.line_pending:  # the next line has its own time
+                self._line_started = math.inf
+            if session.line_pending:
+                self._line_started = min(self._line_started, trio.current_time())
             self._proxy.metrics.bytes_from_client.inc(len(data))
             session.receive_client(data)
             self._after_session()

@@ -72,13 +72,35 @@ def literal_marker(line: bytes) -> tuple[int, bool] | None:
 
 
 class Framer:
-    """Incremental splitter of one direction of an IMAP connection."""
+    """Incremental splitter of one direction of an IMAP connection, in time linear in its input.
 
-    __slots__ = ("_buf", "_first", "_literal_left", "_max_line", "_pos")
+    Like h11's ``ReceiveBuffer``: the bytes received sit in one buffer that grows in place (a
+    bytearray once bytes are left over; the caller's own ``bytes`` while nothing is), its
+    consumed prefix is dropped only once it outweighs the rest, and :meth:`feed` notes where the
+    last line end lies, so a partial line is never searched again as more of it arrives. A line
+    that cannot end within ``max_line`` bytes is refused as soon as that is certain, without
+    buffering the rest of it.
+
+    Views handed out (:class:`Literal` chunks, :meth:`plain_run`) stay valid and unchanged for
+    as long as the caller keeps them: a buffer with a view still alive is never resized (Python
+    forbids that) but left to the view, and the framer goes on in a new one.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_first",
+        "_last_newline",
+        "_literal_left",
+        "_max_line",
+        "_pos",
+        "_too_long",
+    )
 
     def __init__(self, max_line: int = 65536) -> None:
-        self._buf = b""
-        self._pos = 0
+        self._buf: bytes | bytearray = b""
+        self._pos = 0  # where the bytes not yet handed out begin
+        self._last_newline = -1  # index of the last b"\n" in the buffer (-1: none)
+        self._too_long = False  # a line was found to exceed max_line: its rest is not kept
         self._literal_left = 0
         self._first = True
         self._max_line = max_line
@@ -89,11 +111,16 @@ class Framer:
         return len(self._buf) - self._pos
 
     @property
+    def in_line(self) -> bool:
+        """The start of a line has arrived, and nothing after it: not its end yet."""
+        return self._literal_left == 0 and self._last_newline < self._pos < len(self._buf)
+
+    @property
     def at_boundary(self) -> bool:
         """True between two messages: the next byte starts a new command or response."""
         return self._first
 
-    def plain_run(self, first_stop: Callable[[bytes, int], int]) -> memoryview:
+    def plain_run(self, first_stop: Callable[[bytes | bytearray, int], int]) -> memoryview:
         """Hand out, in one piece (a view, not a copy), the complete lines that come before the
         first line the caller must see alone (empty unless at a message boundary).
 
@@ -101,7 +128,9 @@ class Framer:
         it must stop at any line that announces a literal.
         """
         buf, pos = self._buf, self._pos
-        end = buf.rfind(b"\n", pos, first_stop(buf, pos)) + 1 if self._first else 0
+        if not self._first or self._last_newline < pos:  # not even one complete line
+            return memoryview(b"")
+        end = buf.rfind(b"\n", pos, min(first_stop(buf, pos), self._last_newline + 1)) + 1
         if end <= pos:
             return memoryview(b"")
         self._pos = end
@@ -113,13 +142,43 @@ class Framer:
         self._first = True
 
     def feed(self, data: bytes | bytearray) -> None:
-        if self._pos:
-            self._buf = self._buf[self._pos :] + data
-            self._pos = 0
-        elif self._buf:
-            self._buf += data
-        else:
+        if self._too_long:
+            return  # the caller is ending the connection: nothing more is framed
+        if self._literal_left == 0 and self._last_newline < self._pos:
+            self._check_partial_line(data)
+            if self._too_long:
+                return
+        buf, pos = self._buf, self._pos
+        newline = data.rfind(b"\n")
+        if pos == len(buf):  # nothing left over: take the caller's bytes as they are
             self._buf = bytes(data)
+            self._pos = 0
+            self._last_newline = newline
+            return
+        if isinstance(buf, bytes) or pos > len(buf) - pos:
+            # Our own bytearray now, or drop a consumed prefix larger than what remains (each
+            # byte is moved at most once per time it is consumed: linear overall).
+            buf = bytearray(memoryview(buf)[pos:])
+            self._last_newline -= pos
+            self._pos = pos = 0
+        try:
+            buf += data
+        except BufferError:  # a view of this buffer is still alive: leave the buffer to it
+            buf = buf[pos:] + data
+            self._last_newline -= pos
+            self._pos = 0
+        if newline >= 0:
+            self._last_newline = len(buf) - len(data) + newline
+        self._buf = buf
+
+    def _check_partial_line(self, data: bytes | bytearray) -> None:
+        """All that is left over is the start of a line: note if ``data`` cannot end it within
+        ``max_line`` bytes."""
+        partial = len(self._buf) - self._pos
+        room = self._max_line - partial  # bytes of data that may still belong to this line
+        if partial + len(data) > self._max_line and data.find(b"\n", 0, max(room, 0)) < 0:
+            self._too_long = True
+            self._buf, self._pos, self._last_newline = b"", 0, -1
 
     def next_event(self) -> Event | None:
         buf = self._buf
@@ -132,14 +191,14 @@ class Framer:
             self._literal_left -= take
             self._pos = pos + take
             return Literal(memoryview(buf)[pos : pos + take], self._literal_left == 0)
-        end = buf.find(b"\n", pos)
-        if end < 0:
-            if len(buf) - pos > self._max_line:
+        if self._last_newline < pos:  # no line end received yet
+            if self._too_long or len(buf) - pos > self._max_line:
                 raise LineTooLong(f"line longer than {self._max_line} bytes")
             return None
+        end = buf.find(b"\n", pos, self._last_newline + 1)
         if end + 1 - pos > self._max_line:
             raise LineTooLong(f"line longer than {self._max_line} bytes")
-        line = buf[pos : end + 1]
+        line = bytes(memoryview(buf)[pos : end + 1])
         self._pos = end + 1
         first = self._first
         marker = literal_marker(line) if line.endswith(b"}\r\n") or line.endswith(b"}\n") else None

@@ -67,7 +67,7 @@ _LOOK_AT = (b"}\r\n", b"}\n", b"[", b"* BYE", b" EXISTS\r\n", b"\n* C", b"\n* c"
 _NOT_EXPUNGE = re.compile(rb"\n(?!\* \d+ EXPUNGE\r\n)")
 
 
-def _first_non_expunge(buf: bytes, start: int) -> int:
+def _first_non_expunge(buf: bytes | bytearray, start: int) -> int:
     """Where the first line that is not ``* n EXPUNGE`` lies (``len(buf)``: none)."""
     if not _EXPUNGE_LINE.match(buf, start):
         return start
@@ -75,7 +75,7 @@ def _first_non_expunge(buf: bytes, start: int) -> int:
     return len(buf) if match is None else match.start() + 1
 
 
-def _first_stop(buf: bytes, start: int) -> int:
+def _first_stop(buf: bytes | bytearray, start: int) -> int:
     """Where the first line the session must see alone begins or lies (``len(buf)``: none).
 
     A run of plain untagged responses (a FETCH flood, say) is relayed in one piece; found with
@@ -241,6 +241,16 @@ class Session:
         if not self.authenticated and self.close_reason is None:
             self._close("no login in time", b"Autologout: no login in time.", logging.INFO)
 
+    @property
+    def line_pending(self) -> bool:
+        """The client has sent the start of a command line, and not its end."""
+        return self._client.in_line
+
+    def line_timed_out(self) -> None:
+        """The client did not finish a command line in the time allowed: end the connection."""
+        if self.close_reason is None:
+            self._close("client line not finished in time", b"Line not finished in time.")
+
     def shutdown(self) -> None:
         """The proxy is stopping: a MOVE in progress finishes first, then the client gets BYE."""
         self._shutting_down = True
@@ -397,7 +407,7 @@ class Session:
             self._reject(line, start.tag + b" NO COMPRESS is not available through this proxy.\r\n")
         elif name == b"STARTTLS":
             self._starttls(line, start.tag)
-        elif name == b"ID" and self.settings.forward_id:
+        elif name == b"ID":  # with or without the proxy's own ID before it
             self._client_id(line, start)
         elif name in _AUTH_COMMANDS and self.settings.require_tls and not self.tls:
             self._log.info("%s before STARTTLS refused", name.decode())
@@ -452,7 +462,8 @@ class Session:
         self._to_upstream += self._id_tag + b" ID (" + fields.encode() + b")\r\n"
 
     def _client_id(self, line: Line, start: CommandStart) -> None:
-        """The client's own ID goes on without any x- field it tried to set."""
+        """The client's own ID goes on without any x- field it tried to set: a server that
+        trusts the proxy's address would believe the client's x-originating-ip otherwise."""
         if line.literal is not None:
             self._reject(line, start.tag + b" BAD ID with literals is not supported here.\r\n")
             return

@@ -364,12 +364,15 @@ def fetch_uid(line: bytes) -> int | None:
 
 
 _ID_TOKEN = re.compile(rb'\s*(\(|\)|NIL|"(?:[^"\\\r\n]|\\.)*")', re.IGNORECASE)
+_ESCAPED = re.compile(rb"\\(.)", re.DOTALL)
 
 
 def strip_x_fields(arguments: bytes) -> bytes | None:
     """ID's parameter list without the ``x-`` fields (RFC 2971), or None if it is malformed.
 
     Only the proxy may say which address a client comes from (x-originating-ip and friends).
+    A key is judged by what the server reads: Dovecot turns any backslash-escaped character of
+    a quoted string into the character itself (``"x\\-originating-ip"`` is x-originating-ip).
     """
     tokens: list[bytes] = []
     pos = 0
@@ -388,5 +391,9 @@ def strip_x_fields(arguments: bytes) -> bytes | None:
     pairs = [(tokens[i], tokens[i + 1]) for i in range(1, len(tokens) - 1, 2)]
     if any(key[:1] != b'"' or b"(" in (key, value) or b")" in (key, value) for key, value in pairs):
         return None
-    kept = [key + b" " + value for key, value in pairs if key[1:3].lower() != b"x-"]
+    kept = [
+        key + b" " + value
+        for key, value in pairs
+        if _ESCAPED.sub(rb"\1", key[1:-1])[:2].lower() != b"x-"
+    ]
     return b"(" + b" ".join(kept) + b")" if kept else b"NIL"

@@ -167,6 +167,42 @@ def test_login_timeout_cuts_off_a_dribbler_while_another_client_is_served(
     assert subjects(dovecot_legacy, mailbox, "Trash") == ["message 1"]
 
 
+def test_a_command_line_left_unfinished_after_login_is_cut_off_at_line_timeout(
+    dovecot_legacy, mailbox, tmp_path
+):
+    """Issue 12, defect 7: after login nothing bounded how long a client could keep a command
+    line unfinished (before login, login_timeout does). Now line_timeout does, however steadily
+    the line grows; a slow literal is not a line, and a client that ends its lines is served."""
+    with proxy_with(dovecot_legacy, tmp_path, line_timeout=2.0) as proxy:
+        slow = logged_in(proxy, dovecot_legacy, mailbox)
+        appender = logged_in(proxy, dovecot_legacy, mailbox)
+        message = make_message("slowly appended")[:40]
+        appender.send(b"a APPEND INBOX {%d+}\r\n" % len(message))
+        slow.send(b"s SEARCH TEXT ")
+        received = b""
+        for sent in range(len(message)):  # a byte every 0.1 s from each: 4 s in all
+            readable, _, _ = select.select([slow.sock], [], [], 0.1)
+            if readable:
+                chunk = slow.sock.recv(65536)
+                received += chunk
+            elif not received:
+                slow.send(b"x")
+            appender.send(message[sent : sent + 1])
+        appender.send(b"\r\n")
+        assert appender.read_until(b"a")[-1].startswith(b"a OK")
+        assert received == b"* BYE Line not finished in time.\r\n"
+        slow._buf = b""
+        with pytest.raises((EOFError, ConnectionResetError)):
+            slow._read_response()
+        slow.close()
+        proxy.wait_for_log(
+            r"WARNING c\d+ \S+: closing connection: client line not finished in time"
+        )
+        assert appender.command(b"n", b"NOOP")[-1].startswith(b"n OK")
+        appender.close()
+        assert_still_serving(proxy, dovecot_legacy)
+
+
 def test_login_timeout_cannot_be_dodged_by_a_move_stuck_behind_an_unanswered_command(
     dovecot_legacy, tmp_path
 ):

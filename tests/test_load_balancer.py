@@ -65,10 +65,16 @@ def wait_for_log(server: DovecotServer, pattern: str) -> str:
     raise AssertionError(f"{pattern!r} not in Dovecot's log")
 
 
-def login_from(address: tuple[str, int], source: str, server: DovecotServer) -> str:
+def login_from(
+    address: tuple[str, int],
+    source: str,
+    server: DovecotServer,
+    spoof: bytes = b'"x-originating-ip" "6.6.6.6"',
+) -> str:
+    """Log in a new user from ``source``, after an ID that tries to say it comes from elsewhere."""
     user = server.new_user()
     with SourcedClient(address, source) as client:
-        reply = client.command(b"i", b'ID ("name" "test" "x-originating-ip" "6.6.6.6")')  # spoof
+        reply = client.command(b"i", b'ID ("name" "test" ' + spoof + b")")
         assert reply[0].startswith(b"* ID (") and reply[-1].startswith(b"i OK")
         client.login(user, server.password)
         client.command(b"z", b"LOGOUT")
@@ -81,6 +87,34 @@ def test_id_tells_dovecot_the_real_client_address(trusting_dovecot, tmp_path):
     login = wait_for_log(trusting_dovecot, rf"Login: user=<{user}>[^\n]*")
     assert "rip=127.0.0.3" in login
     assert "6.6.6.6" not in trusting_dovecot.log_text()  # the client's x- field was removed
+
+
+@pytest.mark.parametrize(
+    ("options", "spoof", "rip"),
+    [
+        (["--no-upstream-id"], b'"x-originating-ip" "6.6.6.11"', "127.0.0.1"),  # the proxy's
+        # Dovecot unescapes "\c" to "c". (After the proxy's own ID, Dovecot ignores a second
+        # x-originating-ip: without --no-upstream-id the escape does no harm to see here.)
+        (["--no-upstream-id"], rb'"X\-Originating-I\P" "6.6.6.13"', "127.0.0.1"),
+        (["--upstream-proxy-protocol"], b'"x-originating-ip" "6.6.6.14"', "127.0.0.5"),
+    ],
+    ids=["no-upstream-id", "escaped-key", "proxy-protocol"],
+)
+def test_a_client_cannot_give_dovecot_its_own_address_through_id(
+    trusting_dovecot, tmp_path, options, spoof, rip
+):
+    """Dovecot believes x-originating-ip from the proxy's address, whoever wrote the ID: the
+    client's x- fields are removed whether the proxy sends its own ID or not, and however the
+    key is quoted (issue 12, defect 6: with --no-upstream-id, or with "x\\-originating-ip",
+    Dovecot logged the client's rip=6.6.6.x)."""
+    upstream = trusting_dovecot.address
+    if "--upstream-proxy-protocol" in options:
+        upstream = (HOST, trusting_dovecot.haproxy_port)
+    with running_proxy(upstream, tmp_path / "p.log", *options) as proxy:
+        user = login_from(proxy.address, "127.0.0.5", trusting_dovecot, spoof)
+    login = wait_for_log(trusting_dovecot, rf"Login: user=<{user}>[^\n]*")
+    assert f"rip={rip}," in login
+    assert spoof.split()[-1].strip(b'"').decode() not in trusting_dovecot.log_text()
 
 
 def test_proxy_v2_header_to_the_upstream_instead_of_id(trusting_dovecot, tmp_path):

@@ -804,6 +804,22 @@ def test_proxy_sends_the_clients_address_in_id_and_strips_the_clients_x_fields()
     assert bytes(s.take_to_client()) == b'* ID ("name" "Dovecot")\r\na OK\r\n'
 
 
+@pytest.mark.parametrize("forward_id", [True, False])
+@pytest.mark.parametrize(
+    "key", [b'"x-originating-ip"', b'"X\\-Originating-IP"', b'"\\x\\-\\o"', b'"x\\-"']
+)
+def test_the_clients_x_fields_are_removed_however_quoted_and_without_the_proxys_id(
+    forward_id: bool, key: bytes
+):
+    """Issue 12, defect 6: a server trusting the proxy believes an x-originating-ip from the
+    client too; it reads a quoted key unescaped, so the proxy must judge the key unescaped."""
+    s = Session(SessionSettings(forward_id=forward_id), addresses=(("192.0.2.7", 1), ("::1", 2)))
+    s.receive_upstream(b"* OK [CAPABILITY IMAP4rev1 ID] hi\r\n")
+    s.take_to_upstream()
+    s.receive_client(b"a ID (" + key + b' "6.6.6.6" "name" "x\\"y")\r\n')
+    assert bytes(s.take_to_upstream()) == b'a ID ("name" "x\\"y")\r\n'
+
+
 @pytest.mark.parametrize(
     "reply",
     [b"imp9 OK whatever\r\n", b"zz NO what\r\n", b"garbage without status\r\n", b"\r\n"],

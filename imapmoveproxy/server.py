@@ -17,6 +17,7 @@ import time
 import trio
 
 from .config import Address, Config
+from .locks import LockError, make_move_locks
 from .metrics import Metrics, serve_http
 from .move import RollbackRequest
 from .proxyproto import V2_MAX, Endpoint, ProxyHeader, ProxyHeaderError, build_v2, parse
@@ -34,44 +35,12 @@ SHUTTING_DOWN = b"* BYE " + SHUTDOWN_BYE + b"\r\n"
 TOO_MANY = b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n"
 
 
-class MoveLocks:
-    """One lock per source mailbox, so this process never runs two of its MOVEs at once.
-
-    Keys are UIDVALIDITY values: two mailboxes that share one (different users, say) are merely
-    serialised, which costs a little time and never correctness.
-    """
-
-    def __init__(self) -> None:
-        self._locks: dict[bytes, tuple[trio.Semaphore, int]] = {}
-
-    async def acquire(self, key: bytes) -> None:
-        semaphore, users = self._locks.get(key, (trio.Semaphore(1), 0))
-        self._locks[key] = (semaphore, users + 1)
-        try:
-            await semaphore.acquire()
-        except BaseException:
-            self._forget(key)
-            raise
-
-    def release(self, key: bytes) -> None:
-        self._locks[key][0].release()
-        self._forget(key)
-
-    def _forget(self, key: bytes) -> None:
-        semaphore, users = self._locks[key]
-        if users == 1:
-            del self._locks[key]
-        else:
-            self._locks[key] = (semaphore, users - 1)
-
-
 class Proxy:
     """Accepts clients and gives each its own upstream connection."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self._ids = itertools.count(1)
-        self.locks = MoveLocks()
         self._connections: set[Connection] = set()
         self._certificates = (
             Certificates(config.tls_cert, config.tls_key)
@@ -80,6 +49,7 @@ class Proxy:
         )
         self._upstream_tls = upstream_context(config)
         self.metrics = Metrics()
+        self.locks = make_move_locks(config, self.metrics)
         self._draining = False
         self._setting_up = 0  # connections accepted and not yet closed
         self._per_address: dict[str, int] = {}  # the same, by the address they come from
@@ -109,7 +79,7 @@ class Proxy:
         plain = await self._listen(self.config.listen, "plain")
         implicit = await self._listen(self.config.listen_tls, "TLS")
         http = await self._listen(self.config.metrics, "metrics")
-        async with trio.open_nursery() as connections:
+        async with self.locks.running(), trio.open_nursery() as connections:
             if http:  # in the outer nursery: /readyz says "draining" while MOVEs finish
                 connections.start_soon(serve_http, http, self.metrics, _alive, self._ready)
             with trio.CancelScope() as accepting:
@@ -350,8 +320,8 @@ class Connection:
         self._resume = trio.Event()
         self._cancel = trio.CancelScope()
         self._locks = proxy.locks
-        self._locked: bytes | None = None  # the mailbox lock this connection holds
-        self._locking = False
+        self._locking = False  # a task takes the lock for the waiting MOVE and runs it
+        self._move_finished = trio.Event()  # set once the MOVE under the lock has its reply
         self._nursery: trio.Nursery | None = None
         self._move_started: float | None = None  # when the running MOVE began upstream
         self._commands_counted = 0
@@ -377,8 +347,6 @@ class Connection:
             await _bye_and_close(self.client, b"* BYE [SERVERBUG] Internal proxy error.\r\n")
         finally:
             self._nursery = None  # closed: shutdown() and rollbacks start nothing more
-            if self._locked is not None:
-                self._locks.release(self._locked)
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await trio.aclose_forcefully(self.upstream)
                 if self.session.close_reason:  # the client was told BYE: let it read that
@@ -459,9 +427,8 @@ class Connection:
         await self._send_client()
         if session.close_reason and not session.reply_pending:
             self._cancel.cancel()
-        if self._locked is not None and not session.move_running:
-            self._locks.release(self._locked)
-            self._locked = None
+        if not session.move_running:
+            self._move_finished.set()
         self._proxy.metrics.commands.inc(session.counters.commands - self._commands_counted)
         self._commands_counted = session.counters.commands
         for move in session.take_finished_moves():
@@ -471,19 +438,28 @@ class Connection:
         rollback = session.take_rollback()
         if rollback is not None and self._nursery is not None:
             self._nursery.start_soon(self._rollback, *rollback)
-        if session.move_ready and self._locked is None and not self._locking:
-            key = session.move_key
-            self._locking = True  # the other pump must not queue for the same MOVE
-            try:
-                await self._locks.acquire(key)
-            finally:
-                self._locking = False
-            self._locked = key
-            self._move_started = time.monotonic()
-            session.start_move()
-            await self._flush()
+        if session.move_ready and not self._locking and self._nursery is not None:
+            self._locking = True  # the other pump must not start one for the same MOVE
+            self._nursery.start_soon(self._move_under_lock)
         if session.wants_client_data:
             self._resume.set()  # the client pump may read again
+
+    async def _move_under_lock(self) -> None:
+        """Take the lock on the source mailbox, run the waiting MOVE to its reply, release;
+        or answer the MOVE with NO if the lock cannot be had."""
+        session = self.session
+        try:
+            async with self._locks.hold(session.move_key):
+                self._move_finished = trio.Event()
+                self._move_started = time.monotonic()
+                session.start_move()
+                await self._flush()
+                await self._move_finished.wait()
+        except LockError as exc:
+            self._log.warning("MOVE refused: %s", type(exc).__name__)
+            session.refuse_move(exc.code, exc.text)
+        self._locking = False
+        await self._flush()  # the commands pipelined behind, a next MOVE among them
 
     async def _rollback(self, request: RollbackRequest, credentials: Credentials) -> None:
         """Run the second session that removes a failed MOVE's copies, bounded in time."""

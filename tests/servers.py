@@ -868,13 +868,16 @@ class RedisServer:
     lock shared by several proxies: no persistence, its files in ``root``. :meth:`stop` and
     :meth:`start` again keep the port, so a proxy sees the same server come back (empty)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, monitor: RedisServer | None = None) -> None:
         self.root = Path(root)
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self.monitor = monitor  # set: a Sentinel watching that server as service "primary"
 
     @property
     def url(self) -> str:
+        if self.monitor is not None:
+            return f"redis+sentinel://{HOST}:{self.port}/primary/0"
         return f"redis://{HOST}:{self.port}/0"
 
     def start(self) -> Self:
@@ -883,8 +886,13 @@ class RedisServer:
         for _attempt in range(PORT_ATTEMPTS):
             self.port = self.port or find_free_port()
             command = [binary, "--bind", HOST, "--port", str(self.port), "--dir", str(self.root),
-                       "--save", "", "--appendonly", "no", "--daemonize", "no",
-                       "--logfile", str(self.root / "redis.log")]  # fmt: skip
+                       "--daemonize", "no", "--logfile", str(self.root / "redis.log")]  # fmt: skip
+            if self.monitor is None:
+                command += ["--save", "", "--appendonly", "no"]
+            else:  # Sentinel needs a configuration file of its own, and rewrites it
+                config = self.root / "sentinel.conf"
+                config.write_text(f"sentinel monitor primary {HOST} {self.monitor.port} 1\n")
+                command[1:1] = [str(config), "--sentinel"]
             self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, cwd=self.root)
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline and self.proc.poll() is None:

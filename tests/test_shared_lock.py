@@ -23,6 +23,9 @@ from harness import InterceptingRelay, ProxyProcess, RawClient, message_ids
 from servers import HOST, ImapServer, RedisServer, find_free_port, make_message
 from test_operations import http_get, metric
 
+from imapmoveproxy.config import ConfigError, build, from_arguments
+from imapmoveproxy.locks import redacted
+
 SEEDED = 300  # messages in INBOX at the start
 MOVERS = 4  # sessions moving at once, spread over the proxies
 BOXES = ("INBOX", "Archive")
@@ -247,3 +250,64 @@ def test_a_replica_killed_while_holding_the_lock(dovecot_legacy, redis_server, t
         release.set()
         relay.close()
     assert redis_server.cli("KEYS", "imapmoveproxy:*") == ""
+
+
+@pytest.mark.parametrize("through", ["redis", "sentinel"])
+def test_a_lock_held_past_the_timeout_answers_no_inuse(
+    dovecot_legacy, redis_server, tmp_path, through
+):
+    """Another replica holds the lease on INBOX (written into Redis here): the MOVE waits
+    move_lock_timeout, then gets NO [INUSE] with nothing moved, and the session goes on. The
+    lock is found directly or through a Sentinel that names redis_server as its primary."""
+    user, seeded = new_mailbox(dovecot_legacy)
+    url = redis_server.url
+    sentinel = RedisServer(tmp_path / "sentinel", monitor=redis_server)
+    if through == "sentinel":
+        url = sentinel.start().url
+    metrics_port = find_free_port()
+    lock = ("--move-lock", url, "--move-lock-timeout", "1", "--metrics", f"{HOST}:{metrics_port}")
+    try:
+        with proxies(dovecot_legacy.address, tmp_path, 1, *lock) as (proxy,):
+            with RawClient(proxy.address) as client:
+                client.login(user, dovecot_legacy.password)
+                selected = b"".join(client.command(b"s", b"SELECT INBOX"))
+                uidvalidity = re.search(rb"\[UIDVALIDITY (\d+)\]", selected).group(1).decode()
+                key = f"imapmoveproxy:move:{HOST}:{dovecot_legacy.port}:{uidvalidity}"
+                assert redis_server.cli("SET", key, "another-replica", "PX", "60000") == "OK"
+                reply = client.command(b"m", b"UID MOVE 1:* Archive")
+                assert reply == [b"m NO [INUSE] Another MOVE out of this mailbox is in progress, "
+                                 b"try again later.\r\n"]  # fmt: skip
+                assert client.command(b"n", b"NOOP")[-1].startswith(b"n OK")
+                redis_server.cli("DEL", key)
+                assert client.command(b"o", b"UID MOVE 1:* Archive")[-1].startswith(b"o OK")
+            _, text = http_get(metrics_port, "/metrics")
+    finally:
+        sentinel.stop()
+    assert metric(text, "imapmoveproxy_move_lock_timeouts_total") == 1
+    labels = {"policy": "none", "outcome": "lock-timeout"}
+    assert metric(text, "imapmoveproxy_moves_total", **labels) == 1
+    assert set(copies(dovecot_legacy, user)) == seeded
+    assert redis_server.cli("KEYS", "imapmoveproxy:*") == ""
+
+
+def test_move_lock_settings_from_file_environment_and_flags():
+    base = ["--listen", "127.0.0.1:1143", "--upstream", "127.0.0.1:143"]
+    config, _ = from_arguments(base, {})
+    assert config.move_lock is None and config.move_lock_unavailable == "proceed"
+    environment = {
+        "IMAPMOVEPROXY_MOVE_LOCK": "redis+sentinel://:secret@s1:26379,s2:26379/mymaster/2",
+        "IMAPMOVEPROXY_MOVE_LOCK_TIMEOUT": "5",
+        "IMAPMOVEPROXY_MOVE_LOCK_UNAVAILABLE": "refuse",
+    }
+    config, _ = from_arguments(base, environment)
+    assert config.move_lock == environment["IMAPMOVEPROXY_MOVE_LOCK"]
+    assert (config.move_lock_timeout, config.move_lock_unavailable) == (5.0, "refuse")
+    config, _ = from_arguments([*base, "--move-lock", "rediss://:pw@valkey:6380/1"], environment)
+    assert config.move_lock == "rediss://:pw@valkey:6380/1"
+    for bad in ("valkey:6379", "http://valkey/0", "redis://valkey:port/0", "redis://valkey/x",
+                "redis+sentinel://s1/mymaster", "redis+sentinel://s1:26379/"):  # fmt: skip
+        with pytest.raises(ConfigError, match="move_lock: expected"):
+            build({"listen": "127.0.0.1:1143", "upstream": "127.0.0.1:143", "move_lock": bad})
+    with pytest.raises(ConfigError, match="move_lock_unavailable"):
+        from_arguments(base, {"IMAPMOVEPROXY_MOVE_LOCK_UNAVAILABLE": "wait"})
+    assert redacted("rediss://:secret@valkey:6380/1") == "rediss://:***@valkey:6380/1"

@@ -9,12 +9,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NO_UIDPLUS_POLICIES = ("refuse", "guarded")
 UPSTREAM_TLS_MODES = ("none", "starttls", "implicit")
 LOG_FORMATS = ("text", "json")
 ROLLBACK_MODES = ("client", "master", "off")
+MOVE_LOCK_UNAVAILABLE = ("proceed", "refuse")
 ENV_PREFIX = "IMAPMOVEPROXY_"
 
 
@@ -69,6 +71,10 @@ class Config:
     rollback_master_password: str | None = None
     rollback_timeout: float = 30.0
     move_step_timeout: float = 120.0
+    move_lock: str | None = None  # Redis/Valkey URL of the lock shared by every replica
+    move_lock_timeout: float = 60.0
+    move_lock_lease: float = 10.0
+    move_lock_unavailable: str = "proceed"
 
 
 def parse_address(key: str, value: object) -> Address:
@@ -118,6 +124,34 @@ def _text(key: str, value: object) -> str:
 def _bool(key: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _lock_url(key: str, value: object) -> str:
+    """redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS), or
+    redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]."""
+    expected = (
+        f'{key}: expected "redis://HOST:PORT/DB", "rediss://..." or '
+        f'"redis+sentinel://HOST:PORT,.../SERVICE", got {value!r}'
+    )
+    if not isinstance(value, str):
+        raise ConfigError(expected)
+    try:
+        parts = urlsplit(value)
+        if parts.scheme in ("redis", "rediss"):
+            ok = bool(parts.hostname) and (parts.port or 0) >= 0  # .port: ValueError if bad
+            db = parts.path.strip("/")
+        elif parts.scheme == "redis+sentinel":
+            hosts = parts.netloc.rpartition("@")[2].split(",")
+            ok = all(parse_address(key, host) for host in hosts)
+            service, _, db = parts.path.strip("/").partition("/")
+            ok = ok and bool(service)
+        else:
+            ok = False
+    except (ValueError, ConfigError):
+        ok = False
+    if not ok or (db and not db.isdigit()):
+        raise ConfigError(expected)
     return value
 
 
@@ -172,6 +206,10 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "rollback_master_password": _text,
     "rollback_timeout": _number(float, 1.0),
     "move_step_timeout": _number(float, 0.1),
+    "move_lock": _lock_url,
+    "move_lock_timeout": _number(float, 0.0),
+    "move_lock_lease": _number(float, 1.0),
+    "move_lock_unavailable": _choice(MOVE_LOCK_UNAVAILABLE),
 }
 assert set(_PARSERS) == {f.name for f in fields(Config)}
 
@@ -234,6 +272,14 @@ def argument_parser() -> argparse.ArgumentParser:
     add("--move-chunk-size", type=int, help="most messages one upstream COPY of a MOVE takes")
     add("--move-step-timeout", type=float, help="seconds a MOVE waits for one upstream reply")
     add("--rollback", choices=ROLLBACK_MODES, help="whose login removes a failed MOVE's copies")
+    add("--move-lock", help="Redis/Valkey URL of the MOVE lock shared by every replica")
+    add("--move-lock-timeout", type=float, help="seconds a MOVE waits for its mailbox's lock")
+    add("--move-lock-lease", type=float, help="seconds a shared lock outlives a dead replica")
+    add(
+        "--move-lock-unavailable",
+        choices=MOVE_LOCK_UNAVAILABLE,
+        help="MOVE when the lock service is unreachable",
+    )
     add("--tls-cert", help="certificate chain (PEM) shown to clients")
     add("--tls-key", help="private key (PEM) of --tls-cert")
     add(

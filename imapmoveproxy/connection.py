@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from .locks import LockError
 from .move import RollbackRequest
 from .proxyproto import Endpoint
 from .rollback import Credentials, Rollback
@@ -300,9 +301,12 @@ class Connection:
                 session.start_move()
                 self._after_session()
                 await self._changed.until(lambda: not session.move_running)
+        except LockError as exc:
+            self._log.warning("MOVE refused: %s", type(exc).__name__)
+            session.refuse_move(exc.code, exc.text)
         finally:
             self._move_task = False
-        self._after_session()
+        self._after_session()  # the commands pipelined behind, a next MOVE among them
 
     async def _rollback(self, request: RollbackRequest, credentials: Credentials) -> None:
         """Run the second session that removes a failed MOVE's copies, bounded in time."""

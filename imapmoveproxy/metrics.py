@@ -73,6 +73,23 @@ class Metrics:
             "Time from a MOVE's start upstream to its tagged reply",
             registry=registry,
         )
+        self.move_lock_wait = Histogram(
+            prefix + "move_lock_wait_seconds",
+            "Time a MOVE waited for its mailbox's lock (timeouts not included)",
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=registry,
+        )
+        self.move_lock_errors = Counter(
+            prefix + "move_lock_errors",
+            "Commands to the shared MOVE lock service (move_lock) that failed or timed out, "
+            "and leases lost before their MOVE ended",
+            registry=registry,
+        )
+        self.move_lock_timeouts = Counter(
+            prefix + "move_lock_timeouts",
+            "MOVEs refused because another MOVE held their mailbox's lock past move_lock_timeout",
+            registry=registry,
+        )
         self.upstream_errors = Counter(
             prefix + "upstream_connect_errors",
             "Failed connections to the upstream",

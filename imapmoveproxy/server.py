@@ -6,19 +6,18 @@ between sockets and the session and closes connections.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import itertools
 import logging
 import math
 import signal
 import time
-from collections.abc import AsyncIterator
 
 import trio
 
 from .config import Address, Config
 from .connection import UNAVAILABLE, Connection, bye_and_close
+from .locks import make_move_locks
 from .metrics import Metrics, serve_http
 from .proxyproto import V2_MAX, Endpoint, ProxyHeader, ProxyHeaderError, build_v2, parse
 from .session import SHUTDOWN_BYE, Session, SessionSettings
@@ -31,52 +30,12 @@ SHUTTING_DOWN = b"* BYE " + SHUTDOWN_BYE + b"\r\n"
 TOO_MANY = b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n"
 
 
-class MoveLocks:
-    """One lock per source mailbox, so this process never runs two of its MOVEs at once.
-
-    Keys are UIDVALIDITY values: two mailboxes that share one (different users, say) are merely
-    serialised, which costs a little time and never correctness.
-    """
-
-    def __init__(self) -> None:
-        self._locks: dict[bytes, tuple[trio.Semaphore, int]] = {}
-
-    async def acquire(self, key: bytes) -> None:
-        semaphore, users = self._locks.get(key, (trio.Semaphore(1), 0))
-        self._locks[key] = (semaphore, users + 1)
-        try:
-            await semaphore.acquire()
-        except BaseException:
-            self._forget(key)
-            raise
-
-    def release(self, key: bytes) -> None:
-        self._locks[key][0].release()
-        self._forget(key)
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: bytes) -> AsyncIterator[None]:
-        await self.acquire(key)
-        try:
-            yield
-        finally:
-            self.release(key)
-
-    def _forget(self, key: bytes) -> None:
-        semaphore, users = self._locks[key]
-        if users == 1:
-            del self._locks[key]
-        else:
-            self._locks[key] = (semaphore, users - 1)
-
-
 class Proxy:
     """Accepts clients and gives each its own upstream connection."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self._ids = itertools.count(1)
-        self.locks = MoveLocks()
         self._connections: set[Connection] = set()
         self._certificates = (
             Certificates(config.tls_cert, config.tls_key)
@@ -85,6 +44,7 @@ class Proxy:
         )
         self._upstream_tls = upstream_context(config)
         self.metrics = Metrics()
+        self.locks = make_move_locks(config, self.metrics)
         self._draining = False
         self._readiness: tuple[float, bool] = (-math.inf, False)  # when last checked, result
         self._setting_up = 0  # connections accepted and not yet closed
@@ -115,7 +75,7 @@ class Proxy:
         plain = await self._listen(self.config.listen, "plain")
         implicit = await self._listen(self.config.listen_tls, "TLS")
         http = await self._listen(self.config.metrics, "metrics")
-        async with trio.open_nursery() as connections:
+        async with self.locks.running(), trio.open_nursery() as connections:
             if http:  # in the outer nursery: /readyz says "draining" while MOVEs finish
                 connections.start_soon(serve_http, http, self.metrics, _alive, self._ready)
             with trio.CancelScope() as accepting:

@@ -99,6 +99,10 @@ _UIDVALIDITY_RE = re.compile(rb"\* OK \[UIDVALIDITY (\d+)\]", re.IGNORECASE)
 _EXISTS_RE = re.compile(rb"\* (\d+) EXISTS\r?\n$", re.IGNORECASE)
 
 
+# The outcome counted for a MOVE refused because its lock could not be had, by response code.
+LOCK_REFUSALS = {b"INUSE": "lock-timeout", b"UNAVAILABLE": "lock-unavailable"}
+
+
 @dataclass(slots=True, frozen=True)
 class SessionSettings:
     max_line: int = 65536  # longest command line accepted from the client
@@ -634,6 +638,20 @@ class Session:
         self._after_move_step()
         if self._move is None:  # answered at once (bad syntax, read-only, no rights...)
             self._process_client()
+
+    def refuse_move(self, code: bytes, text: bytes) -> None:
+        """Answer the MOVE that :attr:`move_ready` announced with a tagged NO instead of
+        starting it (its mailbox's lock could not be had), then go on with later commands."""
+        request = self._waiting_move
+        assert request is not None
+        self._waiting_move = None
+        self._reply(request.tag + b" NO [" + code + b"] " + text + b"\r\n")
+        kind = b"UID MOVE" if request.uid else b"MOVE"
+        outcome = LOCK_REFUSALS.get(code, "lock-refused")
+        self._count_move(kind, request.sequence_set, "none", outcome)
+        if self._shutting_down:
+            self._close("proxy shutting down", SHUTDOWN_BYE, logging.INFO)
+        self._process_client()
 
     def take_rollback(self) -> tuple[RollbackRequest, Credentials] | None:
         """A second session the caller must run now, reporting to :meth:`rollback_finished`."""

@@ -9,6 +9,7 @@ Session-scoped servers (one instance each per test session, stopped at session e
   :class:`servers.DovecotAclServer`: ``set_rights()``, ``revoke_rights()``, ``reset_rights()``,
   ``set_quota()``, ``master_user``/``master_password``, ``connect_master()``).
 * ``imap4d``: GNU Mailutils imap4d (neither MOVE nor UIDPLUS).
+* ``redis_server`` (per test): redis-server for the MOVE lock shared by several proxies.
 
 Each is a :class:`servers.ImapServer` with ``.host``, ``.port``, ``.password``, ``.log_path``,
 ``new_user()``, ``seed(user, mailbox, messages)``, ``connect(user)`` and ``received_bytes()``.
@@ -35,6 +36,7 @@ from servers import (
     DovecotServer,
     Imap4dServer,
     ImapServer,
+    RedisServer,
     ServerError,
     ServerNotInstalled,
     make_message,
@@ -109,6 +111,23 @@ def imap4d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
     """GNU Mailutils imap4d: neither MOVE nor UIDPLUS."""
     root = tmp_path_factory.mktemp("imap4d")
     yield from _serve(lambda: Imap4dServer(root))
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server for the shared MOVE lock (``.url``; ``stop()``/``start()``
+    restart it on the same port, empty). Missing redis-server makes the test FAIL."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        server.start()
+    except ServerNotInstalled as exc:
+        pytest.fail(f"{exc}: install redis-server (.ci/run does)", pytrace=False)
+    except ServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

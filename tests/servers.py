@@ -863,6 +863,68 @@ server {self.host}:{self.port} {{
         return b"".join(lines)
 
 
+class RedisServer:
+    """A private ``redis-server`` on 127.0.0.1 (Debian package ``redis-server``), for the MOVE
+    lock shared by several proxies: no persistence, its files in ``root``. :meth:`stop` and
+    :meth:`start` again keep the port, so a proxy sees the same server come back (empty)."""
+
+    def __init__(self, root: Path, *, monitor: RedisServer | None = None) -> None:
+        self.root = Path(root)
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.monitor = monitor  # set: a Sentinel watching that server as service "primary"
+
+    @property
+    def url(self) -> str:
+        if self.monitor is not None:
+            return f"redis+sentinel://{HOST}:{self.port}/primary/0"
+        return f"redis://{HOST}:{self.port}/0"
+
+    def start(self) -> Self:
+        binary = find_binary("redis-server")
+        self.root.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(PORT_ATTEMPTS):
+            self.port = self.port or find_free_port()
+            command = [binary, "--bind", HOST, "--port", str(self.port), "--dir", str(self.root),
+                       "--daemonize", "no", "--logfile", str(self.root / "redis.log")]  # fmt: skip
+            if self.monitor is None:
+                command += ["--save", "", "--appendonly", "no"]
+            else:  # Sentinel needs a configuration file of its own, and rewrites it
+                config = self.root / "sentinel.conf"
+                config.write_text(f"sentinel monitor primary {HOST} {self.monitor.port} 1\n")
+                command[1:1] = [str(config), "--sentinel"]
+            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, cwd=self.root)
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if self.cli("PING") == "PONG":
+                    return self
+                time.sleep(0.05)
+            self.stop()
+            if "Address already in use" not in _tail(self.root / "redis.log"):
+                break
+            self.port = 0
+        raise ServerError(f"redis-server did not start: {_tail(self.root / 'redis.log')}")
+
+    def cli(self, *command: str) -> str:
+        """One command through ``redis-cli``; its reply as text ("" if the server is down)."""
+        done = subprocess.run(
+            [find_binary("redis-cli"), "-h", HOST, "-p", str(self.port), "--raw", *command],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    def stop(self) -> None:
+        """Stop the server (its data is gone). Idempotent."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(STOP_TIMEOUT)
+
+
 def _already_exists(data: list[object]) -> bool:
     text = b" ".join(d for d in data if isinstance(d, bytes)).upper()
     return b"ALREADYEXISTS" in text or b"EXISTS" in text

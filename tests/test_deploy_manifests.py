@@ -15,6 +15,7 @@ import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -28,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 COMPOSE = ROOT / "compose.yaml"
 PRESTOP_MARGIN = 5  # seconds of grace beyond preStop + drain_timeout, at least
+LABEL = "app.kubernetes.io/name"
+LOCK_APP = "imapmoveproxy-valkey"
 
 try:
     import kubernetes_validate
@@ -45,12 +48,13 @@ def manifest_files() -> list[Path]:
     return sorted(path for path in KUBERNETES.glob("*.yaml") if path.name != "kustomization.yaml")
 
 
-def objects() -> dict[str, dict[str, Any]]:
-    """Every Kubernetes object in deploy/kubernetes, by kind (one of each)."""
+def objects(app: str = "imapmoveproxy") -> dict[str, dict[str, Any]]:
+    """The Kubernetes objects in deploy/kubernetes labelled app.kubernetes.io/name=``app``, by
+    kind (one of each): the proxy's, or those of the Valkey holding its shared MOVE lock."""
     found: dict[str, dict[str, Any]] = {}
     for path in manifest_files():
         for document in yaml.safe_load_all(path.read_text()):
-            if document is not None:
+            if document is not None and document["metadata"]["labels"][LABEL] == app:
                 assert document["kind"] not in found, f"second {document['kind']} in {path}"
                 found[document["kind"]] = document
     return found
@@ -144,6 +148,30 @@ def test_kubernetes_objects_present_and_wired():
         assert port["targetPort"] in port_names
 
 
+def test_every_object_belongs_to_the_proxy_or_its_lock_service():
+    everything = [
+        document
+        for path in manifest_files()
+        for document in yaml.safe_load_all(path.read_text())
+        if document is not None
+    ]
+    assert len(everything) == len(objects()) + len(objects(LOCK_APP))
+
+
+def test_replicas_share_the_move_lock_in_valkey():
+    lock = objects(LOCK_APP)
+    assert set(lock) == {"Deployment", "Service"}
+    labels = lock["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert lock["Service"]["spec"]["selector"].items() <= labels.items()
+    assert lock["Deployment"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (container,) = lock["Deployment"]["spec"]["template"]["spec"]["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    (service_port,) = lock["Service"]["spec"]["ports"]
+    url = urlsplit(proxy_config(objects()["ConfigMap"]["data"]["config.toml"]).move_lock or "")
+    assert url.scheme == "redis" and url.hostname == lock["Service"]["metadata"]["name"]
+    assert url.port == service_port["port"] and ports[service_port["targetPort"]] == 6379
+
+
 def test_configmap_holds_a_valid_proxy_config_where_the_image_reads_it():
     found = objects()
     config_path = Path(dockerfile.cmd_option("--config"))
@@ -220,6 +248,7 @@ def test_compose_example_is_consistent():
     assert config_path in mounts, proxy["volumes"]
     config = proxy_config((ROOT / mounts[config_path]).read_text())
     assert config.upstream.host in services, "the upstream is the compose legacy server"
+    assert urlsplit(config.move_lock or "").hostname in services, "the lock is a compose service"
     assert duration_seconds(proxy["stop_grace_period"]) >= config.drain_timeout + PRESTOP_MARGIN
     listen_port = dockerfile.cmd_option("--listen").rpartition(":")[2]
     assert any(port.endswith(f":{listen_port}") for port in proxy["ports"])

@@ -171,14 +171,14 @@ class HAProxy:
         self.process.wait(10)
 
 
-def proxies_behind_haproxy(upstream, tmp_path, count, send):
+def proxies_behind_haproxy(upstream, tmp_path, count, send, *extra):
     instances = []
     for n in range(count):
         metrics = find_free_port()
         instances.append((
             ProxyProcess(upstream, tmp_path / f"proxy{n}.log", "--proxy-protocol",
                          "--proxy-protocol-trusted", "127.0.0.1/32", "--metrics",
-                         f"{HOST}:{metrics}"),
+                         f"{HOST}:{metrics}", *extra),
             metrics,
         ))  # fmt: skip
     port = find_free_port()
@@ -214,10 +214,15 @@ def test_proxy_header_from_an_untrusted_address_is_refused(dovecot_legacy, tmp_p
         assert "PROXY protocol from untrusted 127.0.0.1" in proxy.log_text()
 
 
-def test_scale_out_drains_one_instance_without_breaking_a_move(trusting_dovecot, tmp_path):
-    """Two proxies behind HAProxy; clients keep moving mail; one proxy gets SIGTERM mid-run."""
-    proxies, haproxy = proxies_behind_haproxy(trusting_dovecot.address, tmp_path, 2,
-                                              "send-proxy-v2")  # fmt: skip
+def test_scale_out_drains_one_instance_without_breaking_a_move(
+    trusting_dovecot, redis_server, tmp_path
+):
+    """Two proxies behind HAProxy sharing their MOVE lock in Redis; clients keep moving mail;
+    one proxy gets SIGTERM mid-run."""
+    lock = ("--move-lock", redis_server.url)
+    proxies, haproxy = proxies_behind_haproxy(
+        trusting_dovecot.address, tmp_path, 2, "send-proxy-v2", *lock
+    )
     users = []
     for _ in range(6):
         user = trusting_dovecot.new_user()
@@ -294,6 +299,8 @@ def test_scale_out_drains_one_instance_without_breaking_a_move(trusting_dovecot,
         assert sorted(subjects) == sorted(f"{user} m{i}".encode() for i in range(5))
     log = trusting_dovecot.log_text()
     assert all(f"rip=127.0.1.{n + 1}" in log for n in range(len(users)))
+    assert redis_server.cli("KEYS", "imapmoveproxy:*") == ""  # every lease given back
+    assert not any("cannot take a MOVE lock" in p.log_path.read_text() for p in proxies)
 
 
 def test_proxy_protocol_parser():

@@ -96,6 +96,11 @@ class Metrics:
         self.upstream_seconds = Histogram(prefix + "upstream_connect_seconds",
                                           "Time to connect to the upstream (and set up TLS)",
                                           registry=registry)  # fmt: skip
+        # The series alerts watch exist from the start, at 0: the first increment then shows
+        # as an increase (deploy/prometheus/alerts.yaml).
+        for result in ("done", "failed", "impossible"):
+            self.rollbacks.labels(result)
+        self.rejected.labels("limit")
 
     def move_done(self, move: FinishedMove, seconds: float | None) -> None:
         """Count a finished MOVE; ``seconds`` is None for one simply passed to the upstream."""

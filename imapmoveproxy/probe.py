@@ -480,7 +480,8 @@ class Probe:
         ):
             report.add(
                 CAVEATS,
-                f"{len(expunges)} standard EXPUNGE responses for {len(uids)} moved messages",
+                f"{len(expunges)} standard EXPUNGE responses for {len(uids)} moved messages: "
+                "clients may go on showing moved messages until they select the mailbox again",
             )
 
     def _judge_untagged(self, responses: list[bytes]) -> None:

@@ -391,3 +391,15 @@ def message_ids(server: ImapServer, user: str, boxes: tuple[str, ...]) -> Counte
                     found[match.group(1).decode()] += 1
         imap.logout()
     return found
+
+
+def run_probe(
+    upstream: tuple[str, int], *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``imapmoveproxy probe --upstream`` as a process (``--json`` etc. in ``args``)."""
+    command = [sys.executable, "-m", "imapmoveproxy", "probe",
+               "--upstream", f"{upstream[0]}:{upstream[1]}", "--timeout", "20", *args]  # fmt: skip
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        command, capture_output=True, text=True, cwd=ROOT, timeout=180, env=environ, check=False
+    )

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import subprocess
-import sys
 from typing import Any
 
 import pytest
 from compat.common import SERVER_KINDS, seed_user, server_of
 from compat.cyrus import CyrusServer
-from harness import ROOT
+from harness import run_probe
 from servers import DovecotServer, ImapServer, find_free_port, make_message
 
 # kind -> (exit status, policy, a non-standard response the report must name, or "")
@@ -69,17 +67,6 @@ def mail_state(server: ImapServer, user: str) -> Snapshot:
         with contextlib.suppress(Exception):
             imap.logout()
     return state
-
-
-def run_probe(
-    upstream: tuple[str, int], *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "imapmoveproxy", "probe",
-               "--upstream", f"{upstream[0]}:{upstream[1]}", "--timeout", "20", *args]  # fmt: skip
-    environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run(
-        command, capture_output=True, text=True, cwd=ROOT, timeout=180, env=environ, check=False
-    )
 
 
 def report_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:

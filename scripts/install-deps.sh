@@ -57,25 +57,9 @@ done
 
 if [ "${#missing[@]}" -gt 0 ] || [ "${CI_FORCE_APT:-0}" = 1 ]; then
     echo "make $target: installing Debian packages: ${missing[*]:-(forced) ${packages[*]}}"
-    # Do not let the packages' maintainer scripts start system daemons (they may fail in a
-    # container, and would hold ports 143/993/6379/9090...): policy-rc.d exit 101 = "action
-    # forbidden", honoured by invoke-rc.d and deb-systemd-invoke.  Only removed if created here.
-    created_policy=0
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        created_policy=1
-    fi
-    cleanup_policy() {
-        if [ "$created_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
-    }
-    trap cleanup_policy EXIT
-    apt-get update
-    apt-get install -y --no-install-recommends \
-        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        "${packages[@]}"
-    cleanup_policy
-    trap - EXIT
+    # shellcheck source=scripts/apt-install.sh
+    source scripts/apt-install.sh
+    apt_install "${packages[@]}"
 fi
 
 if [ "$target" != test ]; then

@@ -24,10 +24,12 @@ echo "policy-rc.d: $?" >> "{log}"
 
 
 def copy_with_list(root: Path, packages: list[str]) -> Path:
-    """A copy of the script in ``root``/scripts with the list ``packages-x.txt``."""
+    """A copy of the script (and the apt_install it sources) in ``root``/scripts, with the list
+    ``packages-x.txt``."""
     (root / "scripts").mkdir(parents=True)
     script = root / "scripts" / "install-deps.sh"
     shutil.copy(SCRIPT, script)
+    shutil.copy(SCRIPT.with_name("apt-install.sh"), script.with_name("apt-install.sh"))
     lines = ["# a comment", *packages, ""]
     (root / "scripts" / "packages-x.txt").write_text("\n".join(lines))
     return script
@@ -66,7 +68,7 @@ def test_missing_packages_are_installed_with_daemons_forbidden_to_start(tmp_path
     assert result.returncode == 0, result.stderr
     assert "installing Debian packages: imapmoveproxy-no-such-package" in result.stdout
     calls = log.read_text().splitlines()
-    assert calls[0] == "apt-get update" and calls[1] == "policy-rc.d: 101", calls
+    assert calls[0] == "apt-get update -qq" and calls[1] == "policy-rc.d: 101", calls
     assert calls[2].startswith("apt-get install -y --no-install-recommends"), calls
     assert calls[2].endswith("dovecot-imapd imapmoveproxy-no-such-package"), calls
     assert calls[3] == "policy-rc.d: 101", calls

@@ -19,6 +19,7 @@ Exit status: 0 works, 1 works with caveats, 2 will not work (or the command line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -99,6 +100,10 @@ _MAX_EVENTS = 100_000
 
 class ProbeError(Exception):
     """A step of the probe failed; the text says which and why."""
+
+
+# What ends a step of the probe (and goes into the report as its reason).
+_ERRORS = (ProbeError, UpstreamUnavailable, OSError, trio.TooSlowError, trio.BrokenResourceError)
 
 
 @dataclass(slots=True)
@@ -217,7 +222,7 @@ class Client:
             await self.command([b"CAPABILITY\r\n"])
 
     async def aclose(self) -> None:
-        with trio.move_on_after(self._timeout):
+        with trio.move_on_after(self._timeout), contextlib.suppress(*_ERRORS):
             await self.command([b"LOGOUT\r\n"])
         await trio.aclose_forcefully(self._stream)
 
@@ -278,7 +283,7 @@ class Probe:
     async def run(self) -> Report:
         try:
             await self._run()
-        except (ProbeError, UpstreamUnavailable, OSError, trio.TooSlowError) as exc:
+        except _ERRORS as exc:
             self.report.add(FAILS, _failure(exc))
         return self.report
 
@@ -537,7 +542,7 @@ class Probe:
                 listed = await client.ok([b'LIST "" "%s*"\r\n' % source.encode()])
             finally:
                 await client.aclose()
-        except (ProbeError, UpstreamUnavailable, OSError, trio.TooSlowError) as exc:
+        except _ERRORS as exc:
             self.report.add(
                 CAVEATS,
                 f"scratch mailboxes {source}, {target} not deleted "
@@ -625,6 +630,8 @@ def _failure(exc: BaseException) -> str:
         return "no answer in time"
     if isinstance(exc, UpstreamUnavailable | OSError):
         return f"cannot connect: {exc}"
+    if isinstance(exc, trio.BrokenResourceError):
+        return f"the connection broke: {exc.__cause__ or exc}"
     return str(exc)
 
 

@@ -394,11 +394,12 @@ def message_ids(server: ImapServer, user: str, boxes: tuple[str, ...]) -> Counte
 
 
 def run_probe(
-    upstream: tuple[str, int], *args: str, env: dict[str, str] | None = None
+    upstream: tuple[str, int] | None, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``imapmoveproxy probe --upstream`` as a process (``--json`` etc. in ``args``)."""
-    command = [sys.executable, "-m", "imapmoveproxy", "probe",
-               "--upstream", f"{upstream[0]}:{upstream[1]}", "--timeout", "20", *args]  # fmt: skip
+    """``imapmoveproxy probe`` as a process, with ``--upstream`` unless None (``--json`` etc.
+    in ``args``; ``env`` added to this process's environment)."""
+    where = ["--upstream", f"{upstream[0]}:{upstream[1]}"] if upstream else []
+    command = [sys.executable, "-m", "imapmoveproxy", "probe", *where, "--timeout", "20", *args]
     environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
         command, capture_output=True, text=True, cwd=ROOT, timeout=180, env=environ, check=False

@@ -163,3 +163,22 @@ def test_probe_help_lists_the_proxy_upstream_options():
     for flag in ("--upstream-tls", "--upstream-ca", "--upstream-proxy-protocol", "--no-uidplus",
                  "--password-file", "--json", "--config"):  # fmt: skip
         assert flag in result.stdout, result.stdout
+
+
+def test_probe_reads_the_proxy_config_file_and_environment(imap4d, tmp_path):
+    """The upstream from the proxy's own config file, no_uidplus from IMAPMOVEPROXY_NO_UIDPLUS;
+    the file's client-side settings (a PROXY protocol listener, the metrics port) are not used
+    by the proxy engine inside the probe, or its self-test could not connect to it."""
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        f'upstream = "{imap4d.host}:{imap4d.port}"\nlisten = "0.0.0.0:143"\n'
+        f'metrics = "127.0.0.1:{find_free_port()}"\n'
+        'proxy_protocol = true\nproxy_protocol_trusted = ["10.0.0.0/8"]\n'
+    )
+    env = {"IMAPMOVEPROXY_NO_UIDPLUS": "guarded", "IMAP_PROBE_PASSWORD": imap4d.password}
+    result = run_probe(None, "--config", str(config), "--json", "--user", imap4d.new_user(),
+                       env=env)  # fmt: skip
+    report = report_of(result)
+    assert result.returncode == 1 and report["policy"] == "guarded", report["findings"]
+    assert report["server"] == f"{imap4d.host}:{imap4d.port}"
+    assert "scratch mailboxes deleted" in [f["text"] for f in report["findings"]], report

@@ -401,16 +401,20 @@ class Probe:
             prefix = await _personal_prefix(client)
             source = f"{prefix}imapmoveproxy-probe-{self._token}"
             target = source + "-target"
-            await client.ok([b'CREATE "%s"\r\n' % source.encode()])
+            created: list[str] = []
             try:
-                await client.ok([b'CREATE "%s"\r\n' % target.encode()])
-            except ProbeError:
-                await client.command([b'DELETE "%s"\r\n' % source.encode()])
+                for mailbox in (source, target):
+                    await client.ok([b'CREATE "%s"\r\n' % mailbox.encode()])
+                    created.append(mailbox)
+                for number in range(1, _MESSAGES + 1):
+                    message = _message(self._token, number)
+                    append = b'APPEND "%s" ' % source.encode()
+                    await client.ok(astring_segments(append, [message], client.caps))
+            except _ERRORS:
+                with contextlib.suppress(*_ERRORS):
+                    for mailbox in reversed(created):
+                        await client.command([b'DELETE "%s"\r\n' % mailbox.encode()])
                 raise
-            for number in range(1, _MESSAGES + 1):
-                message = _message(self._token, number)
-                append = b'APPEND "%s" ' % source.encode()
-                await client.ok(astring_segments(append, [message], client.caps))
             return source, target
         finally:
             await client.aclose()

@@ -182,3 +182,21 @@ def test_probe_reads_the_proxy_config_file_and_environment(imap4d, tmp_path):
     assert result.returncode == 1 and report["policy"] == "guarded", report["findings"]
     assert report["server"] == f"{imap4d.host}:{imap4d.port}"
     assert "scratch mailboxes deleted" in [f["text"] for f in report["findings"]], report
+
+
+def test_a_self_test_that_cannot_start_removes_its_scratch_mailboxes(dovecot_acl):
+    """Over quota after two of the four APPENDs: the probe says so, exit 2, and deletes the two
+    scratch mailboxes it had created."""
+    user = user_with_mail(dovecot_acl, "Archive")  # 4 messages
+    dovecot_acl.set_quota(user, messages=6)
+    before = mail_state(dovecot_acl, user)
+    result = run_probe(dovecot_acl.address, "--json", "--user", user,
+                       env={"IMAP_PROBE_PASSWORD": dovecot_acl.password})  # fmt: skip
+    report = report_of(result)
+    assert result.returncode == 2, report["findings"]
+    assert "APPEND" in report["findings"][-1]["text"], report["findings"]
+    assert "QUOTA" in report["findings"][-1]["text"].upper(), report["findings"]
+    assert mail_state(dovecot_acl, user) == before
+    received = dovecot_acl.received_bytes(user)
+    appends = received.count(b'APPEND "imapmoveproxy-probe-')
+    assert appends == 3 and received.count(b'DELETE "imapmoveproxy-probe-') == 2, received

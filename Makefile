@@ -1,11 +1,18 @@
-# Two commands a newcomer needs:
+# Two commands a newcomer needs, on Debian 12 as root. Each first installs the Debian packages it
+# needs (scripts/install-deps.sh, lists in scripts/packages-demo.txt and packages-test.txt;
+# quick when they are there, and no system daemon is started):
 #   make demo   start a legacy Dovecot (MOVE hidden) and the proxy in front of it, on 127.0.0.1
 #   make test   install everything into .venv and run the whole test suite
+# Not Debian, or packages installed by hand: add SKIP_DEPS=1.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+export SKIP_DEPS
 
-.PHONY: test lint demo bench clean
+.PHONY: test lint demo bench clean deps-demo deps-test
+
+deps-demo deps-test:
+	@bash scripts/install-deps.sh $(@:deps-%=%)
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +25,13 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check imapmoveproxy
 	$(BIN)/mypy
 
-test: lint
+# The packages first (python3-venv among them), then the venv: in this order even with -j.
+test: deps-test
+	@$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest
 
-demo: $(BIN)/.installed
+demo: deps-demo
+	@$(MAKE) --no-print-directory $(BIN)/.installed
 	$(BIN)/python scripts/demo.py
 
 bench: $(BIN)/.installed

@@ -10,6 +10,7 @@ import sys
 
 import trio
 
+from . import probe
 from .config import ConfigError, from_arguments
 from .server import Proxy
 
@@ -54,6 +55,9 @@ def setup_logging(level: str, log_format: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["probe"]:
+        return probe.main(argv[1:], os.environ)
     try:
         config, check_only = from_arguments(argv, os.environ)
     except ConfigError as exc:

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import __version__
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NO_UIDPLUS_POLICIES = ("refuse", "guarded")
 UPSTREAM_TLS_MODES = ("none", "starttls", "implicit")
@@ -257,19 +259,16 @@ def argument_parser() -> argparse.ArgumentParser:
         prog="imapmoveproxy",
         description="IMAP proxy that adds MOVE (RFC 6851) in front of servers that lack it. "
         "Every flag overrides the config file key of the same name (see config.example.toml).",
+        epilog="imapmoveproxy probe --help: will the proxy work in front of a given server?",
     )
     add = parser.add_argument
-    add("--config", type=Path, help="TOML configuration file")
+    add("--version", action="version", version=f"%(prog)s {__version__}")
     add("--listen", help="plain IMAP address for clients, HOST:PORT (STARTTLS if a cert is set)")
     add("--listen-tls", help="implicit-TLS address for clients, HOST:PORT")
-    add("--upstream", help="IMAP server to forward to, HOST:PORT")
-    add("--connect-timeout", type=float, help="seconds to reach the upstream")
     add("--log-level", choices=LOG_LEVELS, help="log verbosity")
     add("--log-format", choices=LOG_FORMATS, help="log lines as text or JSON")
     add("--metrics", help="serve /metrics, /healthz and /readyz on HOST:PORT")
     add("--check-config", action="store_true", help="validate the configuration and exit")
-    add("--no-uidplus", choices=NO_UIDPLUS_POLICIES, help="MOVE over a server without UIDPLUS")
-    add("--move-chunk-size", type=int, help="most messages one upstream COPY of a MOVE takes")
     add("--move-step-timeout", type=float, help="seconds a MOVE waits for one upstream reply")
     add("--rollback", choices=ROLLBACK_MODES, help="whose login removes a failed MOVE's copies")
     add("--move-lock", help="Redis/Valkey URL of the MOVE lock shared by every replica")
@@ -288,6 +287,27 @@ def argument_parser() -> argparse.ArgumentParser:
         default=None,
         help="refuse LOGIN/AUTHENTICATE before STARTTLS (default: on with a certificate)",
     )
+    add(
+        "--proxy-protocol",
+        action="store_const",
+        const=True,
+        default=None,
+        help="expect a PROXY v1/v2 header on client connections",
+    )
+    add("--proxy-protocol-trusted", help="networks allowed to send it, comma-separated")
+    add_upstream_arguments(parser)
+    return parser  # fmt: skip
+
+
+def add_upstream_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags about the upstream and how MOVE is emulated in front of it (shared with
+    ``imapmoveproxy probe``), and ``--config``."""
+    add = parser.add_argument
+    add("--config", type=Path, help="TOML configuration file")
+    add("--upstream", help="IMAP server to forward to, HOST:PORT")
+    add("--connect-timeout", type=float, help="seconds to reach the upstream")
+    add("--no-uidplus", choices=NO_UIDPLUS_POLICIES, help="MOVE over a server without UIDPLUS")
+    add("--move-chunk-size", type=int, help="most messages one upstream COPY of a MOVE takes")
     add("--upstream-tls", choices=UPSTREAM_TLS_MODES, help="TLS to the upstream")
     add("--upstream-ca", help="CA bundle to verify the upstream (default: system store)")
     add("--upstream-server-name", help="name expected in the upstream's certificate")
@@ -301,14 +321,6 @@ def argument_parser() -> argparse.ArgumentParser:
         default=None,
         help="do NOT verify the upstream's certificate (insecure)",
     )
-    add(
-        "--proxy-protocol",
-        action="store_const",
-        const=True,
-        default=None,
-        help="expect a PROXY v1/v2 header on client connections",
-    )
-    add("--proxy-protocol-trusted", help="networks allowed to send it, comma-separated")
     add(
         "--upstream-proxy-protocol",
         action="store_const",
@@ -324,7 +336,6 @@ def argument_parser() -> argparse.ArgumentParser:
         default=None,
         help="do not send the client's address in an ID command",
     )
-    return parser  # fmt: skip
 
 
 def from_environment(environ: Mapping[str, str]) -> dict[str, object]:
@@ -344,13 +355,19 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, object]:
     return values
 
 
+def merged_values(args: dict[str, object], environ: Mapping[str, str]) -> dict[str, object]:
+    """Raw values from the file ``args["config"]`` names, the environment and the other parsed
+    flags ``args`` (``None``: not given), in rising precedence."""
+    config_file = args.pop("config")
+    values = load_file(Path(str(config_file))) if config_file else {}
+    values.update(from_environment(environ))
+    values.update({key: value for key, value in args.items() if value is not None})
+    return values
+
+
 def from_arguments(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[Config, bool]:
     """The configuration from file, environment and flags (in rising precedence), and whether
     only a check was asked for (--check-config)."""
     args = vars(argument_parser().parse_args(argv))
-    config_file = args.pop("config")
     check_only = args.pop("check_config")
-    values: dict[str, object] = load_file(config_file) if config_file else {}
-    values.update(from_environment(environ))
-    values.update({key: value for key, value in args.items() if value is not None})
-    return build(values), check_only
+    return build(merged_values(args, environ)), check_only

@@ -68,6 +68,21 @@ class Metrics:
             "once more",
             registry=registry,
         )
+        self.lock_wait = Histogram(
+            prefix + "move_lock_wait_seconds",
+            "Time MOVEs waited for the mailbox lock",
+            registry=registry,
+        )
+        self.lock_errors = Counter(
+            prefix + "move_lock_errors",
+            "Errors talking to the shared lock service",
+            registry=registry,
+        )
+        self.lock_timeouts = Counter(
+            prefix + "move_lock_timeouts",
+            "MOVEs refused after waiting too long for the lock",
+            registry=registry,
+        )
         self.move_seconds = Histogram(
             prefix + "move_duration_seconds",
             "Time from a MOVE's start upstream to its tagged reply",
@@ -98,6 +113,11 @@ class Metrics:
         self.upstream_seconds = Histogram(prefix + "upstream_connect_seconds",
                                           "Time to connect to the upstream (and set up TLS)",
                                           registry=registry)  # fmt: skip
+        # The series alerts watch exist from the start, at 0: the first increment then shows
+        # as an increase (deploy/prometheus/alerts.yaml).
+        for result in ("done", "failed", "impossible"):
+            self.rollbacks.labels(result)
+        self.rejected.labels("limit")
 
     def move_done(self, move: FinishedMove, seconds: float | None) -> None:
         """Count a finished MOVE; ``seconds`` is None for one simply passed to the upstream."""

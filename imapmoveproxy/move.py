@@ -165,6 +165,21 @@ class Policy(enum.Enum):
     GUARDED = "guarded"  # no UIDPLUS: RFC 4315 §2.1 workaround around a plain EXPUNGE
     REFUSED = "refused"  # no UIDPLUS and the guarded policy is off: passed through
 
+    @property
+    def emulated(self) -> bool:
+        """The proxy emulates MOVE (and advertises it) under this policy."""
+        return self in (Policy.UIDPLUS, Policy.GUARDED)
+
+
+def policy_for(caps: Capabilities, guarded: bool) -> Policy:
+    """How MOVE is handled in front of an upstream with ``caps`` (``guarded``: the
+    ``no_uidplus = "guarded"`` setting)."""
+    if caps.native_move:
+        return Policy.NATIVE
+    if caps.uidplus:
+        return Policy.UIDPLUS
+    return Policy.GUARDED if guarded else Policy.REFUSED
+
 
 class Step(enum.Enum):
     CAPABILITY = "capability"  # learning the upstream's capabilities after authentication
@@ -303,15 +318,14 @@ class MoveEmulation:
     def _begin(self, caps: Capabilities) -> list[UpstreamCommand]:
         request = self.request
         self._caps = caps
-        if caps.native_move or not (caps.uidplus or self._guarded):
+        self.policy = policy_for(caps, self._guarded)
+        if not self.policy.emulated:
             # Nothing to emulate (native MOVE) or nothing safe to emulate with (no UIDPLUS):
             # the upstream answers the client's own command under the client's own tag.
             self.step = Step.FORWARD
-            self.policy = Policy.NATIVE if caps.native_move else Policy.REFUSED
             uid = b"UID " if request.uid else b""
             prefix = request.tag + b" " + uid + b"MOVE " + request.sequence_set + b" "
             return [astring_segments(prefix, [request.mailbox], caps)]
-        self.policy = Policy.UIDPLUS if caps.uidplus else Policy.GUARDED
         if self._read_only:
             # COPY would succeed and the expunge be ignored, leaving every message in both
             # mailboxes: refuse before anything is copied.

@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 from . import capabilities
 from .capabilities import Capabilities
 from .framing import Framer, Line, LineTooLong, Literal
-from .move import MoveEmulation, MoveRequest, RollbackRequest, UpstreamCommand, parse_move
+from .move import (
+    MoveEmulation,
+    MoveRequest,
+    RollbackRequest,
+    UpstreamCommand,
+    parse_move,
+    policy_for,
+)
 from .proxyproto import Endpoint
 from .rollback import Credentials, login_credentials, plain_credentials
 from .syntax import (
@@ -887,7 +894,7 @@ class Session:
         return added
 
     def _offers_move(self, caps: Capabilities) -> bool:
-        return not caps.native_move and (caps.uidplus or self.settings.guarded)
+        return policy_for(caps, self.settings.guarded).emulated
 
     # ------------------------------------------------------------------ proxy's own replies
 

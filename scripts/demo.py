@@ -1,6 +1,7 @@
 """`make demo`: a legacy Dovecot (MOVE hidden) on 127.0.0.1 and the proxy in front of it.
 
-Needs Debian's dovecot-imapd and root (Dovecot drops to its own users), as in .ci/run.
+Needs Debian's dovecot-imapd and root (Dovecot drops to its own users): `make demo` installs it
+(scripts/install-deps.sh demo) before it runs this.
 Stop it with Ctrl-C; everything lives under ./demo/ and is removed on exit.
 """
 

@@ -16,7 +16,7 @@ Each is a :class:`servers.ImapServer` with ``.host``, ``.port``, ``.password``, 
 Use a fresh ``new_user()`` in every test: users are isolated from each other.
 
 A missing server binary makes the fixture FAIL (never skip): the integration tests are the
-point of this suite.  Install the servers with ``.ci/run`` (Debian 12).
+point of this suite.  ``make test`` installs the servers (scripts/install-deps.sh, Debian 12).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _serve(factory: Callable[[], _Server]) -> Iterator[_Server]:
     except ServerNotInstalled as exc:
         failure = (
             f"IMAP test server not installed: {exc}\nInstall dovecot-imapd and "
-            "mailutils-imap4d (e.g. run .ci/run as root on Debian 12)."
+            "mailutils-imap4d (make test installs them, as root on Debian 12)."
         )
     except ServerError as exc:
         failure = f"IMAP test server failed to start: {exc}"

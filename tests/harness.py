@@ -396,3 +396,16 @@ def message_ids(server: ImapServer, user: str, boxes: tuple[str, ...]) -> Counte
                     found[match.group(1).decode()] += 1
         imap.logout()
     return found
+
+
+def run_probe(
+    upstream: tuple[str, int] | None, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``imapmoveproxy probe`` as a process, with ``--upstream`` unless None (``--json`` etc.
+    in ``args``; ``env`` added to this process's environment)."""
+    where = ["--upstream", f"{upstream[0]}:{upstream[1]}"] if upstream else []
+    command = [sys.executable, "-m", "imapmoveproxy", "probe", *where, "--timeout", "20", *args]
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        command, capture_output=True, text=True, cwd=ROOT, timeout=180, env=environ, check=False
+    )

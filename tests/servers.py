@@ -441,7 +441,7 @@ class DovecotServer(ImapServer):
                 pwd.getpwnam(user)
             except KeyError:
                 raise ServerNotInstalled(
-                    f"system user {user!r} missing: is dovecot-imapd installed? (see .ci/run)"
+                    f"system user {user!r} missing: is dovecot-imapd installed? (make test)"
                 ) from None
 
     def _prepare(self) -> None:

@@ -195,3 +195,14 @@ def test_rollbacks_and_duplicates_are_counted(dovecot_acl, tmp_path):
         metric(text, "imapmoveproxy_moves_total", policy="uidplus", outcome="expunge-failed") == 2
     )
     assert metric(text, "imapmoveproxy_move_failures_total", step="expunge") == 2
+
+
+def test_version_is_the_package_version():
+    from importlib import metadata
+
+    import imapmoveproxy
+
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"imapmoveproxy {imapmoveproxy.__version__}\n"
+    assert metadata.version("imapmoveproxy") == imapmoveproxy.__version__  # pyproject reads it

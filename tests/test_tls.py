@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import json
 import signal
 import socket
 import ssl
@@ -22,7 +23,7 @@ from pathlib import Path
 import imapclient
 import pytest
 import trustme
-from harness import ROOT, RawClient, dovecot_with, running_proxy
+from harness import ROOT, RawClient, dovecot_with, run_probe, running_proxy
 from servers import HOST, DovecotServer, ImapServer, find_free_port, make_message
 
 UPSTREAM_NAME = "mail.test"  # the name in the upstream Dovecot's certificate
@@ -348,3 +349,26 @@ auth_ssl_require_client_cert = yes
         ):
             reply = client.command(b"L", f'LOGIN "{user}" "{server.password}"'.encode())
             assert reply[-1].startswith(b"L NO"), reply  # the same proxy without a certificate
+
+
+def test_probe_speaks_tls_to_the_upstream_as_the_proxy_does(tls_dovecot, pki):
+    """The probe takes the proxy's upstream TLS flags: verified STARTTLS works; plaintext to a
+    server offering STARTTLS is a caveat; a certificate that does not verify will not work."""
+    user = tls_dovecot.new_user()
+    secret = {"IMAP_PROBE_PASSWORD": tls_dovecot.password}
+    verified = ["--upstream-tls", "starttls", "--upstream-ca", str(pki["ca"]),
+                "--upstream-server-name", UPSTREAM_NAME]  # fmt: skip
+    result = run_probe(tls_dovecot.address, "--json", "--user", user, *verified, env=secret)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, report["findings"]
+    assert report["capabilities"]["STARTTLS"] and report["upstream_tls"] == "starttls"
+    assert b"imapmoveproxy-probe-" in tls_dovecot.received_bytes(user)  # the self-test ran
+    result = run_probe(tls_dovecot.address, "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 1, report["findings"]
+    assert any('upstream_tls = "starttls"' in f["text"] for f in report["findings"]), report
+    result = run_probe((HOST, tls_dovecot.imaps_port), "--json", "--upstream-tls", "implicit",
+                       "--upstream-server-name", UPSTREAM_NAME)  # fmt: skip
+    report = json.loads(result.stdout)
+    assert result.returncode == 2, report["findings"]
+    assert "CERTIFICATE_VERIFY_FAILED" in report["findings"][-1]["text"], report["findings"]

@@ -269,12 +269,18 @@ def _extra_server(request: pytest.FixtureRequest, name: str) -> ImapServer:
     return server
 
 
+def server_of(request: pytest.FixtureRequest, kind: str) -> ImapServer:
+    """The running server of ``kind`` (a key of SERVER_KINDS) for this test session."""
+    fixture = SERVER_KINDS[kind].fixture
+    if fixture in ("cyrus", "courier"):
+        return _extra_server(request, fixture)
+    server: ImapServer = request.getfixturevalue(fixture)
+    return server
+
+
 def prepare_target(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> Iterator[Target]:
     spec = SERVER_KINDS[kind]
-    if spec.fixture in ("cyrus", "courier"):
-        server = _extra_server(request, spec.fixture)
-    else:
-        server = request.getfixturevalue(spec.fixture)
+    server = server_of(request, kind)
     user = seed_user(server, spec.archive)
     with running_proxy(server.address, tmp_path / "proxy.log", *spec.proxy_args) as proxy:
         yield Target(kind, server, proxy, user, spec.policy, tmp_path, spec.archive)

@@ -42,23 +42,13 @@ if installed; then
     exit 0
 fi
 
-# Keep maintainer scripts from starting daemons (saslauthd, courier-authdaemon).
-created_policy=0
-if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-    chmod 755 /usr/sbin/policy-rc.d
-    created_policy=1
-fi
-cleanup() {
-    if [ "$created_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
-    rm -rf "${download:-}"
-}
-trap cleanup EXIT
-
-apt-get update -qq
-apt-get install -y --no-install-recommends -o Dpkg::Options::=--force-confold "${libraries[@]}"
+# Without starting daemons (saslauthd, courier-authdaemon): see scripts/apt-install.sh.
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "$(readlink -f "$0")")/../../scripts/apt-install.sh"
+apt_install "${libraries[@]}"
 
 download="$(mktemp -d)"
+trap 'rm -rf "$download"' EXIT
 if id _apt >/dev/null 2>&1; then chown _apt "$download"; fi  # apt downloads as _apt
 (cd "$download" && apt-get download cyrus-imapd cyrus-common courier-imap courier-base)
 

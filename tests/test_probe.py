@@ -1,0 +1,202 @@
+"""``imapmoveproxy probe`` against every server of the compatibility matrix.
+
+Each test gives a fresh user mail of its own (INBOX and Archive, one message flagged
+``\\Deleted``), runs the probe as a process with that user's credentials, and checks the verdict,
+the exit status and the MOVE policy it reports, and that afterwards every mailbox of the user
+holds exactly the messages, with exactly the flags, it held before (the scratch mailboxes gone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+from typing import Any
+
+import pytest
+from compat.common import SERVER_KINDS, seed_user, server_of
+from compat.cyrus import CyrusServer
+from harness import run_probe
+from servers import DovecotServer, ImapServer, find_free_port, make_message
+
+# kind -> (exit status, policy, a non-standard response the report must name, or "")
+EXPECTED = {
+    "dovecot-legacy": (0, "uidplus", ""),
+    "dovecot-native": (0, "native", ""),
+    "imap4d-guarded": (1, "guarded", "EXPUNGED"),
+    "cyrus-legacy": (0, "uidplus", ""),
+    "courier": (0, "uidplus", ""),
+}
+_LIST_RE = re.compile(rb'^\([^)]*\) (?:"[^"]*"|NIL) (?:"((?:[^"\\]|\\.)*)"|(\S+))$')
+_FLAGS_RE = re.compile(rb"FLAGS \(([^)]*)\)")
+_SUBJECT_RE = re.compile(rb"Subject: ([^\r\n]*)", re.IGNORECASE)
+
+Snapshot = dict[str, list[tuple[str, frozenset[str]]]]
+
+
+def mail_state(server: ImapServer, user: str) -> Snapshot:
+    """Every mailbox of ``user`` with each message's subject and flags (but \\Recent, which
+    belongs to sessions), read directly from the server in read-only sessions."""
+    imap = server.connect(user)
+    state: Snapshot = {}
+    try:
+        typ, listing = imap.list()
+        assert typ == "OK", listing
+        for line in listing:
+            assert isinstance(line, bytes), listing
+            match = _LIST_RE.match(line)
+            assert match, line
+            name = (match.group(1) or match.group(2)).decode()
+            typ, count = imap.select(f'"{name}"', readonly=True)
+            assert typ == "OK", (name, count)
+            messages = []
+            if count != [b"0"]:
+                typ, data = imap.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+                assert typ == "OK", data
+                for item in data:
+                    if isinstance(item, tuple):
+                        flags = _FLAGS_RE.search(item[0])
+                        subject = _SUBJECT_RE.search(item[1])
+                        assert flags and subject, item
+                        names = set(flags.group(1).decode().split()) - {"\\Recent"}
+                        messages.append((subject.group(1).decode(), frozenset(names)))
+            state[name] = sorted(messages, key=lambda m: (m[0], sorted(m[1])))
+            imap.close()
+    finally:
+        with contextlib.suppress(Exception):
+            imap.logout()
+    return state
+
+
+def report_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert result.stdout, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    assert report["exit_status"] == result.returncode, (report, result.stderr)
+    return report
+
+
+def user_with_mail(server: ImapServer, archive: str) -> str:
+    """A new user with compat 1..3 and a message flagged \\Deleted in INBOX, and an Archive."""
+    user = seed_user(server, archive)
+    server.seed(user, "INBOX", [make_message("flagged")], flags=("\\Deleted", "\\Seen"))
+    return user
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED))
+def test_probe_self_test_on_every_server(kind, request, tmp_path):
+    status, policy, nonstandard = EXPECTED[kind]
+    spec = SERVER_KINDS[kind]
+    server = server_of(request, kind)
+    user = user_with_mail(server, spec.archive)
+    before = mail_state(server, user)
+    password_file = tmp_path / "password"
+    password_file.write_text(server.password + "\n")
+    result = run_probe(
+        server.address, "--json", "--user", user, "--password-file", str(password_file),
+        *spec.proxy_args,
+    )  # fmt: skip
+    report = report_of(result)
+    assert result.returncode == status, json.dumps(report["findings"], indent=1)
+    assert report["policy"] == policy
+    assert report["self_test"] and len(report["mailboxes"]) == 2
+    ok = [finding["text"] for finding in report["findings"] if finding["level"] == 0]
+    assert any(text.startswith("exactly the moved messages") for text in ok), report
+    assert any(text.startswith("the message flagged \\Deleted stayed") for text in ok), report
+    assert "scratch mailboxes deleted" in ok, report
+    if nonstandard:
+        assert any(nonstandard in text for text in report["nonstandard"]), report
+        named = [f["text"] for f in report["findings"] if "GNU Mailutils imap4d" in f["text"]]
+        assert named and all(f["level"] == 1 for f in report["findings"] if f["text"] in named)
+    else:
+        assert report["nonstandard"] == [], report
+        assert "COPYUID sent before the EXPUNGEs" in ok, report
+    assert mail_state(server, user) == before, "the probe changed mail outside its scratch boxes"
+    if isinstance(server, DovecotServer | CyrusServer):  # they record what they receive
+        received = server.received_bytes(user)
+        for mailbox in report["mailboxes"]:
+            assert f'CREATE "{mailbox}"'.encode() in received
+            assert f'DELETE "{mailbox}"'.encode() in received
+
+
+def test_probe_without_uidplus_and_refuse_policy_will_not_work(imap4d):
+    result = run_probe(imap4d.address, "--json", "--user", imap4d.new_user(),
+                       env={"IMAP_PROBE_PASSWORD": imap4d.password})  # fmt: skip
+    report = report_of(result)
+    assert result.returncode == 2 and report["policy"] == "refused", report
+    assert not report["capabilities"]["UIDPLUS"] and not report["capabilities"]["MOVE"]
+    assert any("--no-uidplus guarded" in f["text"] for f in report["findings"]), report
+
+
+def test_probe_capabilities_only_without_a_user(dovecot_legacy):
+    result = run_probe(dovecot_legacy.address)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "capabilities (before login)" in result.stdout
+    assert re.search(r"^  UIDPLUS +yes$", result.stdout, re.M), result.stdout
+    assert re.search(r"^  MOVE +no$", result.stdout, re.M), result.stdout
+    assert "MOVE policy  uidplus" in result.stdout
+    assert result.stdout.rstrip().endswith("verdict: works (exit status 0)")
+
+
+def test_probe_reports_a_wrong_password_and_an_unreachable_server(dovecot_legacy, tmp_path):
+    result = run_probe(dovecot_legacy.address, "--json", "--user", dovecot_legacy.new_user(),
+                       env={"IMAP_PROBE_PASSWORD": "wrong"})  # fmt: skip
+    report = report_of(result)
+    assert result.returncode == 2
+    assert any(f["level"] == 2 and "login as" in f["text"] for f in report["findings"]), report
+    assert not report["self_test"]
+    result = run_probe(("127.0.0.1", find_free_port()), "--json", "--connect-timeout", "5")
+    report = report_of(result)
+    assert result.returncode == 2
+    assert any("cannot connect" in f["text"] for f in report["findings"]), report
+
+
+def test_probe_needs_a_password_but_never_takes_it_as_a_flag(dovecot_legacy):
+    result = run_probe(dovecot_legacy.address, "--user", "someone")
+    assert result.returncode == 2 and "IMAP_PROBE_PASSWORD" in result.stderr
+    result = run_probe(dovecot_legacy.address, "--user", "someone", "--password", "x")
+    assert result.returncode == 2 and "unrecognized arguments" in result.stderr
+
+
+def test_probe_help_lists_the_proxy_upstream_options():
+    result = run_probe(("127.0.0.1", 1), "--help")
+    for flag in ("--upstream-tls", "--upstream-ca", "--upstream-proxy-protocol", "--no-uidplus",
+                 "--password-file", "--json", "--config"):  # fmt: skip
+        assert flag in result.stdout, result.stdout
+
+
+def test_probe_reads_the_proxy_config_file_and_environment(imap4d, tmp_path):
+    """The upstream from the proxy's own config file, no_uidplus from IMAPMOVEPROXY_NO_UIDPLUS;
+    the file's client-side settings (a PROXY protocol listener, the metrics port) are not used
+    by the proxy engine inside the probe, or its self-test could not connect to it."""
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        f'upstream = "{imap4d.host}:{imap4d.port}"\nlisten = "0.0.0.0:143"\n'
+        f'metrics = "127.0.0.1:{find_free_port()}"\n'
+        'proxy_protocol = true\nproxy_protocol_trusted = ["10.0.0.0/8"]\n'
+    )
+    env = {"IMAPMOVEPROXY_NO_UIDPLUS": "guarded", "IMAP_PROBE_PASSWORD": imap4d.password}
+    result = run_probe(None, "--config", str(config), "--json", "--user", imap4d.new_user(),
+                       env=env)  # fmt: skip
+    report = report_of(result)
+    assert result.returncode == 1 and report["policy"] == "guarded", report["findings"]
+    assert report["server"] == f"{imap4d.host}:{imap4d.port}"
+    assert "scratch mailboxes deleted" in [f["text"] for f in report["findings"]], report
+
+
+def test_a_self_test_that_cannot_start_removes_its_scratch_mailboxes(dovecot_acl):
+    """Over quota after two of the four APPENDs: the probe says so, exit 2, and deletes the two
+    scratch mailboxes it had created."""
+    user = user_with_mail(dovecot_acl, "Archive")  # 4 messages
+    dovecot_acl.set_quota(user, messages=6)
+    before = mail_state(dovecot_acl, user)
+    result = run_probe(dovecot_acl.address, "--json", "--user", user,
+                       env={"IMAP_PROBE_PASSWORD": dovecot_acl.password})  # fmt: skip
+    report = report_of(result)
+    assert result.returncode == 2, report["findings"]
+    assert "APPEND" in report["findings"][-1]["text"], report["findings"]
+    assert "QUOTA" in report["findings"][-1]["text"].upper(), report["findings"]
+    assert mail_state(dovecot_acl, user) == before
+    received = dovecot_acl.received_bytes(user)
+    appends = received.count(b'APPEND "imapmoveproxy-probe-')
+    assert appends == 3 and received.count(b'DELETE "imapmoveproxy-probe-') == 2, received

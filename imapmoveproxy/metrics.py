@@ -68,21 +68,6 @@ class Metrics:
             "once more",
             registry=registry,
         )
-        self.lock_wait = Histogram(
-            prefix + "move_lock_wait_seconds",
-            "Time MOVEs waited for the mailbox lock",
-            registry=registry,
-        )
-        self.lock_errors = Counter(
-            prefix + "move_lock_errors",
-            "Errors talking to the shared lock service",
-            registry=registry,
-        )
-        self.lock_timeouts = Counter(
-            prefix + "move_lock_timeouts",
-            "MOVEs refused after waiting too long for the lock",
-            registry=registry,
-        )
         self.move_seconds = Histogram(
             prefix + "move_duration_seconds",
             "Time from a MOVE's start upstream to its tagged reply",

@@ -232,9 +232,10 @@ def test_image_metadata_and_contents(image):
     assert "imapmoveproxy" in listing
     assert "pip" not in listing.split(), "pip stays in the build stage"
     assert "src" not in listing.split(), "the build stage's sources stay out of the image"
-    # Small: what the image adds to its base is essentially this venv.
+    # Small: what the image adds to its base is essentially this venv (about 10 MiB, plus about
+    # 18 MiB for coredis, the shared MOVE lock's client, most of it its dependency beartype).
     du = bh.run(buildah.run_argv(container, ["du", "-sk", "/opt/imapmoveproxy"])).stdout
-    assert int(du.split()[0]) < 20 * 1024, du
+    assert int(du.split()[0]) < 36 * 1024, du
 
 
 def _move_through(address: tuple[str, int], server: ImapServer, user: str) -> list[bytes]:

@@ -9,6 +9,10 @@ Session-scoped servers (one instance each per test session, stopped at session e
   :class:`servers.DovecotAclServer`: ``set_rights()``, ``revoke_rights()``, ``reset_rights()``,
   ``set_quota()``, ``master_user``/``master_password``, ``connect_master()``).
 * ``imap4d``: GNU Mailutils imap4d (neither MOVE nor UIDPLUS).
+* ``cyrus_legacy``: Cyrus IMAP 3.6 with MOVE (and XMOVE) hidden by ``suppress_capabilities``;
+  ``cyrus_native``: the same with MOVE advertised (tests/compat/cyrus.py; unpacked by
+  tests/compat/install-extracted-servers.sh, as they conflict with Dovecot's packages).
+* ``courier``: Courier-IMAP 5.0 (UIDPLUS, no MOVE; tests/compat/courier.py, unpacked likewise).
 * ``redis_server`` (per test): redis-server for the MOVE lock shared by several proxies.
 
 Each is a :class:`servers.ImapServer` with ``.host``, ``.port``, ``.password``, ``.log_path``,
@@ -30,6 +34,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from compat.courier import CourierServer
+from compat.cyrus import CyrusServer
 from harness import ProxyProcess, running_proxy
 from servers import (
     DovecotAclServer,
@@ -53,8 +59,8 @@ def _serve(factory: Callable[[], _Server]) -> Iterator[_Server]:
         server.start()
     except ServerNotInstalled as exc:
         failure = (
-            f"IMAP test server not installed: {exc}\nInstall dovecot-imapd and "
-            "mailutils-imap4d (make test installs them, as root on Debian 12)."
+            f"IMAP test server not installed: {exc}\nmake test installs every test server "
+            "(scripts/install-deps.sh test, as root on Debian 12)."
         )
     except ServerError as exc:
         failure = f"IMAP test server failed to start: {exc}"
@@ -111,6 +117,28 @@ def imap4d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
     """GNU Mailutils imap4d: neither MOVE nor UIDPLUS."""
     root = tmp_path_factory.mktemp("imap4d")
     yield from _serve(lambda: Imap4dServer(root))
+
+
+@pytest.fixture(scope="session")
+def cyrus_legacy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CyrusServer]:
+    """Cyrus IMAP 3.6 without MOVE or XMOVE in any CAPABILITY list (UIDPLUS present).  Only the
+    list is changed: Cyrus still executes a MOVE it is sent."""
+    root = tmp_path_factory.mktemp("cyrus-legacy")
+    yield from _serve(lambda: CyrusServer(root, name="cyrus-legacy"))
+
+
+@pytest.fixture(scope="session")
+def cyrus_native(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CyrusServer]:
+    """Cyrus IMAP 3.6 with its default capabilities (MOVE and XMOVE advertised)."""
+    root = tmp_path_factory.mktemp("cyrus-native")
+    yield from _serve(lambda: CyrusServer(root, name="cyrus-native", hide_move=False))
+
+
+@pytest.fixture(scope="session")
+def courier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CourierServer]:
+    """Courier-IMAP 5.0: UIDPLUS, no MOVE; its folders live under ``INBOX.``."""
+    root = tmp_path_factory.mktemp("courier")
+    yield from _serve(lambda: CourierServer(root))
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ the proxy, logs in, lists, selects, fetches and moves ``compat 2`` to ``Archive`
 proxy) that the message left INBOX and arrived in Archive, reads the proxy's log to tell whether
 the client used MOVE, and checks what the upstream received.
 
-The servers (session fixtures of tests/conftest.py, and Cyrus and Courier started here):
+The servers (session fixtures of tests/conftest.py):
 
 * ``dovecot-legacy``: Dovecot with MOVE hidden: the proxy emulates MOVE with UIDPLUS
   (``policy=uidplus``), and no MOVE command may reach Dovecot.
@@ -19,10 +19,10 @@ The servers (session fixtures of tests/conftest.py, and Cyrus and Courier starte
 * ``dovecot-no-uidplus-guarded``: Dovecot advertising neither MOVE nor UIDPLUS, behind
   ``--no-uidplus guarded``: only for clients that cannot use imap4d at all.
 * ``cyrus-legacy``: Cyrus IMAP 3.6 with MOVE (and XMOVE) hidden (``policy=uidplus``), see
-  tests/compat/cyrus.py.
+  tests/compat/cyrus.py (conftest.py's ``cyrus_legacy``).
 * ``courier``: Courier-IMAP 5.0 (UIDPLUS, no MOVE; ``policy=uidplus``), whose folders live
   under ``INBOX.``: its Archive is ``INBOX.Archive`` (:attr:`Target.archive`), see
-  tests/compat/courier.py.
+  tests/compat/courier.py (conftest.py's ``courier``).
 
 Each test also appends its result to ``compat-results.jsonl`` in pytest's base temporary
 directory (one JSON object a line), the raw material of docs/compatibility.md.
@@ -48,8 +48,6 @@ from servers import (
     DovecotServer,
     Imap4dServer,
     ImapServer,
-    ServerError,
-    ServerNotInstalled,
     make_message,
 )
 
@@ -64,7 +62,7 @@ MOVED = "compat 2"
 
 @dataclasses.dataclass(frozen=True)
 class ServerKind:
-    fixture: str  # a conftest fixture, or "cyrus" / "courier" (started here, see _extra_server)
+    fixture: str  # the conftest.py fixture that starts the server
     proxy_args: tuple[str, ...]
     policy: str  # the policy the proxy must report for each MOVE
     archive: str = TARGET  # the target folder's name on that server
@@ -80,7 +78,7 @@ SERVER_KINDS: dict[str, ServerKind] = {
         "dovecot_no_uidplus", ("--no-uidplus", "guarded"), "guarded"
     ),
     # Unpacked by tests/compat/install-extracted-servers.sh (they conflict with Dovecot).
-    "cyrus-legacy": ServerKind("cyrus", (), "uidplus"),
+    "cyrus-legacy": ServerKind("cyrus_legacy", (), "uidplus"),
     "courier": ServerKind("courier", (), "uidplus", archive="INBOX.Archive"),
 }
 DEFAULT_KINDS = ("dovecot-legacy", "dovecot-native", "imap4d-guarded", "cyrus-legacy", "courier")
@@ -238,43 +236,9 @@ def seed_user(server: ImapServer, archive: str = TARGET) -> str:
     return user
 
 
-_EXTRA_SERVERS: dict[str, ImapServer] = {}
-_EXTRA_FAILURES: dict[str, str] = {}  # fail every later test at once, without a new attempt
-
-
-def _extra_server(request: pytest.FixtureRequest, name: str) -> ImapServer:
-    """The Cyrus or Courier instance of this test session (started at first use).  A missing
-    installation fails the test, as conftest.py's servers do."""
-    if name in _EXTRA_SERVERS:
-        return _EXTRA_SERVERS[name]
-    factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
-    root = factory.mktemp(name)
-    if name in _EXTRA_FAILURES:
-        pytest.fail(_EXTRA_FAILURES[name], pytrace=False)
-    server: ImapServer | None = None
-    try:
-        server = CyrusServer(root) if name == "cyrus" else CourierServer(root)
-        server.start()
-    except ServerNotInstalled as exc:
-        _EXTRA_FAILURES[name] = f"IMAP test server not installed: {exc}"
-        pytest.fail(_EXTRA_FAILURES[name], pytrace=False)
-    except ServerError as exc:
-        if server is not None:
-            server.stop()
-        _EXTRA_FAILURES[name] = f"IMAP test server failed to start: {exc}"
-        pytest.fail(_EXTRA_FAILURES[name], pytrace=False)
-    assert server is not None
-    _EXTRA_SERVERS[name] = server
-    request.config.add_cleanup(server.stop)
-    return server
-
-
 def server_of(request: pytest.FixtureRequest, kind: str) -> ImapServer:
     """The running server of ``kind`` (a key of SERVER_KINDS) for this test session."""
-    fixture = SERVER_KINDS[kind].fixture
-    if fixture in ("cyrus", "courier"):
-        return _extra_server(request, fixture)
-    server: ImapServer = request.getfixturevalue(fixture)
+    server: ImapServer = request.getfixturevalue(SERVER_KINDS[kind].fixture)
     return server
 
 

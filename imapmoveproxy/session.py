@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from . import capabilities
 from .capabilities import Capabilities
 from .framing import Framer, Line, LineTooLong, Literal
+from .inflight import AUTH_COMMANDS, CommandsInFlight, CredentialCapture
 from .move import (
     MoveEmulation,
     MoveRequest,
@@ -41,15 +42,13 @@ from .move import (
     policy_for,
 )
 from .proxyproto import Endpoint
-from .rollback import Credentials, login_credentials, plain_credentials
+from .rollback import Credentials
 from .syntax import (
     CommandStart,
-    SyntaxProblem,
     Tagged,
     code_name,
     is_tag,
     line_body,
-    parse_astring,
     parse_command_start,
     parse_tagged,
     strip_x_fields,
@@ -58,11 +57,7 @@ from .syntax import (
 log = logging.getLogger(__name__)
 
 _MOVE_COMMANDS = (b"MOVE", b"UID MOVE")
-_AUTH_COMMANDS = (b"LOGIN", b"AUTHENTICATE")
 _DATA_COMMANDS = (b"AUTHENTICATE", b"IDLE")  # client lines after these are not commands
-_SELECTING = (b"SELECT", b"EXAMINE", b"CLOSE", b"UNSELECT")  # change the selected mailbox
-_WATCHED_COMMANDS = _AUTH_COMMANDS + _SELECTING  # whose tagged reply the session acts on
-_MAX_LOGIN = 8192  # longest LOGIN command whose credentials are kept for a rollback
 _MAX_INVALID = 10  # invalid command lines in a row that end the connection (as in Dovecot)
 _NOT_UNTAGGED = re.compile(rb"\n[^*]")
 _EXPUNGE_LINE = re.compile(rb"\* \d+ EXPUNGE\r\n")
@@ -184,8 +179,7 @@ class Session:
         self._deferred = bytearray()  # proxy replies waiting for the upstream response to end
         self._caps: Capabilities | None = None  # None: unknown in the current state
         self._greeted = False
-        self._inflight: dict[bytes, int] = {}  # client tag -> commands in flight with it
-        self._inflight_count = 0
+        self._inflight = CommandsInFlight()
         self._data_tag: bytes | None = None  # AUTHENTICATE/IDLE in progress
         self._data_idle = False
         self._mode = Mode.FORWARD
@@ -204,15 +198,12 @@ class Session:
         self._shutting_down = False
         self._finished_moves: list[FinishedMove] = []  # for the metrics
         self._id_tag: bytes | None = None  # the proxy's own ID command, awaiting its reply
-        self._auth_tags: set[bytes] = set()  # LOGIN/AUTHENTICATE commands in flight
         self.authenticated = False
         self._selected: bytes | None = None  # the selected mailbox's name, when known
-        self._selecting: dict[bytes, bytes | None] = {}  # SELECT... tag -> mailbox it selects
         self._rights: bytes | None = None  # MYRIGHTS on the selected mailbox, once learned
-        self._login: bytearray | None = None  # a LOGIN with literals, being received whole
-        self._login_start: CommandStart | None = None
-        self._plain_tag: bytes | None = None  # AUTHENTICATE PLAIN awaiting its response line
-        self._new_credentials: dict[bytes, Credentials] = {}  # by LOGIN/AUTHENTICATE tag
+        self._capture = CredentialCapture(
+            self.settings.rollback_master if self.settings.rollback == "master" else None
+        )
         self._credentials: Credentials | None = None  # for a rollback's second session
         self._rollback_running = False
         self._invalid = 0  # invalid command lines in a row
@@ -324,7 +315,7 @@ class Session:
         emulate MOVEs out of the same mailbox at once: both COPYs could succeed before either
         expunges, leaving a message in two targets. A native server does this atomically.
         """
-        return self._waiting_move is not None and self._inflight_count == 0 and self._move is None
+        return self._waiting_move is not None and not self._inflight.count and self._move is None
 
     @property
     def move_key(self) -> bytes:
@@ -380,12 +371,10 @@ class Session:
                 self._client_fragment(event.data, event)
 
     def _client_command(self, line: Line) -> None:
-        self._login = None  # a LOGIN still being received was cut short
+        self._capture.cut_short()
         if self._data_tag is not None:  # an AUTHENTICATE response or IDLE's DONE: data
             self._to_upstream += line.data
-            if self._plain_tag is not None:
-                self._keep_credentials(self._plain_tag, plain_credentials(line.data))
-                self._plain_tag = None
+            self._keep(self._capture.data_line(line.data))
             if self._data_idle:
                 self._data_tag = None
             return
@@ -401,7 +390,7 @@ class Session:
             self._reject(line, tag + b" BAD Error in IMAP command received by server.\r\n")
             return
         self._invalid = 0
-        if self._tag_in_doubt(start):
+        if self._inflight.in_doubt(start):
             self._held = line  # looked at again once the other command with its tag completes
             return
         name = start.name
@@ -420,22 +409,11 @@ class Session:
             self._starttls(line, start.tag)
         elif name == b"ID":  # with or without the proxy's own ID before it
             self._client_id(line, start)
-        elif name in _AUTH_COMMANDS and self.settings.require_tls and not self.tls:
+        elif name in AUTH_COMMANDS and self.settings.require_tls and not self.tls:
             self._log.info("%s before STARTTLS refused", name.decode())
             self._reject(line, start.tag + b" NO [PRIVACYREQUIRED] Use STARTTLS first.\r\n")
         else:
             self._forward_command(line, start)
-
-    def _tag_in_doubt(self, start: CommandStart) -> bool:
-        """Whether a tagged reply to this command could not be told apart from one to another
-        command in flight: a command whose reply the session acts on (LOGIN, AUTHENTICATE,
-        SELECT...) waits until no other command with its tag is in flight, and any command
-        waits while such a command with its tag is in flight. Otherwise, after ``a NOOP`` and
-        ``a LOGIN`` pipelined, the NOOP's ``a OK`` would pass for a successful login."""
-        tag = start.tag
-        if tag in self._auth_tags or tag in self._selecting:
-            return True
-        return start.name in _WATCHED_COMMANDS and tag in self._inflight
 
     def _release_held(self) -> None:
         line = self._held
@@ -443,7 +421,7 @@ class Session:
             return
         start = parse_command_start(line.data)
         assert start is not None  # held only after it parsed
-        if not self._tag_in_doubt(start):
+        if not self._inflight.in_doubt(start):
             self._held = None
             self._client_command(line)
 
@@ -451,7 +429,7 @@ class Session:
         if not self.settings.tls_offered or self.tls:
             state = "already active" if self.tls else "not available through this proxy"
             self._reject(line, tag + b" BAD STARTTLS " + state.encode() + b".\r\n")
-        elif self._inflight_count or line.literal is not None:
+        elif self._inflight.count or line.literal is not None:
             self._reject(line, tag + b" BAD Finish the other commands before STARTTLS.\r\n")
         else:
             self._reply(tag + b" OK Begin TLS negotiation now.\r\n")
@@ -490,15 +468,11 @@ class Session:
         self._forwarding = start.tag
         self._note_literal(line)
         self._to_upstream += line.data
-        self._inflight[start.tag] = self._inflight.get(start.tag, 0) + 1
-        self._inflight_count += 1
-        if start.name in _AUTH_COMMANDS:
+        self._inflight.sent(line, start)
+        if start.name in AUTH_COMMANDS:
             self._caps = None  # the capabilities change with the authentication state
-            self._auth_tags.add(start.tag)
             if self.settings.rollback != "off":
-                self._capture_credentials(line, start)
-        elif start.name in _SELECTING:
-            self._selecting[start.tag] = self._mailbox_argument(line, start)
+                self._keep(self._capture.command(line, start))
         if start.name in _DATA_COMMANDS:
             self._data_tag = start.tag
             self._data_idle = start.name == b"IDLE"
@@ -509,12 +483,7 @@ class Session:
             self._to_upstream += data
             if line is not None:
                 self._note_literal(line)
-            if self._login is not None:
-                self._login += data
-                if len(self._login) > _MAX_LOGIN:
-                    self._login = None
-                elif line is not None and line.literal is None:
-                    self._login_received()
+            self._keep(self._capture.fragment(data, line))
         elif self._mode is Mode.COLLECT:
             if line is None:
                 self._move_literal += data
@@ -531,46 +500,10 @@ class Session:
 
     # ------------------------------------------------------------------ remembered state
 
-    @staticmethod
-    def _mailbox_argument(line: Line, start: CommandStart) -> bytes | None:
-        """SELECT's or EXAMINE's mailbox name (None for CLOSE and UNSELECT, or if it came as a
-        literal: then the MOVE pre-check, which needs it, is skipped)."""
-        if start.name not in (b"SELECT", b"EXAMINE") or line.literal is not None:
-            return None
-        try:
-            return parse_astring(line.data, start.args_offset + 1)[0]
-        except SyntaxProblem:
-            return None
-
-    def _capture_credentials(self, line: Line, start: CommandStart) -> None:
-        """Keep what a LOGIN or AUTHENTICATE PLAIN logs in with, for a rollback's second
-        session, until the upstream accepts or refuses it. Other mechanisms cannot be replayed."""
-        if start.name == b"LOGIN":
-            self._login = bytearray(line.data)
-            self._login_start = start
-            if line.literal is None:
-                self._login_received()
-            return
-        mechanism, _, initial = line_body(line.data)[start.args_offset :].strip().partition(b" ")
-        if mechanism.upper() != b"PLAIN":
-            return
-        if initial:
-            self._keep_credentials(start.tag, plain_credentials(initial))
-        else:
-            self._plain_tag = start.tag
-
-    def _login_received(self) -> None:
-        assert self._login is not None and self._login_start is not None
-        start = self._login_start
-        self._keep_credentials(start.tag, login_credentials(bytes(self._login), start.args_offset))
-        self._login = None
-
-    def _keep_credentials(self, tag: bytes, credentials: Credentials | None) -> None:
-        if credentials is None:
-            return
-        if self.settings.rollback == "master":
-            credentials = credentials.as_master(*self.settings.rollback_master)
-        self._new_credentials[tag] = credentials
+    def _keep(self, captured: tuple[bytes, Credentials] | None) -> None:
+        """Credentials captured for the login in flight under their tag."""
+        if captured is not None:
+            self._inflight.logs_in_with(*captured)
 
     def _reject(self, line: Line, reply: bytes) -> None:
         """Answer a command the proxy will not forward and skip whatever else belongs to it."""
@@ -853,28 +786,18 @@ class Session:
         )
 
     def _complete_client_command(self, reply: Tagged) -> None:
-        count = self._inflight[reply.tag]
-        if count == 1:
-            del self._inflight[reply.tag]
-        else:
-            self._inflight[reply.tag] = count - 1
-        self._inflight_count -= 1
+        completion = self._inflight.complete(reply.tag, reply.status == b"OK")
         if reply.tag == self._literal_tag:  # refused before its literal: none will come
             self._literal_tag = None
             self._client.cancel_literal()
             self._mode = Mode.FORWARD
         if reply.tag == self._data_tag:
             self._data_tag = None
-        ok = reply.status == b"OK"
-        if reply.tag in self._auth_tags:
-            self._auth_tags.discard(reply.tag)
-            credentials = self._new_credentials.pop(reply.tag, None)
-            if ok:  # bound to this very login: a mechanism not captured leaves none
-                self.authenticated = True
-                self._credentials = credentials
-        elif reply.tag in self._selecting:
-            mailbox = self._selecting.pop(reply.tag)
-            self._selected = mailbox if ok else None
+        if completion.logged_in:  # bound to this very login: one not captured leaves none
+            self.authenticated = True
+            self._credentials = completion.credentials
+        elif completion.selection:
+            self._selected = completion.mailbox
             self._rights = None
         self._release_held()
 

@@ -224,15 +224,19 @@ def seeded(server: ImapServer, count: int) -> str:
     return user
 
 
+def assert_another_move_runs(proxy: ProxyProcess, server: ImapServer, user: str) -> None:
+    """The mailbox's MOVE lock was released: another session's MOVE of it runs."""
+    with logged_in(proxy, server, user) as other:
+        other.command(b"s", b"SELECT INBOX")
+        assert other.command(b"m", b"MOVE 1:* Trash")[-1].startswith(b"m OK")
+
+
 def test_a_move_whose_upstream_stalls_is_abandoned_and_frees_the_mailbox(
     dovecot_legacy: ImapServer, stalling_store: InterceptingRelay, tmp_path: Path
 ):
     user = seeded(dovecot_legacy, 3)
     before = message_ids(dovecot_legacy, user, ("INBOX", "Trash"))
-    config = tmp_path / "stall.toml"
-    config.write_text("move_step_timeout = 2.0\n")
-    proxy = ProxyProcess(stalling_store.address, tmp_path / "proxy.log", "--config", str(config))
-    try:
+    with proxy_with(stalling_store, tmp_path, move_step_timeout=2.0) as proxy:
         with logged_in(proxy, dovecot_legacy, user) as stuck:
             stuck.command(b"s", b"SELECT INBOX")
             stuck.sock.settimeout(30)
@@ -241,12 +245,7 @@ def test_a_move_whose_upstream_stalls_is_abandoned_and_frees_the_mailbox(
         assert closed, responses
         assert responses[-1] == b"* BYE [UNAVAILABLE] The mail server stopped answering.\r\n"
         proxy.wait_for_log(r"closing connection: the mail server stopped answering during a MOVE")
-        # The mailbox's MOVE lock was released: another session's MOVE of it runs.
-        with logged_in(proxy, dovecot_legacy, user) as other:
-            other.command(b"s", b"SELECT INBOX")
-            assert other.command(b"m", b"MOVE 1:* Trash")[-1].startswith(b"m OK")
-    finally:
-        proxy.stop()
+        assert_another_move_runs(proxy, dovecot_legacy, user)
     after = message_ids(dovecot_legacy, user, ("INBOX", "Trash"))
     assert set(after) == set(before)  # none lost (the stalled MOVE's copies stay: duplicates)
 
@@ -255,10 +254,7 @@ def test_a_client_gone_during_a_stalled_move_frees_both_sockets_within_the_drain
     dovecot_legacy: ImapServer, stalling_store: InterceptingRelay, tmp_path: Path
 ):
     user = seeded(dovecot_legacy, 3)
-    config = tmp_path / "drain.toml"
-    config.write_text("drain_timeout = 3.0\n")
-    proxy = ProxyProcess(stalling_store.address, tmp_path / "proxy.log", "--config", str(config))
-    try:
+    with proxy_with(stalling_store, tmp_path, drain_timeout=3.0) as proxy:
         with logged_in(proxy, dovecot_legacy, user) as client:
             client.command(b"s", b"SELECT INBOX")
             client.send(b"m MOVE 1:* Trash\r\n")
@@ -266,11 +262,7 @@ def test_a_client_gone_during_a_stalled_move_frees_both_sockets_within_the_drain
         closed = proxy.wait_for_log(r"c2 imapmoveproxy\.server: closed .*", timeout=20)
         assert "moves=0" in closed.group(0)
         proxy.wait_for_log(r"MOVE not finished within drain_timeout")
-        with logged_in(proxy, dovecot_legacy, user) as other:
-            other.command(b"s", b"SELECT INBOX")
-            assert other.command(b"m", b"MOVE 1:* Trash")[-1].startswith(b"m OK")
-    finally:
-        proxy.stop()
+        assert_another_move_runs(proxy, dovecot_legacy, user)
 
 
 # ------------------------------------------------------------------ a server that drops

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import ProxyProcess, RawClient, running_proxy
+from harness import InterceptingRelay, ProxyProcess, RawClient, running_proxy
 from servers import ImapServer, make_message
 
 LINE_TOO_LONG = b"* BYE Line too long.\r\n"
@@ -28,8 +28,10 @@ AUTOLOGOUT = b"* BYE Autologout: no login in time.\r\n"
 
 
 @contextlib.contextmanager
-def proxy_with(server: ImapServer, tmp_path: Path, **settings: float) -> Iterator[ProxyProcess]:
-    """The proxy in front of ``server`` with these configuration keys (numbers) set."""
+def proxy_with(
+    server: ImapServer | InterceptingRelay, tmp_path: Path, **settings: float
+) -> Iterator[ProxyProcess]:
+    """The proxy in front of ``server`` (or a relay) with these configuration keys set."""
     config = tmp_path / "limits.toml"
     config.write_text("".join(f"{key} = {value!r}\n" for key, value in settings.items()))
     with running_proxy(server.address, tmp_path / "proxy.log", "--config", str(config)) as proxy:

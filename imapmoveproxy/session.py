@@ -67,8 +67,14 @@ _MAX_INVALID = 10  # invalid command lines in a row that end the connection (as 
 _NOT_UNTAGGED = re.compile(rb"\n[^*]")
 _EXPUNGE_LINE = re.compile(rb"\* \d+ EXPUNGE\r\n")
 # Inside a line, what makes the session look at it by itself: a literal announcement, a response
-# code (capabilities, UIDVALIDITY, READ-ONLY...), BYE, EXISTS and (at a line start) CAPABILITY.
-_LOOK_AT = (b"}\r\n", b"}\n", b"[", b"* BYE", b" EXISTS\r\n", b"\n* C", b"\n* c")
+# code (capabilities, UIDVALIDITY, READ-ONLY...), BYE, EXISTS, imap4d's EXPUNGED (rewritten) and
+# (at a line start) CAPABILITY.
+_LOOK_AT = (
+    b"}\r\n", b"}\n", b"[", b"* BYE", b" EXISTS\r\n", b" EXPUNGED\r\n", b"\n* C", b"\n* c"
+)  # fmt: skip
+# GNU Mailutils imap4d's non-standard answer to EXPUNGE, which clients ignore (their message
+# counts drift); the proxy sends it on as the ``* n EXPUNGE`` it stands for.
+_EXPUNGED_RE = re.compile(rb"\* (\d+) EXPUNGED\r?\n$", re.IGNORECASE)
 
 
 _NOT_EXPUNGE = re.compile(rb"\n(?!\* \d+ EXPUNGE\r\n)")
@@ -157,6 +163,7 @@ class Counters:
     bytes_from_upstream: int = 0
     commands: int = 0
     moves: dict[str, int] = field(default_factory=dict)
+    expunged_rewritten: int = 0  # imap4d's "* n EXPUNGED" relayed as "* n EXPUNGE"
 
 
 class Session:
@@ -791,6 +798,10 @@ class Session:
         if self._id_tag is not None and line[:5].upper() == b"* ID ":
             return False  # the answer to the proxy's own ID
         if lead == b"*":
+            expunged = _EXPUNGED_RE.match(line)
+            if expunged:
+                line = b"* " + expunged.group(1) + b" EXPUNGE\r\n"
+                self.counters.expunged_rewritten += 1
             if line[2:5].upper() == b"BYE":
                 self._upstream_said_bye = True
             if b"[" in line or line[2:13].upper() == b"CAPABILITY ":

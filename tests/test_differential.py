@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import RawClient, running_proxy
+from harness import RawClient, assert_counts_consistent, running_proxy
 from servers import ImapServer, make_message
 
 
@@ -117,14 +117,21 @@ PIPELINED = [
 
 
 def both_ways(
-    dovecot_native, dovecot_legacy, tmp_path: Path, steps: list[Step], pipelined: bool = False
+    dovecot_native,
+    dovecot_legacy,
+    tmp_path: Path,
+    steps: list[Step],
+    pipelined: bool = False,
+    flagged: bool = True,
 ) -> tuple[list[bytes], list[bytes], bytes]:
-    """Run ``steps`` natively (one by one) and through the proxy (pipelined if asked)."""
-    native_user = prepare(dovecot_native, flagged=True)
+    """Run ``steps`` natively (one by one) and through the proxy (pipelined if asked), on
+    mailboxes from :func:`prepare` (``flagged``: message 2 carries \\Deleted and no message is
+    \\Recent any more; otherwise all five are \\Recent for the script's session)."""
+    native_user = prepare(dovecot_native, flagged=flagged)
     with RawClient(dovecot_native.address) as client:
         client.login(native_user, dovecot_native.password)
         reference = run_script(client, steps, pipelined=False)
-    legacy_user = prepare(dovecot_legacy, flagged=True)
+    legacy_user = prepare(dovecot_legacy, flagged=flagged)
     with (
         running_proxy(dovecot_legacy.address, tmp_path / "proxy.log") as proxy,
         RawClient(proxy.address) as client,
@@ -153,6 +160,26 @@ def test_pipelined_commands_around_move(dovecot_native, dovecot_legacy, tmp_path
     )
     assert proxied == reference
     assert b" MOVE " not in upstream_saw.upper()
+
+
+RECENT_MOVES = [
+    cmd("s", "SELECT INBOX"), cmd("m", "MOVE 1 INBOX"), cmd("n", "UID MOVE 3:4 INBOX"),
+    cmd("t", "MOVE 1 Trash"), cmd("f", "FETCH 1:* (UID FLAGS)"),
+]  # fmt: skip
+
+
+def test_recent_counts_stay_consistent_in_moves_into_the_selected_mailbox(
+    dovecot_native, dovecot_legacy, tmp_path
+):
+    """Every message \\Recent: the COPY's EXISTS and RECENT, held back until after the
+    expunges, and the RECENT the expunges cause must never announce more recent messages than
+    the client has been told exist, nor one before the EXISTS it counts (native Dovecot:
+    ``* 1 EXPUNGE``, ``* 5 EXISTS``, nothing more, since 5 messages are still recent)."""
+    reference, proxied, _ = both_ways(
+        dovecot_native, dovecot_legacy, tmp_path, RECENT_MOVES, flagged=False
+    )
+    assert proxied == reference
+    assert_counts_consistent(proxied, exists=0)
 
 
 def test_users_own_deleted_flags_are_left_alone(dovecot_legacy, tmp_path):

@@ -84,6 +84,11 @@ def parse_move(command: bytes, literal: bytes | None, tail: bytes) -> MoveReques
 
     If the mailbox came as a literal, ``literal`` holds its bytes and ``tail`` the line that
     followed it; otherwise ``literal`` is ``None`` and the whole command is in ``command``.
+
+    Extra spaces between and after the arguments are accepted, as native Dovecot does: they
+    leave no doubt about the set or the mailbox. Anything else after the mailbox name is
+    refused (Dovecot ignores it, but ``MOVE 1 Sent Items`` may well mean "Sent Items"), and
+    every refusal says what is wrong.
     """
     start = parse_command_start(command)
     if start is None:  # the session only calls this for lines it recognised as MOVE
@@ -91,35 +96,50 @@ def parse_move(command: bytes, literal: bytes | None, tail: bytes) -> MoveReques
     uid = start.name.startswith(b"UID ")
     body = line_body(command)
     try:
-        if body[start.args_offset : start.args_offset + 1] != b" ":
-            raise SyntaxProblem("missing arguments")
-        rest = body[start.args_offset + 1 :]
-        sequence_set, _, mailbox_text = rest.partition(b" ")
+        sequence_set, _, mailbox_text = body[start.args_offset :].lstrip(b" ").partition(b" ")
+        mailbox_text = mailbox_text.lstrip(b" ")
+        if not sequence_set:
+            raise SyntaxProblem("missing sequence set and mailbox name")
         if not is_sequence_set(sequence_set):
-            raise SyntaxProblem("invalid sequence set")
+            raise SyntaxProblem(f"invalid sequence set {_shown(sequence_set)}")
+        if not mailbox_text:
+            raise SyntaxProblem("missing mailbox name")
         if literal is not None:
-            marker = mailbox_text.lstrip(b"~")
-            if not re.fullmatch(rb"\{\d+[+-]?\}", marker):
-                raise SyntaxProblem("invalid mailbox literal")
-            if line_body(tail):
-                raise SyntaxProblem("unexpected arguments after mailbox")
+            if not re.fullmatch(rb"\{\d+[+-]?\}", mailbox_text.lstrip(b"~")):
+                raise SyntaxProblem(f"invalid mailbox literal {_shown(mailbox_text)}")
+            _nothing_after(line_body(tail))
             mailbox = literal
         elif mailbox_text.startswith(b'"'):
             mailbox, end = parse_quoted(mailbox_text, 0)
-            if end != len(mailbox_text):
-                raise SyntaxProblem("unexpected arguments after mailbox")
+            _nothing_after(mailbox_text[end:])
         else:
-            if not mailbox_text or not all(
-                0x20 < b < 0x7F and b not in b'(){%*"\\' for b in mailbox_text
-            ):
-                raise SyntaxProblem("missing or invalid mailbox name")
-            mailbox = mailbox_text
+            mailbox, _, after = mailbox_text.partition(b" ")
+            bad = next((b for b in mailbox if not 0x20 < b < 0x7F or b in b'(){%*"\\'), None)
+            if bad is not None:
+                raise SyntaxProblem(
+                    f"invalid character {_shown(bytes([bad]))} in mailbox name "
+                    f"{_shown(mailbox)} (a quoted string or a literal may hold it)"
+                )
+            _nothing_after(after)
     except SyntaxProblem as problem:
         name = start.name.decode()
         return MoveRequest(
             start.tag, uid, error=f"Error in IMAP command {name}: {problem}".encode()
         )
     return MoveRequest(start.tag, uid, sequence_set, mailbox)
+
+
+def _nothing_after(rest: bytes) -> None:
+    """Refuse what follows a MOVE's mailbox name, unless it is only spaces."""
+    extra = rest.strip(b" ")
+    if extra:
+        raise SyntaxProblem(f"unexpected {_shown(extra)} after the mailbox name")
+
+
+def _shown(text: bytes, limit: int = 40) -> str:
+    """``text`` for an error message: quoted, shortened, non-printable bytes escaped."""
+    shown = "".join(chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in text[:limit])
+    return f'"{shown}"' + ("..." if len(text) > limit else "")
 
 
 def astring_segments(prefix: bytes, values: Sequence[bytes], caps: Capabilities) -> UpstreamCommand:

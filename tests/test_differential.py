@@ -104,6 +104,11 @@ SCRIPTS: dict[str, list[Step]] = {
         cmd("m", "MOVE 1 Trash"), cmd("s", "SELECT INBOX"), cmd("c", "CLOSE"),
         cmd("n", "MOVE 1 Trash"),
     ],
+    "MOVE with extra spaces": [
+        cmd("s", "SELECT INBOX"), cmd("m", 'MOVE 1 "Trash" '), cmd("n", "MOVE  1  Trash  "),
+        cmd("u", "UID MOVE  4:* Trash "), cmd("l", "MOVE 1 {5}", b"Trash "),
+        cmd("f", "FETCH 1:* (UID FLAGS)"), cmd("x", "STATUS Trash (MESSAGES)"),
+    ],
     "MOVE with bad syntax": [
         cmd("s", "SELECT INBOX"), cmd("a", "MOVE"), cmd("b", "MOVE 1"), cmd("c", "MOVE x Trash"),
         cmd("d", "UID MOVE 1:x Trash"), cmd("f", "FETCH 1:* UID"),
@@ -180,6 +185,41 @@ def test_recent_counts_stay_consistent_in_moves_into_the_selected_mailbox(
     )
     assert proxied == reference
     assert_counts_consistent(proxied, exists=0)
+
+
+# A MOVE the proxy refuses, and the precise reason it gives (after "Error in IMAP command MOVE: ").
+REFUSED = {
+    b"MOVE": b"missing sequence set and mailbox name",
+    b"MOVE 1:3 ": b"missing mailbox name",
+    b"MOVE 1:x Trash": b'invalid sequence set "1:x"',
+    b"MOVE 1:3 Trash extra": b'unexpected "extra" after the mailbox name',
+    b'MOVE 1:3 "Trash" x': b'unexpected "x" after the mailbox name',
+    b"MOVE 1:3 Tr(ash": b'invalid character "(" in mailbox name "Tr(ash" (a quoted string or a '
+    b"literal may hold it)",
+}
+
+
+def test_refused_moves_say_what_is_wrong(dovecot_native, dovecot_legacy, tmp_path):
+    """Each refusal names what is wrong, and nothing moves. One deliberate difference: native
+    Dovecot ignores whatever follows the mailbox name and moves ``MOVE 1:3 Trash extra`` into
+    Trash; the proxy refuses it, since a client that forgot its quotes may have meant a mailbox
+    "Trash extra" (Dovecot's own text for the others is no more precise than the proxy's)."""
+    native_user = prepare(dovecot_native, flagged=False)
+    legacy_user = prepare(dovecot_legacy, flagged=False)
+    with (
+        running_proxy(dovecot_legacy.address, tmp_path / "proxy.log") as proxy,
+        RawClient(dovecot_native.address) as native,
+        RawClient(proxy.address) as proxied,
+    ):
+        sessions = ((native, dovecot_native, native_user), (proxied, dovecot_legacy, legacy_user))
+        for client, server, user in sessions:
+            client.login(user, server.password)
+            client.command(b"s", b"SELECT INBOX")
+        assert native.command(b"m", b"MOVE 1:3 Trash extra")[-1].startswith(b"m OK")
+        for command, reason in REFUSED.items():
+            reply = proxied.command(b"m", command)
+            assert reply == [b"m BAD Error in IMAP command MOVE: " + reason + b"\r\n"], command
+        assert len(proxied.command(b"f", b"FETCH 1:* UID")) == 5 + 1
 
 
 def test_users_own_deleted_flags_are_left_alone(dovecot_legacy, tmp_path):

@@ -97,6 +97,7 @@ class Connection:
         self._move_task = False  # a task holds (or waits for) the mailbox lock for a MOVE
         self._nursery: trio.Nursery | None = None
         self._commands_counted = 0
+        self._expunged_counted = 0  # session.counters.expunged_rewritten already counted
         self._move_started: float | None = None
 
     def shutdown(self) -> None:
@@ -278,6 +279,9 @@ class Connection:
         session, metrics = self.session, self._proxy.metrics
         metrics.commands.inc(session.counters.commands - self._commands_counted)
         self._commands_counted = session.counters.commands
+        rewritten = session.counters.expunged_rewritten
+        metrics.expunged_rewritten.inc(rewritten - self._expunged_counted)
+        self._expunged_counted = rewritten
         for move in session.take_finished_moves():
             started, self._move_started = self._move_started, None
             elapsed = None if started is None else time.monotonic() - started

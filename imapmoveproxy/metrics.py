@@ -68,6 +68,14 @@ class Metrics:
             "once more",
             registry=registry,
         )
+        self.rewritten = Counter(
+            prefix + "responses_rewritten",
+            "Upstream responses relayed in their standard form, by kind (expunged: GNU "
+            "Mailutils imap4d's '* n EXPUNGED' as '* n EXPUNGE')",
+            ["kind"],
+            registry=registry,
+        )
+        self.expunged_rewritten = self.rewritten.labels("expunged")
         self.move_seconds = Histogram(
             prefix + "move_duration_seconds",
             "Time from a MOVE's start upstream to its tagged reply",

@@ -84,6 +84,11 @@ def parse_move(command: bytes, literal: bytes | None, tail: bytes) -> MoveReques
 
     If the mailbox came as a literal, ``literal`` holds its bytes and ``tail`` the line that
     followed it; otherwise ``literal`` is ``None`` and the whole command is in ``command``.
+
+    Extra spaces between and after the arguments are accepted, as native Dovecot does: they
+    leave no doubt about the set or the mailbox. Anything else after the mailbox name is
+    refused (Dovecot ignores it, but ``MOVE 1 Sent Items`` may well mean "Sent Items"), and
+    every refusal says what is wrong.
     """
     start = parse_command_start(command)
     if start is None:  # the session only calls this for lines it recognised as MOVE
@@ -91,35 +96,50 @@ def parse_move(command: bytes, literal: bytes | None, tail: bytes) -> MoveReques
     uid = start.name.startswith(b"UID ")
     body = line_body(command)
     try:
-        if body[start.args_offset : start.args_offset + 1] != b" ":
-            raise SyntaxProblem("missing arguments")
-        rest = body[start.args_offset + 1 :]
-        sequence_set, _, mailbox_text = rest.partition(b" ")
+        sequence_set, _, mailbox_text = body[start.args_offset :].lstrip(b" ").partition(b" ")
+        mailbox_text = mailbox_text.lstrip(b" ")
+        if not sequence_set:
+            raise SyntaxProblem("missing sequence set and mailbox name")
         if not is_sequence_set(sequence_set):
-            raise SyntaxProblem("invalid sequence set")
+            raise SyntaxProblem(f"invalid sequence set {_shown(sequence_set)}")
+        if not mailbox_text:
+            raise SyntaxProblem("missing mailbox name")
         if literal is not None:
-            marker = mailbox_text.lstrip(b"~")
-            if not re.fullmatch(rb"\{\d+[+-]?\}", marker):
-                raise SyntaxProblem("invalid mailbox literal")
-            if line_body(tail):
-                raise SyntaxProblem("unexpected arguments after mailbox")
+            if not re.fullmatch(rb"\{\d+[+-]?\}", mailbox_text.lstrip(b"~")):
+                raise SyntaxProblem(f"invalid mailbox literal {_shown(mailbox_text)}")
+            _nothing_after(line_body(tail))
             mailbox = literal
         elif mailbox_text.startswith(b'"'):
             mailbox, end = parse_quoted(mailbox_text, 0)
-            if end != len(mailbox_text):
-                raise SyntaxProblem("unexpected arguments after mailbox")
+            _nothing_after(mailbox_text[end:])
         else:
-            if not mailbox_text or not all(
-                0x20 < b < 0x7F and b not in b'(){%*"\\' for b in mailbox_text
-            ):
-                raise SyntaxProblem("missing or invalid mailbox name")
-            mailbox = mailbox_text
+            mailbox, _, after = mailbox_text.partition(b" ")
+            bad = next((b for b in mailbox if not 0x20 < b < 0x7F or b in b'(){%*"\\'), None)
+            if bad is not None:
+                raise SyntaxProblem(
+                    f"invalid character {_shown(bytes([bad]))} in mailbox name "
+                    f"{_shown(mailbox)} (a quoted string or a literal may hold it)"
+                )
+            _nothing_after(after)
     except SyntaxProblem as problem:
         name = start.name.decode()
         return MoveRequest(
             start.tag, uid, error=f"Error in IMAP command {name}: {problem}".encode()
         )
     return MoveRequest(start.tag, uid, sequence_set, mailbox)
+
+
+def _nothing_after(rest: bytes) -> None:
+    """Refuse what follows a MOVE's mailbox name, unless it is only spaces."""
+    extra = rest.strip(b" ")
+    if extra:
+        raise SyntaxProblem(f"unexpected {_shown(extra)} after the mailbox name")
+
+
+def _shown(text: bytes, limit: int = 40) -> str:
+    """``text`` for an error message: quoted, shortened, non-printable bytes escaped."""
+    shown = "".join(chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in text[:limit])
+    return f'"{shown}"' + ("..." if len(text) > limit else "")
 
 
 def astring_segments(prefix: bytes, values: Sequence[bytes], caps: Capabilities) -> UpstreamCommand:
@@ -226,6 +246,7 @@ class MoveEmulation:
         source: bytes | None = None,
         rights: bytes | None = None,
         exists: int | None = None,
+        recent: int | None = None,
     ) -> None:
         self.request = request
         self.policy: Policy | None = None
@@ -243,6 +264,7 @@ class MoveEmulation:
         self._chunk_size = chunk_size
         self._source = source  # the selected mailbox's name, if known (for MYRIGHTS)
         self._exists = exists  # how many messages the mailbox has at most, if known
+        self.recent = recent  # the RECENT count the client was last shown, if known
         self._caps = Capabilities(frozenset())
         self._pending: set[bytes] = set()  # our tags still awaiting their tagged reply
         self._prefetch_tag = b""
@@ -279,7 +301,10 @@ class MoveEmulation:
         self._failure: Tagged | None = None
         self._failed_step = ""
         self._final_code: bytes | None = None  # HIGHESTMODSEQ of the last UID EXPUNGE
-        self._held: list[tuple[bytes, int]] = []  # EXISTS/RECENT the COPY caused, shown last
+        # From the COPY on, EXISTS and RECENT are held back and shown after the expunges: the
+        # latest EXISTS (as _exists, lowered by the expunges shown since), then the latest RECENT.
+        self._exists_held = False
+        self._recent_held: int | None = None
         self._expunged = 0  # EXPUNGEs the client was shown during this MOVE
         self.rollback_request: RollbackRequest | None = None  # waiting for a second session
         self.reply = b""  # the tagged reply, once sent
@@ -428,8 +453,8 @@ class MoveEmulation:
             self.rights = line_body(line).rsplit(b" ", 1)[-1]
             return False
         count = _COUNT_RE.match(line)
-        if count is not None and count.group(2).upper() == b"EXISTS":
-            self._exists = int(count.group(1))
+        if count is not None:
+            return self._count(int(count.group(1)), count.group(2).upper() == b"EXISTS")
         if step in (Step.COPY, Step.PREFETCH):
             if _SEARCH_RE.match(line):
                 tag = _search_tag(line)
@@ -442,11 +467,6 @@ class MoveEmulation:
                 uid = fetch_uid(line)
                 if uid is not None and self._prefetched_fetch(line, uid):
                     return not _ONLY_UID_RE.match(line)
-            if step is Step.COPY and count is not None:
-                # A MOVE into the selected mailbox announces the new messages after the
-                # expunges, with the count that follows them: hold the COPY's EXISTS back.
-                self._held.append((line, self._expunged))
-                return False
         elif step in (Step.FIND_DELETED, Step.RECHECK) and _SEARCH_RE.match(line):
             self._deleted |= _search_set(line)
             return False
@@ -468,6 +488,26 @@ class MoveEmulation:
         if expunged:
             self.expunged(expunged)
         return True
+
+    def _count(self, number: int, exists: bool) -> bool:
+        """An EXISTS or RECENT response: whether it goes to the client now.
+
+        A MOVE into the selected mailbox announces the new messages after the expunges, with
+        the count that follows them, as a native MOVE does. So from the COPY on, EXISTS and
+        RECENT wait for the tagged reply, where only the latest of each is shown: a RECENT
+        shown before them could count messages whose EXISTS the client has not seen yet."""
+        if exists:
+            self._exists = number
+        holding = self._exists_held or self._recent_held is not None
+        if self.step is not Step.COPY and not holding:
+            if not exists:
+                self.recent = number
+            return True
+        if exists:
+            self._exists_held = True
+        else:
+            self._recent_held = number
+        return False
 
     def _prefetched_fetch(self, line: bytes, uid: int) -> bool:
         """Note a FETCH with ``uid`` that came while the prefetch ran; return whether it is
@@ -854,13 +894,14 @@ class MoveEmulation:
         return tagged
 
     def _finish(self, status: bytes, code: bytes | None, text: bytes) -> None:
-        for line, expunged_before in self._held:
-            match = _COUNT_RE.match(line)
-            assert match is not None
-            if match.group(2).upper() == b"EXISTS":
-                shown = self._expunged - expunged_before
-                line = b"* %d EXISTS\r\n" % (int(match.group(1)) - shown)
-            self._emit(line)
+        if self._exists_held and self._exists is not None:
+            self._emit(b"* %d EXISTS\r\n" % self._exists)
+        recent = self._recent_held
+        if recent is not None and self._exists is not None:
+            recent = min(recent, self._exists)  # never more recent messages than exist
+        if recent is not None and recent != self.recent:  # unchanged: not repeated
+            self._emit(b"* %d RECENT\r\n" % recent)
+            self.recent = recent
         code_part = b"[" + code + b"] " if code else b""
         self.reply = self.request.tag + b" " + status + b" " + code_part + text
         self._emit(self.reply + b"\r\n")

@@ -501,10 +501,8 @@ class Probe:
                 if text not in report.nonstandard:
                     report.nonstandard.append(text)
         for text in report.nonstandard:
-            hint = " (GNU Mailutils imap4d does so)" if " EXPUNGED" in text.upper() else ""
             report.add(
-                CAVEATS,
-                f"non-standard untagged response {text!r}{hint}: strict clients may reject it",
+                CAVEATS, f"non-standard untagged response {text!r}: strict clients may reject it"
             )
         if not report.nonstandard:
             report.add(WORKS, "every untagged response was standard")

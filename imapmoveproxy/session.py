@@ -62,8 +62,15 @@ _MAX_INVALID = 10  # invalid command lines in a row that end the connection (as 
 _NOT_UNTAGGED = re.compile(rb"\n[^*]")
 _EXPUNGE_LINE = re.compile(rb"\* \d+ EXPUNGE\r\n")
 # Inside a line, what makes the session look at it by itself: a literal announcement, a response
-# code (capabilities, UIDVALIDITY, READ-ONLY...), BYE, EXISTS and (at a line start) CAPABILITY.
-_LOOK_AT = (b"}\r\n", b"}\n", b"[", b"* BYE", b" EXISTS\r\n", b"\n* C", b"\n* c")
+# code (capabilities, UIDVALIDITY, READ-ONLY...), BYE, EXISTS, RECENT, imap4d's EXPUNGED
+# (rewritten) and (at a line start) CAPABILITY.
+_LOOK_AT = (
+    b"}\r\n", b"}\n", b"[", b"* BYE", b" EXISTS\r\n", b" RECENT\r\n", b" EXPUNGED\r\n",
+    b"\n* C", b"\n* c",
+)  # fmt: skip
+# GNU Mailutils imap4d's non-standard answer to EXPUNGE, which clients ignore (their message
+# counts drift); the proxy sends it on as the ``* n EXPUNGE`` it stands for.
+_EXPUNGED_RE = re.compile(rb"\* (\d+) EXPUNGED\r?\n$", re.IGNORECASE)
 
 
 _NOT_EXPUNGE = re.compile(rb"\n(?!\* \d+ EXPUNGE\r\n)")
@@ -98,7 +105,7 @@ def _first_stop(buf: bytes | bytearray, start: int) -> int:
 
 SHUTDOWN_BYE = b"[UNAVAILABLE] Server shutting down, please reconnect."
 _UIDVALIDITY_RE = re.compile(rb"\* OK \[UIDVALIDITY (\d+)\]", re.IGNORECASE)
-_EXISTS_RE = re.compile(rb"\* (\d+) EXISTS\r?\n$", re.IGNORECASE)
+_COUNT_RE = re.compile(rb"\* (\d+) (EXISTS|RECENT)\r?\n$", re.IGNORECASE)
 
 
 # The outcome counted for a MOVE refused because its lock could not be had, by response code.
@@ -152,6 +159,7 @@ class Counters:
     bytes_from_upstream: int = 0
     commands: int = 0
     moves: dict[str, int] = field(default_factory=dict)
+    expunged_rewritten: int = 0  # imap4d's "* n EXPUNGED" relayed as "* n EXPUNGE"
 
 
 class Session:
@@ -195,6 +203,7 @@ class Session:
         self._read_only = False  # the selected mailbox was opened read-only (EXAMINE)
         self._uidvalidity = b""
         self._exists: int | None = None  # messages in the selected mailbox, at most
+        self._recent: int | None = None  # the RECENT count the client was last shown
         self._shutting_down = False
         self._finished_moves: list[FinishedMove] = []  # for the metrics
         self._id_tag: bytes | None = None  # the proxy's own ID command, awaiting its reply
@@ -313,7 +322,8 @@ class Session:
 
         The caller first takes the lock for :attr:`move_key`, so that two connections never
         emulate MOVEs out of the same mailbox at once: both COPYs could succeed before either
-        expunges, leaving a message in two targets. A native server does this atomically.
+        expunges, leaving a message in two targets (a native MOVE does no better: Dovecot 2.3,
+        four sessions moving the same messages, left each of them four times).
         """
         return self._waiting_move is not None and not self._inflight.count and self._move is None
 
@@ -573,6 +583,7 @@ class Session:
             source=self._selected,
             rights=self._rights,
             exists=self._exists,
+            recent=self._recent,
         )
         self._send(self._move.start(self._caps))
         self._after_move_step()
@@ -624,6 +635,7 @@ class Session:
             return
         self._move = None
         self._rights = move.rights if move.outcome == "moved" else None
+        self._recent = move.recent  # it may have shown a RECENT held back
         policy = move.policy.value if move.policy else "none"
         kind = b"UID MOVE" if move.request.uid else b"MOVE"
         self._count_move(kind, move.request.sequence_set, policy, move.outcome, move)
@@ -724,6 +736,10 @@ class Session:
         if self._id_tag is not None and line[:5].upper() == b"* ID ":
             return False  # the answer to the proxy's own ID
         if lead == b"*":
+            expunged = _EXPUNGED_RE.match(line)
+            if expunged:
+                line = b"* " + expunged.group(1) + b" EXPUNGE\r\n"
+                self.counters.expunged_rewritten += 1
             if line[2:5].upper() == b"BYE":
                 self._upstream_said_bye = True
             if b"[" in line or line[2:13].upper() == b"CAPABILITY ":
@@ -731,11 +747,14 @@ class Session:
                 match = _UIDVALIDITY_RE.match(line)
                 if match:
                     self._uidvalidity = match.group(1)
-            exists = _EXISTS_RE.match(line)
-            if exists:  # expunges only lower it: this stays an upper bound
-                self._exists = int(exists.group(1))
+            count = _COUNT_RE.match(line)
+            exists = count is not None and count.group(2).upper() == b"EXISTS"
+            if count is not None and exists:  # expunges only lower it: this stays an upper bound
+                self._exists = int(count.group(1))
             if self._move is not None and not self._move.on_untagged(line):
                 return False
+            if count is not None and not exists:
+                self._recent = int(count.group(1))
             self._to_client += line
             return True
         if lead == b"+":

@@ -409,3 +409,23 @@ def run_probe(
     return subprocess.run(
         command, capture_output=True, text=True, cwd=ROOT, timeout=180, env=environ, check=False
     )
+
+
+_COUNT_RE = re.compile(rb"\* (\d+) (EXISTS|RECENT|EXPUNGE)(?:\r\n)?$")
+
+
+def assert_counts_consistent(responses: list[bytes], exists: int) -> None:
+    """Along ``responses`` (a client's view, starting with ``exists`` messages): no EXPUNGE of a
+    message beyond the count, and no RECENT announcing more messages than the client was told of."""
+    for response in responses:
+        match = _COUNT_RE.match(response)
+        if match is None:
+            continue
+        number, kind = int(match.group(1)), match.group(2)
+        if kind == b"EXISTS":
+            exists = number
+        elif kind == b"EXPUNGE":
+            assert number <= exists, (response, exists, responses)
+            exists -= 1
+        else:
+            assert number <= exists, (response, exists, responses)

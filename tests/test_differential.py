@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import RawClient, running_proxy
+from harness import RawClient, assert_counts_consistent, running_proxy
 from servers import ImapServer, make_message
 
 
@@ -190,14 +190,16 @@ def pair(request: pytest.FixtureRequest) -> Pair:
 
 
 def both_ways(
-    pair: Pair, tmp_path: Path, steps: list[Step], pipelined: bool = False
+    pair: Pair, tmp_path: Path, steps: list[Step], pipelined: bool = False, flagged: bool = True
 ) -> tuple[list[bytes], list[bytes], bytes]:
-    """Run ``steps`` natively (one by one) and through the proxy (pipelined if asked)."""
-    native_user = prepare(pair.native, flagged=True)
+    """Run ``steps`` natively (one by one) and through the proxy (pipelined if asked), on
+    mailboxes from :func:`prepare` (``flagged``: message 2 carries \\Deleted and no message is
+    \\Recent any more; otherwise all five are \\Recent for the script's session)."""
+    native_user = prepare(pair.native, flagged=flagged)
     with RawClient(pair.native.address) as client:
         client.login(native_user, pair.native.password)
         reference = run_script(client, steps, pipelined=False)
-    legacy_user = prepare(pair.legacy, flagged=True)
+    legacy_user = prepare(pair.legacy, flagged=flagged)
     with (
         running_proxy(pair.legacy.address, tmp_path / "proxy.log") as proxy,
         RawClient(proxy.address) as client,
@@ -223,6 +225,76 @@ def test_pipelined_commands_around_move(pair, tmp_path):
     assert proxied == reference
     assert upstream_moves(upstream_saw) == []
     assert b"COPY" in upstream_saw
+
+
+RECENT_MOVES = [
+    cmd("s", "SELECT INBOX"), cmd("m", "MOVE 1 INBOX"), cmd("n", "UID MOVE 3:4 INBOX"),
+    cmd("t", "MOVE 1 Trash"), cmd("f", "FETCH 1:* (UID FLAGS)"),
+]  # fmt: skip
+
+
+def test_recent_counts_stay_consistent_in_moves_into_the_selected_mailbox(
+    dovecot_native, dovecot_legacy, tmp_path
+):
+    """Every message \\Recent: the COPY's EXISTS and RECENT, held back until after the
+    expunges, and the RECENT the expunges cause must never announce more recent messages than
+    the client has been told exist, nor one before the EXISTS it counts (native Dovecot:
+    ``* 1 EXPUNGE``, ``* 5 EXISTS``, nothing more, since 5 messages are still recent)."""
+    dovecot = Pair("dovecot", dovecot_native, dovecot_legacy)
+    reference, proxied, _ = both_ways(dovecot, tmp_path, RECENT_MOVES, flagged=False)
+    assert proxied == reference
+    assert_counts_consistent(proxied, exists=0)
+
+
+# A MOVE the proxy refuses, and the precise reason it gives (after "Error in IMAP command MOVE: ").
+REFUSED = {
+    b"MOVE": b"missing sequence set and mailbox name",
+    b"MOVE 1:3 ": b"missing mailbox name",
+    b"MOVE 1:x Trash": b'invalid sequence set "1:x"',
+    b"MOVE 1:3 Trash extra": b'unexpected "extra" after the mailbox name',
+    b'MOVE 1:3 "Trash" x': b'unexpected "x" after the mailbox name',
+    b"MOVE 1:3 Tr(ash": b'invalid character "(" in mailbox name "Tr(ash" (a quoted string or a '
+    b"literal may hold it)",
+}
+
+
+# Dovecot accepts extra spaces around MOVE's arguments, and so does the proxy (nothing is at risk).
+# Cyrus 3.6's own MOVE answers them BAD: a server's leniency, so compared with Dovecot only.
+EXTRA_SPACES = [
+    cmd("s", "SELECT INBOX"), cmd("m", 'MOVE 1 "Trash" '), cmd("n", "MOVE  1  Trash  "),
+    cmd("u", "UID MOVE  4:* Trash "), cmd("l", "MOVE 1 {5}", b"Trash "),
+    cmd("f", "FETCH 1:* (UID FLAGS)"), cmd("x", "STATUS Trash (MESSAGES)"),
+]  # fmt: skip
+
+
+def test_extra_spaces_are_accepted_as_native_dovecot_does(dovecot_native, dovecot_legacy, tmp_path):
+    dovecot = Pair("dovecot", dovecot_native, dovecot_legacy)
+    reference, proxied, upstream_saw = both_ways(dovecot, tmp_path, EXTRA_SPACES)
+    assert proxied == reference
+    assert upstream_moves(upstream_saw) == [] and b"COPY" in upstream_saw
+
+
+def test_refused_moves_say_what_is_wrong(dovecot_native, dovecot_legacy, tmp_path):
+    """Each refusal names what is wrong, and nothing moves. One deliberate difference: native
+    Dovecot ignores whatever follows the mailbox name and moves ``MOVE 1:3 Trash extra`` into
+    Trash; the proxy refuses it, since a client that forgot its quotes may have meant a mailbox
+    "Trash extra" (Dovecot's own text for the others is no more precise than the proxy's)."""
+    native_user = prepare(dovecot_native, flagged=False)
+    legacy_user = prepare(dovecot_legacy, flagged=False)
+    with (
+        running_proxy(dovecot_legacy.address, tmp_path / "proxy.log") as proxy,
+        RawClient(dovecot_native.address) as native,
+        RawClient(proxy.address) as proxied,
+    ):
+        sessions = ((native, dovecot_native, native_user), (proxied, dovecot_legacy, legacy_user))
+        for client, server, user in sessions:
+            client.login(user, server.password)
+            client.command(b"s", b"SELECT INBOX")
+        assert native.command(b"m", b"MOVE 1:3 Trash extra")[-1].startswith(b"m OK")
+        for command, reason in REFUSED.items():
+            reply = proxied.command(b"m", command)
+            assert reply == [b"m BAD Error in IMAP command MOVE: " + reason + b"\r\n"], command
+        assert len(proxied.command(b"f", b"FETCH 1:* UID")) == 5 + 1
 
 
 def test_users_own_deleted_flags_are_left_alone(pair, tmp_path):

@@ -8,14 +8,22 @@ Dovecot configured to advertise neither MOVE nor UIDPLUS.
 from __future__ import annotations
 
 import contextlib
+import imaplib
 import re
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import InterceptingRelay, ProxyProcess, RawClient, running_proxy
-from servers import ImapServer, make_message
+from harness import (
+    InterceptingRelay,
+    ProxyProcess,
+    RawClient,
+    assert_counts_consistent,
+    running_proxy,
+)
+from servers import HOST, ImapServer, find_free_port, make_message
 
 
 def prepare(server: ImapServer) -> str:
@@ -157,3 +165,57 @@ def test_guarded_move_in_chunks_keeps_the_users_own_deleted_messages(imap4d, tmp
     assert contents(imap4d, user, "Trash") == {"m1": False, "m3": False, "m5": False}
     copies = re.findall(r"to upstream: b'imp\d+ (UID COPY \S+)", proxy.log_path.read_text())
     assert copies == ["UID COPY 1,3", "UID COPY 5"]
+
+
+def test_expunged_reaches_clients_as_standard_expunge(imap4d, tmp_path):
+    """imap4d answers EXPUNGE with the non-standard ``* n EXPUNGED``, which imaplib, go-imap and
+    JavaMail do not take for an expunge. Through the proxy, the client's own EXPUNGE and a guarded
+    MOVE's expunges arrive as ``* n EXPUNGE``, and every rewrite is counted."""
+    user = prepare(imap4d)  # m2 and m4 carry \Deleted
+    port = find_free_port()
+    extra = ("--no-uidplus", "guarded", "--metrics", f"{HOST}:{port}")
+    with running_proxy(imap4d.address, tmp_path / "proxy.log", *extra) as proxy:
+        with RawClient(proxy.address) as client:
+            client.login(user, imap4d.password)
+            client.command(b"s", b"SELECT INBOX")
+            own = client.command(b"x", b"EXPUNGE")  # removes m2 and m4
+            moved = client.command(b"m", b"MOVE 1 Trash")  # m1
+            client.logout()
+        imap = imaplib.IMAP4(*proxy.address, timeout=10)
+        try:
+            imap.login(user, imap4d.password)
+            imap.select("INBOX")  # m3, m5
+            imap.store("2", "+FLAGS", "(\\Deleted)")
+            typ, expunged = imap.expunge()
+        finally:
+            imap.logout()
+        with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as response:
+            exposition = response.read().decode()
+    assert [r for r in own if b"EXPUNGE" in r.upper()][:-1] == [
+        b"* 2 EXPUNGE\r\n", b"* 3 EXPUNGE\r\n"
+    ], own
+    assert moved[-1].startswith(b"m OK"), moved
+    assert [r for r in moved if b"EXPUNGE" in r.upper()] == [b"* 1 EXPUNGE\r\n"], moved
+    assert (typ, expunged) == ("OK", [b"2"])  # imaplib saw the expunge
+    assert 'imapmoveproxy_responses_rewritten_total{kind="expunged"} 4.0' in exposition
+    assert contents(imap4d, user, "INBOX") == {"m3": False}
+
+
+def test_guarded_move_into_the_selected_mailbox_counts_imap4d_expunges(imap4d, guarded_proxy):
+    """The COPY's EXISTS is shown after the expunges, lowered by the expunges shown meanwhile:
+    imap4d's ``* 1 EXPUNGED`` must count as one, or the client is told of 6 messages, not 5.
+    The RECENT counts imap4d sends meanwhile (6 after the COPY, 5 after the EXPUNGE) never
+    exceed the EXISTS the client has seen."""
+    user = imap4d.new_user()
+    imap4d.seed(user, "INBOX", [make_message(f"m{i}") for i in range(1, 6)])  # all \\Recent
+    with RawClient(guarded_proxy.address) as client:
+        client.login(user, imap4d.password)
+        client.command(b"s", b"SELECT INBOX")
+        replies = client.command(b"m", b"MOVE 1 INBOX")
+        assert replies[-1].startswith(b"m OK"), replies
+        assert [r for r in replies if b"EXPUNGE" in r.upper()] == [b"* 1 EXPUNGE\r\n"], replies
+        exists = [r for r in replies if r.endswith(b" EXISTS\r\n")]
+        assert exists and exists[-1] == b"* 5 EXISTS\r\n", replies
+        assert_counts_consistent(replies, exists=5)
+        assert len(client.command(b"f", b"FETCH 1:* (UID)")) == 5 + 1
+        client.logout()

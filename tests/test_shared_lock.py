@@ -166,6 +166,26 @@ def test_the_same_movers_without_the_shared_lock_duplicate(dovecot_legacy, tmp_p
     assert max(found.values()) > 1
 
 
+def test_native_moves_of_the_same_messages_are_not_atomic(dovecot_native):
+    """The README's "Limits worth knowing": the same workload straight to Dovecot 2.3 with its
+    native MOVE leaves messages in several copies (nothing lost), while one proxy in front of
+    legacy Dovecot, whose lock serialises the MOVEs, leaves each exactly once."""
+    user, seeded = new_mailbox(dovecot_native)
+    workload = run_workload(dovecot_native, user, [dovecot_native.address])
+    found = copies(dovecot_native, user)
+    assert set(found) == seeded | workload.delivered
+    assert max(found.values()) > 1
+
+
+def test_one_proxy_moves_the_same_messages_exactly_once(dovecot_legacy, tmp_path):
+    user, seeded = new_mailbox(dovecot_legacy)
+    with proxies(dovecot_legacy.address, tmp_path, 1) as running:
+        workload = run_workload(dovecot_legacy, user, [running[0].address])
+    found = copies(dovecot_legacy, user)
+    assert set(found) == seeded | workload.delivered
+    assert set(found.values()) == {1}
+
+
 @pytest.mark.parametrize("policy", ["proceed", "refuse"])
 def test_redis_stopped_and_started_mid_run(dovecot_legacy, redis_server, tmp_path, policy):
     """While Redis is down a MOVE waits at most one connection attempt: with "proceed" it runs

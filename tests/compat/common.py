@@ -269,8 +269,11 @@ def record(
     moves: Sequence[LoggedMove],
     result: str = "moved",
     note: str = "",
+    expunges: int | None = None,
 ) -> None:
-    """Append this client x server result to compat-results.jsonl (and the junit properties)."""
+    """Append this client x server result to compat-results.jsonl (and the junit properties);
+    ``expunges``: how many standard EXPUNGE responses the client itself recorded for its MOVE,
+    where the test can ask it."""
     entry: dict[str, Any] = {
         "client": client,
         "version": version,
@@ -279,6 +282,7 @@ def record(
         "moves": [dataclasses.asdict(m) for m in moves],
         "result": result,
         "note": note,
+        "expunges_seen": expunges,
     }
     factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
     path = factory.getbasetemp() / "compat-results.jsonl"

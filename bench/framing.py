@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imapmoveproxy.framing import Framer
-from imapmoveproxy.session import _first_stop
+from imapmoveproxy.engine.session import _first_stop
+from imapmoveproxy.wire.framing import Framer
 
 
 def feed_line(size: int, piece: int, upstream: bool) -> float:

@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 
-from imapmoveproxy.session import Session, SessionSettings
+from imapmoveproxy.engine.session import Session, SessionSettings
 
 PIECES = [
     b"a MOVE 1:3 Trash\r\n", b"b UID MOVE 1,2 {5}\r\nTrash\r\n", b"c MOVE 1 {3+}\r\nabc\r\n",

@@ -12,7 +12,7 @@ import trio
 
 from . import probe
 from .config import ConfigError, from_arguments
-from .server import Proxy
+from .shell.server import Proxy
 
 
 class _ConnectionFilter(logging.Filter):

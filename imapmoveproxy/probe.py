@@ -34,15 +34,15 @@ from pathlib import Path
 
 import trio
 
-from . import capabilities
-from .capabilities import Capabilities
 from .config import Config, ConfigError, add_upstream_arguments, build, merged_values
-from .framing import Framer, Line
-from .move import Policy, UpstreamCommand, astring_segments, policy_for
-from .rollback import Credentials
-from .server import Proxy
-from .syntax import Tagged, code_name, line_body, parse_tagged
-from .tls import UpstreamUnavailable
+from .move.emulation import Policy, UpstreamCommand, astring_segments, policy_for
+from .move.rollback import Credentials
+from .shell.server import Proxy
+from .shell.tls import UpstreamUnavailable
+from .wire import capabilities
+from .wire.capabilities import Capabilities
+from .wire.framing import Framer, Line
+from .wire.grammar import Tagged, code_name, line_body, parse_tagged
 
 PASSWORD_VARIABLE = "IMAP_PROBE_PASSWORD"
 # What the report lists, in this order (COMPRESS stands for any COMPRESS=<algorithm>).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imapmoveproxy.capabilities import Capabilities, rewrite_line
+from imapmoveproxy.wire.capabilities import Capabilities, rewrite_line
 
 
 def uidplus_without_move(caps: Capabilities) -> list[bytes]:

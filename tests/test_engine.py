@@ -259,7 +259,7 @@ def test_a_client_gone_during_a_stalled_move_frees_both_sockets_within_the_drain
             client.command(b"s", b"SELECT INBOX")
             client.send(b"m MOVE 1:* Trash\r\n")
             proxy.wait_for_log(r"UID STORE \S+ \+FLAGS.SILENT")
-        closed = proxy.wait_for_log(r"c2 imapmoveproxy\.server: closed .*", timeout=20)
+        closed = proxy.wait_for_log(r"c2 imapmoveproxy\.shell\.server: closed .*", timeout=20)
         assert "moves=0" in closed.group(0)
         proxy.wait_for_log(r"MOVE not finished within drain_timeout")
         assert_another_move_runs(proxy, dovecot_legacy, user)

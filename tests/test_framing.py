@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imapmoveproxy import framing
-from imapmoveproxy.framing import Framer, Line, LineTooLong, Literal, literal_marker
+from imapmoveproxy.wire import framing
+from imapmoveproxy.wire.framing import Framer, Line, LineTooLong, Literal, literal_marker
 
 
 def frame(chunks: list[bytes], max_line: int = 65536) -> list[tuple[str, bytes, bool]]:

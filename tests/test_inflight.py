@@ -1,10 +1,10 @@
-"""The table of client commands in flight, and credential capture (imapmoveproxy/inflight.py)."""
+"""The table of client commands in flight, and credential capture (imapmoveproxy/engine/inflight.py)."""
 
 from __future__ import annotations
 
-from imapmoveproxy.framing import Line
-from imapmoveproxy.inflight import CommandsInFlight, CredentialCapture
-from imapmoveproxy.syntax import parse_command_start
+from imapmoveproxy.engine.inflight import CommandsInFlight, CredentialCapture
+from imapmoveproxy.wire.framing import Line
+from imapmoveproxy.wire.grammar import parse_command_start
 
 
 def sent(table: CommandsInFlight, data: bytes) -> None:

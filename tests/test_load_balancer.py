@@ -20,7 +20,7 @@ import pytest
 from harness import ProxyProcess, RawClient, dovecot_with, running_proxy
 from servers import HOST, DovecotServer, find_binary, find_free_port, make_message
 
-from imapmoveproxy.proxyproto import ProxyHeader, ProxyHeaderError, build_v2, parse
+from imapmoveproxy.wire.proxyproto import ProxyHeader, ProxyHeaderError, build_v2, parse
 
 
 class SourcedClient(RawClient):

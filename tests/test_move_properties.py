@@ -13,8 +13,8 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imapmoveproxy.session import Session, SessionSettings
-from imapmoveproxy.syntax import expand_uid_set
+from imapmoveproxy.engine.session import Session, SessionSettings
+from imapmoveproxy.wire.grammar import expand_uid_set
 
 GREETING = b"* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n"
 

@@ -138,8 +138,8 @@ async def test_a_bug_costs_one_connection_never_the_proxy(monkeypatch):
     import trio
 
     from imapmoveproxy.config import Address, Config
-    from imapmoveproxy.server import Proxy
-    from imapmoveproxy.session import Session
+    from imapmoveproxy.engine.session import Session
+    from imapmoveproxy.shell.server import Proxy
 
     async def fake_upstream(stream: trio.SocketStream) -> None:
         await stream.send_all(b"* OK [CAPABILITY IMAP4rev1 UIDPLUS] fake\r\n")

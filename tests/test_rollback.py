@@ -10,9 +10,9 @@ import base64
 
 import pytest
 
-from imapmoveproxy.capabilities import Capabilities
-from imapmoveproxy.move import RollbackRequest
-from imapmoveproxy.rollback import Credentials, Rollback, plain_credentials
+from imapmoveproxy.move.emulation import RollbackRequest
+from imapmoveproxy.move.rollback import Credentials, Rollback, plain_credentials
+from imapmoveproxy.wire.capabilities import Capabilities
 
 REQUEST = RollbackRequest(b"Sent Items", b"7", (20, 21, 23), (10, 11, 13))
 USER = Credentials(b"user", b"user", b"pass")

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imapmoveproxy.session import Session, SessionSettings
-from imapmoveproxy.syntax import expand_uid_set
+from imapmoveproxy.engine.session import Session, SessionSettings
+from imapmoveproxy.wire.grammar import expand_uid_set
 
 GREETING = b"* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ AUTH=PLAIN] ready\r\n"
 CAPS = (

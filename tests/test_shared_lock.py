@@ -24,7 +24,7 @@ from servers import HOST, ImapServer, RedisServer, find_free_port, make_message
 from test_operations import http_get, metric
 
 from imapmoveproxy.config import ConfigError, build, from_arguments
-from imapmoveproxy.locks import redacted
+from imapmoveproxy.shell.locks import redacted
 
 SEEDED = 300  # messages in INBOX at the start
 MOVERS = 4  # sessions moving at once, spread over the proxies

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .framing import Line
-from .rollback import Credentials, login_credentials, plain_credentials
-from .syntax import CommandStart, SyntaxProblem, line_body, parse_astring
+from ..move.rollback import Credentials, login_credentials, plain_credentials
+from ..wire.framing import Line
+from ..wire.grammar import CommandStart, SyntaxProblem, line_body, parse_astring
 
 AUTH_COMMANDS = (b"LOGIN", b"AUTHENTICATE")
 SELECTING = (b"SELECT", b"EXAMINE", b"CLOSE", b"UNSELECT")  # change the selected mailbox

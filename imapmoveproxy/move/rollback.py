@@ -18,10 +18,9 @@ import enum
 import re
 from dataclasses import dataclass, field
 
-from .capabilities import Capabilities
-from .framing import Framer, Line, LineTooLong
-from .move import RollbackRequest, UpstreamCommand, astring_segments
-from .syntax import (
+from ..wire.capabilities import Capabilities
+from ..wire.framing import Framer, Line, LineTooLong
+from ..wire.grammar import (
     SyntaxProblem,
     chunk_set,
     compress_uids,
@@ -29,6 +28,7 @@ from .syntax import (
     parse_astring,
     parse_tagged,
 )
+from .emulation import RollbackRequest, UpstreamCommand, astring_segments
 
 
 @dataclass(slots=True, frozen=True)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import trio
 
-from .capabilities import Capabilities
-from .config import Config
-from .framing import Framer, Line
-from .syntax import Tagged, line_body, parse_status, parse_tagged
+from ..config import Config
+from ..wire.capabilities import Capabilities
+from ..wire.framing import Framer, Line
+from ..wire.grammar import Tagged, line_body, parse_status, parse_tagged
 
 log = logging.getLogger(__name__)
 

@@ -29,11 +29,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from . import capabilities
-from .capabilities import Capabilities
-from .framing import Framer, Line, LineTooLong, Literal
-from .inflight import AUTH_COMMANDS, CommandsInFlight, CredentialCapture
-from .move import (
+from ..move.emulation import (
     MoveEmulation,
     MoveRequest,
     RollbackRequest,
@@ -41,9 +37,11 @@ from .move import (
     parse_move,
     policy_for,
 )
-from .proxyproto import Endpoint
-from .rollback import Credentials
-from .syntax import (
+from ..move.rollback import Credentials
+from ..wire import capabilities
+from ..wire.capabilities import Capabilities
+from ..wire.framing import Framer, Line, LineTooLong, Literal
+from ..wire.grammar import (
     CommandStart,
     Tagged,
     code_name,
@@ -53,6 +51,8 @@ from .syntax import (
     parse_tagged,
     strip_x_fields,
 )
+from ..wire.proxyproto import Endpoint
+from .inflight import AUTH_COMMANDS, CommandsInFlight, CredentialCapture
 
 log = logging.getLogger(__name__)
 

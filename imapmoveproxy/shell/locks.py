@@ -26,13 +26,13 @@ from urllib.parse import unquote, urlsplit
 
 import trio
 
-from .config import Config
+from ..config import Config
 
 if TYPE_CHECKING:
     import coredis
     from coredis.tokens import PureToken
 
-    from .metrics import Metrics
+    from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
 

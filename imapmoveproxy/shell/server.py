@@ -15,12 +15,12 @@ import time
 
 import trio
 
-from .config import Address, Config
+from ..config import Address, Config
+from ..engine.session import SHUTDOWN_BYE, Session, SessionSettings
+from ..metrics import Metrics, serve_http
+from ..wire.proxyproto import V2_MAX, Endpoint, ProxyHeader, ProxyHeaderError, build_v2, parse
 from .connection import UNAVAILABLE, Connection, bye_and_close
 from .locks import make_move_locks
-from .metrics import Metrics, serve_http
-from .proxyproto import V2_MAX, Endpoint, ProxyHeader, ProxyHeaderError, build_v2, parse
-from .session import SHUTDOWN_BYE, Session, SessionSettings
 from .tls import Certificates, UpstreamUnavailable, open_upstream, upstream_context
 
 log = logging.getLogger(__name__)

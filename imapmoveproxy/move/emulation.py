@@ -43,8 +43,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
-from .capabilities import Capabilities
-from .syntax import (
+from ..wire.capabilities import Capabilities
+from ..wire.grammar import (
     NumberSet,
     SyntaxProblem,
     Tagged,

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..engine.session import Session
+from ..move.emulation import RollbackRequest
+from ..move.rollback import Credentials, Rollback
+from ..wire.proxyproto import Endpoint
 from .locks import LockError
-from .move import RollbackRequest
-from .proxyproto import Endpoint
-from .rollback import Credentials, Rollback
-from .session import Session
 from .tls import UpstreamUnavailable
 
 if TYPE_CHECKING:

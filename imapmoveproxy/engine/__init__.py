@@ -1,0 +1,1 @@
+"""The sans-IO session: client input, upstream routing, the selected mailbox, commands in flight."""

@@ -1,0 +1,1 @@
+"""MOVE emulated over COPY, STORE and EXPUNGE: the request, the policies, the rollback."""

@@ -1,0 +1,3 @@
+"""The IMAP wire: framing, grammar, capability lists, response classification, PROXY headers.
+
+Sans-IO and policy-free: nothing here knows about MOVE or sessions."""

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imapmoveproxy.engine.session import _first_stop
 from imapmoveproxy.wire.framing import Framer
+from imapmoveproxy.wire.responses import first_stop
 
 
 def feed_line(size: int, piece: int, upstream: bool) -> float:
@@ -29,7 +29,7 @@ def feed_line(size: int, piece: int, upstream: bool) -> float:
     for offset in range(0, len(line), piece):
         framer.feed(line[offset : offset + piece])
         if upstream:
-            framer.plain_run(_first_stop)
+            framer.plain_run(first_stop)
         while framer.next_event() is not None:
             pass
     return time.process_time() - started

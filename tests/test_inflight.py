@@ -1,4 +1,4 @@
-"""The table of client commands in flight, and credential capture (imapmoveproxy/engine/inflight.py)."""
+"""The client commands in flight, and credential capture (imapmoveproxy/engine/inflight.py)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import re
 from dataclasses import dataclass, field
 
 from ..move.emulation import (
@@ -38,7 +37,7 @@ from ..move.emulation import (
     policy_for,
 )
 from ..move.rollback import Credentials
-from ..wire import capabilities
+from ..wire import capabilities, responses
 from ..wire.capabilities import Capabilities
 from ..wire.framing import Framer, Line, LineTooLong, Literal
 from ..wire.grammar import (
@@ -59,53 +58,7 @@ log = logging.getLogger(__name__)
 _MOVE_COMMANDS = (b"MOVE", b"UID MOVE")
 _DATA_COMMANDS = (b"AUTHENTICATE", b"IDLE")  # client lines after these are not commands
 _MAX_INVALID = 10  # invalid command lines in a row that end the connection (as in Dovecot)
-_NOT_UNTAGGED = re.compile(rb"\n[^*]")
-_EXPUNGE_LINE = re.compile(rb"\* \d+ EXPUNGE\r\n")
-# Inside a line, what makes the session look at it by itself: a literal announcement, a response
-# code (capabilities, UIDVALIDITY, READ-ONLY...), BYE, EXISTS, RECENT, imap4d's EXPUNGED
-# (rewritten) and (at a line start) CAPABILITY.
-_LOOK_AT = (
-    b"}\r\n", b"}\n", b"[", b"* BYE", b" EXISTS\r\n", b" RECENT\r\n", b" EXPUNGED\r\n",
-    b"\n* C", b"\n* c",
-)  # fmt: skip
-# GNU Mailutils imap4d's non-standard answer to EXPUNGE, which clients ignore (their message
-# counts drift); the proxy sends it on as the ``* n EXPUNGE`` it stands for.
-_EXPUNGED_RE = re.compile(rb"\* (\d+) EXPUNGED\r?\n$", re.IGNORECASE)
-
-
-_NOT_EXPUNGE = re.compile(rb"\n(?!\* \d+ EXPUNGE\r\n)")
-
-
-def _first_non_expunge(buf: bytes | bytearray, start: int) -> int:
-    """Where the first line that is not ``* n EXPUNGE`` lies (``len(buf)``: none)."""
-    if not _EXPUNGE_LINE.match(buf, start):
-        return start
-    match = _NOT_EXPUNGE.search(buf, start)
-    return len(buf) if match is None else match.start() + 1
-
-
-def _first_stop(buf: bytes | bytearray, start: int) -> int:
-    """Where the first line the session must see alone begins or lies (``len(buf)``: none).
-
-    A run of plain untagged responses (a FETCH flood, say) is relayed in one piece; found with
-    a few ``bytes.find`` calls, this costs far less than looking at each line in Python.
-    """
-    if buf[start : start + 1] != b"*" or buf[start : start + 3] in (b"* C", b"* c"):
-        return start
-    stop = len(buf)
-    match = _NOT_UNTAGGED.search(buf, start, stop)
-    if match is not None:
-        stop = match.start() + 1
-    for needle in _LOOK_AT:
-        found = buf.find(needle, start, stop)
-        if found >= 0:
-            stop = found
-    return stop
-
-
 SHUTDOWN_BYE = b"[UNAVAILABLE] Server shutting down, please reconnect."
-_UIDVALIDITY_RE = re.compile(rb"\* OK \[UIDVALIDITY (\d+)\]", re.IGNORECASE)
-_COUNT_RE = re.compile(rb"\* (\d+) (EXISTS|RECENT)\r?\n$", re.IGNORECASE)
 
 
 # The outcome counted for a MOVE refused because its lock could not be had, by response code.
@@ -693,14 +646,14 @@ class Session:
             if move is None and self._greeted and self._id_tag is None:
                 # Fast path: relay in one piece the run of untagged responses that need no look
                 # (a FETCH flood is ~100 bytes a line; one at a time would cost 4 µs each).
-                run = framer.plain_run(_first_stop)
+                run = framer.plain_run(responses.first_stop)
                 if run:
                     self._to_client += run
                     self._flush_deferred()
                     continue
             elif move is not None and move.expunging:
                 # The same for the EXPUNGE responses of a big MOVE: relayed, and counted.
-                run = framer.plain_run(_first_non_expunge)
+                run = framer.plain_run(responses.first_non_expunge)
                 if run:
                     move.expunged(bytes(run).count(b"\n"))
                     self._to_client += run
@@ -736,25 +689,24 @@ class Session:
         if self._id_tag is not None and line[:5].upper() == b"* ID ":
             return False  # the answer to the proxy's own ID
         if lead == b"*":
-            expunged = _EXPUNGED_RE.match(line)
-            if expunged:
-                line = b"* " + expunged.group(1) + b" EXPUNGE\r\n"
+            expunged = responses.expunged_number(line)
+            if expunged is not None:
+                line = b"* " + expunged + b" EXPUNGE\r\n"
                 self.counters.expunged_rewritten += 1
             if line[2:5].upper() == b"BYE":
                 self._upstream_said_bye = True
             if b"[" in line or line[2:13].upper() == b"CAPABILITY ":
                 line = self._capabilities(line)
-                match = _UIDVALIDITY_RE.match(line)
-                if match:
-                    self._uidvalidity = match.group(1)
-            count = _COUNT_RE.match(line)
-            exists = count is not None and count.group(2).upper() == b"EXISTS"
-            if count is not None and exists:  # expunges only lower it: this stays an upper bound
-                self._exists = int(count.group(1))
+                validity = responses.uidvalidity(line)
+                if validity is not None:
+                    self._uidvalidity = validity
+            count = responses.count(line)
+            if count is not None and count[1]:  # expunges only lower it: this stays an upper bound
+                self._exists = count[0]
             if self._move is not None and not self._move.on_untagged(line):
                 return False
-            if count is not None and not exists:
-                self._recent = int(count.group(1))
+            if count is not None and not count[1]:
+                self._recent = count[0]
             self._to_client += line
             return True
         if lead == b"+":

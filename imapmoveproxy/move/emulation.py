@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
+from ..wire import responses
 from ..wire.capabilities import Capabilities
 from ..wire.grammar import (
     NumberSet,
@@ -53,7 +54,6 @@ from ..wire.grammar import (
     compress_uids,
     encode_astring,
     expand_uid_set,
-    fetch_uid,
     is_sequence_set,
     line_body,
     parse_command_start,
@@ -448,43 +448,44 @@ class MoveEmulation:
         """Whether an untagged upstream response that arrived during the MOVE goes to the client."""
         step = self.step
         if step is Step.CAPABILITY:
-            return not _CAPABILITY_UNTAGGED_RE.match(line)
-        if step is Step.RIGHTS and _MYRIGHTS_RE.match(line):
-            self.rights = line_body(line).rsplit(b" ", 1)[-1]
+            return not responses.is_capability(line)
+        rights = responses.myrights(line) if step is Step.RIGHTS else None
+        if rights is not None:
+            self.rights = rights
             return False
-        count = _COUNT_RE.match(line)
+        count = responses.count(line)
         if count is not None:
-            return self._count(int(count.group(1)), count.group(2).upper() == b"EXISTS")
+            return self._count(*count)
         if step in (Step.COPY, Step.PREFETCH):
-            if _SEARCH_RE.match(line):
-                tag = _search_tag(line)
+            if responses.is_search(line):
+                tag = responses.search_tag(line)
                 if tag == self._prefetch_tag:
-                    self._listed |= _search_set(line)
+                    self._listed |= responses.search_set(line)
                 elif tag in (None, self._deleted_tag):
-                    self._deleted |= _search_set(line)
+                    self._deleted |= responses.search_set(line)
                 return False
             if self._prefetch_tag in self._pending:
-                uid = fetch_uid(line)
+                uid = responses.fetch_uid(line)
                 if uid is not None and self._prefetched_fetch(line, uid):
-                    return not _ONLY_UID_RE.match(line)
-        elif step in (Step.FIND_DELETED, Step.RECHECK) and _SEARCH_RE.match(line):
-            self._deleted |= _search_set(line)
+                    return not responses.only_uid(line)
+        elif step in (Step.FIND_DELETED, Step.RECHECK) and responses.is_search(line):
+            self._deleted |= responses.search_set(line)
             return False
         # FETCH responses about messages whose flags we change are caused by our STOREs (with
         # CONDSTORE even .SILENT answers with MODSEQ); those about others are relayed.
-        uid = fetch_uid(line)
-        if step is Step.VERIFY and uid is not None and _ONLY_UID_RE.match(line):
+        uid = responses.fetch_uid(line)
+        if step is Step.VERIFY and uid is not None and responses.only_uid(line):
             if uid in self._moving:
                 self._remaining.add(uid)
             return False
         if step is Step.CHECK and uid in self._moving:
             self._remaining.add(uid)
-            if _DELETED_FLAG_RE.search(line):
+            if responses.flagged_deleted(line):
                 self._flagged.add(uid)
             return False
         if uid is not None and (uid in self._moving or uid in self._foreign):
             return False
-        expunged = _expunge_count(line)
+        expunged = responses.expunge_count(line)
         if expunged:
             self.expunged(expunged)
         return True
@@ -514,7 +515,7 @@ class MoveEmulation:
         (maybe) the answer to it. A FETCH about a message outside the client's set is another
         session's news (with CONDSTORE it carries the UID too): it never joins the MOVE."""
         if self.request.uid:  # judged once the whole answer is in: "*" is its highest UID
-            self._fetched[uid] = self._fetched.get(uid, False) or bool(_ONLY_UID_RE.match(line))
+            self._fetched[uid] = self._fetched.get(uid, False) or responses.only_uid(line)
             return True
         number = int(line.split(b" ", 2)[1])
         client = self._client_set(self._exists)
@@ -929,37 +930,3 @@ _NEXT: dict[Step, Callable[[MoveEmulation], list[UpstreamCommand]]] = {
 _UNFAILING = frozenset(
     (Step.CAPABILITY, Step.RIGHTS, Step.PREFETCH, Step.COPY, Step.CHECK, Step.UNFLAG)
 )
-
-
-_SEARCH_RE = re.compile(rb"\* (?:E?SEARCH)\b", re.IGNORECASE)
-_ONLY_UID_RE = re.compile(rb"\* \d+ FETCH \((?:UID \d+|MODSEQ \(\d+\)| )+\)\r?\n$", re.IGNORECASE)
-_CAPABILITY_UNTAGGED_RE = re.compile(rb"\* CAPABILITY ", re.IGNORECASE)
-_COUNT_RE = re.compile(rb"\* (\d+) (EXISTS|RECENT)\r?\n$", re.IGNORECASE)
-_EXPUNGE_RE = re.compile(rb"\* \d+ EXPUNGE\r?\n$", re.IGNORECASE)
-_VANISHED_RE = re.compile(rb"\* VANISHED ([0-9:,]+)\r?\n$", re.IGNORECASE)
-_MYRIGHTS_RE = re.compile(rb"\* MYRIGHTS ", re.IGNORECASE)
-_DELETED_FLAG_RE = re.compile(rb"FLAGS \([^)]*\\Deleted", re.IGNORECASE)
-_ESEARCH_TAG_RE = re.compile(rb'\* ESEARCH \(TAG "([^"]*)"\)', re.IGNORECASE)
-
-
-def _search_tag(line: bytes) -> bytes | None:
-    """The command tag an ESEARCH response names (None for a plain SEARCH response)."""
-    match = _ESEARCH_TAG_RE.match(line)
-    return match.group(1) if match else None
-
-
-def _expunge_count(line: bytes) -> int:
-    """How many messages an EXPUNGE or (not EARLIER) VANISHED response removes."""
-    if _EXPUNGE_RE.match(line):
-        return 1
-    match = _VANISHED_RE.match(line)
-    return NumberSet.parse(match.group(1)).size if match else 0
-
-
-def _search_set(line: bytes) -> NumberSet:
-    """UIDs from ``* SEARCH 1 2 3`` or ``* ESEARCH (TAG "x") UID ALL 1:3``, unexpanded."""
-    body = line_body(line)
-    if body[2:9].upper() == b"ESEARCH":
-        match = re.search(rb" ALL ([0-9:,]+)", body, re.IGNORECASE)
-        return NumberSet.parse(match.group(1)) if match else NumberSet()
-    return NumberSet.of(int(word) for word in body.split()[2:] if word.isdigit())

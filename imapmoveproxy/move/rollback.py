@@ -15,10 +15,10 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import re
 from dataclasses import dataclass, field
 
-from ..wire.capabilities import Capabilities
+from ..wire import responses
+from ..wire.capabilities import Capabilities, find_list
 from ..wire.framing import Framer, Line, LineTooLong
 from ..wire.grammar import (
     SyntaxProblem,
@@ -96,11 +96,6 @@ class Phase(enum.Enum):
     DONE = "done"
 
 
-_UIDVALIDITY_RE = re.compile(rb"\* OK \[UIDVALIDITY (\d+)\]", re.IGNORECASE)
-_CAPABILITY_RE = re.compile(rb"(?:\* CAPABILITY |.*\[CAPABILITY )([^\]\r\n]*)", re.IGNORECASE)
-_FETCH_RE = re.compile(rb"\* \d+ FETCH \(.*UID (\d+)", re.IGNORECASE)
-
-
 class Rollback:
     """One second session: log in, select the target, list which copies are there, flag and
     expunge them by UID, check that they are gone, log out. :attr:`error` says why it failed
@@ -149,9 +144,9 @@ class Rollback:
             self._fail("the mail server closed the connection")
 
     def _line(self, line: bytes) -> None:
-        match = _CAPABILITY_RE.match(line)
-        if match:
-            self._caps = Capabilities.parse(match.group(1))
+        caps = find_list(line)
+        if caps is not None:
+            self._caps = Capabilities.parse(line[caps[0] : caps[1]])
         if self._phase is Phase.GREETING:
             if line[:5].upper() == b"* OK ":
                 self._send(Phase.LOGIN, [self._credentials.command(self._caps)])
@@ -184,12 +179,12 @@ class Rollback:
         if line[2:5].upper() == b"BYE":
             self._fail(f"the mail server said {line_body(line)[:80]!r}")
             return
-        match = _UIDVALIDITY_RE.match(line)
-        if match:
-            self._validity = match.group(1)
-        fetched = _FETCH_RE.match(line)
-        if self._phase in (Phase.FIND, Phase.CHECK) and fetched:
-            self._left.add(int(fetched.group(1)))
+        validity = responses.uidvalidity(line)
+        if validity is not None:
+            self._validity = validity
+        fetched = responses.last_fetch_uid(line)
+        if self._phase in (Phase.FIND, Phase.CHECK) and fetched is not None:
+            self._left.add(fetched)
 
     def _advance(self) -> None:
         phase = self._phase

@@ -351,18 +351,6 @@ def code_name(code: bytes | None) -> bytes:
     return code.split(b" ", 1)[0].upper()
 
 
-_UNTAGGED_FETCH_RE = re.compile(rb"\* (\d+) FETCH \(", re.IGNORECASE)
-_FETCH_UID_RE = re.compile(rb"[( ]UID (\d+)", re.IGNORECASE)
-
-
-def fetch_uid(line: bytes) -> int | None:
-    """The UID item of an untagged FETCH response line, if the line is one and has it."""
-    if _UNTAGGED_FETCH_RE.match(line) is None:
-        return None
-    match = _FETCH_UID_RE.search(line)
-    return int(match.group(1)) if match else None
-
-
 _ID_TOKEN = re.compile(rb'\s*(\(|\)|NIL|"(?:[^"\\\r\n]|\\.)*")', re.IGNORECASE)
 _ESCAPED = re.compile(rb"\\(.)", re.DOTALL)
 

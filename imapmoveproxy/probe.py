@@ -35,7 +35,7 @@ from pathlib import Path
 import trio
 
 from .config import Config, ConfigError, add_upstream_arguments, build, merged_values
-from .move.emulation import Policy, UpstreamCommand, astring_segments, policy_for
+from .move.request import Policy, UpstreamCommand, astring_segments, policy_for
 from .move.rollback import Credentials
 from .shell.server import Proxy
 from .shell.tls import UpstreamUnavailable

@@ -10,7 +10,7 @@ import base64
 
 import pytest
 
-from imapmoveproxy.move.emulation import RollbackRequest
+from imapmoveproxy.move.request import RollbackRequest
 from imapmoveproxy.move.rollback import Credentials, Rollback, plain_credentials
 from imapmoveproxy.wire.capabilities import Capabilities
 

@@ -28,14 +28,8 @@ import enum
 import logging
 from dataclasses import dataclass, field
 
-from ..move.emulation import (
-    MoveEmulation,
-    MoveRequest,
-    RollbackRequest,
-    UpstreamCommand,
-    parse_move,
-    policy_for,
-)
+from ..move.emulation import MoveEmulation
+from ..move.request import MoveRequest, RollbackRequest, UpstreamCommand, parse_move, policy_for
 from ..move.rollback import Credentials
 from ..wire import capabilities, responses
 from ..wire.capabilities import Capabilities

@@ -28,7 +28,7 @@ from ..wire.grammar import (
     parse_astring,
     parse_tagged,
 )
-from .emulation import RollbackRequest, UpstreamCommand, astring_segments
+from .request import RollbackRequest, UpstreamCommand, astring_segments
 
 
 @dataclass(slots=True, frozen=True)

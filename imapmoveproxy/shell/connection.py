@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..engine.session import Session
-from ..move.emulation import RollbackRequest
+from ..move.request import RollbackRequest
 from ..move.rollback import Credentials, Rollback
 from ..wire.proxyproto import Endpoint
 from .locks import LockError

@@ -52,6 +52,7 @@ from ..wire.grammar import (
     expand_uid_set,
     set_size,
 )
+from .bookkeeping import ClientCounts, SetCheck
 from .request import (
     MoveRequest,
     Policy,
@@ -128,8 +129,8 @@ class MoveEmulation:
         self._max_set_bytes = max_set_bytes
         self._chunk_size = chunk_size
         self._source = source  # the selected mailbox's name, if known (for MYRIGHTS)
-        self._exists = exists  # how many messages the mailbox has at most, if known
-        self.recent = recent  # the RECENT count the client was last shown, if known
+        self.counts = ClientCounts(exists, recent)
+        self._set = SetCheck(request)
         self._caps = Capabilities(frozenset())
         self._pending: set[bytes] = set()  # our tags still awaiting their tagged reply
         self._prefetch_tag = b""
@@ -137,12 +138,6 @@ class MoveEmulation:
         self._deleted_tag = b""
         self._copy_tag = b""
         self._copy_set: NumberSet | None = None  # UIDs of a chunk's UID COPY
-        self._listed = NumberSet()  # UIDs the prefetch's ESEARCH named
-        self._fetched: dict[int, bool] = {}  # UID FETCH prefetch: UID -> only UID (our answer)
-        self._numbered: dict[int, int] = {}  # FETCH prefetch: number in the set -> its UID
-        self._outside = ""  # what the upstream named outside the client's set, if it did
-        self._client_cache: tuple[int | None, NumberSet] | None = None  # (star, client's set)
-        self._prefetched = NumberSet()  # UIDs in the client's set, once the prefetch is judged
         self._queue: Iterator[int] = iter(())  # UIDs of the chunks still to move
         self._left = 0  # how many UIDs are in the queue
         self._moved = 0  # messages moved by earlier chunks
@@ -156,7 +151,7 @@ class MoveEmulation:
         self._rechecks = 0
         self._retried = False  # uidplus: this chunk's flag and expunge were sent a second time
         self._expunges: list[bytes] = []  # UID EXPUNGE commands still to send, one by one
-        self._expunged_before = 0  # self._expunged when this chunk's EXPUNGE began
+        self._expunged_before = 0  # self.counts.expunged when this chunk's EXPUNGE began
         self._remaining: set[int] = set()  # moved messages still in the source after EXPUNGE
         self._flagged: set[int] = set()  # moved messages carrying \\Deleted after the unflag
         self._checked = True  # whether _remaining is known for sure
@@ -166,11 +161,6 @@ class MoveEmulation:
         self._failure: Tagged | None = None
         self._failed_step = ""
         self._final_code: bytes | None = None  # HIGHESTMODSEQ of the last UID EXPUNGE
-        # From the COPY on, EXISTS and RECENT are held back and shown after the expunges: the
-        # latest EXISTS (as _exists, lowered by the expunges shown since), then the latest RECENT.
-        self._exists_held = False
-        self._recent_held: int | None = None
-        self._expunged = 0  # EXPUNGEs the client was shown during this MOVE
         self.rollback_request: RollbackRequest | None = None  # waiting for a second session
         self.reply = b""  # the tagged reply, once sent
         self._rollback_error = ""
@@ -187,9 +177,12 @@ class MoveEmulation:
     def expunged(self, count: int) -> None:
         """``count`` EXPUNGE responses were relayed to the client without passing through
         :meth:`on_untagged`."""
-        self._expunged += count
-        if self._exists is not None:
-            self._exists -= count
+        self.counts.shown_expunges(count)
+
+    @property
+    def recent(self) -> int | None:
+        """The RECENT count the client was last shown, if known."""
+        return self.counts.recent
 
     def owns(self, tag: bytes) -> bool:
         return tag in self._pending
@@ -239,7 +232,7 @@ class MoveEmulation:
             text = b"Permission denied: messages cannot be removed from this mailbox (rights: %s)."
             self._finish(b"NO", b"NOPERM", text % self.rights)
             return []
-        sizes = [set_size(self.request.sequence_set), self._exists]
+        sizes = [set_size(self.request.sequence_set), self.counts.exists]
         size = min((size for size in sizes if size is not None), default=None)
         if self.policy is Policy.GUARDED or size is None or size > self._chunk_limit:
             # Maybe too many for one COPY; or no COPYUID will say what the COPY took, so it may
@@ -251,6 +244,9 @@ class MoveEmulation:
     def _chunk_limit(self) -> int:
         return self._chunk_size or _MOST_PER_COPY
 
+    def _count_shown(self, number: int, exists: bool) -> bool:
+        return self.counts.count(number, exists, copying=self.step is Step.COPY)
+
     def _prefetch(self, step: Step, copy: bool) -> list[UpstreamCommand]:
         """Which UIDs the client's set names and (UIDPLUS) which of them carry \\Deleted
         already, so that a rollback clears only the flags the proxy set; pipelined with the
@@ -260,7 +256,7 @@ class MoveEmulation:
         self.step = step
         self._prefetch_tag = self._new_tag()
         self._pending.add(self._prefetch_tag)
-        self._listed, self._fetched, self._numbered = NumberSet(), {}, {}
+        self._set.restart()
         searchres = request.sequence_set == b"$"  # SEARCHRES implies ESEARCH (RFC 5182)
         if (request.uid or searchres) and self._caps.esearch:  # one short line for any size
             prefetch = b" UID SEARCH RETURN (ALL) UID " + request.sequence_set + b"\r\n"
@@ -282,12 +278,12 @@ class MoveEmulation:
         return commands
 
     def _after_prefetch(self) -> list[UpstreamCommand]:
-        if self._outside:
+        if self._set.outside:
             return self._refuse_outside()
-        if not self._prefetch_ok or not self._prefetched.size:
+        if not self._prefetch_ok or not self._set.prefetched.size:
             # Let the COPY answer as the upstream would (an invalid set, no messages...).
             return self._prefetch(Step.COPY, copy=True)
-        self._queue, self._left = iter(self._prefetched), self._prefetched.size
+        self._queue, self._left = iter(self._set.prefetched), self._set.prefetched.size
         self._total = self._left
         return self._next_chunk()
 
@@ -296,7 +292,7 @@ class MoveEmulation:
         self._moved += len(self._moving) - len(self._remaining)
         chunk = list(islice(self._queue, self._chunk_limit))
         self._left -= len(chunk)
-        self._prefetched = self._copy_set = NumberSet.of(chunk)
+        self._set.prefetched = self._copy_set = NumberSet.of(chunk)
         self._moving, self._targets, self._remaining = set(), {}, set()
         self._foreign, self._rechecks, self._retried = set(), 0, False
         self._copy_result = None
@@ -320,18 +316,18 @@ class MoveEmulation:
             return False
         count = responses.count(line)
         if count is not None:
-            return self._count(*count)
+            return self._count_shown(*count)
         if step in (Step.COPY, Step.PREFETCH):
             if responses.is_search(line):
                 tag = responses.search_tag(line)
                 if tag == self._prefetch_tag:
-                    self._listed |= responses.search_set(line)
+                    self._set.listed |= responses.search_set(line)
                 elif tag in (None, self._deleted_tag):
                     self._deleted |= responses.search_set(line)
                 return False
             if self._prefetch_tag in self._pending:
                 uid = responses.fetch_uid(line)
-                if uid is not None and self._prefetched_fetch(line, uid):
+                if uid is not None and self._set.fetched(line, uid, self.counts.exists):
                     return not responses.only_uid(line)
         elif step in (Step.FIND_DELETED, Step.RECHECK) and responses.is_search(line):
             self._deleted |= responses.search_set(line)
@@ -355,67 +351,6 @@ class MoveEmulation:
             self.expunged(expunged)
         return True
 
-    def _count(self, number: int, exists: bool) -> bool:
-        """An EXISTS or RECENT response: whether it goes to the client now.
-
-        A MOVE into the selected mailbox announces the new messages after the expunges, with
-        the count that follows them, as a native MOVE does. So from the COPY on, EXISTS and
-        RECENT wait for the tagged reply, where only the latest of each is shown: a RECENT
-        shown before them could count messages whose EXISTS the client has not seen yet."""
-        if exists:
-            self._exists = number
-        holding = self._exists_held or self._recent_held is not None
-        if self.step is not Step.COPY and not holding:
-            if not exists:
-                self.recent = number
-            return True
-        if exists:
-            self._exists_held = True
-        else:
-            self._recent_held = number
-        return False
-
-    def _prefetched_fetch(self, line: bytes, uid: int) -> bool:
-        """Note a FETCH with ``uid`` that came while the prefetch ran; return whether it is
-        (maybe) the answer to it. A FETCH about a message outside the client's set is another
-        session's news (with CONDSTORE it carries the UID too): it never joins the MOVE."""
-        if self.request.uid:  # judged once the whole answer is in: "*" is its highest UID
-            self._fetched[uid] = self._fetched.get(uid, False) or responses.only_uid(line)
-            return True
-        number = int(line.split(b" ", 2)[1])
-        client = self._client_set(self._exists)
-        if client is not None and number not in client:
-            return False
-        if self._numbered.setdefault(number, uid) != uid:
-            self._outside = f"message {number} as UIDs {self._numbered[number]} and {uid}"
-        return True
-
-    def _client_set(self, star: int | None) -> NumberSet | None:
-        """The numbers the client's set names, ``*`` being ``star``; None for ``$``."""
-        if self.request.sequence_set == b"$":
-            return None
-        if self._client_cache is None or self._client_cache[0] != star:
-            self._client_cache = (star, NumberSet.parse(self.request.sequence_set, star))
-        return self._client_cache[1]
-
-    def _judge_prefetch(self) -> None:
-        """The prefetch's answer is complete: keep what lies in the client's set, and note in
-        :attr:`_outside` an answer to the proxy's own FETCH or SEARCH that lies outside it."""
-        named = self._listed | NumberSet.of(self._numbered.values())
-        if self.request.uid:
-            # the answer to the proxy's own FETCH (UID) or SEARCH, then others' news in the set
-            named |= NumberSet.of(uid for uid, only in self._fetched.items() if only)
-            highest = max(max(self._fetched, default=0), self._listed.highest or 0)
-            client = self._client_set(highest)
-            if client is not None:
-                self._note_outside(named - client)
-                named = (named | NumberSet.of(self._fetched)) & client
-        self._prefetched = named
-
-    def _note_outside(self, outside: NumberSet) -> None:
-        if outside.ranges and not self._outside:
-            self._outside = f"UIDs {outside.text()}"
-
     def on_tagged(self, reply: Tagged, caps: Capabilities | None) -> list[UpstreamCommand]:
         """Advance on the tagged reply to one of our commands (or the forwarded MOVE)."""
         if self.step is Step.FORWARD:
@@ -429,7 +364,7 @@ class MoveEmulation:
             self._copy_result = reply
         elif reply.tag == self._prefetch_tag:
             self._prefetch_ok = ok
-            self._judge_prefetch()
+            self._set.judge()
         elif step is Step.VERIFY and not ok:
             self._remaining = set()  # cannot tell: the EXPUNGE itself succeeded
         elif step is Step.CHECK and not ok:
@@ -491,14 +426,14 @@ class MoveEmulation:
             )
             self._moving = set(self._targets)
             self._target_validity = copyuid.split()[1]
-            self._check_copied(NumberSet.of(self._moving))
-            if self._outside:  # its copies are removed, and the client is told why
+            self._set.copied(NumberSet.of(self._moving), self._copy_set, self.counts.exists)
+            if self._set.outside:  # its copies are removed, and the client is told why
                 return self._refuse_outside()
             self._emit(b"* OK [" + copyuid + b"] Moved UIDs.\r\n")
-        elif self._outside:
+        elif self._set.outside:
             return self._refuse_outside()
         if not self._moving:
-            self._moving = set(self._prefetched)
+            self._moving = set(self._set.prefetched)
         if not self._moving:
             self.outcome = "moved"
             self._finish(b"OK", None, b"No messages found.")
@@ -509,30 +444,19 @@ class MoveEmulation:
             return self._send(Step.FIND_SYNC, [b"NOOP\r\n"])
         return self._send(Step.FLAG, self._per_set(_FLAG, self._moving))
 
-    def _check_copied(self, sources: NumberSet) -> None:
-        """COPYUID's source UIDs against the set the COPY named: for UIDs, inside it (``*``
-        being its highest UID); for sequence numbers, no more messages than it names."""
-        if self._copy_set is not None:
-            self._note_outside(sources - self._copy_set)
-        elif self.request.uid:
-            client = self._client_set(sources.highest)
-            if client is not None:
-                self._note_outside(sources - client)
-        else:
-            client = self._client_set(self._exists)
-            if client is not None and sources.size > client.size:
-                self._outside = f"{sources.size} messages for a set of {client.size}"
-
     def _refuse_outside(self) -> list[UpstreamCommand]:
         """The upstream named messages the client did not (:attr:`_outside`): flag and expunge
         nothing; remove the copies a COPY made, through the check and rollback of step 4."""
         request = self.request
         log.warning(
             "%sMOVE %s: the server named messages outside the set (%s): MOVE refused",
-            "UID " * request.uid, request.sequence_set[:60].decode(), self._outside,
+            "UID " * request.uid, request.sequence_set[:60].decode(), self._set.outside,
         )  # fmt: skip
         self._failure = Tagged(
-            b"", b"NO", b"SERVERBUG", f"the server named {self._outside}, outside the set".encode()
+            b"",
+            b"NO",
+            b"SERVERBUG",
+            f"the server named {self._set.outside}, outside the set".encode(),
         )
         self._failed_step = _OUTSIDE
         if self._targets:  # copied: find which are still in the source, then remove the copies
@@ -546,7 +470,7 @@ class MoveEmulation:
             else "nothing was copied, flagged or expunged"
         )
         self.outcome = f"{_OUTSIDE}-failed"
-        text = f"MOVE failed: the server named {self._outside}, outside the set; {state}."
+        text = f"MOVE failed: the server named {self._set.outside}, outside the set; {state}."
         self._finish(b"NO", b"SERVERBUG", text.encode())
         return []
 
@@ -558,7 +482,7 @@ class MoveEmulation:
             # copied: those are moved, the rest stay.
             self._expunges = self._per_set(b"UID EXPUNGE %s\r\n", self._moving)
             if not self._retried:  # a retry's EXPUNGEs add to the first attempt's
-                self._expunged_before = self._expunged
+                self._expunged_before = self.counts.expunged
             return self._after_expunge()
         if self._failure is not None:
             return self._undo()
@@ -603,7 +527,8 @@ class MoveEmulation:
             return self._send(Step.EXPUNGE, [self._expunges.pop(0)])
         if self.policy is Policy.GUARDED:
             return self._send(Step.RESTORE, self._per_set(_FLAG, self._foreign))
-        if self._failure is None and self._expunged - self._expunged_before == len(self._moving):
+        shown = self.counts.expunged - self._expunged_before
+        if self._failure is None and shown == len(self._moving):
             return self._chunk_done()
         if self._failure is None and not self._retried:
             # Dovecot (maildir, other sessions copying into the mailbox) was seen answering OK
@@ -760,14 +685,9 @@ class MoveEmulation:
         return tagged
 
     def _finish(self, status: bytes, code: bytes | None, text: bytes) -> None:
-        if self._exists_held and self._exists is not None:
-            self._emit(b"* %d EXISTS\r\n" % self._exists)
-        recent = self._recent_held
-        if recent is not None and self._exists is not None:
-            recent = min(recent, self._exists)  # never more recent messages than exist
-        if recent is not None and recent != self.recent:  # unchanged: not repeated
-            self._emit(b"* %d RECENT\r\n" % recent)
-            self.recent = recent
+        held = self.counts.held()
+        if held:
+            self._emit(held)
         code_part = b"[" + code + b"] " if code else b""
         self.reply = self.request.tag + b" " + status + b" " + code_part + text
         self._emit(self.reply + b"\r\n")

@@ -36,7 +36,6 @@ The sequence of upstream commands, each step only after the previous one's tagge
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable, Iterator
 from itertools import islice
@@ -52,7 +51,9 @@ from ..wire.grammar import (
     expand_uid_set,
     set_size,
 )
+from . import replies
 from .bookkeeping import ClientCounts, SetCheck
+from .guarded import GuardedSteps
 from .request import (
     MoveRequest,
     Policy,
@@ -61,37 +62,14 @@ from .request import (
     astring_segments,
     policy_for,
 )
+from .steps import Step
+from .uidplus import UidplusSteps
 
 log = logging.getLogger(__name__)
 
 TagSource = Callable[[], bytes]
 
 
-class Step(enum.Enum):
-    CAPABILITY = "capability"  # learning the upstream's capabilities after authentication
-    FORWARD = "forward"  # the client's MOVE sent to the upstream as it is
-    RIGHTS = "rights"  # MYRIGHTS on the source, if not known yet (ACL)
-    PREFETCH = "prefetch"  # a MOVE too big for one chunk: which UIDs to move, before copying
-    COPY = "copy"
-    FIND_SYNC = "find-sync"  # guarded: NOOP, so the search below sees other sessions' flags
-    FIND_DELETED = "find-deleted"  # guarded: which other messages carry \Deleted
-    FLAG = "flag"  # flag the moved messages (guarded: and unflag the others)
-    RECHECK_SYNC = "recheck-sync"  # guarded: NOOP again
-    RECHECK = "recheck"  # guarded: has another session flagged a message since?
-    EXPUNGE = "expunge"
-    RESTORE = "restore"  # guarded: put \Deleted back where it was
-    VERIFY = "verify"  # guarded: which moved messages are still there after EXPUNGE
-    UNDO = "undo"  # guarded, after a failure: unflag what we flagged, restore the others
-    UNFLAG = "unflag"  # UIDPLUS, after a failure: clear the \\Deleted flags the proxy set
-    CHECK = "check"  # UIDPLUS, after a failure: which moved messages are still in the source
-    ROLLBACK = "rollback"  # waiting for a second session to remove their copies from the target
-    DONE = "done"
-
-
-_FLAG = b"UID STORE %s +FLAGS.SILENT (\\Deleted)\r\n"
-_UNFLAG = b"UID STORE %s -FLAGS.SILENT (\\Deleted)\r\n"
-_SEARCH_DELETED = b"UID SEARCH DELETED\r\n"
-_RECHECKS = 3  # how often a guarded MOVE clears newly flagged messages before giving up
 _MOST_PER_COPY = 1_000_000  # chunk size when chunks are off: a COPYUID must stay expandable
 _OUTSIDE = "set-check"  # the step named when the upstream names messages outside the set
 
@@ -143,13 +121,13 @@ class MoveEmulation:
         self._moved = 0  # messages moved by earlier chunks
         self._total = 0  # messages to move in all
         self._copy_result: Tagged | None = None
-        self._moving: set[int] = set()  # UIDs confirmed copied, to flag and expunge
+        self.moving: set[int] = set()  # UIDs confirmed copied, to flag and expunge
         self._targets: dict[int, int] = {}  # source UID -> UID of its copy (COPYUID)
-        self._deleted = NumberSet()  # messages carrying \Deleted (last search)
-        self._foreign: set[int] = set()  # guarded: other messages whose \Deleted we cleared
-        self._already_deleted: set[int] = set()  # moved ones the user had flagged
-        self._rechecks = 0
-        self._retried = False  # uidplus: this chunk's flag and expunge were sent a second time
+        self.deleted = NumberSet()  # messages carrying \Deleted (last search)
+        self.foreign: set[int] = set()  # guarded: other messages whose \Deleted we cleared
+        self.already_deleted: set[int] = set()  # moved ones the user had flagged
+        self.uidplus = UidplusSteps(self)
+        self.guarded = GuardedSteps(self)
         self._expunges: list[bytes] = []  # UID EXPUNGE commands still to send, one by one
         self._expunged_before = 0  # self.counts.expunged when this chunk's EXPUNGE began
         self._remaining: set[int] = set()  # moved messages still in the source after EXPUNGE
@@ -158,8 +136,8 @@ class MoveEmulation:
         self._removed: set[int] = set()  # of those, the ones whose copies were removed
         self._vanished: set[int] = set()  # of those, the ones whose copies had left the target
         self._target_validity = b""  # UIDVALIDITY of the target, from COPYUID
-        self._failure: Tagged | None = None
-        self._failed_step = ""
+        self.failure: Tagged | None = None
+        self.failed_step = ""
         self._final_code: bytes | None = None  # HIGHESTMODSEQ of the last UID EXPUNGE
         self.rollback_request: RollbackRequest | None = None  # waiting for a second session
         self.reply = b""  # the tagged reply, once sent
@@ -195,7 +173,7 @@ class MoveEmulation:
             self._finish(b"BAD", None, self.request.error)
             return []
         if caps is None:
-            return self._send(Step.CAPABILITY, [b"CAPABILITY\r\n"])
+            return self.send(Step.CAPABILITY, [b"CAPABILITY\r\n"])
         return self._begin(caps)
 
     def _begin(self, caps: Capabilities) -> list[UpstreamCommand]:
@@ -213,7 +191,7 @@ class MoveEmulation:
             # COPY would succeed and the expunge be ignored, leaving every message in both
             # mailboxes: refuse before anything is copied.
             self.outcome = "read-only"
-            self._finish(b"NO", b"READ-ONLY", b"Mailbox is read-only, messages cannot be moved.")
+            self._finish(b"NO", b"READ-ONLY", replies.READ_ONLY)
             return []
         if b"ACL" in caps.names and self._source is not None and self.rights is None:
             return self._send_framed(
@@ -229,8 +207,7 @@ class MoveEmulation:
         needed = (b"t", b"e") if rfc4314 else (b"d",)
         if self.rights is not None and not all(right in rights for right in needed):
             self.outcome = "no-permission"
-            text = b"Permission denied: messages cannot be removed from this mailbox (rights: %s)."
-            self._finish(b"NO", b"NOPERM", text % self.rights)
+            self._finish(b"NO", b"NOPERM", replies.NO_PERMISSION % self.rights)
             return []
         sizes = [set_size(self.request.sequence_set), self.counts.exists]
         size = min((size for size in sizes if size is not None), default=None)
@@ -289,12 +266,13 @@ class MoveEmulation:
 
     def _next_chunk(self) -> list[UpstreamCommand]:
         """Move the next chunk of UIDs: each chunk is moved or left alone on its own."""
-        self._moved += len(self._moving) - len(self._remaining)
+        self._moved += len(self.moving) - len(self._remaining)
         chunk = list(islice(self._queue, self._chunk_limit))
         self._left -= len(chunk)
         self._set.prefetched = self._copy_set = NumberSet.of(chunk)
-        self._moving, self._targets, self._remaining = set(), {}, set()
-        self._foreign, self._rechecks, self._retried = set(), 0, False
+        self.moving, self._targets, self._remaining = set(), {}, set()
+        self.foreign = set()
+        self._steps.new_chunk()
         self._copy_result = None
         self.step = Step.COPY
         self._copy_tag = self._new_tag()
@@ -323,28 +301,28 @@ class MoveEmulation:
                 if tag == self._prefetch_tag:
                     self._set.listed |= responses.search_set(line)
                 elif tag in (None, self._deleted_tag):
-                    self._deleted |= responses.search_set(line)
+                    self.deleted |= responses.search_set(line)
                 return False
             if self._prefetch_tag in self._pending:
                 uid = responses.fetch_uid(line)
                 if uid is not None and self._set.fetched(line, uid, self.counts.exists):
                     return not responses.only_uid(line)
         elif step in (Step.FIND_DELETED, Step.RECHECK) and responses.is_search(line):
-            self._deleted |= responses.search_set(line)
+            self.deleted |= responses.search_set(line)
             return False
         # FETCH responses about messages whose flags we change are caused by our STOREs (with
         # CONDSTORE even .SILENT answers with MODSEQ); those about others are relayed.
         uid = responses.fetch_uid(line)
         if step is Step.VERIFY and uid is not None and responses.only_uid(line):
-            if uid in self._moving:
+            if uid in self.moving:
                 self._remaining.add(uid)
             return False
-        if step is Step.CHECK and uid in self._moving:
+        if step is Step.CHECK and uid in self.moving:
             self._remaining.add(uid)
             if responses.flagged_deleted(line):
                 self._flagged.add(uid)
             return False
-        if uid is not None and (uid in self._moving or uid in self._foreign):
+        if uid is not None and (uid in self.moving or uid in self.foreign):
             return False
         expunged = responses.expunge_count(line)
         if expunged:
@@ -371,9 +349,9 @@ class MoveEmulation:
             self._checked = False  # cannot tell which messages are left
         elif step is Step.EXPUNGE and ok and code_name(reply.code) == b"HIGHESTMODSEQ":
             self._final_code = reply.code
-        elif not ok and step not in _UNFAILING and self._failure is None:
-            self._failure = reply
-            self._failed_step = step.value
+        elif not ok and step not in _UNFAILING and self.failure is None:
+            self.failure = reply
+            self.failed_step = step.value
         if self._pending:
             return []
         if step is Step.CAPABILITY:
@@ -402,7 +380,7 @@ class MoveEmulation:
             self.rollback = "failed" if attempted else "impossible"
             self._rollback_error = error
         self.rollback_request = None
-        return self._report()
+        return self.report()
 
     # ------------------------------------------------------------------ the steps
 
@@ -415,34 +393,37 @@ class MoveEmulation:
             if not self._moved:  # the client gets the COPY's answer, as from a native MOVE
                 self._finish(result.status, result.code, result.text)
                 return []
-            self._failure, self._failed_step = result, "copy"
-            self._moving = set()
-            return self._report()
+            self.failure, self.failed_step = result, "copy"
+            self.moving = set()
+            return self.report()
         copyuid = result.code if code_name(result.code) == b"COPYUID" else None
         if copyuid is not None and len(copyuid.split()) == 4:
             _, _, sources, targets = copyuid.split()
             self._targets = dict(
                 zip(expand_uid_set(sources), expand_uid_set(targets), strict=False)
             )
-            self._moving = set(self._targets)
+            self.moving = set(self._targets)
             self._target_validity = copyuid.split()[1]
-            self._set.copied(NumberSet.of(self._moving), self._copy_set, self.counts.exists)
+            self._set.copied(NumberSet.of(self.moving), self._copy_set, self.counts.exists)
             if self._set.outside:  # its copies are removed, and the client is told why
                 return self._refuse_outside()
             self._emit(b"* OK [" + copyuid + b"] Moved UIDs.\r\n")
         elif self._set.outside:
             return self._refuse_outside()
-        if not self._moving:
-            self._moving = set(self._set.prefetched)
-        if not self._moving:
+        if not self.moving:
+            self.moving = set(self._set.prefetched)
+        if not self.moving:
             self.outcome = "moved"
-            self._finish(b"OK", None, b"No messages found.")
+            self._finish(b"OK", None, replies.NO_MESSAGES)
             return []
-        self._already_deleted = {uid for uid in self._moving if uid in self._deleted}
-        self._total = self._total or len(self._moving)
-        if self.policy is Policy.GUARDED:
-            return self._send(Step.FIND_SYNC, [b"NOOP\r\n"])
-        return self._send(Step.FLAG, self._per_set(_FLAG, self._moving))
+        self.already_deleted = {uid for uid in self.moving if uid in self.deleted}
+        self._total = self._total or len(self.moving)
+        return self._steps.after_copy()
+
+    @property
+    def _steps(self) -> UidplusSteps | GuardedSteps:
+        """The steps after the COPY, as the policy has them."""
+        return self.guarded if self.policy is Policy.GUARDED else self.uidplus
 
     def _refuse_outside(self) -> list[UpstreamCommand]:
         """The upstream named messages the client did not (:attr:`_outside`): flag and expunge
@@ -452,122 +433,43 @@ class MoveEmulation:
             "%sMOVE %s: the server named messages outside the set (%s): MOVE refused",
             "UID " * request.uid, request.sequence_set[:60].decode(), self._set.outside,
         )  # fmt: skip
-        self._failure = Tagged(
+        self.failure = Tagged(
             b"",
             b"NO",
             b"SERVERBUG",
             f"the server named {self._set.outside}, outside the set".encode(),
         )
-        self._failed_step = _OUTSIDE
+        self.failed_step = _OUTSIDE
         if self._targets:  # copied: find which are still in the source, then remove the copies
             self._total = self._total or len(self._targets)
-            self._moving = set(self._targets)
+            self.moving = set(self._targets)
             return self._check()
         copied = self._copy_result is not None and self._copy_result.status == b"OK"
-        state = (
-            "nothing was removed from the source, but its COPY may have left copies in the target"
-            if copied  # no COPYUID says as what
-            else "nothing was copied, flagged or expunged"
-        )
         self.outcome = f"{_OUTSIDE}-failed"
-        text = f"MOVE failed: the server named {self._set.outside}, outside the set; {state}."
-        self._finish(b"NO", b"SERVERBUG", text.encode())
+        self._finish(b"NO", b"SERVERBUG", replies.outside(self._set.outside, copied))
         return []
-
-    def _after_flag(self) -> list[UpstreamCommand]:
-        if self.policy is Policy.UIDPLUS:
-            if self._failure is not None:
-                return self._recover()
-            # UID EXPUNGE removes only messages of the set that carry \\Deleted, all of them
-            # copied: those are moved, the rest stay.
-            self._expunges = self._per_set(b"UID EXPUNGE %s\r\n", self._moving)
-            if not self._retried:  # a retry's EXPUNGEs add to the first attempt's
-                self._expunged_before = self.counts.expunged
-            return self._after_expunge()
-        if self._failure is not None:
-            return self._undo()
-        return self._send(Step.RECHECK_SYNC, [b"NOOP\r\n"])
-
-    def _after_find_deleted(self) -> list[UpstreamCommand]:
-        """Guarded: clear \\Deleted on the other messages, flag the moved ones."""
-        if self._failure is not None:
-            return self._report()
-        self._foreign = set(self._deleted) - self._moving
-        self._already_deleted = {uid for uid in self._moving if uid in self._deleted}
-        unflag = self._per_set(_UNFLAG, self._foreign)
-        return self._send(Step.FLAG, unflag + self._per_set(_FLAG, self._moving))
-
-    def _after_recheck(self) -> list[UpstreamCommand]:
-        """Guarded: right before EXPUNGE, no message outside the move may carry \\Deleted."""
-        if self._failure is not None:
-            return self._undo()
-        newly_flagged = set(self._deleted) - self._moving
-        if not newly_flagged:
-            return self._send(Step.EXPUNGE, [b"EXPUNGE\r\n"])
-        self._foreign |= newly_flagged  # another session flagged these meanwhile
-        self._rechecks += 1
-        if self._rechecks > _RECHECKS:
-            self._failure = Tagged(b"", b"NO", b"INUSE", b"other sessions keep flagging messages")
-            self._failed_step = "recheck"
-            return self._undo()
-        return self._send(Step.FLAG, self._per_set(_UNFLAG, newly_flagged))
-
-    def _search_deleted(self, step: Step) -> list[UpstreamCommand]:
-        """Guarded: ask which messages carry \\Deleted (after a NOOP made the view current:
-        Dovecot, for one, only takes in other sessions' flag changes when it syncs)."""
-        if self._failure is not None:
-            return self._undo() if step is Step.RECHECK else self._report()
-        self._deleted = NumberSet()
-        return self._send(step, [_SEARCH_DELETED])
-
-    def _after_expunge(self) -> list[UpstreamCommand]:
-        if self._expunges:
-            # One at a time: a server running two UID EXPUNGEs at once (Dovecot does) may
-            # report some expunges only after both tagged replies, that is after our OK.
-            return self._send(Step.EXPUNGE, [self._expunges.pop(0)])
-        if self.policy is Policy.GUARDED:
-            return self._send(Step.RESTORE, self._per_set(_FLAG, self._foreign))
-        shown = self.counts.expunged - self._expunged_before
-        if self._failure is None and shown == len(self._moving):
-            return self._chunk_done()
-        if self._failure is None and not self._retried:
-            # Dovecot (maildir, other sessions copying into the mailbox) was seen answering OK
-            # to a UID EXPUNGE that removed none of the messages just flagged. Flag and expunge
-            # once more: messages already gone are skipped by both commands.
-            self._retried = True
-            self.expunge_retries += 1
-            return self._send(Step.FLAG, self._per_set(_FLAG, self._moving))
-        # Fewer (or other sessions' too) EXPUNGEs than messages moved: find out which are left.
-        return self._recover()
-
-    def _recover(self) -> list[UpstreamCommand]:
-        """UIDPLUS, after a failure past the COPY: clear the \\Deleted flags the proxy set, then
-        list which moved messages are still in the source. Once unflagged, no other session's
-        EXPUNGE can remove them, so removing their copies from the target cannot lose them."""
-        unflag = self._per_set(_UNFLAG, self._moving - self._already_deleted)
-        return self._send(Step.UNFLAG, unflag)
 
     def _check(self) -> list[UpstreamCommand]:
         self._remaining, self._flagged = set(), set()
-        return self._send(Step.CHECK, self._per_set(b"UID FETCH %s (UID FLAGS)\r\n", self._moving))
+        return self.send(Step.CHECK, self.per_set(b"UID FETCH %s (UID FLAGS)\r\n", self.moving))
 
     def _after_check(self) -> list[UpstreamCommand]:
-        self._remaining &= self._moving
+        self._remaining &= self.moving
         if not self._checked:
-            return self._report()
-        if not self._remaining and self._failed_step != _OUTSIDE:  # everything moved after all
-            self._failure = None
-            return self._chunk_done()
-        if self._failure is None:
+            return self.report()
+        if not self._remaining and self.failed_step != _OUTSIDE:  # everything moved after all
+            self.failure = None
+            return self.chunk_done()
+        if self.failure is None:
             left = b",".join(compress_uids(list(self._remaining)))
-            self._failure = Tagged(b"", b"NO", None, b"UIDs " + left + b" were not expunged")
-            self._failed_step = "expunge"
+            self.failure = Tagged(b"", b"NO", None, b"UIDs " + left + b" were not expunged")
+            self.failed_step = "expunge"
         # Those still flagged \Deleted (the user's own, or an unflag failed) stay in both: any
         # session's EXPUNGE may remove them from the source at any moment.
         removable = sorted((self._remaining - self._flagged) & set(self._targets))
         if not removable:
             self.rollback = "impossible"
-            return self._report()
+            return self.report()
         self.step = Step.ROLLBACK
         self.rollback_request = RollbackRequest(
             self.request.mailbox,
@@ -577,99 +479,49 @@ class MoveEmulation:
         )
         return []
 
-    def _verify(self) -> list[UpstreamCommand]:
-        """Guarded: a plain EXPUNGE does not say by UID what it removed; list what is left
-        (imap4d, for one, can lose a flag that another session's write overlapped)."""
-        if self._failure is not None:
-            return self._report()
-        return self._send(Step.VERIFY, [b"UID FETCH 1:* (UID)\r\n"])
-
-    def _undo(self) -> list[UpstreamCommand]:
-        """Guarded, after a failure before EXPUNGE: put every flag back as it was."""
-        unflag = self._per_set(_UNFLAG, self._moving - self._already_deleted)
-        return self._send(Step.UNDO, unflag + self._per_set(_FLAG, self._foreign))
-
-    def _chunk_done(self) -> list[UpstreamCommand]:
-        if self.policy is Policy.GUARDED and self._remaining and self._failure is None:
+    def chunk_done(self) -> list[UpstreamCommand]:
+        if self.policy is Policy.GUARDED and self._remaining and self.failure is None:
             left = b",".join(compress_uids(list(self._remaining)))
-            self._failure = Tagged(b"", b"NO", None, b"UIDs " + left + b" were not expunged")
-            self._failed_step = "expunge"
-        if self._failure is None and self._left:
+            self.failure = Tagged(b"", b"NO", None, b"UIDs " + left + b" were not expunged")
+            self.failed_step = "expunge"
+        if self.failure is None and self._left:
             return self._next_chunk()
-        return self._report()
+        return self.report()
 
-    def _report(self) -> list[UpstreamCommand]:
-        failure = self._failure
+    def report(self) -> list[UpstreamCommand]:
+        failure = self.failure
         if failure is None:
             self.outcome = "moved"
-            self._finish(b"OK", self._final_code, b"Move completed.")
+            self._finish(b"OK", self._final_code, replies.MOVED)
             return []
-        self.outcome = f"{self._failed_step}-failed"
+        step = self.failed_step
+        self.outcome = f"{step}-failed"
         reason = failure.text.decode("utf-8", "replace")
-        if self._failed_step == "restore":
-            # The messages were moved; only the \Deleted flags of others could not be put back.
-            uids = b",".join(compress_uids(list(self._foreign))).decode()
-            self._finish(
-                b"OK",
-                None,
-                f"Move completed, but \\Deleted could not be restored on "
-                f"UIDs {uids} ({reason}).".encode(),
-            )
+        if step == "restore":  # moved; only the \Deleted flags of others were not put back
+            self._finish(b"OK", None, replies.restore_failed(self.foreign, reason))
             return []
-        moved = self._moved + len(self._moving) - len(self._remaining)
+        left = self._remaining - self._removed
         if self.policy is Policy.GUARDED:
-            if self.step is Step.UNDO:
-                state = "Nothing was removed from the source: every message is in both mailboxes"
-            else:
-                state = "Messages still listed in the source are in both mailboxes"
+            state = replies.UNDONE if self.step is Step.UNDO else replies.LISTED_LEFT
         elif not self._checked:
-            state = (
-                "Which are still in the source could not be checked: those are in both mailboxes"
-            )
-        elif self._remaining - self._removed:
-            self.duplicates = len(self._remaining - self._removed)
-            state = self._duplicates_state()
+            state = replies.UNCHECKED
+        elif left:
+            self.duplicates = len(left)
+            both = left - self._vanished
+            state = replies.duplicates(both, self._targets, self._rollback_error, self._vanished)
         else:
-            text = (
-                f"MOVE failed ({self._failed_step}: {reason}): {moved} of {self._total} "
-                "messages were moved, the others are unaffected."
-            )
-            self._finish(b"NO", failure.code, text.encode())
+            moved = self._moved + len(self.moving) - len(self._remaining)
+            self._finish(b"NO", failure.code, replies.failed(step, reason, moved, self._total))
             return []
-        text = (
-            "MOVE incomplete: the messages were copied to the target, but removing them from the "
-            f"source failed ({self._failed_step}: {reason}). {state}; none was lost."
-        )
-        self._finish(b"NO", failure.code, text.encode())
+        self._finish(b"NO", failure.code, replies.incomplete(step, reason, state))
         return []
 
-    def _duplicates_state(self) -> str:
-        """What the tagged NO says of the messages left in both mailboxes (or maybe twice)."""
-        both = self._remaining - self._removed - self._vanished
-        parts = []
-        if both:
-            sources = b",".join(compress_uids(list(both))).decode()
-            targets = [self._targets[uid] for uid in both if uid in self._targets]
-            copies = b",".join(compress_uids(targets)).decode() or "unknown"
-            why = f" (removing the copies failed: {self._rollback_error})" * bool(
-                self._rollback_error
-            )
-            parts.append(f"UIDs {sources} are in both mailboxes (copies: UIDs {copies}){why}")
-        if self._vanished:
-            sources = b",".join(compress_uids(list(self._vanished))).decode()
-            parts.append(
-                f"the copies of UIDs {sources} had left the target before they could be removed "
-                "(another session moved or deleted them), so those messages may exist twice"
-            )
-        state = "; ".join(parts)
-        return state[:1].upper() + state[1:]
-
-    def _per_set(self, template: bytes, uids: set[int]) -> list[bytes]:
+    def per_set(self, template: bytes, uids: set[int]) -> list[bytes]:
         """``template`` once per UID set, split so that no command line grows too long."""
         sets = chunk_set(compress_uids(list(uids)), self._max_set_bytes)
         return [template % uid_set for uid_set in sets]
 
-    def _send(self, step: Step, commands: list[bytes]) -> list[UpstreamCommand]:
+    def send(self, step: Step, commands: list[bytes]) -> list[UpstreamCommand]:
         """Tag and send ``commands``, pipelined: together they make up ``step``."""
         return self._send_framed(step, [[command] for command in commands])
 
@@ -696,15 +548,15 @@ class MoveEmulation:
 
 _NEXT: dict[Step, Callable[[MoveEmulation], list[UpstreamCommand]]] = {
     Step.COPY: MoveEmulation._after_copy,
-    Step.FIND_SYNC: lambda emulation: emulation._search_deleted(Step.FIND_DELETED),
-    Step.RECHECK_SYNC: lambda emulation: emulation._search_deleted(Step.RECHECK),
-    Step.FIND_DELETED: MoveEmulation._after_find_deleted,
-    Step.FLAG: MoveEmulation._after_flag,
-    Step.RECHECK: MoveEmulation._after_recheck,
-    Step.EXPUNGE: MoveEmulation._after_expunge,
-    Step.RESTORE: MoveEmulation._verify,
-    Step.VERIFY: MoveEmulation._chunk_done,
-    Step.UNDO: MoveEmulation._report,
+    Step.FIND_SYNC: lambda emulation: emulation.guarded.search_deleted(Step.FIND_DELETED),
+    Step.RECHECK_SYNC: lambda emulation: emulation.guarded.search_deleted(Step.RECHECK),
+    Step.FIND_DELETED: lambda emulation: emulation.guarded.after_find_deleted(),
+    Step.FLAG: lambda emulation: emulation._steps.after_flag(),
+    Step.RECHECK: lambda emulation: emulation.guarded.after_recheck(),
+    Step.EXPUNGE: lambda emulation: emulation._steps.after_expunge(),
+    Step.RESTORE: lambda emulation: emulation.guarded.verify(),
+    Step.VERIFY: MoveEmulation.chunk_done,
+    Step.UNDO: MoveEmulation.report,
     Step.RIGHTS: MoveEmulation._check_rights,
     Step.PREFETCH: MoveEmulation._after_prefetch,
     Step.UNFLAG: MoveEmulation._check,

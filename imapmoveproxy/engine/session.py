@@ -313,11 +313,7 @@ class Session:
     def _process_client(self) -> None:
         framer = self._client
         while self.wants_client_data:
-            try:
-                event = framer.next_event()
-            except LineTooLong:
-                self._close("client line too long", b"Line too long.")
-                return
+            event = self._next_event(framer, "client line too long", b"Line too long.")
             if event is None:
                 return
             if isinstance(event, Literal):
@@ -652,11 +648,9 @@ class Session:
                     move.expunged(bytes(run).count(b"\n"))
                     self._to_client += run
                     continue
-            try:
-                event = framer.next_event()
-            except LineTooLong:
-                self._close("upstream line too long", b"The mail server sent an overlong line.")
-                return
+            event = self._next_event(
+                framer, "upstream line too long", b"The mail server sent an overlong line."
+            )
             if event is None:
                 return
             if type(event) is Line and event.first:
@@ -792,6 +786,15 @@ class Session:
             self._to_client += data
         else:
             self._deferred += data
+
+    def _next_event(self, framer: Framer, reason: str, bye: bytes) -> Line | Literal | None:
+        """The framer's next event; None if it needs more bytes, or if the line it holds is too
+        long (then the connection ends with ``reason``)."""
+        try:
+            return framer.next_event()
+        except LineTooLong:
+            self._close(reason, bye)
+            return None
 
     def _close(self, reason: str, bye: bytes, level: int = logging.WARNING) -> None:
         """End the connection: log ``reason``, and tell the client ``* BYE <bye>``."""

@@ -19,6 +19,11 @@ _CAPABILITY_RE = re.compile(
 )
 
 
+def _listed_or_rev2(name: bytes) -> property:
+    """A capability that is listed, or implied by IMAP4rev2 (which includes it)."""
+    return property(lambda caps: name in caps.names or b"IMAP4REV2" in caps.names)
+
+
 @dataclass(slots=True, frozen=True)
 class Capabilities:
     """An upstream capability list, upper-cased for comparison."""
@@ -29,25 +34,14 @@ class Capabilities:
     def parse(cls, text: bytes) -> Capabilities:
         return cls(frozenset(name.upper() for name in text.split()))
 
-    @property
-    def native_move(self) -> bool:
-        return b"MOVE" in self.names or b"IMAP4REV2" in self.names
-
-    @property
-    def uidplus(self) -> bool:
-        return b"UIDPLUS" in self.names or b"IMAP4REV2" in self.names
+    native_move = _listed_or_rev2(b"MOVE")
+    uidplus = _listed_or_rev2(b"UIDPLUS")
+    literal_minus = _listed_or_rev2(b"LITERAL-")
+    esearch = _listed_or_rev2(b"ESEARCH")
 
     @property
     def literal_plus(self) -> bool:
         return b"LITERAL+" in self.names
-
-    @property
-    def literal_minus(self) -> bool:
-        return b"LITERAL-" in self.names or b"IMAP4REV2" in self.names
-
-    @property
-    def esearch(self) -> bool:
-        return b"ESEARCH" in self.names or b"IMAP4REV2" in self.names
 
 
 def _hidden(name: bytes) -> bool:

@@ -321,7 +321,7 @@ def test_a_master_user_logs_in_for_the_clients_user_and_the_password_is_not_kept
 
 def kept(session: Session) -> tuple[bytes, bytes, bytes]:
     """(user, login, password) the session keeps for a rollback's second session."""
-    credentials = session._credentials
+    credentials = session.credentials
     assert credentials is not None
     return credentials.user, credentials.login, credentials.password
 
@@ -331,7 +331,7 @@ def test_refused_logins_leave_no_credentials():
     s.receive_upstream(GREETING)
     s.receive_client(b"a LOGIN user wrong\r\n")
     s.receive_upstream(b"a NO [AUTHENTICATIONFAILED] Nope\r\n")
-    assert s._credentials is None
+    assert s.credentials is None
 
 
 def test_a_login_reusing_a_tag_in_flight_waits_and_cannot_take_the_other_commands_ok():
@@ -343,16 +343,16 @@ def test_a_login_reusing_a_tag_in_flight_waits_and_cannot_take_the_other_command
     assert s.take_to_upstream() == b"a NOOP\r\n"  # the LOGIN waits for the tag to be free
     s.receive_upstream(b"a OK NOOP completed\r\n")
     assert s.take_to_upstream() == b"a LOGIN bob wrong\r\n"
-    assert not s.authenticated and s._credentials is None
+    assert not s.authenticated and s.credentials is None
     s.receive_upstream(b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
-    assert not s.authenticated and s._credentials is None
+    assert not s.authenticated and s.credentials is None
     s.receive_client(b"b AUTHENTICATE LOGIN\r\n")
     s.receive_upstream(b"+ VXNlcm5hbWU6\r\n")
     s.receive_client(b"YWxpY2U=\r\n")
     s.receive_upstream(b"+ UGFzc3dvcmQ6\r\n")
     s.receive_client(b"cGFzcw==\r\n")
     s.receive_upstream(b"b OK Logged in\r\n")
-    assert s.authenticated and s._credentials is None
+    assert s.authenticated and s.credentials is None
     assert b"a NO" in s.take_to_client()
 
 

@@ -1,0 +1,273 @@
+"""The client's side of a session: its commands, read one event of the framer at a time.
+
+Every client command is forwarded unchanged, except those the proxy answers or executes itself:
+MOVE (collected whole, executed by the proxy), COMPRESS (NO), STARTTLS (done by the proxy),
+LOGIN/AUTHENTICATE before TLS when TLS is required (NO), ID (its x- fields removed), a command
+line that is not one (BAD). What follows the first line of a command (literal bytes, lines after
+a literal) goes where the command went: :class:`Mode`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING
+
+from ..move.request import MoveRequest, parse_move
+from ..move.rollback import Credentials
+from ..wire.framing import Framer, Line, Literal
+from ..wire.grammar import CommandStart, is_tag, line_body, parse_command_start, strip_x_fields
+from .inflight import AUTH_COMMANDS, CredentialCapture
+
+if TYPE_CHECKING:
+    from .session import Session
+
+MOVE_COMMANDS = (b"MOVE", b"UID MOVE")
+_DATA_COMMANDS = (b"AUTHENTICATE", b"IDLE")  # client lines after these are not commands
+_MAX_INVALID = 10  # invalid command lines in a row that end the connection (as in Dovecot)
+
+
+class Mode(enum.Enum):
+    """What happens to the rest of the client command being received."""
+
+    FORWARD = "forward"
+    COLLECT = "collect"  # a MOVE the proxy will execute itself
+    DISCARD = "discard"  # a command already answered with BAD; its remaining bytes are dropped
+
+
+class MoveCollector:
+    """A MOVE's lines and its mailbox literal, until the command is complete."""
+
+    __slots__ = ("_lines", "_literal", "_literals", "_max_literal")
+
+    def __init__(self, max_literal: int) -> None:
+        self._max_literal = max_literal
+        self._lines: list[bytes] = []
+        self._literal = bytearray()
+        self._literals = 0
+
+    def line(self, line: Line) -> bool:
+        """Take a line of the MOVE; False if it announces a literal the proxy refuses."""
+        self._lines.append(line.data)
+        if line.literal is not None:
+            self._literals += 1
+            return self._literals == 1 and line.literal <= self._max_literal
+        return True
+
+    def literal(self, data: bytes | memoryview) -> None:
+        self._literal += data
+
+    @property
+    def tag(self) -> bytes:
+        return self._lines[0].split(b" ", 1)[0]
+
+    def request(self) -> MoveRequest:
+        """Parse the collected command (call once its last line is in), and start over."""
+        first, *rest = self._lines
+        literal = bytes(self._literal) if self._literals else None
+        request = parse_move(first, literal, rest[0] if literal is not None else b"")
+        self.clear()
+        return request
+
+    def clear(self) -> None:
+        self._lines, self._literal, self._literals = [], bytearray(), 0
+
+
+class ClientInput:
+    """Reads the client's commands and decides, for each, where it goes."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        settings = session.settings
+        self.framer = Framer(settings.max_line)
+        self._mode = Mode.FORWARD
+        self._collector = MoveCollector(settings.max_mailbox_literal)
+        master = settings.rollback_master if settings.rollback == "master" else None
+        self._capture = CredentialCapture(master)
+        self._data_tag: bytes | None = None  # AUTHENTICATE/IDLE in progress
+        self._data_idle = False
+        self._invalid = 0  # invalid command lines in a row
+        self.held: Line | None = None  # a command waiting for its tag to be unambiguous
+        self._forwarding: bytes = b""  # tag of the client command being forwarded
+        self._literal_tag: bytes | None = None  # its synchronizing literal awaits the server's "+"
+
+    def process(self) -> None:
+        """Look at the client's commands while the session wants them."""
+        session = self._session
+        while session.wants_client_data:
+            event = session.next_event(self.framer, "client line too long", b"Line too long.")
+            if event is None:
+                return
+            if isinstance(event, Literal):
+                self._fragment(event.data)
+            elif event.first:
+                self._command(event)
+            else:
+                self._fragment(event.data, event)
+
+    def completed(self, tag: bytes) -> None:
+        """A client command with ``tag`` had its tagged reply."""
+        if tag == self._literal_tag:  # refused before its literal: none will come
+            self._literal_tag = None
+            self.framer.cancel_literal()
+            self._mode = Mode.FORWARD
+        if tag == self._data_tag:
+            self._data_tag = None
+        self._release_held()
+
+    def continued(self) -> None:
+        """The server's ``+`` for the client: it may send its literal now."""
+        self._literal_tag = None
+
+    def _command(self, line: Line) -> None:
+        session = self._session
+        self._capture.cut_short()
+        if self._data_tag is not None:  # an AUTHENTICATE response or IDLE's DONE: data
+            session.output.to_upstream += line.data
+            self._keep(self._capture.data_line(line.data))
+            if self._data_idle:
+                self._data_tag = None
+            return
+        start = parse_command_start(line.data)
+        if start is None:
+            self._invalid_command(line)
+            return
+        self._invalid = 0
+        if session.inflight.in_doubt(start):
+            self.held = line  # looked at again once the other command with its tag completes
+            return
+        name, tag = start.name, start.tag
+        session.counters.commands += 1
+        if name in MOVE_COMMANDS and session.collects_move():
+            self._collect_move(line)
+        elif name in MOVE_COMMANDS:  # the upstream has MOVE, or no UIDPLUS and "refuse"
+            session.moves.forwarded(name, line.data[start.args_offset :], session.caps)
+            self._forward(line, start)
+        elif name == b"COMPRESS":
+            self._reject(line, tag + b" NO COMPRESS is not available through this proxy.\r\n")
+        elif name == b"STARTTLS":
+            self._starttls(line, tag)
+        elif name == b"ID":  # with or without the proxy's own ID before it
+            self._client_id(line, start)
+        elif name in AUTH_COMMANDS and session.settings.require_tls and not session.tls:
+            session.log.info("%s before STARTTLS refused", name.decode())
+            self._reject(line, tag + b" NO [PRIVACYREQUIRED] Use STARTTLS first.\r\n")
+        else:
+            self._forward(line, start)
+
+    def _invalid_command(self, line: Line) -> None:
+        self._invalid += 1
+        if self._invalid >= _MAX_INVALID:
+            self._session.close("too many invalid commands", b"Too many invalid IMAP commands.")
+            return
+        tag = line.data.split(b" ", 1)[0]
+        tag = tag if is_tag(tag) and b"\n" not in tag else b"*"
+        self._session.log.debug("bad command line from client")
+        self._reject(line, tag + b" BAD Error in IMAP command received by server.\r\n")
+
+    def _release_held(self) -> None:
+        line = self.held
+        if line is None:
+            return
+        start = parse_command_start(line.data)
+        assert start is not None  # held only after it parsed
+        if not self._session.inflight.in_doubt(start):
+            self.held = None
+            self._command(line)
+
+    def _starttls(self, line: Line, tag: bytes) -> None:
+        session = self._session
+        if not session.settings.tls_offered or session.tls:
+            state = "already active" if session.tls else "not available through this proxy"
+            self._reject(line, tag + b" BAD STARTTLS " + state.encode() + b".\r\n")
+        elif session.inflight.count or line.literal is not None:
+            self._reject(line, tag + b" BAD Finish the other commands before STARTTLS.\r\n")
+        else:
+            session.output.reply(tag + b" OK Begin TLS negotiation now.\r\n")
+            session.starttls_requested = True
+            # Whatever the client sent after STARTTLS in plaintext is thrown away (RFC 9051
+            # §6.2.1): it could have been injected by a man in the middle.
+            self.framer = Framer(session.settings.max_line)
+
+    def _client_id(self, line: Line, start: CommandStart) -> None:
+        """The client's own ID goes on without any x- field it tried to set: a server that
+        trusts the proxy's address would believe the client's x-originating-ip otherwise."""
+        if line.literal is not None:
+            self._reject(line, start.tag + b" BAD ID with literals is not supported here.\r\n")
+            return
+        fields = strip_x_fields(line_body(line.data)[start.args_offset :])
+        if fields is None:
+            self._reject(line, start.tag + b" BAD Invalid ID arguments.\r\n")
+            return
+        new_line = line.data[: start.args_offset] + b" " + fields + b"\r\n"
+        self._forward(Line(new_line, True), start)
+
+    def _forward(self, line: Line, start: CommandStart) -> None:
+        session = self._session
+        self._mode = Mode.FORWARD
+        self._forwarding = start.tag
+        self._note_literal(line)
+        session.output.to_upstream += line.data
+        session.inflight.sent(line, start)
+        if start.name in AUTH_COMMANDS:
+            session.caps = None  # the capabilities change with the authentication state
+            if session.settings.rollback != "off":
+                self._keep(self._capture.command(line, start))
+        if start.name in _DATA_COMMANDS:
+            self._data_tag = start.tag
+            self._data_idle = start.name == b"IDLE"
+
+    def _fragment(self, data: bytes | memoryview, line: Line | None = None) -> None:
+        """A literal chunk, or a line continuing a command after a literal."""
+        if self._mode is Mode.FORWARD:
+            self._session.output.to_upstream += data
+            if line is not None:
+                self._note_literal(line)
+            self._keep(self._capture.fragment(data, line))
+        elif self._mode is Mode.COLLECT:
+            if line is None:
+                self._collector.literal(data)
+            else:
+                self._collect_move(line)
+        elif line is not None:  # a line of a command already refused
+            self._skip_rest(line)
+
+    def _note_literal(self, line: Line) -> None:
+        """A forwarded line announcing a synchronizing literal: the client sends it only after
+        the server's "+"; if the server answers the command instead, it never comes."""
+        if line.literal is not None and line.sync:
+            self._literal_tag = self._forwarding
+
+    def _keep(self, captured: tuple[bytes, Credentials] | None) -> None:
+        """Credentials captured for the login in flight under their tag."""
+        if captured is not None:
+            self._session.inflight.logs_in_with(*captured)
+
+    def _collect_move(self, line: Line) -> None:
+        session = self._session
+        self._mode = Mode.COLLECT
+        if not self._collector.line(line):
+            tag = self._collector.tag
+            self._collector.clear()
+            session.log.info("MOVE from client with an oversized or extra literal refused")
+            self._reject(line, tag + b" BAD Mailbox name too long or malformed.\r\n")
+        elif line.literal is not None:
+            if line.sync:
+                session.output.reply(b"+ Ready for literal data\r\n")
+        else:
+            self._mode = Mode.FORWARD
+            session.moves.collected(self._collector.request())
+
+    def _reject(self, line: Line, reply: bytes) -> None:
+        """Answer a command the proxy will not forward and skip whatever else belongs to it."""
+        self._session.output.reply(reply)
+        self._skip_rest(line)
+
+    def _skip_rest(self, line: Line) -> None:
+        """After ``line`` of a refused command: what of the command is still to come."""
+        if line.literal is None:
+            self._mode = Mode.FORWARD  # nothing: the next line is a new command
+        elif line.sync:
+            self.framer.cancel_literal()  # refused: the client will not send its literal
+            self._mode = Mode.FORWARD
+        else:
+            self._mode = Mode.DISCARD  # a non-synchronizing literal comes anyway: drop it

@@ -1,0 +1,22 @@
+"""What the session knows of the selected mailbox."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class SelectedMailbox:
+    """The mailbox selected on the client's connection, as far as a MOVE needs it."""
+
+    name: bytes | None = None  # as SELECT named it (None: not known, e.g. given as a literal)
+    read_only: bool = False  # opened with EXAMINE (READ-ONLY)
+    uidvalidity: bytes = b""  # keys the MOVE lock
+    exists: int | None = None  # messages in it, at most (expunges only lower it)
+    recent: int | None = None  # the RECENT count the client was last shown
+    rights: bytes | None = None  # MYRIGHTS on it, once learned
+
+    def selected(self, name: bytes | None) -> None:
+        """A SELECT, EXAMINE, CLOSE or UNSELECT completed (``name``: what is selected now)."""
+        self.name = name
+        self.rights = None

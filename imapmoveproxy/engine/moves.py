@@ -1,0 +1,163 @@
+"""A session's MOVEs: from the collected command to its tagged reply, and what is counted.
+
+MOVE is a barrier: the collected MOVE waits until every earlier command has its tagged reply
+(:attr:`MoveRunner.ready`); the caller then takes the source mailbox's lock and starts it. While
+it runs, the :class:`~..move.emulation.MoveEmulation` gets the upstream responses; a second
+session, if it asks for one, is the caller's to run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..move.emulation import MoveEmulation
+from ..move.request import MoveRequest, RollbackRequest, UpstreamCommand
+from ..move.rollback import Credentials
+from ..wire.capabilities import Capabilities
+
+if TYPE_CHECKING:
+    from .session import Session
+
+# The outcome counted for a MOVE refused because its lock could not be had, by response code.
+LOCK_REFUSALS = {b"INUSE": "lock-timeout", b"UNAVAILABLE": "lock-unavailable"}
+
+
+@dataclass(slots=True, frozen=True)
+class FinishedMove:
+    """A MOVE answered, for the metrics."""
+
+    policy: str
+    outcome: str
+    rollback: str = ""  # "", "done", "failed", "impossible"
+    duplicates: int = 0  # messages left in both mailboxes
+    expunge_retries: int = 0  # UID EXPUNGEs that removed too few and were tried once more
+
+
+class MoveRunner:
+    """The MOVE waiting for earlier commands, the one running, and those answered."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self.waiting: MoveRequest | None = None  # collected, not started
+        self.running: MoveEmulation | None = None
+        self.rollback_running = False
+        self._finished: list[FinishedMove] = []
+
+    @property
+    def ready(self) -> bool:
+        """The waiting MOVE waits only for :meth:`start`: every earlier command has completed."""
+        return self.waiting is not None and not self._session.inflight.count and not self.running
+
+    def collected(self, request: MoveRequest) -> None:
+        self.waiting = request
+
+    def start(self) -> None:
+        """Begin the waiting MOVE."""
+        session, request = self._session, self.waiting
+        assert request is not None
+        self.waiting = None
+        if not session.authenticated:  # as a native server answers a MOVE before login
+            bad = b" BAD Error in IMAP command received by server.\r\n"
+            session.output.reply(request.tag + bad)
+            return
+        mailbox, settings = session.mailbox, session.settings
+        self.running = MoveEmulation(
+            request,
+            read_only=mailbox.read_only,
+            guarded=settings.guarded,
+            new_tag=session.channel.new_tag,
+            emit=session.output.reply,
+            max_set_bytes=settings.max_set_bytes,
+            chunk_size=settings.chunk_size,
+            source=mailbox.name,
+            rights=mailbox.rights,
+            exists=mailbox.exists,
+            recent=mailbox.recent,
+        )
+        self.step(self.running.start(session.caps))
+
+    def refuse(self, code: bytes, text: bytes) -> None:
+        """Answer the waiting MOVE with a tagged NO instead of starting it."""
+        request = self.waiting
+        assert request is not None
+        self.waiting = None
+        self._session.output.reply(request.tag + b" NO [" + code + b"] " + text + b"\r\n")
+        kind = b"UID MOVE" if request.uid else b"MOVE"
+        self._count(kind, request.sequence_set, "none", LOCK_REFUSALS.get(code, "lock-refused"))
+        self._session.after_move()
+
+    def forwarded(self, name: bytes, arguments: bytes, caps: Capabilities | None) -> None:
+        """A MOVE the upstream executes itself (it has MOVE, or no UIDPLUS and "refuse")."""
+        assert caps is not None
+        policy = "native" if caps.native_move else "refused"
+        self._count(name, b"".join(arguments.split(b" ", 2)[1:2]), policy, "forwarded")
+
+    def take_rollback(self, credentials: Credentials | None) -> RollbackRequest | None:
+        """The second session the running MOVE asks for, once."""
+        move = self.running
+        if move is None or move.rollback_request is None or self.rollback_running:
+            return None
+        assert credentials is not None  # see step()
+        self.rollback_running = True
+        return move.rollback_request
+
+    def rollback_finished(self, error: str | None, missing: frozenset[int]) -> None:
+        move = self.running
+        assert move is not None and self.rollback_running
+        self.rollback_running = False
+        if error is not None:
+            self._session.log.warning("rollback of a failed MOVE failed: %s", error)
+        self.step(move.on_rollback(error, missing=missing))
+
+    def step(self, commands: list[UpstreamCommand]) -> None:
+        """Send the running MOVE's next commands; finish it if it is answered."""
+        session, move = self._session, self.running
+        session.channel.send(commands)
+        if move is None:
+            return
+        if move.rollback_request is not None and session.credentials is None:
+            why = "off" if session.settings.rollback == "off" else "no credentials to replay"
+            session.channel.send(move.on_rollback(f"second sessions are {why}", attempted=False))
+        if not move.done:
+            return
+        self.running = None
+        session.mailbox.rights = move.rights if move.outcome == "moved" else None
+        session.mailbox.recent = move.recent  # it may have shown a RECENT held back
+        policy = move.policy.value if move.policy else "none"
+        kind = b"UID MOVE" if move.request.uid else b"MOVE"
+        self._count(kind, move.request.sequence_set, policy, move.outcome, move)
+        session.after_move()
+
+    def take_finished(self) -> list[FinishedMove]:
+        """Every MOVE answered since the last call."""
+        moves, self._finished = self._finished, []
+        return moves
+
+    def _count(
+        self,
+        kind: bytes,
+        sequence_set: bytes,
+        policy: str,
+        outcome: str,
+        move: MoveEmulation | None = None,
+    ) -> None:
+        """Log a MOVE answered, and count it for the connection's summary and the metrics."""
+        log: logging.LoggerAdapter[logging.Logger] = self._session.log
+        shown = sequence_set[:60] + (b"..." if len(sequence_set) > 60 else b"")
+        rollback, duplicates, retries = (
+            (move.rollback, move.duplicates, move.expunge_retries) if move else ("", 0, 0)
+        )
+        log.info(
+            "%s %s: policy=%s outcome=%s%s%s",
+            kind.decode(), shown.decode("ascii", "replace"), policy, outcome,
+            f" rollback={rollback}" if rollback else "",
+            f" expunge_retries={retries}" if retries else "",
+        )  # fmt: skip
+        if move is not None and move.duplicates:
+            log.warning("MOVE left messages in both mailboxes: %s", move.reply.decode())
+        moves = self._session.counters.moves
+        key = f"{policy}-{outcome}"
+        moves[key] = moves.get(key, 0) + 1
+        self._finished.append(FinishedMove(policy, outcome, rollback, duplicates, retries))

@@ -54,6 +54,7 @@ from ..wire.grammar import (
 from . import replies
 from .bookkeeping import ClientCounts, SetCheck
 from .guarded import GuardedSteps
+from .recovery import OUTSIDE, Recovery
 from .request import (
     MoveRequest,
     Policy,
@@ -71,7 +72,6 @@ TagSource = Callable[[], bytes]
 
 
 _MOST_PER_COPY = 1_000_000  # chunk size when chunks are off: a COPYUID must stay expandable
-_OUTSIDE = "set-check"  # the step named when the upstream names messages outside the set
 
 
 class MoveEmulation:
@@ -118,11 +118,10 @@ class MoveEmulation:
         self._copy_set: NumberSet | None = None  # UIDs of a chunk's UID COPY
         self._queue: Iterator[int] = iter(())  # UIDs of the chunks still to move
         self._left = 0  # how many UIDs are in the queue
-        self._moved = 0  # messages moved by earlier chunks
-        self._total = 0  # messages to move in all
+        self.moved = 0  # messages moved by earlier chunks
+        self.total = 0  # messages to move in all
         self._copy_result: Tagged | None = None
         self.moving: set[int] = set()  # UIDs confirmed copied, to flag and expunge
-        self._targets: dict[int, int] = {}  # source UID -> UID of its copy (COPYUID)
         self.deleted = NumberSet()  # messages carrying \Deleted (last search)
         self.foreign: set[int] = set()  # guarded: other messages whose \Deleted we cleared
         self.already_deleted: set[int] = set()  # moved ones the user had flagged
@@ -130,18 +129,11 @@ class MoveEmulation:
         self.guarded = GuardedSteps(self)
         self._expunges: list[bytes] = []  # UID EXPUNGE commands still to send, one by one
         self._expunged_before = 0  # self.counts.expunged when this chunk's EXPUNGE began
-        self._remaining: set[int] = set()  # moved messages still in the source after EXPUNGE
-        self._flagged: set[int] = set()  # moved messages carrying \\Deleted after the unflag
-        self._checked = True  # whether _remaining is known for sure
-        self._removed: set[int] = set()  # of those, the ones whose copies were removed
-        self._vanished: set[int] = set()  # of those, the ones whose copies had left the target
-        self._target_validity = b""  # UIDVALIDITY of the target, from COPYUID
         self.failure: Tagged | None = None
         self.failed_step = ""
-        self._final_code: bytes | None = None  # HIGHESTMODSEQ of the last UID EXPUNGE
-        self.rollback_request: RollbackRequest | None = None  # waiting for a second session
+        self.final_code: bytes | None = None  # HIGHESTMODSEQ of the last UID EXPUNGE
+        self.recovery = Recovery(self)
         self.reply = b""  # the tagged reply, once sent
-        self._rollback_error = ""
 
     @property
     def done(self) -> bool:
@@ -162,6 +154,17 @@ class MoveEmulation:
         """The RECENT count the client was last shown, if known."""
         return self.counts.recent
 
+    @property
+    def rollback_request(self) -> RollbackRequest | None:
+        """Copies a second session must remove from the target, if the MOVE waits for it."""
+        return self.recovery.request
+
+    def on_rollback(
+        self, error: str | None, *, attempted: bool = True, missing: frozenset[int] = frozenset()
+    ) -> list[UpstreamCommand]:
+        """The second session of :attr:`rollback_request` ended (:meth:`Recovery.on_rollback`)."""
+        return self.recovery.on_rollback(error, attempted=attempted, missing=missing)
+
     def owns(self, tag: bytes) -> bool:
         return tag in self._pending
 
@@ -170,7 +173,7 @@ class MoveEmulation:
     def start(self, caps: Capabilities | None) -> list[UpstreamCommand]:
         if self.request.error is not None:
             self.outcome = "bad-syntax"
-            self._finish(b"BAD", None, self.request.error)
+            self.finish(b"BAD", None, self.request.error)
             return []
         if caps is None:
             return self.send(Step.CAPABILITY, [b"CAPABILITY\r\n"])
@@ -191,7 +194,7 @@ class MoveEmulation:
             # COPY would succeed and the expunge be ignored, leaving every message in both
             # mailboxes: refuse before anything is copied.
             self.outcome = "read-only"
-            self._finish(b"NO", b"READ-ONLY", replies.READ_ONLY)
+            self.finish(b"NO", b"READ-ONLY", replies.READ_ONLY)
             return []
         if b"ACL" in caps.names and self._source is not None and self.rights is None:
             return self._send_framed(
@@ -207,7 +210,7 @@ class MoveEmulation:
         needed = (b"t", b"e") if rfc4314 else (b"d",)
         if self.rights is not None and not all(right in rights for right in needed):
             self.outcome = "no-permission"
-            self._finish(b"NO", b"NOPERM", replies.NO_PERMISSION % self.rights)
+            self.finish(b"NO", b"NOPERM", replies.NO_PERMISSION % self.rights)
             return []
         sizes = [set_size(self.request.sequence_set), self.counts.exists]
         size = min((size for size in sizes if size is not None), default=None)
@@ -261,16 +264,17 @@ class MoveEmulation:
             # Let the COPY answer as the upstream would (an invalid set, no messages...).
             return self._prefetch(Step.COPY, copy=True)
         self._queue, self._left = iter(self._set.prefetched), self._set.prefetched.size
-        self._total = self._left
+        self.total = self._left
         return self._next_chunk()
 
     def _next_chunk(self) -> list[UpstreamCommand]:
         """Move the next chunk of UIDs: each chunk is moved or left alone on its own."""
-        self._moved += len(self.moving) - len(self._remaining)
+        self.moved += len(self.moving) - len(self.recovery.remaining)
         chunk = list(islice(self._queue, self._chunk_limit))
         self._left -= len(chunk)
         self._set.prefetched = self._copy_set = NumberSet.of(chunk)
-        self.moving, self._targets, self._remaining = set(), {}, set()
+        self.moving = set()
+        self.recovery.new_chunk()
         self.foreign = set()
         self._steps.new_chunk()
         self._copy_result = None
@@ -315,12 +319,12 @@ class MoveEmulation:
         uid = responses.fetch_uid(line)
         if step is Step.VERIFY and uid is not None and responses.only_uid(line):
             if uid in self.moving:
-                self._remaining.add(uid)
+                self.recovery.remaining.add(uid)
             return False
         if step is Step.CHECK and uid in self.moving:
-            self._remaining.add(uid)
+            self.recovery.remaining.add(uid)
             if responses.flagged_deleted(line):
-                self._flagged.add(uid)
+                self.recovery.flagged.add(uid)
             return False
         if uid is not None and (uid in self.moving or uid in self.foreign):
             return False
@@ -344,11 +348,11 @@ class MoveEmulation:
             self._prefetch_ok = ok
             self._set.judge()
         elif step is Step.VERIFY and not ok:
-            self._remaining = set()  # cannot tell: the EXPUNGE itself succeeded
+            self.recovery.remaining = set()  # cannot tell: the EXPUNGE itself succeeded
         elif step is Step.CHECK and not ok:
-            self._checked = False  # cannot tell which messages are left
+            self.recovery.checked = False  # cannot tell which messages are left
         elif step is Step.EXPUNGE and ok and code_name(reply.code) == b"HIGHESTMODSEQ":
-            self._final_code = reply.code
+            self.final_code = reply.code
         elif not ok and step not in _UNFAILING and self.failure is None:
             self.failure = reply
             self.failed_step = step.value
@@ -363,25 +367,6 @@ class MoveEmulation:
         the client's MOVE forwarded under the client's tag."""
         return tag in self._pending or (self.step is Step.FORWARD and tag == self.request.tag)
 
-    def on_rollback(
-        self, error: str | None, *, attempted: bool = True, missing: frozenset[int] = frozenset()
-    ) -> list[UpstreamCommand]:
-        """The second session removed the copies of :attr:`rollback_request` (``error`` is
-        None), failed to, or could not be ``attempted`` (no credentials). ``missing``: copies
-        it found gone from the target already (another session moved or deleted them)."""
-        request = self.rollback_request
-        assert self.step is Step.ROLLBACK and request is not None
-        if error is None:
-            self.rollback = "done"
-            pairs = zip(request.sources, request.uids, strict=True)
-            self._vanished = {source for source, copy in pairs if copy in missing}
-            self._removed = set(request.sources) - self._vanished
-        else:
-            self.rollback = "failed" if attempted else "impossible"
-            self._rollback_error = error
-        self.rollback_request = None
-        return self.report()
-
     # ------------------------------------------------------------------ the steps
 
     def _after_copy(self) -> list[UpstreamCommand]:
@@ -390,20 +375,20 @@ class MoveEmulation:
         if result.status != b"OK":
             # Nothing was copied in this chunk, so nothing else is done.
             self.outcome = "copy-failed"
-            if not self._moved:  # the client gets the COPY's answer, as from a native MOVE
-                self._finish(result.status, result.code, result.text)
+            if not self.moved:  # the client gets the COPY's answer, as from a native MOVE
+                self.finish(result.status, result.code, result.text)
                 return []
             self.failure, self.failed_step = result, "copy"
             self.moving = set()
-            return self.report()
+            return self.recovery.report()
         copyuid = result.code if code_name(result.code) == b"COPYUID" else None
         if copyuid is not None and len(copyuid.split()) == 4:
             _, _, sources, targets = copyuid.split()
-            self._targets = dict(
+            self.recovery.targets = dict(
                 zip(expand_uid_set(sources), expand_uid_set(targets), strict=False)
             )
-            self.moving = set(self._targets)
-            self._target_validity = copyuid.split()[1]
+            self.moving = set(self.recovery.targets)
+            self.recovery.target_validity = copyuid.split()[1]
             self._set.copied(NumberSet.of(self.moving), self._copy_set, self.counts.exists)
             if self._set.outside:  # its copies are removed, and the client is told why
                 return self._refuse_outside()
@@ -414,10 +399,10 @@ class MoveEmulation:
             self.moving = set(self._set.prefetched)
         if not self.moving:
             self.outcome = "moved"
-            self._finish(b"OK", None, replies.NO_MESSAGES)
+            self.finish(b"OK", None, replies.NO_MESSAGES)
             return []
         self.already_deleted = {uid for uid in self.moving if uid in self.deleted}
-        self._total = self._total or len(self.moving)
+        self.total = self.total or len(self.moving)
         return self._steps.after_copy()
 
     @property
@@ -439,82 +424,24 @@ class MoveEmulation:
             b"SERVERBUG",
             f"the server named {self._set.outside}, outside the set".encode(),
         )
-        self.failed_step = _OUTSIDE
-        if self._targets:  # copied: find which are still in the source, then remove the copies
-            self._total = self._total or len(self._targets)
-            self.moving = set(self._targets)
-            return self._check()
+        self.failed_step = OUTSIDE
+        if self.recovery.targets:  # copied: find which are still in the source, remove the copies
+            self.total = self.total or len(self.recovery.targets)
+            self.moving = set(self.recovery.targets)
+            return self.recovery.check()
         copied = self._copy_result is not None and self._copy_result.status == b"OK"
-        self.outcome = f"{_OUTSIDE}-failed"
-        self._finish(b"NO", b"SERVERBUG", replies.outside(self._set.outside, copied))
-        return []
-
-    def _check(self) -> list[UpstreamCommand]:
-        self._remaining, self._flagged = set(), set()
-        return self.send(Step.CHECK, self.per_set(b"UID FETCH %s (UID FLAGS)\r\n", self.moving))
-
-    def _after_check(self) -> list[UpstreamCommand]:
-        self._remaining &= self.moving
-        if not self._checked:
-            return self.report()
-        if not self._remaining and self.failed_step != _OUTSIDE:  # everything moved after all
-            self.failure = None
-            return self.chunk_done()
-        if self.failure is None:
-            left = b",".join(compress_uids(list(self._remaining)))
-            self.failure = Tagged(b"", b"NO", None, b"UIDs " + left + b" were not expunged")
-            self.failed_step = "expunge"
-        # Those still flagged \Deleted (the user's own, or an unflag failed) stay in both: any
-        # session's EXPUNGE may remove them from the source at any moment.
-        removable = sorted((self._remaining - self._flagged) & set(self._targets))
-        if not removable:
-            self.rollback = "impossible"
-            return self.report()
-        self.step = Step.ROLLBACK
-        self.rollback_request = RollbackRequest(
-            self.request.mailbox,
-            self._target_validity,
-            tuple(self._targets[uid] for uid in removable),
-            tuple(removable),
-        )
+        self.outcome = f"{OUTSIDE}-failed"
+        self.finish(b"NO", b"SERVERBUG", replies.outside(self._set.outside, copied))
         return []
 
     def chunk_done(self) -> list[UpstreamCommand]:
-        if self.policy is Policy.GUARDED and self._remaining and self.failure is None:
-            left = b",".join(compress_uids(list(self._remaining)))
+        if self.policy is Policy.GUARDED and self.recovery.remaining and self.failure is None:
+            left = b",".join(compress_uids(list(self.recovery.remaining)))
             self.failure = Tagged(b"", b"NO", None, b"UIDs " + left + b" were not expunged")
             self.failed_step = "expunge"
         if self.failure is None and self._left:
             return self._next_chunk()
-        return self.report()
-
-    def report(self) -> list[UpstreamCommand]:
-        failure = self.failure
-        if failure is None:
-            self.outcome = "moved"
-            self._finish(b"OK", self._final_code, replies.MOVED)
-            return []
-        step = self.failed_step
-        self.outcome = f"{step}-failed"
-        reason = failure.text.decode("utf-8", "replace")
-        if step == "restore":  # moved; only the \Deleted flags of others were not put back
-            self._finish(b"OK", None, replies.restore_failed(self.foreign, reason))
-            return []
-        left = self._remaining - self._removed
-        if self.policy is Policy.GUARDED:
-            state = replies.UNDONE if self.step is Step.UNDO else replies.LISTED_LEFT
-        elif not self._checked:
-            state = replies.UNCHECKED
-        elif left:
-            self.duplicates = len(left)
-            both = left - self._vanished
-            state = replies.duplicates(both, self._targets, self._rollback_error, self._vanished)
-        else:
-            moved = self._moved + len(self.moving) - len(self._remaining)
-            self._finish(b"NO", failure.code, replies.failed(step, reason, moved, self._total))
-            return []
-        self._finish(b"NO", failure.code, replies.incomplete(step, reason, state))
-        return []
+        return self.recovery.report()
 
     def per_set(self, template: bytes, uids: set[int]) -> list[bytes]:
         """``template`` once per UID set, split so that no command line grows too long."""
@@ -536,7 +463,7 @@ class MoveEmulation:
             return _NEXT[step](self)
         return tagged
 
-    def _finish(self, status: bytes, code: bytes | None, text: bytes) -> None:
+    def finish(self, status: bytes, code: bytes | None, text: bytes) -> None:
         held = self.counts.held()
         if held:
             self._emit(held)
@@ -556,11 +483,11 @@ _NEXT: dict[Step, Callable[[MoveEmulation], list[UpstreamCommand]]] = {
     Step.EXPUNGE: lambda emulation: emulation._steps.after_expunge(),
     Step.RESTORE: lambda emulation: emulation.guarded.verify(),
     Step.VERIFY: MoveEmulation.chunk_done,
-    Step.UNDO: MoveEmulation.report,
+    Step.UNDO: lambda emulation: emulation.recovery.report(),
     Step.RIGHTS: MoveEmulation._check_rights,
     Step.PREFETCH: MoveEmulation._after_prefetch,
-    Step.UNFLAG: MoveEmulation._check,
-    Step.CHECK: MoveEmulation._after_check,
+    Step.UNFLAG: lambda emulation: emulation.recovery.check(),
+    Step.CHECK: lambda emulation: emulation.recovery.after_check(),
 }
 # Steps whose failure does not make the MOVE fail: they only gather facts (or, for UNFLAG, the
 # CHECK that follows finds out what the failure left behind).

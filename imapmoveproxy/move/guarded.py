@@ -37,7 +37,7 @@ class GuardedSteps:
         for one, only takes in other sessions' flag changes when it syncs)."""
         move = self._move
         if move.failure is not None:
-            return self.undo() if step is Step.RECHECK else move.report()
+            return self.undo() if step is Step.RECHECK else move.recovery.report()
         move.deleted = NumberSet()
         return move.send(step, [_SEARCH_DELETED])
 
@@ -45,7 +45,7 @@ class GuardedSteps:
         """Clear \\Deleted on the other messages, flag the moved ones."""
         move = self._move
         if move.failure is not None:
-            return move.report()
+            return move.recovery.report()
         move.foreign = set(move.deleted) - move.moving
         move.already_deleted = {uid for uid in move.moving if uid in move.deleted}
         unflag = move.per_set(UNFLAG, move.foreign)
@@ -81,7 +81,7 @@ class GuardedSteps:
         one, can lose a flag that another session's write overlapped)."""
         move = self._move
         if move.failure is not None:
-            return move.report()
+            return move.recovery.report()
         return move.send(Step.VERIFY, [b"UID FETCH 1:* (UID)\r\n"])
 
     def undo(self) -> list[UpstreamCommand]:

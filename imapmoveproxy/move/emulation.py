@@ -37,8 +37,7 @@ The sequence of upstream commands, each step only after the previous one's tagge
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from itertools import islice
+from collections.abc import Callable
 
 from ..wire import responses
 from ..wire.capabilities import Capabilities
@@ -54,6 +53,7 @@ from ..wire.grammar import (
 from . import replies
 from .bookkeeping import ClientCounts, SetCheck
 from .guarded import GuardedSteps
+from .listing import Listing
 from .recovery import OUTSIDE, Recovery
 from .request import (
     MoveRequest,
@@ -69,9 +69,6 @@ from .uidplus import UidplusSteps
 log = logging.getLogger(__name__)
 
 TagSource = Callable[[], bytes]
-
-
-_MOST_PER_COPY = 1_000_000  # chunk size when chunks are off: a COPYUID must stay expandable
 
 
 class MoveEmulation:
@@ -102,33 +99,24 @@ class MoveEmulation:
         self.step = Step.CAPABILITY
         self._read_only = read_only
         self._guarded = guarded
-        self._new_tag = new_tag
+        self.new_tag = new_tag
         self._emit = emit
         self._max_set_bytes = max_set_bytes
-        self._chunk_size = chunk_size
         self._source = source  # the selected mailbox's name, if known (for MYRIGHTS)
         self.counts = ClientCounts(exists, recent)
-        self._set = SetCheck(request)
-        self._caps = Capabilities(frozenset())
-        self._pending: set[bytes] = set()  # our tags still awaiting their tagged reply
-        self._prefetch_tag = b""
-        self._prefetch_ok = False
-        self._deleted_tag = b""
-        self._copy_tag = b""
-        self._copy_set: NumberSet | None = None  # UIDs of a chunk's UID COPY
-        self._queue: Iterator[int] = iter(())  # UIDs of the chunks still to move
-        self._left = 0  # how many UIDs are in the queue
+        self.set_check = SetCheck(request)
+        self.caps = Capabilities(frozenset())
+        self.pending: set[bytes] = set()  # our tags still awaiting their tagged reply
+        self.listing = Listing(self, chunk_size)
         self.moved = 0  # messages moved by earlier chunks
         self.total = 0  # messages to move in all
-        self._copy_result: Tagged | None = None
+        self.copy_result: Tagged | None = None
         self.moving: set[int] = set()  # UIDs confirmed copied, to flag and expunge
         self.deleted = NumberSet()  # messages carrying \Deleted (last search)
         self.foreign: set[int] = set()  # guarded: other messages whose \Deleted we cleared
         self.already_deleted: set[int] = set()  # moved ones the user had flagged
         self.uidplus = UidplusSteps(self)
         self.guarded = GuardedSteps(self)
-        self._expunges: list[bytes] = []  # UID EXPUNGE commands still to send, one by one
-        self._expunged_before = 0  # self.counts.expunged when this chunk's EXPUNGE began
         self.failure: Tagged | None = None
         self.failed_step = ""
         self.final_code: bytes | None = None  # HIGHESTMODSEQ of the last UID EXPUNGE
@@ -166,7 +154,7 @@ class MoveEmulation:
         return self.recovery.on_rollback(error, attempted=attempted, missing=missing)
 
     def owns(self, tag: bytes) -> bool:
-        return tag in self._pending
+        return tag in self.pending
 
     # ------------------------------------------------------------------ starting
 
@@ -181,7 +169,7 @@ class MoveEmulation:
 
     def _begin(self, caps: Capabilities) -> list[UpstreamCommand]:
         request = self.request
-        self._caps = caps
+        self.caps = caps
         self.policy = policy_for(caps, self._guarded)
         if not self.policy.emulated:
             # Nothing to emulate (native MOVE) or nothing safe to emulate with (no UIDPLUS):
@@ -206,7 +194,7 @@ class MoveEmulation:
         """Refuse before touching anything if the rights on the source forbid flagging or
         expunging (RFC 4314; an RFC 2086 server has a single "d" right for both)."""
         rights = (self.rights or b"").lower()
-        rfc4314 = any(name.startswith(b"RIGHTS=") for name in self._caps.names)
+        rfc4314 = any(name.startswith(b"RIGHTS=") for name in self.caps.names)
         needed = (b"t", b"e") if rfc4314 else (b"d",)
         if self.rights is not None and not all(right in rights for right in needed):
             self.outcome = "no-permission"
@@ -214,76 +202,14 @@ class MoveEmulation:
             return []
         sizes = [set_size(self.request.sequence_set), self.counts.exists]
         size = min((size for size in sizes if size is not None), default=None)
-        if self.policy is Policy.GUARDED or size is None or size > self._chunk_limit:
+        if self.policy is Policy.GUARDED or size is None or size > self.listing.chunk_limit:
             # Maybe too many for one COPY; or no COPYUID will say what the COPY took, so it may
             # only name UIDs checked to be in the client's set.
-            return self._prefetch(Step.PREFETCH, copy=False)
-        return self._prefetch(Step.COPY, copy=True)
-
-    @property
-    def _chunk_limit(self) -> int:
-        return self._chunk_size or _MOST_PER_COPY
+            return self.listing.prefetch(Step.PREFETCH, copy=False)
+        return self.listing.prefetch(Step.COPY, copy=True)
 
     def _count_shown(self, number: int, exists: bool) -> bool:
         return self.counts.count(number, exists, copying=self.step is Step.COPY)
-
-    def _prefetch(self, step: Step, copy: bool) -> list[UpstreamCommand]:
-        """Which UIDs the client's set names and (UIDPLUS) which of them carry \\Deleted
-        already, so that a rollback clears only the flags the proxy set; pipelined with the
-        COPY of the whole set if ``copy``."""
-        request = self.request
-        uid = b"UID " if request.uid else b""
-        self.step = step
-        self._prefetch_tag = self._new_tag()
-        self._pending.add(self._prefetch_tag)
-        self._set.restart()
-        searchres = request.sequence_set == b"$"  # SEARCHRES implies ESEARCH (RFC 5182)
-        if (request.uid or searchres) and self._caps.esearch:  # one short line for any size
-            prefetch = b" UID SEARCH RETURN (ALL) UID " + request.sequence_set + b"\r\n"
-        else:  # FETCH is what every server gets right (imap4d's SEARCH UID is not)
-            prefetch = b" " + uid + b"FETCH " + request.sequence_set + b" (UID)\r\n"
-        commands = [[self._prefetch_tag + prefetch]]
-        if self.policy is Policy.UIDPLUS:  # the guarded policy searches \Deleted on its own
-            self._deleted_tag = self._new_tag()
-            self._pending.add(self._deleted_tag)
-            returns = b"RETURN (ALL) " if self._caps.esearch else b""
-            search = b" UID SEARCH " + returns + uid + request.sequence_set + b" DELETED\r\n"
-            commands.append([self._deleted_tag + search])
-        if copy:  # last: it may wait for "+" before sending the mailbox name
-            self._copy_set = None  # the client's own set
-            self._copy_tag = self._new_tag()
-            self._pending.add(self._copy_tag)
-            prefix = self._copy_tag + b" " + uid + b"COPY " + request.sequence_set + b" "
-            commands.append(astring_segments(prefix, [request.mailbox], self._caps))
-        return commands
-
-    def _after_prefetch(self) -> list[UpstreamCommand]:
-        if self._set.outside:
-            return self._refuse_outside()
-        if not self._prefetch_ok or not self._set.prefetched.size:
-            # Let the COPY answer as the upstream would (an invalid set, no messages...).
-            return self._prefetch(Step.COPY, copy=True)
-        self._queue, self._left = iter(self._set.prefetched), self._set.prefetched.size
-        self.total = self._left
-        return self._next_chunk()
-
-    def _next_chunk(self) -> list[UpstreamCommand]:
-        """Move the next chunk of UIDs: each chunk is moved or left alone on its own."""
-        self.moved += len(self.moving) - len(self.recovery.remaining)
-        chunk = list(islice(self._queue, self._chunk_limit))
-        self._left -= len(chunk)
-        self._set.prefetched = self._copy_set = NumberSet.of(chunk)
-        self.moving = set()
-        self.recovery.new_chunk()
-        self.foreign = set()
-        self._steps.new_chunk()
-        self._copy_result = None
-        self.step = Step.COPY
-        self._copy_tag = self._new_tag()
-        self._pending.add(self._copy_tag)
-        uid_set = b",".join(compress_uids(chunk))
-        copy = self._copy_tag + b" UID COPY " + uid_set + b" "
-        return [astring_segments(copy, [self.request.mailbox], self._caps)]
 
     # ------------------------------------------------------------------ upstream responses
 
@@ -302,14 +228,14 @@ class MoveEmulation:
         if step in (Step.COPY, Step.PREFETCH):
             if responses.is_search(line):
                 tag = responses.search_tag(line)
-                if tag == self._prefetch_tag:
-                    self._set.listed |= responses.search_set(line)
-                elif tag in (None, self._deleted_tag):
+                if tag == self.listing.prefetch_tag:
+                    self.set_check.listed |= responses.search_set(line)
+                elif tag in (None, self.listing.deleted_tag):
                     self.deleted |= responses.search_set(line)
                 return False
-            if self._prefetch_tag in self._pending:
+            if self.listing.prefetch_tag in self.pending:
                 uid = responses.fetch_uid(line)
-                if uid is not None and self._set.fetched(line, uid, self.counts.exists):
+                if uid is not None and self.set_check.fetched(line, uid, self.counts.exists):
                     return not responses.only_uid(line)
         elif step in (Step.FIND_DELETED, Step.RECHECK) and responses.is_search(line):
             self.deleted |= responses.search_set(line)
@@ -339,14 +265,14 @@ class MoveEmulation:
             self.outcome = "forwarded"
             self.step = Step.DONE
             return []
-        self._pending.discard(reply.tag)
+        self.pending.discard(reply.tag)
         ok = reply.status == b"OK"
         step = self.step
-        if reply.tag == self._copy_tag:
-            self._copy_result = reply
-        elif reply.tag == self._prefetch_tag:
-            self._prefetch_ok = ok
-            self._set.judge()
+        if reply.tag == self.listing.copy_tag:
+            self.copy_result = reply
+        elif reply.tag == self.listing.prefetch_tag:
+            self.listing.prefetch_ok = ok
+            self.set_check.judge()
         elif step is Step.VERIFY and not ok:
             self.recovery.remaining = set()  # cannot tell: the EXPUNGE itself succeeded
         elif step is Step.CHECK and not ok:
@@ -356,7 +282,7 @@ class MoveEmulation:
         elif not ok and step not in _UNFAILING and self.failure is None:
             self.failure = reply
             self.failed_step = step.value
-        if self._pending:
+        if self.pending:
             return []
         if step is Step.CAPABILITY:
             return self._begin(caps or Capabilities(frozenset()))  # no answer: no UIDPLUS
@@ -365,12 +291,12 @@ class MoveEmulation:
     def answers(self, tag: bytes) -> bool:
         """Whether a tagged reply with ``tag`` is for this MOVE: one of the proxy's commands, or
         the client's MOVE forwarded under the client's tag."""
-        return tag in self._pending or (self.step is Step.FORWARD and tag == self.request.tag)
+        return tag in self.pending or (self.step is Step.FORWARD and tag == self.request.tag)
 
     # ------------------------------------------------------------------ the steps
 
     def _after_copy(self) -> list[UpstreamCommand]:
-        result = self._copy_result
+        result = self.copy_result
         assert result is not None
         if result.status != b"OK":
             # Nothing was copied in this chunk, so nothing else is done.
@@ -389,49 +315,51 @@ class MoveEmulation:
             )
             self.moving = set(self.recovery.targets)
             self.recovery.target_validity = copyuid.split()[1]
-            self._set.copied(NumberSet.of(self.moving), self._copy_set, self.counts.exists)
-            if self._set.outside:  # its copies are removed, and the client is told why
-                return self._refuse_outside()
+            self.set_check.copied(
+                NumberSet.of(self.moving), self.listing.copy_set, self.counts.exists
+            )
+            if self.set_check.outside:  # its copies are removed, and the client is told why
+                return self.refuse_outside()
             self._emit(b"* OK [" + copyuid + b"] Moved UIDs.\r\n")
-        elif self._set.outside:
-            return self._refuse_outside()
+        elif self.set_check.outside:
+            return self.refuse_outside()
         if not self.moving:
-            self.moving = set(self._set.prefetched)
+            self.moving = set(self.set_check.prefetched)
         if not self.moving:
             self.outcome = "moved"
             self.finish(b"OK", None, replies.NO_MESSAGES)
             return []
         self.already_deleted = {uid for uid in self.moving if uid in self.deleted}
         self.total = self.total or len(self.moving)
-        return self._steps.after_copy()
+        return self.steps.after_copy()
 
     @property
-    def _steps(self) -> UidplusSteps | GuardedSteps:
+    def steps(self) -> UidplusSteps | GuardedSteps:
         """The steps after the COPY, as the policy has them."""
         return self.guarded if self.policy is Policy.GUARDED else self.uidplus
 
-    def _refuse_outside(self) -> list[UpstreamCommand]:
+    def refuse_outside(self) -> list[UpstreamCommand]:
         """The upstream named messages the client did not (:attr:`_outside`): flag and expunge
         nothing; remove the copies a COPY made, through the check and rollback of step 4."""
         request = self.request
         log.warning(
             "%sMOVE %s: the server named messages outside the set (%s): MOVE refused",
-            "UID " * request.uid, request.sequence_set[:60].decode(), self._set.outside,
+            "UID " * request.uid, request.sequence_set[:60].decode(), self.set_check.outside,
         )  # fmt: skip
         self.failure = Tagged(
             b"",
             b"NO",
             b"SERVERBUG",
-            f"the server named {self._set.outside}, outside the set".encode(),
+            f"the server named {self.set_check.outside}, outside the set".encode(),
         )
         self.failed_step = OUTSIDE
         if self.recovery.targets:  # copied: find which are still in the source, remove the copies
             self.total = self.total or len(self.recovery.targets)
             self.moving = set(self.recovery.targets)
             return self.recovery.check()
-        copied = self._copy_result is not None and self._copy_result.status == b"OK"
+        copied = self.copy_result is not None and self.copy_result.status == b"OK"
         self.outcome = f"{OUTSIDE}-failed"
-        self.finish(b"NO", b"SERVERBUG", replies.outside(self._set.outside, copied))
+        self.finish(b"NO", b"SERVERBUG", replies.outside(self.set_check.outside, copied))
         return []
 
     def chunk_done(self) -> list[UpstreamCommand]:
@@ -439,8 +367,8 @@ class MoveEmulation:
             left = b",".join(compress_uids(list(self.recovery.remaining)))
             self.failure = Tagged(b"", b"NO", None, b"UIDs " + left + b" were not expunged")
             self.failed_step = "expunge"
-        if self.failure is None and self._left:
-            return self._next_chunk()
+        if self.failure is None and self.listing.left:
+            return self.listing.next_chunk()
         return self.recovery.report()
 
     def per_set(self, template: bytes, uids: set[int]) -> list[bytes]:
@@ -456,8 +384,8 @@ class MoveEmulation:
         self.step = step
         tagged: list[UpstreamCommand] = []
         for first, *rest in commands:
-            tag = self._new_tag()
-            self._pending.add(tag)
+            tag = self.new_tag()
+            self.pending.add(tag)
             tagged.append([tag + b" " + first, *rest])
         if not tagged:
             return _NEXT[step](self)
@@ -478,14 +406,14 @@ _NEXT: dict[Step, Callable[[MoveEmulation], list[UpstreamCommand]]] = {
     Step.FIND_SYNC: lambda emulation: emulation.guarded.search_deleted(Step.FIND_DELETED),
     Step.RECHECK_SYNC: lambda emulation: emulation.guarded.search_deleted(Step.RECHECK),
     Step.FIND_DELETED: lambda emulation: emulation.guarded.after_find_deleted(),
-    Step.FLAG: lambda emulation: emulation._steps.after_flag(),
+    Step.FLAG: lambda emulation: emulation.steps.after_flag(),
     Step.RECHECK: lambda emulation: emulation.guarded.after_recheck(),
-    Step.EXPUNGE: lambda emulation: emulation._steps.after_expunge(),
+    Step.EXPUNGE: lambda emulation: emulation.steps.after_expunge(),
     Step.RESTORE: lambda emulation: emulation.guarded.verify(),
     Step.VERIFY: MoveEmulation.chunk_done,
     Step.UNDO: lambda emulation: emulation.recovery.report(),
     Step.RIGHTS: MoveEmulation._check_rights,
-    Step.PREFETCH: MoveEmulation._after_prefetch,
+    Step.PREFETCH: lambda emulation: emulation.listing.after_prefetch(),
     Step.UNFLAG: lambda emulation: emulation.recovery.check(),
     Step.CHECK: lambda emulation: emulation.recovery.after_check(),
 }

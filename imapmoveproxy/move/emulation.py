@@ -48,20 +48,18 @@ from ..wire.grammar import (
     code_name,
     compress_uids,
     expand_uid_set,
-    set_size,
 )
 from . import replies
 from .bookkeeping import ClientCounts, SetCheck
 from .guarded import GuardedSteps
 from .listing import Listing
+from .preflight import Preflight
 from .recovery import OUTSIDE, Recovery
 from .request import (
     MoveRequest,
     Policy,
     RollbackRequest,
     UpstreamCommand,
-    astring_segments,
-    policy_for,
 )
 from .steps import Step
 from .uidplus import UidplusSteps
@@ -97,12 +95,10 @@ class MoveEmulation:
         self.expunge_retries = 0  # chunks whose UID EXPUNGE removed too few, flagged again
         self.rights = rights  # MYRIGHTS on the source: given cached, or learned here
         self.step = Step.CAPABILITY
-        self._read_only = read_only
-        self._guarded = guarded
         self.new_tag = new_tag
         self._emit = emit
         self._max_set_bytes = max_set_bytes
-        self._source = source  # the selected mailbox's name, if known (for MYRIGHTS)
+        self.preflight = Preflight(self, read_only=read_only, guarded=guarded, source=source)
         self.counts = ClientCounts(exists, recent)
         self.set_check = SetCheck(request)
         self.caps = Capabilities(frozenset())
@@ -159,54 +155,8 @@ class MoveEmulation:
     # ------------------------------------------------------------------ starting
 
     def start(self, caps: Capabilities | None) -> list[UpstreamCommand]:
-        if self.request.error is not None:
-            self.outcome = "bad-syntax"
-            self.finish(b"BAD", None, self.request.error)
-            return []
-        if caps is None:
-            return self.send(Step.CAPABILITY, [b"CAPABILITY\r\n"])
-        return self._begin(caps)
-
-    def _begin(self, caps: Capabilities) -> list[UpstreamCommand]:
-        request = self.request
-        self.caps = caps
-        self.policy = policy_for(caps, self._guarded)
-        if not self.policy.emulated:
-            # Nothing to emulate (native MOVE) or nothing safe to emulate with (no UIDPLUS):
-            # the upstream answers the client's own command under the client's own tag.
-            self.step = Step.FORWARD
-            uid = b"UID " if request.uid else b""
-            prefix = request.tag + b" " + uid + b"MOVE " + request.sequence_set + b" "
-            return [astring_segments(prefix, [request.mailbox], caps)]
-        if self._read_only:
-            # COPY would succeed and the expunge be ignored, leaving every message in both
-            # mailboxes: refuse before anything is copied.
-            self.outcome = "read-only"
-            self.finish(b"NO", b"READ-ONLY", replies.READ_ONLY)
-            return []
-        if b"ACL" in caps.names and self._source is not None and self.rights is None:
-            return self._send_framed(
-                Step.RIGHTS, [astring_segments(b"MYRIGHTS ", [self._source], caps)]
-            )
-        return self._check_rights()
-
-    def _check_rights(self) -> list[UpstreamCommand]:
-        """Refuse before touching anything if the rights on the source forbid flagging or
-        expunging (RFC 4314; an RFC 2086 server has a single "d" right for both)."""
-        rights = (self.rights or b"").lower()
-        rfc4314 = any(name.startswith(b"RIGHTS=") for name in self.caps.names)
-        needed = (b"t", b"e") if rfc4314 else (b"d",)
-        if self.rights is not None and not all(right in rights for right in needed):
-            self.outcome = "no-permission"
-            self.finish(b"NO", b"NOPERM", replies.NO_PERMISSION % self.rights)
-            return []
-        sizes = [set_size(self.request.sequence_set), self.counts.exists]
-        size = min((size for size in sizes if size is not None), default=None)
-        if self.policy is Policy.GUARDED or size is None or size > self.listing.chunk_limit:
-            # Maybe too many for one COPY; or no COPYUID will say what the COPY took, so it may
-            # only name UIDs checked to be in the client's set.
-            return self.listing.prefetch(Step.PREFETCH, copy=False)
-        return self.listing.prefetch(Step.COPY, copy=True)
+        """The first commands of the MOVE (or none: it is answered already)."""
+        return self.preflight.start(caps)
 
     def _count_shown(self, number: int, exists: bool) -> bool:
         return self.counts.count(number, exists, copying=self.step is Step.COPY)
@@ -285,7 +235,7 @@ class MoveEmulation:
         if self.pending:
             return []
         if step is Step.CAPABILITY:
-            return self._begin(caps or Capabilities(frozenset()))  # no answer: no UIDPLUS
+            return self.preflight.begin(caps or Capabilities(frozenset()))  # none: no UIDPLUS
         return _NEXT[step](self)
 
     def answers(self, tag: bytes) -> bool:
@@ -378,9 +328,9 @@ class MoveEmulation:
 
     def send(self, step: Step, commands: list[bytes]) -> list[UpstreamCommand]:
         """Tag and send ``commands``, pipelined: together they make up ``step``."""
-        return self._send_framed(step, [[command] for command in commands])
+        return self.send_framed(step, [[command] for command in commands])
 
-    def _send_framed(self, step: Step, commands: list[UpstreamCommand]) -> list[UpstreamCommand]:
+    def send_framed(self, step: Step, commands: list[UpstreamCommand]) -> list[UpstreamCommand]:
         self.step = step
         tagged: list[UpstreamCommand] = []
         for first, *rest in commands:
@@ -412,7 +362,7 @@ _NEXT: dict[Step, Callable[[MoveEmulation], list[UpstreamCommand]]] = {
     Step.RESTORE: lambda emulation: emulation.guarded.verify(),
     Step.VERIFY: MoveEmulation.chunk_done,
     Step.UNDO: lambda emulation: emulation.recovery.report(),
-    Step.RIGHTS: MoveEmulation._check_rights,
+    Step.RIGHTS: lambda emulation: emulation.preflight.check_rights(),
     Step.PREFETCH: lambda emulation: emulation.listing.after_prefetch(),
     Step.UNFLAG: lambda emulation: emulation.recovery.check(),
     Step.CHECK: lambda emulation: emulation.recovery.after_check(),

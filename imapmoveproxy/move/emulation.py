@@ -36,7 +36,6 @@ The sequence of upstream commands, each step only after the previous one's tagge
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from ..wire import responses
@@ -54,7 +53,7 @@ from .bookkeeping import ClientCounts, SetCheck
 from .guarded import GuardedSteps
 from .listing import Listing
 from .preflight import Preflight
-from .recovery import OUTSIDE, Recovery
+from .recovery import Recovery
 from .request import (
     MoveRequest,
     Policy,
@@ -63,8 +62,6 @@ from .request import (
 )
 from .steps import Step
 from .uidplus import UidplusSteps
-
-log = logging.getLogger(__name__)
 
 TagSource = Callable[[], bytes]
 
@@ -269,10 +266,10 @@ class MoveEmulation:
                 NumberSet.of(self.moving), self.listing.copy_set, self.counts.exists
             )
             if self.set_check.outside:  # its copies are removed, and the client is told why
-                return self.refuse_outside()
+                return self.recovery.refuse_outside()
             self._emit(b"* OK [" + copyuid + b"] Moved UIDs.\r\n")
         elif self.set_check.outside:
-            return self.refuse_outside()
+            return self.recovery.refuse_outside()
         if not self.moving:
             self.moving = set(self.set_check.prefetched)
         if not self.moving:
@@ -287,30 +284,6 @@ class MoveEmulation:
     def steps(self) -> UidplusSteps | GuardedSteps:
         """The steps after the COPY, as the policy has them."""
         return self.guarded if self.policy is Policy.GUARDED else self.uidplus
-
-    def refuse_outside(self) -> list[UpstreamCommand]:
-        """The upstream named messages the client did not (:attr:`_outside`): flag and expunge
-        nothing; remove the copies a COPY made, through the check and rollback of step 4."""
-        request = self.request
-        log.warning(
-            "%sMOVE %s: the server named messages outside the set (%s): MOVE refused",
-            "UID " * request.uid, request.sequence_set[:60].decode(), self.set_check.outside,
-        )  # fmt: skip
-        self.failure = Tagged(
-            b"",
-            b"NO",
-            b"SERVERBUG",
-            f"the server named {self.set_check.outside}, outside the set".encode(),
-        )
-        self.failed_step = OUTSIDE
-        if self.recovery.targets:  # copied: find which are still in the source, remove the copies
-            self.total = self.total or len(self.recovery.targets)
-            self.moving = set(self.recovery.targets)
-            return self.recovery.check()
-        copied = self.copy_result is not None and self.copy_result.status == b"OK"
-        self.outcome = f"{OUTSIDE}-failed"
-        self.finish(b"NO", b"SERVERBUG", replies.outside(self.set_check.outside, copied))
-        return []
 
     def chunk_done(self) -> list[UpstreamCommand]:
         if self.policy is Policy.GUARDED and self.recovery.remaining and self.failure is None:

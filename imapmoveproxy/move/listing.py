@@ -74,7 +74,7 @@ class Listing:
         move = self._move
         listed = move.set_check
         if listed.outside:
-            return move.refuse_outside()
+            return move.recovery.refuse_outside()
         if not self.prefetch_ok or not listed.prefetched.size:
             # Let the COPY answer as the upstream would (an invalid set, no messages...).
             return self.prefetch(Step.COPY, copy=True)

@@ -8,6 +8,7 @@ source; the copies of those not flagged ``\\Deleted`` are handed to a second ses
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from ..wire.grammar import Tagged, compress_uids
@@ -17,6 +18,8 @@ from .steps import Step
 
 if TYPE_CHECKING:
     from .emulation import MoveEmulation
+
+log = logging.getLogger(__name__)
 
 OUTSIDE = "set-check"  # the step named when the upstream names messages outside the set
 
@@ -38,6 +41,26 @@ class Recovery:
 
     def new_chunk(self) -> None:
         self.targets, self.remaining = {}, set()
+
+    def refuse_outside(self) -> list[UpstreamCommand]:
+        """The upstream named messages the client did not: flag and expunge nothing; remove
+        the copies a COPY made, through the check and the second session."""
+        move = self._move
+        request, outside = move.request, move.set_check.outside
+        log.warning(
+            "%sMOVE %s: the server named messages outside the set (%s): MOVE refused",
+            "UID " * request.uid, request.sequence_set[:60].decode(), outside,
+        )  # fmt: skip
+        text = f"the server named {outside}, outside the set".encode()
+        move.failure, move.failed_step = Tagged(b"", b"NO", b"SERVERBUG", text), OUTSIDE
+        if self.targets:  # copied: find which are still in the source, remove the copies
+            move.total = move.total or len(self.targets)
+            move.moving = set(self.targets)
+            return self.check()
+        copied = move.copy_result is not None and move.copy_result.status == b"OK"
+        move.outcome = f"{OUTSIDE}-failed"
+        move.finish(b"NO", b"SERVERBUG", replies.outside(outside, copied))
+        return []
 
     def check(self) -> list[UpstreamCommand]:
         """List which moved messages are still in the source, and whether flagged."""

@@ -276,9 +276,8 @@ class Probe:
         self.proxy = Proxy(config)
         self.report = Report(str(config.upstream), config.upstream_tls)
         self._user = user
-        self._password = password
-        self._timeout = timeout
-        self._token = secrets.token_hex(4)
+        self.password = password
+        self.timeout = timeout
 
     async def run(self) -> Report:
         try:
@@ -288,14 +287,14 @@ class Probe:
         return self.report
 
     async def _run(self) -> None:
-        client = await self._connect()
+        client = await self.connect()
         report = self.report
         try:
             report.greeting = (await client.greeting()).decode("ascii", "replace")
             self._describe(client.caps, "before login")
             self._judge_tls(client.caps)
             if self._user is not None:
-                await client.login(self._user, self._password)
+                await client.login(self._user, self.password)
                 self._describe(client.caps, "after login")
         finally:
             await client.aclose()
@@ -309,14 +308,14 @@ class Probe:
         elif policy is Policy.REFUSED:
             report.add(CAVEATS, "self-test skipped: the proxy would not offer MOVE")
         else:
-            await self._self_test()
+            await SelfTest(self, self._user).run()
 
-    async def _connect(self) -> Client:
+    async def connect(self) -> Client:
         """A direct session with the upstream, opened the way the proxy opens one."""
         loopback = ("127.0.0.1", 0)
         with trio.fail_after(self.config.connect_timeout):
             stream, greeting = await self.proxy.open_upstream((loopback, loopback))
-        return Client(stream, self._timeout, greeting)
+        return Client(stream, self.timeout, greeting)
 
     def _describe(self, caps: Capabilities, when: str) -> None:
         """Fill in the capabilities that matter and the policy they call for."""
@@ -366,9 +365,19 @@ class Probe:
             )
         return policy
 
-    # ------------------------------------------------------------------ the self-test
 
-    async def _self_test(self) -> None:
+class SelfTest:
+    """The live self-test: scratch mailboxes, a MOVE through the proxy's own engine, checks."""
+
+    def __init__(self, probe: Probe, user: str) -> None:
+        self.config, self.proxy, self.report = probe.config, probe.proxy, probe.report
+        self._connect = probe.connect
+        self._user = user
+        self._password = probe.password
+        self._timeout = probe.timeout
+        self._token = secrets.token_hex(4)
+
+    async def run(self) -> None:
         report = self.report
         report.self_test = True
         source = target = ""

@@ -1,7 +1,8 @@
-"""The trio shell: listeners, the upstream connection, the two pumps, timeouts, shutdown.
+"""The trio shell's front: listeners, connection limits, the PROXY header, TLS with clients,
+the upstream connection, /readyz, and the drain on SIGTERM.
 
-All protocol decisions are made by :class:`.session.Session`; this module only moves bytes
-between sockets and the session and closes connections.
+Each accepted client gets its own upstream connection and a :class:`.connection.Connection`;
+all protocol decisions are made by :class:`..engine.session.Session`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
-import math
 import signal
 import time
 
@@ -21,13 +21,32 @@ from ..metrics import Metrics, serve_http
 from ..wire.proxyproto import V2_MAX, Endpoint, ProxyHeader, ProxyHeaderError, build_v2, parse
 from .connection import UNAVAILABLE, Connection, bye_and_close
 from .locks import make_move_locks
+from .readiness import UpstreamReadiness
 from .tls import Certificates, UpstreamUnavailable, open_upstream, upstream_context
 
 log = logging.getLogger(__name__)
 
-READINESS_TTL = 2.0
 SHUTTING_DOWN = b"* BYE " + SHUTDOWN_BYE + b"\r\n"
 TOO_MANY = b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n"
+
+
+def session_settings(config: Config, *, tls_offered: bool) -> SessionSettings:
+    """What each connection's session needs of the configuration."""
+    return SessionSettings(
+        max_line=config.max_line_length,
+        max_mailbox_literal=config.max_mailbox_literal,
+        max_set_bytes=config.max_set_bytes,
+        guarded=config.no_uidplus == "guarded",
+        tls_offered=tls_offered,
+        require_tls=config.require_tls,
+        forward_id=config.upstream_id and not config.upstream_proxy_protocol,
+        chunk_size=config.move_chunk_size,
+        rollback=config.rollback,
+        rollback_master=(
+            (config.rollback_master_user or "").encode(),
+            (config.rollback_master_password or "").encode(),
+        ),
+    )
 
 
 class Proxy:
@@ -46,24 +65,10 @@ class Proxy:
         self.metrics = Metrics()
         self.locks = make_move_locks(config, self.metrics)
         self._draining = False
-        self._readiness: tuple[float, bool] = (-math.inf, False)  # when last checked, result
+        self._readiness = UpstreamReadiness(config.upstream, config.connect_timeout)
         self._setting_up = 0  # connections accepted and not yet closed
         self._per_address: dict[str, int] = {}  # the same, by the address they come from
-        self._settings = SessionSettings(
-            max_line=config.max_line_length,
-            max_mailbox_literal=config.max_mailbox_literal,
-            max_set_bytes=config.max_set_bytes,
-            guarded=config.no_uidplus == "guarded",
-            tls_offered=self._certificates is not None,
-            require_tls=config.require_tls,
-            forward_id=config.upstream_id and not config.upstream_proxy_protocol,
-            chunk_size=config.move_chunk_size,
-            rollback=config.rollback,
-            rollback_master=(
-                (config.rollback_master_user or "").encode(),
-                (config.rollback_master_password or "").encode(),
-            ),
-        )
+        self._settings = session_settings(config, tls_offered=self._certificates is not None)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
@@ -120,27 +125,8 @@ class Proxy:
             nursery.start_soon(self.handle, stream, tls)
 
     async def _ready(self) -> bool:
-        """Ready for clients: not draining, and the upstream accepts connections (checked at
-        most once per READINESS_TTL seconds, however often a prober asks)."""
-        if self._draining:
-            return False
-        checked, ready = self._readiness
-        if trio.current_time() < checked + READINESS_TTL:
-            return ready
-        ready = await self._upstream_accepts()
-        self._readiness = (trio.current_time(), ready)
-        return ready
-
-    async def _upstream_accepts(self) -> bool:
-        upstream = self.config.upstream
-        with trio.move_on_after(min(2.0, self.config.connect_timeout)):
-            try:
-                stream = await trio.open_tcp_stream(upstream.host, upstream.port)
-            except OSError:
-                return False
-            await trio.aclose_forcefully(stream)
-            return True
-        return False
+        """Ready for clients: not draining, and the upstream accepts connections."""
+        return not self._draining and await self._readiness.check()
 
     async def _drain(self, connections: trio.Nursery) -> None:
         """Let MOVEs in flight finish, tell every other client BYE, within drain_timeout."""

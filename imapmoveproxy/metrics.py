@@ -13,104 +13,87 @@ from .engine.moves import FinishedMove
 
 log = logging.getLogger(__name__)
 
+PREFIX = "imapmoveproxy_"
+
 
 class Metrics:
     """Every metric the proxy exports, in a registry of its own."""
 
     def __init__(self) -> None:
-        self.registry = registry = CollectorRegistry()
-        prefix = "imapmoveproxy_"
+        self.registry = CollectorRegistry()
+        counter, histogram = self._counter, self._histogram
         self.connections = Gauge(
-            prefix + "connections_open", "Client connections open now", registry=registry
+            PREFIX + "connections_open", "Client connections open now", registry=self.registry
         )
-        self.connections_total = Counter(
-            prefix + "connections", "Client connections accepted", registry=registry
+        self.connections_total = counter("connections", "Client connections accepted")
+        self.rejected = counter(
+            "connections_rejected", "Client connections ended before proxying, by reason", "reason"
         )
-        self.rejected = Counter(
-            prefix + "connections_rejected",
-            "Client connections ended before proxying, by reason",
-            ["reason"],
-            registry=registry,
-        )
-        self.bytes = Counter(
-            prefix + "bytes", "Bytes relayed, by direction", ["direction"], registry=registry
-        )
+        self.bytes = counter("bytes", "Bytes relayed, by direction", "direction")
         self.bytes_from_client = self.bytes.labels("client_to_upstream")
         self.bytes_from_upstream = self.bytes.labels("upstream_to_client")
-        self.commands = Counter(prefix + "commands", "Client commands seen", registry=registry)
-        self.moves = Counter(
-            prefix + "moves",
-            "MOVE commands by handling (policy) and outcome",
-            ["policy", "outcome"],
-            registry=registry,
+        self.commands = counter("commands", "Client commands seen")
+        self.moves = counter(
+            "moves", "MOVE commands by handling (policy) and outcome", "policy", "outcome"
         )
-        self.move_failures = Counter(
-            prefix + "move_failures",
-            "MOVEs that failed after the COPY, by the step that failed",
-            ["step"],
-            registry=registry,
+        self.move_failures = counter(
+            "move_failures", "MOVEs that failed after the COPY, by the step that failed", "step"
         )
-        self.rollbacks = Counter(
-            prefix + "rollbacks",
+        self.rollbacks = counter(
+            "rollbacks",
             "Failed MOVEs whose copies had to be removed from the target, by result "
             "(done, failed, impossible: no credentials or no COPYUID)",
-            ["result"],
-            registry=registry,
+            "result",
         )
-        self.duplicates = Counter(
-            prefix + "duplicates",
-            "Messages a failed MOVE left in both mailboxes",
-            registry=registry,
-        )
-        self.expunge_retries = Counter(
-            prefix + "expunge_retries",
+        self.duplicates = counter("duplicates", "Messages a failed MOVE left in both mailboxes")
+        self.expunge_retries = counter(
+            "expunge_retries",
             "UID EXPUNGEs that answered OK but removed too few messages, flagged and expunged "
             "once more",
-            registry=registry,
         )
-        self.rewritten = Counter(
-            prefix + "responses_rewritten",
+        self.rewritten = counter(
+            "responses_rewritten",
             "Upstream responses relayed in their standard form, by kind (expunged: GNU "
             "Mailutils imap4d's '* n EXPUNGED' as '* n EXPUNGE')",
-            ["kind"],
-            registry=registry,
+            "kind",
         )
         self.expunged_rewritten = self.rewritten.labels("expunged")
-        self.move_seconds = Histogram(
-            prefix + "move_duration_seconds",
-            "Time from a MOVE's start upstream to its tagged reply",
-            registry=registry,
+        self.move_seconds = histogram(
+            "move_duration_seconds", "Time from a MOVE's start upstream to its tagged reply"
         )
-        self.move_lock_wait = Histogram(
-            prefix + "move_lock_wait_seconds",
+        self.move_lock_wait = histogram(
+            "move_lock_wait_seconds",
             "Time a MOVE waited for its mailbox's lock (timeouts not included)",
-            buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-            registry=registry,
+            (0.001, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
-        self.move_lock_errors = Counter(
-            prefix + "move_lock_errors",
+        self.move_lock_errors = counter(
+            "move_lock_errors",
             "Commands to the shared MOVE lock service (move_lock) that failed or timed out, "
             "and leases lost before their MOVE ended",
-            registry=registry,
         )
-        self.move_lock_timeouts = Counter(
-            prefix + "move_lock_timeouts",
+        self.move_lock_timeouts = counter(
+            "move_lock_timeouts",
             "MOVEs refused because another MOVE held their mailbox's lock past move_lock_timeout",
-            registry=registry,
         )
-        self.upstream_errors = Counter(
-            prefix + "upstream_connect_errors",
-            "Failed connections to the upstream",
-            registry=registry,
+        self.upstream_errors = counter(
+            "upstream_connect_errors", "Failed connections to the upstream"
         )
-        self.upstream_seconds = Histogram(prefix + "upstream_connect_seconds",
-                                          "Time to connect to the upstream (and set up TLS)",
-                                          registry=registry)  # fmt: skip
+        self.upstream_seconds = histogram(
+            "upstream_connect_seconds", "Time to connect to the upstream (and set up TLS)"
+        )
         # The series alerts watch exist from the start, at 0: the first increment then shows
         # as an increase (deploy/prometheus/alerts.yaml).
         for result in ("done", "failed", "impossible"):
             self.rollbacks.labels(result)
         self.rejected.labels("limit")
+
+    def _counter(self, name: str, text: str, *labels: str) -> Counter:
+        return Counter(PREFIX + name, text, labels, registry=self.registry)
+
+    def _histogram(
+        self, name: str, text: str, buckets: tuple[float, ...] = Histogram.DEFAULT_BUCKETS
+    ) -> Histogram:
+        return Histogram(PREFIX + name, text, buckets=buckets, registry=self.registry)
 
     def move_done(self, move: FinishedMove, seconds: float | None) -> None:
         """Count a finished MOVE; ``seconds`` is None for one simply passed to the upstream."""

@@ -68,6 +68,13 @@ class Metrics:
             "once more",
             registry=registry,
         )
+        self.copy_flags = Counter(
+            prefix + "copy_flags",
+            "Guarded MOVEs whose copies' flags were checked by a second session, by result "
+            "(kept by the server's COPY, restored, lost, unknown: could not be checked)",
+            ["result"],
+            registry=registry,
+        )
         self.rewritten = Counter(
             prefix + "responses_rewritten",
             "Upstream responses relayed in their standard form, by kind (expunged: GNU "

@@ -42,6 +42,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from typing import TYPE_CHECKING
 
 from .capabilities import Capabilities
 from .syntax import (
@@ -60,6 +61,9 @@ from .syntax import (
     parse_quoted,
     set_size,
 )
+
+if TYPE_CHECKING:
+    from .copyflags import FlagRecorder
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +251,10 @@ class MoveEmulation:
         rights: bytes | None = None,
         exists: int | None = None,
         recent: int | None = None,
+        flags: FlagRecorder | None = None,
     ) -> None:
         self.request = request
+        self.flags = flags  # guarded: notes what the COPY should keep (:mod:`.copyflags`)
         self.policy: Policy | None = None
         self.outcome = ""  # "moved", "copy-failed", "expunge-failed"... for logs and metrics
         self.rollback = ""  # "done", "failed" or "impossible" once copies had to be removed
@@ -408,6 +414,8 @@ class MoveEmulation:
             returns = b"RETURN (ALL) " if self._caps.esearch else b""
             search = b" UID SEARCH " + returns + uid + request.sequence_set + b" DELETED\r\n"
             commands.append([self._deleted_tag + search])
+        if self.flags is not None and self.policy is Policy.GUARDED and not copy:
+            commands.append(self._own(self.flags.status_command(request.mailbox, self._caps)))
         if copy:  # last: it may wait for "+" before sending the mailbox name
             self._copy_set = None  # the client's own set
             self._copy_tag = self._new_tag()
@@ -440,12 +448,17 @@ class MoveEmulation:
         self._pending.add(self._copy_tag)
         uid_set = b",".join(compress_uids(chunk))
         copy = self._copy_tag + b" UID COPY " + uid_set + b" "
-        return [astring_segments(copy, [self.request.mailbox], self._caps)]
+        flags = []
+        if self.flags is not None and self.policy is Policy.GUARDED:
+            flags = [self._own([self.flags.fetch_command(chunk)])]
+        return [*flags, astring_segments(copy, [self.request.mailbox], self._caps)]
 
     # ------------------------------------------------------------------ upstream responses
 
     def on_untagged(self, line: bytes) -> bool:
         """Whether an untagged upstream response that arrived during the MOVE goes to the client."""
+        if self.flags is not None and self.flags.on_untagged(line):
+            return False
         step = self.step
         if step is Step.CAPABILITY:
             return not _CAPABILITY_UNTAGGED_RE.match(line)
@@ -877,6 +890,12 @@ class MoveEmulation:
         """``template`` once per UID set, split so that no command line grows too long."""
         sets = chunk_set(compress_uids(list(uids)), self._max_set_bytes)
         return [template % uid_set for uid_set in sets]
+
+    def _own(self, command: UpstreamCommand) -> UpstreamCommand:
+        """``command`` under a new tag of the proxy's, awaited with the current step."""
+        tag = self._new_tag()
+        self._pending.add(tag)
+        return [tag + b" " + command[0], *command[1:]]
 
     def _send(self, step: Step, commands: list[bytes]) -> list[UpstreamCommand]:
         """Tag and send ``commands``, pipelined: together they make up ``step``."""

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from . import capabilities
 from .capabilities import Capabilities
+from .copyflags import FlagCheck, FlagRecorder, Result
 from .framing import Framer, Line, LineTooLong, Literal
 from .inflight import AUTH_COMMANDS, CommandsInFlight, CredentialCapture
 from .move import (
@@ -215,6 +216,7 @@ class Session:
         )
         self._credentials: Credentials | None = None  # for a rollback's second session
         self._rollback_running = False
+        self._flag_checks: list[FlagCheck] = []  # for the caller to run after their MOVE
         self._invalid = 0  # invalid command lines in a row
         self._held: Line | None = None  # a command waiting for its tag to be unambiguous
         self._forwarding: bytes = b""  # tag of the client command being forwarded
@@ -584,6 +586,7 @@ class Session:
             rights=self._rights,
             exists=self._exists,
             recent=self._recent,
+            flags=FlagRecorder() if self.settings.guarded else None,
         )
         self._send(self._move.start(self._caps))
         self._after_move_step()
@@ -626,6 +629,19 @@ class Session:
         if self._move is None:
             self._process_client()  # commands the client pipelined behind the MOVE
 
+    def take_flag_checks(self) -> list[FlagCheck]:
+        """Second sessions the caller must run now (they never hold back the client), each
+        reporting to :meth:`flag_check_finished`."""
+        checks, self._flag_checks = self._flag_checks, []
+        return checks
+
+    def flag_check_finished(self, check: FlagCheck, result: Result, detail: str) -> None:
+        """The flags of a guarded MOVE's copies were checked: its log line says what became
+        of them."""
+        level = logging.INFO if result in (Result.KEPT, Result.RESTORED) else logging.WARNING
+        because = f" ({detail})" if detail else ""
+        self._log.log(level, "%s flags=%s%s", check.log_line, result.value, because)
+
     def _after_move_step(self) -> None:
         move = self._move
         if move is not None and move.rollback_request is not None and self._credentials is None:
@@ -655,12 +671,18 @@ class Session:
         rollback, duplicates, retries = (
             (move.rollback, move.duplicates, move.expunge_retries) if move else ("", 0, 0)
         )
-        self._log.info(
-            "%s %s: policy=%s outcome=%s%s%s",
-            kind.decode(), shown.decode("ascii", "replace"), policy, outcome,
-            f" rollback={rollback}" if rollback else "",
-            f" expunge_retries={retries}" if retries else "",
-        )  # fmt: skip
+        line = (
+            f"{kind.decode()} {shown.decode('ascii', 'replace')}: policy={policy} outcome={outcome}"
+            + (f" rollback={rollback}" if rollback else "")
+            + (f" expunge_retries={retries}" if retries else "")
+        )
+        request = None
+        if move is not None and move.flags is not None and outcome == "moved":
+            request = move.flags.request(move.request.mailbox, self._selected)
+        if request is not None:  # logged once the copies' flags are checked
+            self._flag_checks.append(FlagCheck(request, self._credentials, line))
+        else:
+            self._log.info("%s", line)
         if move is not None and move.duplicates:
             self._log.warning("MOVE left messages in both mailboxes: %s", move.reply.decode())
         key = f"{policy}-{outcome}"

@@ -223,7 +223,7 @@ class FlagRestore(SecondSession):
             return
         for (uid, copy), source in zip(found, wanted, strict=True):
             has = {flag.lower() for flag in copy.flags}
-            lacking = frozenset(flag for flag in source.flags if flag.lower() not in has)
+            lacking = frozenset(flag for flag in _kept(source.flags) if flag.lower() not in has)
             if lacking:
                 self._missing[uid] = lacking
         if not self._missing:

@@ -444,13 +444,13 @@ class MoveEmulation:
         self._foreign, self._rechecks, self._retried = set(), 0, False
         self._copy_result = None
         self.step = Step.COPY
+        flags = []
+        if self.flags is not None and self.policy is Policy.GUARDED:
+            flags = [self._own([self.flags.fetch_command(chunk)])]
         self._copy_tag = self._new_tag()
         self._pending.add(self._copy_tag)
         uid_set = b",".join(compress_uids(chunk))
         copy = self._copy_tag + b" UID COPY " + uid_set + b" "
-        flags = []
-        if self.flags is not None and self.policy is Policy.GUARDED:
-            flags = [self._own([self.flags.fetch_command(chunk)])]
         return [*flags, astring_segments(copy, [self.request.mailbox], self._caps)]
 
     # ------------------------------------------------------------------ upstream responses

@@ -16,9 +16,11 @@ guarded policy (no UIDPLUS, hence no COPYUID to say which copy is which) is conc
 3. If and only if the first of them match the copied messages one by one, in UID order, by
    INTERNALDATE, the flags missing on them are added with ``UID STORE +FLAGS`` (never
    ``-FLAGS``, never ``\\Deleted`` or ``\\Recent``, only flags the target's PERMANENTFLAGS
-   allow), and the FETCH responses of that STORE say whether they took. Into the client's
-   selected mailbox nothing is stored: imap4d's own session, which has it open, would write its
-   older view over them at its next write. Otherwise the loss is only reported.
+   allow), and the FETCH responses of that STORE say whether they took. The client's selected
+   mailbox is only EXAMINEd, never written: imap4d's two sessions would each write their own
+   view of it over the other's (the client's session would drop the restored flags, and the
+   second session, at its LOGOUT, the \\Deleted flags the MOVE had put back). Otherwise the
+   loss is only reported.
 
 The result (:class:`Result`) goes into the MOVE's log line (``flags=...``) and the
 ``imapmoveproxy_copy_flags_total{result}`` metric. It never delays the client's tagged reply.
@@ -161,6 +163,9 @@ class FlagRestore(SecondSession):
     ) -> None:
         super().__init__(request.mailbox, request.uidvalidity, credentials)
         self.request = request
+        # Only looked at, never written: imap4d writes a read-write session's whole view of
+        # the mailbox when it ends, over what the client's own session changed meanwhile.
+        self._examine = not request.restore
         self.result = Result.UNKNOWN
         self.detail = ""  # why, when it is not plain
         self._max_set_bytes = max_set_bytes

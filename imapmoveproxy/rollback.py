@@ -122,6 +122,7 @@ class SecondSession:
         self._continuation: list[bytes] = []
         self._tags = 0
         self._validity = b""
+        self._examine = False  # open the mailbox read-only
 
     def receive(self, data: bytes | bytearray) -> None:
         self._framer.feed(data)
@@ -197,7 +198,8 @@ class SecondSession:
         raise NotImplementedError
 
     def _select(self) -> None:
-        self._send(Phase.SELECT, [astring_segments(b"SELECT ", [self._mailbox], self._caps)])
+        command = b"EXAMINE " if self._examine else b"SELECT "
+        self._send(Phase.SELECT, [astring_segments(command, [self._mailbox], self._caps)])
 
     def _send(self, phase: Phase, commands: list[UpstreamCommand]) -> None:
         """Pipelined: each command's further segments wait for "+" (the few commands that

@@ -67,7 +67,11 @@ def test_copies_that_do_not_match_are_left_alone():
 
 def test_in_the_selected_mailbox_and_for_flags_the_target_does_not_keep_nothing_is_stored():
     check_only = FlagCheckRequest(b"INBOX", b"7", 20, REQUEST.copied, False)
-    restore = selected(check_only)
+    restore = FlagRestore(check_only, USER)
+    restore.receive(b"* OK hi\r\nrb1 OK\r\n")
+    assert restore.take_outgoing().endswith(b"rb2 EXAMINE INBOX\r\n")  # never written to
+    restore.receive(b"* OK [UIDVALIDITY 7] x\r\nrb2 OK [READ-ONLY] x\r\n")
+    assert restore.take_outgoing() == b"rb3 UID FETCH 20:* (UID FLAGS INTERNALDATE)\r\n"
     restore.receive(found((20, b"", DATE), (21, b"", DATE)))
     assert restore.take_outgoing() == b"rb4 LOGOUT\r\n"
     assert restore.outcome() == (Result.LOST, "not restored in the client's selected mailbox")

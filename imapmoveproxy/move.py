@@ -32,6 +32,10 @@ The sequence of upstream commands, each step only after the previous one's tagge
    -FLAGS.SILENT (\\Deleted)`` where the proxy set the flag, then ``UID FETCH uids (UID FLAGS)``
    to learn which are still in the source, and a :class:`RollbackRequest` for their copies,
    which a second session removes from the target (:mod:`.rollback`).
+
+Guarded, with a :class:`.copyflags.FlagRecorder`: ``STATUS target`` rides with the listing of
+step 1 and ``UID FETCH chunk (UID FLAGS INTERNALDATE)`` with each chunk's ``UID COPY``, so that
+flags the server's COPY drops can be put back after the MOVE (:mod:`.copyflags`).
 """
 
 from __future__ import annotations

@@ -51,6 +51,12 @@ class Metrics:
             "UID EXPUNGEs that answered OK but removed too few messages, flagged and expunged "
             "once more",
         )
+        self.copy_flags = counter(
+            "copy_flags",
+            "Guarded MOVEs whose copies' flags were checked by a second session, by result "
+            "(kept by the server's COPY, restored, lost, unknown: could not be checked)",
+            "result",
+        )
         self.rewritten = counter(
             "responses_rewritten",
             "Upstream responses relayed in their standard form, by kind (expunged: GNU "

@@ -40,6 +40,13 @@ def prepare(server: ImapServer) -> str:
 
 def contents(server: ImapServer, user: str, mailbox: str) -> dict[str, bool]:
     """Subject -> whether the message carries \\Deleted, read directly from the server."""
+    return {
+        subject: "\\Deleted" in flags for subject, flags in flags_of(server, user, mailbox).items()
+    }
+
+
+def flags_of(server: ImapServer, user: str, mailbox: str) -> dict[str, set[str]]:
+    """Subject -> the message's flags but \\Recent, read directly from the server."""
     with RawClient(server.address) as client:
         client.login(user, server.password)
         selected = client.command(b"s", b"EXAMINE " + mailbox.encode())
@@ -49,8 +56,9 @@ def contents(server: ImapServer, user: str, mailbox: str) -> dict[str, bool]:
     found = {}
     for reply in replies[:-1]:
         subject = re.search(rb"Subject: (\S+)", reply, re.IGNORECASE)
-        assert subject, reply
-        found[subject.group(1).decode()] = b"\\Deleted" in reply
+        flags = re.search(rb"FLAGS \(([^)]*)\)", reply)
+        assert subject and flags, reply
+        found[subject.group(1).decode()] = set(flags.group(1).decode().split()) - {"\\Recent"}
     return found
 
 
@@ -192,7 +200,8 @@ def test_expunged_reaches_clients_as_standard_expunge(imap4d, tmp_path):
         with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as response:
             exposition = response.read().decode()
     assert [r for r in own if b"EXPUNGE" in r.upper()][:-1] == [
-        b"* 2 EXPUNGE\r\n", b"* 3 EXPUNGE\r\n"
+        b"* 2 EXPUNGE\r\n",
+        b"* 3 EXPUNGE\r\n",
     ], own
     assert moved[-1].startswith(b"m OK"), moved
     assert [r for r in moved if b"EXPUNGE" in r.upper()] == [b"* 1 EXPUNGE\r\n"], moved
@@ -219,3 +228,90 @@ def test_guarded_move_into_the_selected_mailbox_counts_imap4d_expunges(imap4d, g
         assert_counts_consistent(replies, exists=5)
         assert len(client.command(b"f", b"FETCH 1:* (UID)")) == 5 + 1
         client.logout()
+
+
+def _flag_and_move(proxy: ProxyProcess, server: ImapServer, user: str, move: bytes) -> list[bytes]:
+    """m1 gets \\Seen \\Flagged, m3 \\Answered \\Seen (m2 and m4 carry \\Deleted), then ``move``
+    runs through ``proxy``; the client logs out at once. Returns the MOVE's replies."""
+    with RawClient(proxy.address) as client:
+        client.login(user, server.password)
+        client.command(b"s", b"SELECT INBOX")
+        client.command(b"f", b"STORE 1 +FLAGS.SILENT (\\Seen \\Flagged)")
+        client.command(b"g", b"STORE 3 +FLAGS.SILENT (\\Answered \\Seen)")
+        replies = client.command(b"m", move)
+        client.logout()
+    return replies
+
+
+@pytest.mark.parametrize("chunk", ["1000", "2"])
+def test_guarded_move_restores_the_flags_imap4d_copy_drops(imap4d, tmp_path, chunk):
+    """imap4d's COPY drops every flag. After the MOVE's tagged OK a second session adds back,
+    on the copies it identified, the flags the messages had: \\Seen and \\Flagged stay, and
+    \\Deleted is never copied. The client sees none of the proxy's STATUS or FETCHes."""
+    user = prepare(imap4d)
+    port = find_free_port()
+    extra = ("--no-uidplus", "guarded", "--move-chunk-size", chunk, "--metrics", f"{HOST}:{port}")
+    with running_proxy(imap4d.address, tmp_path / "proxy.log", *extra) as proxy:
+        replies = _flag_and_move(proxy, imap4d, user, b"MOVE 1,3,5 Trash")
+        assert replies[-1].startswith(b"m OK"), replies
+        assert not any(b"STATUS" in r or b"INTERNALDATE" in r for r in replies), replies
+        proxy.wait_for_log(r"MOVE 1,3,5: policy=guarded outcome=moved flags=restored")
+        with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as response:
+            exposition = response.read().decode()
+    assert 'imapmoveproxy_copy_flags_total{result="restored"} 1.0' in exposition
+    assert flags_of(imap4d, user, "Trash") == {
+        "m1": {"\\Seen", "\\Flagged"},
+        "m3": {"\\Answered", "\\Seen"},
+        "m5": set(),
+    }
+    assert contents(imap4d, user, "INBOX") == {"m2": True, "m4": True}
+
+
+def test_guarded_move_into_the_selected_mailbox_stores_no_flags(imap4d, guarded_proxy):
+    """The selected mailbox is only EXAMINEd: imap4d's two sessions would write their views of
+    it over each other's (a second session that SELECTed it was seen wiping the \\Deleted that
+    the MOVE had put back on m2 and m4). The loss is reported; or, when imap4d's EXPUNGE has
+    given the mailbox a new UIDVALIDITY (it does when the second changes), the copy cannot be
+    identified, and the log line says so."""
+    user = prepare(imap4d)
+    replies = _flag_and_move(guarded_proxy, imap4d, user, b"MOVE 3 INBOX")
+    assert replies[-1].startswith(b"m OK"), replies
+    guarded_proxy.wait_for_log(
+        r"MOVE 3: policy=guarded outcome=moved flags=(lost \(not restored in the client's "
+        r"selected mailbox\)|unknown \(the target's UIDVALIDITY is now)"
+    )
+    assert flags_of(imap4d, user, "INBOX") == {
+        "m1": {"\\Seen", "\\Flagged"},
+        "m2": {"\\Deleted"},
+        "m4": {"\\Deleted"},
+        "m5": set(),
+        "m3": set(),  # the copy, at the end
+    }
+
+
+def test_guarded_move_reports_lost_flags_without_a_second_session(imap4d, tmp_path):
+    """With second sessions off the copies cannot be checked: the log line says so."""
+    user = prepare(imap4d)
+    extra = ("--no-uidplus", "guarded", "--rollback", "off")
+    with running_proxy(imap4d.address, tmp_path / "proxy.log", *extra) as proxy:
+        replies = _flag_and_move(proxy, imap4d, user, b"MOVE 1 Trash")
+        assert replies[-1].startswith(b"m OK"), replies
+        proxy.wait_for_log(r"outcome=moved flags=unknown \(second sessions are off\)")
+
+
+def test_guarded_move_on_dovecot_finds_the_flags_kept(dovecot_no_uidplus, tmp_path):
+    """Dovecot's COPY keeps flags: the check finds them there and stores nothing."""
+    server = dovecot_no_uidplus
+    user = prepare(server)
+    extra = ("--no-uidplus", "guarded")
+    with running_proxy(server.address, tmp_path / "proxy.log", *extra) as proxy:
+        replies = _flag_and_move(proxy, server, user, b"MOVE 1,3 Trash")
+        assert replies[-1].startswith(b"m OK"), replies
+        proxy.wait_for_log(r"MOVE 1,3: policy=guarded outcome=moved flags=kept")
+    assert flags_of(server, user, "Trash") == {
+        "m1": {"\\Seen", "\\Flagged"},
+        "m3": {"\\Answered", "\\Seen"},
+    }
+    received = server.received_bytes(user)
+    assert re.search(rb"rb\d+ UID FETCH \d+:\* \(UID FLAGS INTERNALDATE\)", received)  # checked
+    assert not re.search(rb"rb\d+ UID STORE", received)  # and nothing stored

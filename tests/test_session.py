@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imapmoveproxy.engine.session import Session, SessionSettings
+from imapmoveproxy.move.copyflags import Copied, FlagCheckRequest
 from imapmoveproxy.wire.grammar import expand_uid_set
 
 GREETING = b"* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ AUTH=PLAIN] ready\r\n"
@@ -675,37 +676,48 @@ def guarded_script() -> Script:
 def test_guarded_move_clears_and_restores_other_deleted_flags():
     s = guarded_script()
     # no COPYUID will say what a COPY took: it only names UIDs listed in the client's set
-    assert s.client(b"c MOVE 2 Trash\r\n") == b"imp1 FETCH 2 (UID)\r\n"
-    assert s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\n") == b"imp2 UID COPY 12 Trash\r\n"
-    assert s.upstream(b"imp2 OK Copied\r\n") == b"imp3 NOOP\r\n"
-    assert s.upstream(b"imp3 OK\r\n") == b"imp4 UID SEARCH DELETED\r\n"
-    sent = s.upstream(b"* SEARCH 11 12\r\nimp4 OK\r\n")  # 11 is the user's own \Deleted
-    assert sent == (
-        b"imp5 UID STORE 11 -FLAGS.SILENT (\\Deleted)\r\n"
-        b"imp6 UID STORE 12 +FLAGS.SILENT (\\Deleted)\r\n"
+    # and the target's UIDNEXT, then the flags of what it copies (for a check after the MOVE)
+    assert s.client(b"c MOVE 2 Trash\r\n") == (
+        b"imp1 FETCH 2 (UID)\r\nimp2 STATUS Trash (UIDNEXT UIDVALIDITY MESSAGES)\r\n"
     )
-    assert s.upstream(b"* 1 FETCH (UID 11 FLAGS ())\r\nimp5 OK\r\nimp6 OK\r\n") == b"imp7 NOOP\r\n"
-    s.upstream(b"imp7 OK\r\n")
+    status = b"* STATUS Trash (UIDNEXT 40 UIDVALIDITY 9 MESSAGES 3)\r\nimp2 OK\r\n"
+    assert s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\n" + status) == (
+        b"imp3 UID FETCH 12 (UID FLAGS INTERNALDATE)\r\nimp4 UID COPY 12 Trash\r\n"
+    )
+    flags = b'* 2 FETCH (UID 12 FLAGS (\\Seen \\Recent) INTERNALDATE "1-Jan-2026 10:00:00 +0000")'
+    assert s.upstream(flags + b"\r\nimp3 OK\r\nimp4 OK Copied\r\n") == b"imp5 NOOP\r\n"
+    assert s.upstream(b"imp5 OK\r\n") == b"imp6 UID SEARCH DELETED\r\n"
+    sent = s.upstream(b"* SEARCH 11 12\r\nimp6 OK\r\n")  # 11 is the user's own \Deleted
+    assert sent == (
+        b"imp7 UID STORE 11 -FLAGS.SILENT (\\Deleted)\r\n"
+        b"imp8 UID STORE 12 +FLAGS.SILENT (\\Deleted)\r\n"
+    )
+    assert s.upstream(b"* 1 FETCH (UID 11 FLAGS ())\r\nimp7 OK\r\nimp8 OK\r\n") == b"imp9 NOOP\r\n"
+    s.upstream(b"imp9 OK\r\n")
     # the re-check finds 13, flagged by another session meanwhile: cleared too, checked again
-    sent = s.upstream(b"* SEARCH 12 13\r\nimp8 OK\r\n")
-    assert sent == b"imp9 UID STORE 13 -FLAGS.SILENT (\\Deleted)\r\n"
-    assert s.upstream(b"imp9 OK\r\n") == b"imp10 NOOP\r\n"
-    s.upstream(b"imp10 OK\r\n")
-    assert s.upstream(b"* SEARCH 12\r\nimp11 OK\r\n") == b"imp12 EXPUNGE\r\n"
-    sent = s.upstream(b"* 2 EXPUNGE\r\nimp12 OK\r\n")
-    assert sent == b"imp13 UID STORE 11,13 +FLAGS.SILENT (\\Deleted)\r\n"
-    assert s.upstream(b"imp13 OK\r\n") == b"imp14 UID FETCH 1:* (UID)\r\n"
-    s.upstream(b"* 1 FETCH (UID 11)\r\n* 2 FETCH (UID 13)\r\nimp14 OK\r\n")
-    assert s.seen() == b"* 2 EXPUNGE\r\nc OK Move completed.\r\n"
+    sent = s.upstream(b"* SEARCH 12 13\r\nimp10 OK\r\n")
+    assert sent == b"imp11 UID STORE 13 -FLAGS.SILENT (\\Deleted)\r\n"
+    assert s.upstream(b"imp11 OK\r\n") == b"imp12 NOOP\r\n"
+    s.upstream(b"imp12 OK\r\n")
+    assert s.upstream(b"* SEARCH 12\r\nimp13 OK\r\n") == b"imp14 EXPUNGE\r\n"
+    sent = s.upstream(b"* 2 EXPUNGE\r\nimp14 OK\r\n")
+    assert sent == b"imp15 UID STORE 11,13 +FLAGS.SILENT (\\Deleted)\r\n"
+    assert s.upstream(b"imp15 OK\r\n") == b"imp16 UID FETCH 1:* (UID)\r\n"
+    s.upstream(b"* 1 FETCH (UID 11)\r\n* 2 FETCH (UID 13)\r\nimp16 OK\r\n")
+    assert s.seen() == b"* 2 EXPUNGE\r\nc OK Move completed.\r\n"  # nothing of STATUS, FETCH
+    (check,) = s.session.take_flag_checks()  # the MOVE's log line waits for its result
+    assert check.request == FlagCheckRequest(
+        b"Trash", b"9", 40, (Copied(b"1-Jan-2026 10:00:00 +0000", frozenset({b"\\Seen"})),), True
+    )
 
 
 def test_guarded_move_gives_up_with_nothing_lost_when_flags_keep_appearing():
     s = guarded_script()
     s.client(b"c UID MOVE 12 Trash\r\n")
-    s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\nimp2 OK Copied\r\n")
-    s.upstream(b"imp3 OK\r\n")
-    s.upstream(b"* SEARCH\r\nimp4 OK\r\n")
-    tag = 6
+    s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\nimp2 OK\r\nimp3 OK\r\nimp4 OK Copied\r\n")
+    s.upstream(b"imp5 OK\r\n")
+    s.upstream(b"* SEARCH\r\nimp6 OK\r\n")
+    tag = 8
     for n in range(4):  # another session flags a new message before every re-check
         s.upstream(b"imp%d OK\r\n" % (tag - 1))
         s.upstream(b"imp%d OK\r\n" % tag)
@@ -726,11 +738,11 @@ def test_guarded_move_gives_up_with_nothing_lost_when_flags_keep_appearing():
 def test_guarded_move_reports_messages_the_expunge_did_not_remove():
     s = guarded_script()
     s.client(b"c UID MOVE 12 Trash\r\n")
-    s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\nimp2 OK Copied\r\nimp3 OK\r\n")
-    s.upstream(b"* SEARCH\r\nimp4 OK\r\nimp5 OK\r\nimp6 OK\r\n")
-    assert s.upstream(b"* SEARCH 12\r\nimp7 OK\r\n") == b"imp8 EXPUNGE\r\n"
-    assert s.upstream(b"imp8 OK\r\n") == b"imp9 UID FETCH 1:* (UID)\r\n"  # nothing expunged
-    s.upstream(b"* 1 FETCH (UID 3)\r\n* 2 FETCH (UID 12)\r\nimp9 OK\r\n")
+    s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\nimp2 OK\r\nimp3 OK\r\nimp4 OK\r\nimp5 OK\r\n")
+    s.upstream(b"* SEARCH\r\nimp6 OK\r\nimp7 OK\r\nimp8 OK\r\n")
+    assert s.upstream(b"* SEARCH 12\r\nimp9 OK\r\n") == b"imp10 EXPUNGE\r\n"
+    assert s.upstream(b"imp10 OK\r\n") == b"imp11 UID FETCH 1:* (UID)\r\n"  # nothing expunged
+    s.upstream(b"* 1 FETCH (UID 3)\r\n* 2 FETCH (UID 12)\r\nimp11 OK\r\n")
     reply = s.seen()
     assert reply.startswith(b"c NO MOVE incomplete:") and b"UIDs 12 were not expunged" in reply
 
@@ -738,11 +750,11 @@ def test_guarded_move_reports_messages_the_expunge_did_not_remove():
 def test_guarded_move_whose_final_check_fails_reports_what_the_expunge_did():
     s = guarded_script()
     s.client(b"c UID MOVE 12 Trash\r\n")
-    s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\nimp2 OK Copied\r\nimp3 OK\r\n")
-    s.upstream(b"* SEARCH\r\nimp4 OK\r\nimp5 OK\r\nimp6 OK\r\n")
-    s.upstream(b"* SEARCH 12\r\nimp7 OK\r\n")
-    s.upstream(b"* 2 EXPUNGE\r\nimp8 OK\r\n")
-    s.upstream(b"* 2 FETCH (UID 12)\r\nimp9 NO Too busy\r\n")  # a partial, failed check
+    s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\nimp2 OK\r\nimp3 OK\r\nimp4 OK\r\nimp5 OK\r\n")
+    s.upstream(b"* SEARCH\r\nimp6 OK\r\nimp7 OK\r\nimp8 OK\r\n")
+    s.upstream(b"* SEARCH 12\r\nimp9 OK\r\n")
+    s.upstream(b"* 2 EXPUNGE\r\nimp10 OK\r\n")
+    s.upstream(b"* 2 FETCH (UID 12)\r\nimp11 NO Too busy\r\n")  # a partial, failed check
     assert s.seen().endswith(b"c OK Move completed.\r\n")
 
 

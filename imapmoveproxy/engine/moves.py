@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..move.copyflags import FlagCheck, FlagRecorder
 from ..move.emulation import MoveEmulation
 from ..move.request import MoveRequest, RollbackRequest, UpstreamCommand
 from ..move.rollback import Credentials
@@ -44,6 +45,7 @@ class MoveRunner:
         self.running: MoveEmulation | None = None
         self.rollback_running = False
         self._finished: list[FinishedMove] = []
+        self.flag_checks: list[FlagCheck] = []  # for the caller to run after their MOVE
 
     @property
     def ready(self) -> bool:
@@ -75,6 +77,7 @@ class MoveRunner:
             rights=mailbox.rights,
             exists=mailbox.exists,
             recent=mailbox.recent,
+            flags=FlagRecorder() if settings.guarded else None,
         )
         self.step(self.running.start(session.caps))
 
@@ -149,12 +152,18 @@ class MoveRunner:
         rollback, duplicates, retries = (
             (move.rollback, move.duplicates, move.expunge_retries) if move else ("", 0, 0)
         )
-        log.info(
-            "%s %s: policy=%s outcome=%s%s%s",
-            kind.decode(), shown.decode("ascii", "replace"), policy, outcome,
-            f" rollback={rollback}" if rollback else "",
-            f" expunge_retries={retries}" if retries else "",
-        )  # fmt: skip
+        line = (
+            f"{kind.decode()} {shown.decode('ascii', 'replace')}: policy={policy} outcome={outcome}"
+            + (f" rollback={rollback}" if rollback else "")
+            + (f" expunge_retries={retries}" if retries else "")
+        )
+        request = None
+        if move is not None and move.flags is not None and outcome == "moved":
+            request = move.flags.request(move.request.mailbox, self._session.mailbox.name)
+        if request is not None:  # logged once the copies' flags are checked
+            self.flag_checks.append(FlagCheck(request, self._session.credentials, line))
+        else:
+            log.info("%s", line)
         if move is not None and move.duplicates:
             log.warning("MOVE left messages in both mailboxes: %s", move.reply.decode())
         moves = self._session.counters.moves

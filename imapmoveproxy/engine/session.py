@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from ..move.copyflags import FlagCheck, Result
 from ..move.request import RollbackRequest, policy_for
 from ..move.rollback import Credentials
 from ..wire.capabilities import Capabilities
@@ -284,6 +285,19 @@ class Session:
     def take_finished_moves(self) -> list[FinishedMove]:
         """Every MOVE answered since the last call."""
         return self.moves.take_finished()
+
+    def take_flag_checks(self) -> list[FlagCheck]:
+        """Second sessions the caller must run now (they never hold back the client), each
+        reporting to :meth:`flag_check_finished`."""
+        checks, self.moves.flag_checks = self.moves.flag_checks, []
+        return checks
+
+    def flag_check_finished(self, check: FlagCheck, result: Result, detail: str) -> None:
+        """The flags of a guarded MOVE's copies were checked: its log line says what became
+        of them."""
+        level = logging.INFO if result in (Result.KEPT, Result.RESTORED) else logging.WARNING
+        because = f" ({detail})" if detail else ""
+        self.log.log(level, "%s flags=%s%s", check.log_line, result.value, because)
 
     # ------------------------------------------------------------------ for the parts
 

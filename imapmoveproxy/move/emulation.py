@@ -32,11 +32,16 @@ The sequence of upstream commands, each step only after the previous one's tagge
    -FLAGS.SILENT (\\Deleted)`` where the proxy set the flag, then ``UID FETCH uids (UID FLAGS)``
    to learn which are still in the source, and a :class:`RollbackRequest` for their copies,
    which a second session removes from the target (:mod:`.rollback`).
+
+Guarded, with a :class:`.copyflags.FlagRecorder`: ``STATUS target`` rides with the listing of
+step 1 and ``UID FETCH chunk (UID FLAGS INTERNALDATE)`` with each chunk's ``UID COPY``, so that
+flags the server's COPY drops can be put back after the MOVE (:mod:`.copyflags`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..wire import responses
 from ..wire.capabilities import Capabilities
@@ -63,6 +68,9 @@ from .request import (
 from .steps import Step
 from .uidplus import UidplusSteps
 
+if TYPE_CHECKING:
+    from .copyflags import FlagRecorder
+
 TagSource = Callable[[], bytes]
 
 
@@ -83,8 +91,10 @@ class MoveEmulation:
         rights: bytes | None = None,
         exists: int | None = None,
         recent: int | None = None,
+        flags: FlagRecorder | None = None,
     ) -> None:
         self.request = request
+        self.flags = flags  # guarded: notes what the COPY should keep (:mod:`.copyflags`)
         self.policy: Policy | None = None
         self.outcome = ""  # "moved", "copy-failed", "expunge-failed"... for logs and metrics
         self.rollback = ""  # "done", "failed" or "impossible" once copies had to be removed
@@ -162,6 +172,8 @@ class MoveEmulation:
 
     def on_untagged(self, line: bytes) -> bool:
         """Whether an untagged upstream response that arrived during the MOVE goes to the client."""
+        if self.flags is not None and self.flags.on_untagged(line):
+            return False
         step = self.step
         if step is Step.CAPABILITY:
             return not responses.is_capability(line)
@@ -298,6 +310,12 @@ class MoveEmulation:
         """``template`` once per UID set, split so that no command line grows too long."""
         sets = chunk_set(compress_uids(list(uids)), self._max_set_bytes)
         return [template % uid_set for uid_set in sets]
+
+    def own(self, command: UpstreamCommand) -> UpstreamCommand:
+        """``command`` under a new tag of the proxy's, awaited with the current step."""
+        tag = self.new_tag()
+        self.pending.add(tag)
+        return [tag + b" " + command[0], *command[1:]]
 
     def send(self, step: Step, commands: list[bytes]) -> list[UpstreamCommand]:
         """Tag and send ``commands``, pipelined: together they make up ``step``."""

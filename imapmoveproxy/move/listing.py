@@ -63,6 +63,9 @@ class Listing:
             returns = b"RETURN (ALL) " if caps.esearch else b""
             search = b" UID SEARCH " + returns + uid + request.sequence_set + b" DELETED\r\n"
             commands.append([self.deleted_tag + search])
+        flags = move.flags
+        if flags is not None and move.policy is Policy.GUARDED and not copy:
+            commands.append(move.own(flags.status_command(request.mailbox, caps)))
         if copy:  # last: it may wait for "+" before sending the mailbox name
             self.copy_set = None  # the client's own set
             self.copy_tag = self._tag()
@@ -95,6 +98,9 @@ class Listing:
         move.steps.new_chunk()
         move.copy_result = None
         move.step = Step.COPY
+        flags = []
+        if move.flags is not None and move.policy is Policy.GUARDED:
+            flags = [move.own([move.flags.fetch_command(chunk)])]
         self.copy_tag = self._tag()
         copy = self.copy_tag + b" UID COPY " + b",".join(compress_uids(chunk)) + b" "
-        return [astring_segments(copy, [move.request.mailbox], move.caps)]
+        return [*flags, astring_segments(copy, [move.request.mailbox], move.caps)]

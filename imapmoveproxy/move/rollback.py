@@ -93,22 +93,21 @@ class Phase(enum.Enum):
     FLAG = "flag"
     EXPUNGE = "expunge"
     CHECK = "check"
+    LOGOUT = "logout"
     DONE = "done"
 
 
-class Rollback:
-    """One second session: log in, select the target, list which copies are there, flag and
-    expunge them by UID, check that they are gone, log out. :attr:`error` says why it failed
-    (``None``: it did not, or it is not finished: see :attr:`done`); :attr:`missing` names the
-    copies that had already left the target (another session moved or deleted them)."""
+class SecondSession:
+    """Another upstream session of the client's user, sans-IO: logs in, selects ``mailbox``,
+    checks that its UIDVALIDITY is still ``uidvalidity`` (unless that is None), then runs the
+    subclass's steps (:meth:`_advance`, called once every command of a step has been answered
+    OK). Any NO, BAD, BYE or unexpected line ends it with :attr:`error` set."""
 
-    def __init__(
-        self, request: RollbackRequest, credentials: Credentials, max_set_bytes: int = 8192
-    ) -> None:
-        self.request = request
+    def __init__(self, mailbox: bytes, uidvalidity: bytes | None, credentials: Credentials) -> None:
         self.error: str | None = None
         self.done = False
-        self.missing: frozenset[int] = frozenset()
+        self._mailbox = mailbox
+        self._expected_validity = uidvalidity
         self._credentials = credentials
         self._framer = Framer(1024 * 1024)
         self._out = bytearray()
@@ -118,9 +117,7 @@ class Rollback:
         self._continuation: list[bytes] = []
         self._tags = 0
         self._validity = b""
-        self._left: set[int] = set()
-        sets = chunk_set(compress_uids(list(request.uids)), max_set_bytes)
-        self._sets = sets
+        self._examine = False  # open the mailbox read-only
 
     def receive(self, data: bytes | bytearray) -> None:
         self._framer.feed(data)
@@ -162,6 +159,12 @@ class Rollback:
                 self._fail("unexpected continuation request")
             return
         if line[:1] == b"*":
+            if line[2:5].upper() == b"BYE" and self._phase is not Phase.LOGOUT:
+                self._fail(f"the mail server said {line_body(line)[:80]!r}")
+                return
+            validity = responses.uidvalidity(line)
+            if validity is not None:
+                self._validity = validity
             self._untagged(line)
             return
         reply = parse_tagged(line)
@@ -172,53 +175,26 @@ class Rollback:
         if reply.status != b"OK":
             what = reply.text.decode("utf-8", "replace")[:200]
             self._fail(f"{self._phase.value} refused: {what}")
-        elif not self._pending:
+        elif self._pending:
+            return
+        elif self._phase is Phase.LOGIN:
+            self._select()
+        elif self._phase is Phase.SELECT and self._expected_validity not in (None, self._validity):
+            # Not the mailbox the copies went to (recreated meanwhile): touch nothing.
+            self._fail(f"the target's UIDVALIDITY is now {self._validity.decode() or '?'}")
+        else:
             self._advance()
 
     def _untagged(self, line: bytes) -> None:
-        if line[2:5].upper() == b"BYE":
-            self._fail(f"the mail server said {line_body(line)[:80]!r}")
-            return
-        validity = responses.uidvalidity(line)
-        if validity is not None:
-            self._validity = validity
-        fetched = responses.last_fetch_uid(line)
-        if self._phase in (Phase.FIND, Phase.CHECK) and fetched is not None:
-            self._left.add(fetched)
+        """An untagged response other than BYE (the subclass's steps may want it)."""
 
     def _advance(self) -> None:
-        phase = self._phase
-        if phase is Phase.LOGIN:
-            self._select()
-        elif phase is Phase.SELECT:
-            if self._validity != self.request.uidvalidity:
-                # Not the mailbox the copies went to (recreated meanwhile): touch nothing.
-                self._fail(f"the target's UIDVALIDITY is now {self._validity.decode() or '?'}")
-                return
-            self._send_per_set(Phase.FIND, b"UID FETCH %s (UID)\r\n")
-        elif phase is Phase.FIND:
-            self.missing = frozenset(self.request.uids) - self._left
-            self._left = set()
-            self._send_per_set(Phase.FLAG, b"UID STORE %s +FLAGS.SILENT (\\Deleted)\r\n")
-        elif phase is Phase.FLAG:
-            self._send_per_set(Phase.EXPUNGE, b"UID EXPUNGE %s\r\n")
-        elif phase is Phase.EXPUNGE:
-            self._send_per_set(Phase.CHECK, b"UID FETCH %s (UID)\r\n")
-        elif phase is Phase.CHECK:
-            left = self._left & set(self.request.uids)
-            if left:
-                uids = b",".join(compress_uids(list(left))).decode()
-                self._fail(f"UIDs {uids} of the target were not removed")
-                return
-            self._out += self._tag() + b" LOGOUT\r\n"
-            self._phase = Phase.DONE
-            self.done = True
+        """Every command of the current step (SELECT, or one of the subclass's) succeeded."""
+        raise NotImplementedError
 
     def _select(self) -> None:
-        self._send(Phase.SELECT, [astring_segments(b"SELECT ", [self.request.mailbox], self._caps)])
-
-    def _send_per_set(self, phase: Phase, template: bytes) -> None:
-        self._send(phase, [[template % uid_set] for uid_set in self._sets])
+        command = b"EXAMINE " if self._examine else b"SELECT "
+        self._send(Phase.SELECT, [astring_segments(command, [self._mailbox], self._caps)])
 
     def _send(self, phase: Phase, commands: list[UpstreamCommand]) -> None:
         """Pipelined: each command's further segments wait for "+" (the few commands that
@@ -238,3 +214,49 @@ class Rollback:
         self.error = reason
         self.done = True
         self._phase = Phase.DONE
+
+
+class Rollback(SecondSession):
+    """One second session: log in, select the target, list which copies are there, flag and
+    expunge them by UID, check that they are gone, log out. :attr:`error` says why it failed
+    (``None``: it did not, or it is not finished: see :attr:`done`); :attr:`missing` names the
+    copies that had already left the target (another session moved or deleted them)."""
+
+    def __init__(
+        self, request: RollbackRequest, credentials: Credentials, max_set_bytes: int = 8192
+    ) -> None:
+        super().__init__(request.mailbox, request.uidvalidity, credentials)
+        self.request = request
+        self.missing: frozenset[int] = frozenset()
+        self._left: set[int] = set()
+        self._sets = chunk_set(compress_uids(list(request.uids)), max_set_bytes)
+
+    def _untagged(self, line: bytes) -> None:
+        fetched = responses.last_fetch_uid(line)
+        if self._phase in (Phase.FIND, Phase.CHECK) and fetched is not None:
+            self._left.add(fetched)
+
+    def _advance(self) -> None:
+        phase = self._phase
+        if phase is Phase.SELECT:
+            self._send_per_set(Phase.FIND, b"UID FETCH %s (UID)\r\n")
+        elif phase is Phase.FIND:
+            self.missing = frozenset(self.request.uids) - self._left
+            self._left = set()
+            self._send_per_set(Phase.FLAG, b"UID STORE %s +FLAGS.SILENT (\\Deleted)\r\n")
+        elif phase is Phase.FLAG:
+            self._send_per_set(Phase.EXPUNGE, b"UID EXPUNGE %s\r\n")
+        elif phase is Phase.EXPUNGE:
+            self._send_per_set(Phase.CHECK, b"UID FETCH %s (UID)\r\n")
+        elif phase is Phase.CHECK:
+            left = self._left & set(self.request.uids)
+            if left:
+                uids = b",".join(compress_uids(list(left))).decode()
+                self._fail(f"UIDs {uids} of the target were not removed")
+                return
+            self._out += self._tag() + b" LOGOUT\r\n"
+            self._phase = Phase.DONE
+            self.done = True
+
+    def _send_per_set(self, phase: Phase, template: bytes) -> None:
+        self._send(phase, [[template % uid_set] for uid_set in self._sets])

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..engine.session import Session
+from ..move.copyflags import FlagCheck, FlagRestore, Result
 from ..move.request import RollbackRequest
-from ..move.rollback import Credentials, Rollback
+from ..move.rollback import Credentials, Rollback, SecondSession
 from ..wire.proxyproto import Endpoint
 from .locks import LockError
 from .tls import UpstreamUnavailable
@@ -99,6 +100,7 @@ class Connection:
         self._commands_counted = 0
         self._expunged_counted = 0  # session.counters.expunged_rewritten already counted
         self._move_started: float | None = None
+        self._flag_checks = 0  # second sessions checking a MOVE's copies, still running
 
     def shutdown(self) -> None:
         """The proxy is stopping: BYE now, or once the MOVE in progress has finished."""
@@ -114,6 +116,9 @@ class Connection:
                 nursery.start_soon(self._write_upstream)
                 nursery.start_soon(self._write_client)
                 await self._supervise()
+                # Bounded by rollback_timeout each: a MOVE's flags are restored even when the
+                # client logs out at once.
+                await self._changed.until(lambda: not self._flag_checks)
                 nursery.cancel_scope.cancel()
         except Exception:  # a bug must cost one connection, never the proxy
             self._log.exception("internal error, closing the connection")
@@ -290,6 +295,9 @@ class Connection:
             rollback = session.take_rollback()
             if rollback is not None:
                 self._nursery.start_soon(self._rollback, *rollback)
+            for check in session.take_flag_checks():
+                self._flag_checks += 1
+                self._nursery.start_soon(self._check_flags, check)
             if session.move_ready and not self._move_task:
                 self._move_task = True
                 self._nursery.start_soon(self._run_move)
@@ -315,7 +323,32 @@ class Connection:
     async def _rollback(self, request: RollbackRequest, credentials: Credentials) -> None:
         """Run the second session that removes a failed MOVE's copies, bounded in time."""
         rollback = Rollback(request, credentials, self.config.max_set_bytes)
-        error: str | None = None
+        error = await self._run_second(rollback)
+        self._upstream_heard = trio.current_time()  # the MOVE waits for its upstream again
+        unfinished = None if rollback.done else "second session did not finish"
+        self.session.rollback_finished(error or rollback.error or unfinished, rollback.missing)
+        self._after_session()
+
+    async def _check_flags(self, check: FlagCheck) -> None:
+        """Run the second session that checks (and restores) the flags of a MOVE's copies."""
+        try:
+            if check.credentials is None:
+                why = "off" if self.config.rollback == "off" else "without credentials to replay"
+                result, detail = Result.UNKNOWN, f"second sessions are {why}"
+            else:
+                restore = FlagRestore(check.request, check.credentials, self.config.max_set_bytes)
+                error = await self._run_second(restore)
+                result, detail = restore.outcome()
+                detail = "; ".join(filter(None, (detail, error)))
+            self._proxy.metrics.copy_flags.labels(result.value).inc()
+            self.session.flag_check_finished(check, result, detail)
+        finally:
+            self._flag_checks -= 1
+            self._changed.fire()
+
+    async def _run_second(self, peer: SecondSession) -> str | None:
+        """Drive ``peer`` over a new upstream connection, bounded by ``rollback_timeout``;
+        what went wrong with the connection, if anything did."""
         try:
             with trio.fail_after(self.config.rollback_timeout):
                 async with self._second_session() as (stream, greeting):
@@ -324,20 +357,17 @@ class Connection:
                         if not data:
                             data = await self._receive(stream)
                             if not data:
-                                rollback.connection_lost()
-                        rollback.receive(data)
+                                peer.connection_lost()
+                        peer.receive(data)
                         data = b""
-                        outgoing = rollback.take_outgoing()
+                        outgoing = peer.take_outgoing()
                         if outgoing:
                             await stream.send_all(outgoing)
-                        if rollback.done:
+                        if peer.done:
                             break
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, UpstreamUnavailable) as exc:
-            error = f"second session: {exc or 'timed out'}"
-        self._upstream_heard = trio.current_time()  # the MOVE waits for its upstream again
-        unfinished = None if rollback.done else "second session did not finish"
-        self.session.rollback_finished(error or rollback.error or unfinished, rollback.missing)
-        self._after_session()
+            return f"second session: {exc or 'timed out'}"
+        return None
 
     @asynccontextmanager
     async def _second_session(self) -> AsyncIterator[tuple[trio.abc.Stream, bytes]]:

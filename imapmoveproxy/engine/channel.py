@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..move.request import UpstreamCommand
+from ..wire.proxyproto import Endpoint
 from .output import Output
 
 TAG_PREFIX = b"imp"
@@ -32,6 +33,18 @@ class UpstreamChannel:
             self._output.to_upstream += segments[0]
             self._log.debug("to upstream: %r", segments[0][:200])
             self._continuation = segments[1:]
+
+    def send_id(self, addresses: tuple[Endpoint, Endpoint]) -> bytes:
+        """Tell the upstream who the client is, before the client's first command (Dovecot
+        believes it from addresses in its login_trusted_networks); return the ID's tag."""
+        (client_ip, client_port), (local_ip, local_port) = addresses
+        fields = (
+            f'"x-originating-ip" "{client_ip}" "x-originating-port" "{client_port}" '
+            f'"x-connected-ip" "{local_ip}" "x-connected-port" "{local_port}"'
+        )
+        tag = self.new_tag()
+        self._output.to_upstream += tag + b" ID (" + fields.encode() + b")\r\n"
+        return tag
 
     def continue_command(self) -> bool:
         """A ``+`` came: whether it was for the proxy's own command (then its next segment is

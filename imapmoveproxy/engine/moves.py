@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..move.copyflags import FlagCheck, FlagRecorder
+from ..move.copyflags import FlagCheck, FlagRecorder, Result
 from ..move.emulation import MoveEmulation
 from ..move.request import MoveRequest, RollbackRequest, UpstreamCommand
 from ..move.rollback import Credentials
@@ -132,6 +132,13 @@ class MoveRunner:
         kind = b"UID MOVE" if move.request.uid else b"MOVE"
         self._count(kind, move.request.sequence_set, policy, move.outcome, move)
         session.after_move()
+
+    def flags_checked(self, check: FlagCheck, result: Result, detail: str) -> None:
+        """The flags of a guarded MOVE's copies were checked: its log line, held back until
+        now, says what became of them."""
+        level = logging.INFO if result in (Result.KEPT, Result.RESTORED) else logging.WARNING
+        because = f" ({detail})" if detail else ""
+        self._session.log.log(level, "%s flags=%s%s", check.log_line, result.value, because)
 
     def take_finished(self) -> list[FinishedMove]:
         """Every MOVE answered since the last call."""

@@ -100,7 +100,7 @@ class Session:
         self.conn_id = conn_id
         self.tls = tls  # the client's connection is encrypted
         self.starttls_requested = False  # the caller must now start TLS with the client
-        self._addresses = addresses  # the client's and the address it connected to
+        self.addresses = addresses  # the client's and the address it connected to
         self.counters = Counters()
         self.close_reason: str | None = None  # set when the connection must end
         self.log = logging.LoggerAdapter(log, {"conn": conn_id})
@@ -293,11 +293,8 @@ class Session:
         return checks
 
     def flag_check_finished(self, check: FlagCheck, result: Result, detail: str) -> None:
-        """The flags of a guarded MOVE's copies were checked: its log line says what became
-        of them."""
-        level = logging.INFO if result in (Result.KEPT, Result.RESTORED) else logging.WARNING
-        because = f" ({detail})" if detail else ""
-        self.log.log(level, "%s flags=%s%s", check.log_line, result.value, because)
+        """The flags of a guarded MOVE's copies were checked (:meth:`MoveRunner.flags_checked`)."""
+        self.moves.flags_checked(check, result, detail)
 
     # ------------------------------------------------------------------ for the parts
 
@@ -321,19 +318,6 @@ class Session:
 
     def _offers_move(self, caps: Capabilities) -> bool:
         return policy_for(caps, self.settings.guarded).emulated
-
-    def send_id(self) -> bytes:
-        """Tell the upstream who the client is, before the client's first command (Dovecot
-        believes it from addresses in its login_trusted_networks); return the ID's tag."""
-        assert self._addresses is not None
-        (client_ip, client_port), (local_ip, local_port) = self._addresses
-        fields = (
-            f'"x-originating-ip" "{client_ip}" "x-originating-port" "{client_port}" '
-            f'"x-connected-ip" "{local_ip}" "x-connected-port" "{local_port}"'
-        )
-        tag = self.channel.new_tag()
-        self.output.to_upstream += tag + b" ID (" + fields.encode() + b")\r\n"
-        return tag
 
     def next_event(self, framer: Framer, reason: str, bye: bytes) -> Line | Literal | None:
         """The framer's next event; None if it needs more bytes, or if the line it holds is too

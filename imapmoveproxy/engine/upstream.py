@@ -70,8 +70,9 @@ class UpstreamResponses:
             session.authenticated = line[:10].upper() == b"* PREAUTH "
             session.output.to_client += self._capabilities(line)
             caps = session.caps
-            if session.settings.forward_id and caps and b"ID" in caps.names:
-                self.id_tag = session.send_id()
+            addresses = session.addresses
+            if session.settings.forward_id and caps and b"ID" in caps.names and addresses:
+                self.id_tag = session.channel.send_id(addresses)
             return True
         lead = line[:1]
         if self.id_tag is not None and line[:5].upper() == b"* ID ":

@@ -185,17 +185,9 @@ class MoveEmulation:
         if count is not None:
             return self._count_shown(*count)
         if step in (Step.COPY, Step.PREFETCH):
-            if responses.is_search(line):
-                tag = responses.search_tag(line)
-                if tag == self.listing.prefetch_tag:
-                    self.set_check.listed |= responses.search_set(line)
-                elif tag in (None, self.listing.deleted_tag):
-                    self.deleted |= responses.search_set(line)
-                return False
-            if self.listing.prefetch_tag in self.pending:
-                uid = responses.fetch_uid(line)
-                if uid is not None and self.set_check.fetched(line, uid, self.counts.exists):
-                    return not responses.only_uid(line)
+            relayed = self.listing.on_untagged(line)
+            if relayed is not None:
+                return relayed
         elif step in (Step.FIND_DELETED, Step.RECHECK) and responses.is_search(line):
             self.deleted |= responses.search_set(line)
             return False
@@ -297,15 +289,6 @@ class MoveEmulation:
         """The steps after the COPY, as the policy has them."""
         return self.guarded if self.policy is Policy.GUARDED else self.uidplus
 
-    def chunk_done(self) -> list[UpstreamCommand]:
-        if self.policy is Policy.GUARDED and self.recovery.remaining and self.failure is None:
-            left = b",".join(compress_uids(list(self.recovery.remaining)))
-            self.failure = Tagged(b"", b"NO", None, b"UIDs " + left + b" were not expunged")
-            self.failed_step = "expunge"
-        if self.failure is None and self.listing.left:
-            return self.listing.next_chunk()
-        return self.recovery.report()
-
     def per_set(self, template: bytes, uids: set[int]) -> list[bytes]:
         """``template`` once per UID set, split so that no command line grows too long."""
         sets = chunk_set(compress_uids(list(uids)), self._max_set_bytes)
@@ -351,7 +334,7 @@ _NEXT: dict[Step, Callable[[MoveEmulation], list[UpstreamCommand]]] = {
     Step.RECHECK: lambda emulation: emulation.guarded.after_recheck(),
     Step.EXPUNGE: lambda emulation: emulation.steps.after_expunge(),
     Step.RESTORE: lambda emulation: emulation.guarded.verify(),
-    Step.VERIFY: MoveEmulation.chunk_done,
+    Step.VERIFY: lambda emulation: emulation.recovery.chunk_done(),
     Step.UNDO: lambda emulation: emulation.recovery.report(),
     Step.RIGHTS: lambda emulation: emulation.preflight.check_rights(),
     Step.PREFETCH: lambda emulation: emulation.listing.after_prefetch(),

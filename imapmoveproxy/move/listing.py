@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from itertools import islice
 from typing import TYPE_CHECKING
 
+from ..wire import responses
 from ..wire.grammar import NumberSet, compress_uids
 from .request import Policy, UpstreamCommand, astring_segments
 from .steps import Step
@@ -41,6 +42,23 @@ class Listing:
         tag = self._move.new_tag()
         self._move.pending.add(tag)
         return tag
+
+    def on_untagged(self, line: bytes) -> bool | None:
+        """An untagged response during the listing or a COPY: whether it goes to the client,
+        or None if it is none of the listing's business."""
+        move = self._move
+        if responses.is_search(line):
+            tag = responses.search_tag(line)
+            if tag == self.prefetch_tag:
+                move.set_check.listed |= responses.search_set(line)
+            elif tag in (None, self.deleted_tag):
+                move.deleted |= responses.search_set(line)
+            return False
+        if self.prefetch_tag in move.pending:
+            uid = responses.fetch_uid(line)
+            if uid is not None and move.set_check.fetched(line, uid, move.counts.exists):
+                return not responses.only_uid(line)
+        return None
 
     def prefetch(self, step: Step, copy: bool) -> list[UpstreamCommand]:
         """Which UIDs the client's set names and (UIDPLUS) which of them carry \\Deleted

@@ -42,6 +42,17 @@ class Recovery:
     def new_chunk(self) -> None:
         self.targets, self.remaining = {}, set()
 
+    def chunk_done(self) -> list[UpstreamCommand]:
+        """The chunk's steps are over: the next chunk, or the tagged reply."""
+        move = self._move
+        if move.policy is Policy.GUARDED and self.remaining and move.failure is None:
+            left = b",".join(compress_uids(list(self.remaining)))
+            move.failure = Tagged(b"", b"NO", None, b"UIDs " + left + b" were not expunged")
+            move.failed_step = "expunge"
+        if move.failure is None and move.listing.left:
+            return move.listing.next_chunk()
+        return self.report()
+
     def refuse_outside(self) -> list[UpstreamCommand]:
         """The upstream named messages the client did not: flag and expunge nothing; remove
         the copies a COPY made, through the check and the second session."""
@@ -75,7 +86,7 @@ class Recovery:
             return self.report()
         if not self.remaining and move.failed_step != OUTSIDE:  # everything moved after all
             move.failure = None
-            return move.chunk_done()
+            return self.chunk_done()
         if move.failure is None:
             left = b",".join(compress_uids(list(self.remaining)))
             move.failure = Tagged(b"", b"NO", None, b"UIDs " + left + b" were not expunged")

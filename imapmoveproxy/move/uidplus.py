@@ -50,7 +50,7 @@ class UidplusSteps:
             return move.send(Step.EXPUNGE, [self._expunges.pop(0)])
         shown = move.counts.expunged - self._expunged_before
         if move.failure is None and shown == len(move.moving):
-            return move.chunk_done()
+            return move.recovery.chunk_done()
         if move.failure is None and not self._retried:
             # Dovecot (maildir, other sessions copying into the mailbox) was seen answering OK
             # to a UID EXPUNGE that removed none of the messages just flagged. Flag and expunge

@@ -47,8 +47,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bytes asked of the kernel per read: large reads halve the per-byte cost of bulk relaying
-# (bench/), and memory is only taken while data is actually there.
+# (bench/), and memory is only taken while data is actually there. A reader asks for the large
+# size only after a read that filled the small one: a buffer of 1 MiB is allocated by mmap and
+# shrunk by mremap, three system calls per read that a round trip does not need.
 RECEIVE_SIZE = 1024 * 1024
+SMALL_RECEIVE = 64 * 1024  # below glibc's mmap threshold (128 KiB)
 UNAVAILABLE = b"* BYE [UNAVAILABLE] Upstream server not available, try again later.\r\n"
 CLOSE_GRACE = 2.0  # seconds a closing connection has to deliver its last words
 
@@ -236,7 +239,9 @@ class Connection:
         def room() -> bool:
             return session.ready_to_client < backlog
 
+        size = SMALL_RECEIVE
         while data:
+            size = RECEIVE_SIZE if len(data) >= size else SMALL_RECEIVE
             self._upstream_heard = trio.current_time()
             counted.inc(len(data))
             session.receive_upstream(data)
@@ -246,7 +251,7 @@ class Connection:
             # of that response releases them.)
             if not room():
                 await self._changed.until(room)
-            data = await self._receive(self.upstream)
+            data = await self._receive(self.upstream, size)
         session.upstream_closed()  # after LOGOUT's BYE, or it dropped us
         self._upstream_gone = True
         self._after_session()
@@ -261,13 +266,15 @@ class Connection:
                 and session.pending_to_client < backlog
             )
 
+        size = SMALL_RECEIVE
         while True:
             if not room():
                 self._line_started = math.inf  # not read meanwhile: the client is not late
                 await self._changed.until(room)
-            data = await self._receive(self.client)
+            data = await self._receive(self.client, size)
             if not data:
                 break
+            size = RECEIVE_SIZE if len(data) >= size else SMALL_RECEIVE
             if b"\n" in data or not session.line_pending:  # the next line has its own time
                 self._line_started = math.inf
             if session.line_pending:
@@ -457,11 +464,11 @@ class Connection:
         return True
 
     @staticmethod
-    async def _receive(stream: trio.abc.Stream) -> bytes | bytearray:
+    async def _receive(stream: trio.abc.Stream, size: int = RECEIVE_SIZE) -> bytes | bytearray:
         if type(stream) is trio.SocketStream:
-            return await _receive_plain(stream.socket)
+            return await _receive_plain(stream.socket, size)
         try:
-            return await stream.receive_some(RECEIVE_SIZE)
+            return await stream.receive_some(size)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
 
@@ -480,7 +487,7 @@ def _write_some(fd: int, data: bytearray) -> bytes | bytearray | memoryview:
     return memoryview(data)[sent:] if sent < len(data) else b""
 
 
-async def _receive_plain(sock: trio.socket.SocketType) -> bytes:
+async def _receive_plain(sock: trio.socket.SocketType, size: int) -> bytes:
     """``SocketStream.receive_some`` for a round trip: wait until the socket is readable, then
     read once (trio's first reads, which find nothing while a reply is awaited, and its stream
     wrappers cost a system call and several microseconds per read); b"" when the peer has gone."""
@@ -488,7 +495,7 @@ async def _receive_plain(sock: trio.socket.SocketType) -> bytes:
     while True:
         await trio.lowlevel.wait_readable(sock)
         try:
-            return os.read(fd, RECEIVE_SIZE)
+            return os.read(fd, size)
         except BlockingIOError:  # readable, then not (another reader cannot exist here)
             continue
         except OSError:

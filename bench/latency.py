@@ -72,8 +72,8 @@ def command_latency(
             client.close()
 
 
-def _us(seconds: float) -> str:
-    return f"{seconds * 1e6:.0f} us"
+def _us(seconds: float, sign: str = "") -> str:
+    return f"{seconds * 1e6:{sign}.0f} us"
 
 
 def rows_commands(times: dict[str, dict[str, list[float]]], proxies: list[str]) -> list[Row]:
@@ -90,8 +90,8 @@ def rows_commands(times: dict[str, dict[str, list[float]]], proxies: list[str]) 
                 rows.append(
                     Row(
                         f"6. {label}: added latency {name}" + ("" if main else f", {proxy}"),
-                        f"HAProxy +{_us(haproxy)} (direct {_us(direct)})",
-                        f"+{_us(added)}",
+                        f"HAProxy {_us(haproxy, '+')} (direct {_us(direct)})",
+                        _us(added, "+"),
                         ratio,
                         f"<= {TARGET}" if main else "",
                         None if not main or ratio is None else ratio <= TARGET,

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import latency
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {BENCHMARKS}")
     sizes = QUICK if args.quick else FULL
     if args.connections:
-        sizes = Sizes(**{**sizes.__dict__, "connections": args.connections})
+        sizes = replace(sizes, connections=args.connections)
     selected = [b for b in BENCHMARKS if b in args.benchmarks] or list(BENCHMARKS)
     limit = raise_nofile(2 * sizes.connections + 2000)
     if "scale" in selected and limit < 2 * sizes.connections + 200:

@@ -129,12 +129,15 @@ class Client:
                 return scanner.tagged, total
         raise ImapError("no tagged reply")
 
-    def command(self, text: bytes, *, check: bool = True) -> tuple[bytes, int, float]:
+    def command(
+        self, text: bytes, *, check: bool = True, keep: list[bytes] | None = None
+    ) -> tuple[bytes, int, float]:
+        """Send one command; ``keep`` (if given) receives every chunk of its answer."""
         self._tags += 1
         tag = b"b%d" % self._tags
         start = time.perf_counter()
         self.sock.sendall(tag + b" " + text + b"\r\n")
-        tagged, size = self._read_until(tag)
+        tagged, size = self._read_until(tag, keep)
         seconds = time.perf_counter() - start
         if check and not tagged.startswith(tag + b" OK"):
             raise ImapError(f"{text[:60]!r} failed: {tagged!r}")
@@ -142,13 +145,8 @@ class Client:
 
     def text(self, text: bytes) -> bytes:
         """Run a command with a small answer and return the whole answer."""
-        self._tags += 1
-        tag = b"b%d" % self._tags
-        self.sock.sendall(tag + b" " + text + b"\r\n")
         keep: list[bytes] = []
-        tagged, _ = self._read_until(tag, keep)
-        if not tagged.startswith(tag + b" OK"):
-            raise ImapError(f"{text[:60]!r} failed: {tagged!r}")
+        self.command(text, keep=keep)
         return b"".join(keep)
 
     def login(self, user: str, password: str) -> None:

@@ -30,6 +30,7 @@ from servers import HOST, DovecotServer, find_binary, find_free_port  # noqa: E4
 
 __all__ = [
     "HOST",
+    "ROOT",
     "BenchDovecot",
     "HAProxy",
     "Row",
@@ -37,6 +38,7 @@ __all__ = [
     "cpu_seconds",
     "find_free_port",
     "median",
+    "percentile",
     "raise_nofile",
     "rss_kib",
     "seed_maildir",
@@ -66,6 +68,12 @@ class Row:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The value below which ``fraction`` of ``values`` lie (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 class Stopwatch:
@@ -318,12 +326,17 @@ backend dovecot
 
 
 @contextlib.contextmanager
-def start_proxy(upstream: tuple[str, int], log_path: Path) -> Iterator[ProxyProcess]:
+def start_proxy(
+    upstream: tuple[str, int], log_path: Path, code: Path = ROOT
+) -> Iterator[ProxyProcess]:
     """``python -m imapmoveproxy`` at log level warning (inherits this process's rlimits), with
-    the connection limits raised: every benchmark client comes from 127.0.0.1."""
+    the connection limits raised: every benchmark client comes from 127.0.0.1. Its code comes
+    from ``code``: this checkout, or another one to compare with."""
     limits = log_path.with_suffix(".toml")
     limits.write_text("max_connections = 100000\nmax_connections_per_address = 100000\n")
-    proxy = ProxyProcess(upstream, log_path, "--log-level", "warning", "--config", str(limits))
+    proxy = ProxyProcess(
+        upstream, log_path, "--log-level", "warning", "--config", str(limits), code=code
+    )
     try:
         yield proxy
     finally:

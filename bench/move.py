@@ -8,7 +8,9 @@ slows them alike.  The ratio is median(proxy times) / median(native times).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from client import Client
 from common import BenchDovecot, Row, median, seed_maildir
@@ -41,6 +43,23 @@ def make_mover(server: BenchDovecot, address: tuple[str, int], count: int) -> Mo
     return Mover(client, count)
 
 
+class Movable(Protocol):
+    def move(self, record: bool) -> None: ...
+
+
+def take_turns(movers: Mapping[str, Movable], repeats: int) -> None:
+    """One untimed move each way per mover, then ``repeats`` timed ones, the movers taking
+    turns in a rotating order."""
+    for mover in movers.values():
+        mover.move(False)
+        mover.move(False)
+    names = list(movers)
+    for rep in range(repeats):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            movers[name].move(True)
+
+
 CHUNK = 1000  # the proxy's default move_chunk_size
 
 
@@ -59,14 +78,7 @@ def run(
         "proxy+native": make_mover(native, proxy_native, count),
     }
     try:
-        for mover in movers.values():  # warm up: one MOVE each way, untimed
-            mover.move(False)
-            mover.move(False)
-        names = list(movers)
-        for rep in range(repeats):
-            shift = rep % len(names)
-            for name in names[shift:] + names[:shift]:
-                movers[name].move(True)
+        take_turns(movers, repeats)
         # Context: the latency one proxy hop adds to any command (NOOP, native Dovecot).
         for _ in range(repeats * 5):
             for name in ("native", "proxy+native"):

@@ -3,6 +3,7 @@
     pip install py-spy
     python bench/profile.py bulk [--seconds 10] [--native]
     python bench/profile.py flood
+    python bench/profile.py noop
 
 Prints the functions with the most samples (self and inclusive).  Not part of ``run.py``.
 """
@@ -24,6 +25,7 @@ from common import BenchDovecot, seed_maildir, start_proxy
 WORKLOADS = {
     "bulk": (200, 256 * 1024, b"FETCH 1:* BODY[]"),
     "flood": (100_000, 200, b"FETCH 1:* (UID FLAGS)"),
+    "noop": (10, 200, b"NOOP"),  # one round trip at a time: where a command's latency goes
 }
 
 

@@ -2,8 +2,11 @@
 
     python bench/run.py                      # everything (about 4 minutes)
     python bench/run.py --quick              # small sizes: a smoke run (about 20 s)
-    python bench/run.py bulk flood           # a subset: bulk (incl. CPU/GB), flood, move, scale
+    python bench/run.py bulk flood           # a subset: bulk (incl. CPU/GB), flood, move, scale,
+                                             # latency
     python bench/run.py scale --connections 2000
+    python bench/run.py --engine ../other    # the proxy's code from another checkout
+    python bench/run.py latency --compare ../other   # a second proxy version in the same run
 
 Must run as root (Dovecot switches users).  Everything listens on 127.0.0.1 and lives in a
 temporary directory (on tmpfs by default, ``--dir`` to change) removed at the end (``--keep``
@@ -21,19 +24,30 @@ import math
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import latency
 import move
 import scale
 import throughput
-from common import BenchDovecot, HAProxy, Row, raise_nofile, rss_kib, seed_maildir, start_proxy
+from common import (
+    ROOT,
+    BenchDovecot,
+    HAProxy,
+    Row,
+    raise_nofile,
+    rss_kib,
+    seed_maildir,
+    start_proxy,
+)
 
-BENCHMARKS = ("bulk", "flood", "move", "scale")
+BENCHMARKS = ("bulk", "flood", "move", "scale", "latency")
 
 
 @dataclass(slots=True, frozen=True)
@@ -49,17 +63,36 @@ class Sizes:
     move_chunked: int  # more than the default move_chunk_size (1000): moved in chunks
     move_chunked_repeats: int
     connections: int
+    latency_commands: int  # of each command, per path
+    latency_move_repeats: int
 
 
-FULL = Sizes(200, 256, 10, 100_000, 7, 21, 1000, 7, 5000, 3, 5000)
-QUICK = Sizes(40, 256, 3, 10_000, 3, 7, 100, 3, 1500, 1, 300)
+FULL = Sizes(200, 256, 10, 100_000, 7, 21, 1000, 7, 5000, 3, 5000, 2000, 41)
+QUICK = Sizes(40, 256, 3, 10_000, 3, 7, 100, 3, 1500, 1, 300, 300, 11)
+
+
+def engine_label(code: Path) -> str:
+    """``proxy@<commit>`` for a checkout being compared (its directory's name if not git)."""
+    head = subprocess.run(
+        ["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return f"proxy@{head.stdout.strip() if head.returncode == 0 else code.name}"
 
 
 class Bench:
-    def __init__(self, root: Path, sizes: Sizes, selected: list[str]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        sizes: Sizes,
+        selected: list[str],
+        engine: Path = ROOT,
+        compare: tuple[Path, ...] = (),
+    ) -> None:
         self.root = root
         self.sizes = sizes
         self.selected = selected
+        self.engine = engine  # where the proxy's code comes from
+        self.compare = {engine_label(code): code for code in compare}
         self.rows: list[Row] = []
         self.stack = contextlib.ExitStack()
         self.legacy = BenchDovecot(root / "legacy", variant="legacy", sessions=sizes.connections)
@@ -83,7 +116,7 @@ class Bench:
     def _relays(self, tag: str) -> Iterator[tuple[dict[str, tuple[str, int]], dict[str, int]]]:
         with (
             HAProxy(self.root / f"haproxy-{tag}", self.legacy.address) as haproxy,
-            start_proxy(self.legacy.address, self.root / f"proxy-{tag}.log") as proxy,
+            start_proxy(self.legacy.address, self.root / f"proxy-{tag}.log", self.engine) as proxy,
         ):
             addresses = {
                 "direct": self.legacy.address,
@@ -125,18 +158,23 @@ class Bench:
 
     # -- 3 -------------------------------------------------------------------------------------
 
-    def bench_move(self) -> None:
+    def _native(self) -> BenchDovecot:
+        """The Dovecot that offers MOVE itself, started on first use."""
         if self.native is None:
             self.native = BenchDovecot(self.root / "native", variant="native")
             self.stack.enter_context(self.native)
-        native = self.native
+        return self.native
+
+    def bench_move(self) -> None:
+        native = self._native()
+        logs = self.root / "proxy-move.log", self.root / "proxy-move-native.log"
         with (
-            start_proxy(self.legacy.address, self.root / "proxy-move.log") as proxy_legacy,
-            start_proxy(native.address, self.root / "proxy-move-native.log") as proxy_native,
+            start_proxy(self.legacy.address, logs[0], self.engine) as proxy_legacy,
+            start_proxy(native.address, logs[1], self.engine) as proxy_native,
         ):
             for count, repeats, target in (
-                (1, self.sizes.move_one_repeats, 1.5),
-                (self.sizes.move_many, self.sizes.move_many_repeats, 1.3),
+                (1, self.sizes.move_one_repeats, None),  # its target is in 'latency'
+                (self.sizes.move_many, self.sizes.move_many_repeats, 1.15),
                 (self.sizes.move_chunked, self.sizes.move_chunked_repeats, None),
             ):
                 self.log(f"move: {count} message(s), {repeats} repeats")
@@ -144,6 +182,31 @@ class Bench:
                     self.legacy, native, proxy_legacy.address, proxy_native.address, count, repeats
                 )
                 self.rows += move.rows(times, count, target)
+
+    # -- 6 -------------------------------------------------------------------------------------
+
+    def bench_latency(self) -> None:
+        sizes, legacy = self.sizes, self.legacy
+        native = self._native()
+        engines = {"proxy": self.engine} | self.compare
+        user = latency.seed_commands_user(legacy)
+        with contextlib.ExitStack() as stack:
+            haproxy = stack.enter_context(HAProxy(self.root / "haproxy-latency", legacy.address))
+            proxies = {
+                name: stack.enter_context(
+                    start_proxy(legacy.address, self.root / f"{name}-latency.log", code)
+                ).address
+                for name, code in engines.items()
+            }
+            addresses = {"direct": legacy.address, "haproxy": haproxy.address} | proxies
+            self.log(f"latency: {sizes.latency_commands} of each command, paths {list(addresses)}")
+            times = latency.command_latency(
+                addresses, user, legacy.password, sizes.latency_commands
+            )
+            self.rows += latency.rows_commands(times, list(engines))
+            self.log(f"latency: MOVE of 1 message, {sizes.latency_move_repeats} repeats")
+            moves = latency.move_one(legacy, native, proxies, sizes.latency_move_repeats)
+            self.rows += latency.rows_move(moves, list(engines))
 
     # -- 4 -------------------------------------------------------------------------------------
 
@@ -177,7 +240,7 @@ class Bench:
         direct_s, _, _ = hold(legacy.address, None, "direct")
         with HAProxy(self.root / "haproxy-scale", legacy.address, maxconn=count + 100) as haproxy:
             haproxy_s, h_before, h_after = hold(haproxy.address, haproxy.pid, "haproxy")
-        with start_proxy(legacy.address, self.root / "proxy-scale.log") as proxy:
+        with start_proxy(legacy.address, self.root / "proxy-scale.log", self.engine) as proxy:
             pid = proxy.process.pid
             # Warm-up: a few connections so one-time allocations are not counted per connection.
             warm, _ = scale.open_idle(proxy.address, users, password, min(20, count))
@@ -196,8 +259,8 @@ class Bench:
                 f"HAProxy {per_haproxy:.1f} KiB",
                 f"{per_proxy:.1f} KiB",
                 per_proxy / per_haproxy if per_haproxy > 0 else None,
-                "<= 32 KiB",
-                per_proxy <= 32,
+                "<= 16 KiB",
+                per_proxy <= 16,
             ),
             Row(
                 f"4. time to open {count} idle connections",
@@ -247,6 +310,17 @@ def main(argv: list[str] | None = None) -> int:
         "(tmpfs: Dovecot's disk I/O would otherwise dominate MOVE and add noise)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--engine", type=Path, default=ROOT, help="the checkout the proxy's code comes from"
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="CHECKOUT",
+        help="'latency' also measures the proxy from this checkout, in the same run (repeatable)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("must run as root (Dovecot switches to dovenull/nobody)")
@@ -255,13 +329,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {BENCHMARKS}")
     sizes = QUICK if args.quick else FULL
     if args.connections:
-        sizes = Sizes(**{**sizes.__dict__, "connections": args.connections})
+        sizes = replace(sizes, connections=args.connections)
     selected = [b for b in BENCHMARKS if b in args.benchmarks] or list(BENCHMARKS)
     limit = raise_nofile(2 * sizes.connections + 2000)
     if "scale" in selected and limit < 2 * sizes.connections + 200:
         parser.error(f"RLIMIT_NOFILE is {limit}: too low for {sizes.connections} connections")
     root = Path(tempfile.mkdtemp(prefix="imp-bench-", dir=args.dir))
-    bench = Bench(root, sizes, selected)
+    bench = Bench(root, sizes, selected, args.engine.resolve(), tuple(args.compare))
     started = time.monotonic()
     failure: BaseException | None = None
     try:

@@ -26,9 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class ProxyProcess:
-    """``python -m imapmoveproxy`` listening on 127.0.0.1, in front of ``upstream``."""
+    """``python -m imapmoveproxy`` listening on 127.0.0.1, in front of ``upstream``; its code
+    comes from ``code`` (another checkout, for the benchmarks' comparisons of two versions)."""
 
-    def __init__(self, upstream: tuple[str, int], log_path: Path, *extra: str) -> None:
+    def __init__(
+        self, upstream: tuple[str, int], log_path: Path, *extra: str, code: Path = ROOT
+    ) -> None:
         self.port = find_free_port()
         self.log_path = log_path
         self._log = log_path.open("ab")
@@ -38,9 +41,9 @@ class ProxyProcess:
             "--upstream", f"{upstream[0]}:{upstream[1]}",
             "--log-level", "debug", *extra,
         ]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(code)}
         self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=code
         )
         # Ready once every listener accepts: the plain one, and the implicit-TLS one if any
         # (opened after the plain one).

@@ -7,10 +7,9 @@ match, flags the target does not keep, a STORE that does not take.
 
 from __future__ import annotations
 
-from imapmoveproxy.wire.capabilities import Capabilities
-
 from imapmoveproxy.move.copyflags import Copied, FlagCheckRequest, FlagRecorder, FlagRestore, Result
 from imapmoveproxy.move.rollback import Credentials
+from imapmoveproxy.wire.capabilities import Capabilities
 
 USER = Credentials(b"user", b"user", b"pass")
 USER_CAPS = Capabilities(frozenset())

@@ -11,6 +11,11 @@ by the two directions:
   every server does when its output is full) is always read from;
 * the two writers send whatever the session has queued for their peer.
 
+On a round trip the writers are not even woken: the task that ran the session writes the output
+straight to a plain socket whose writer is idle, as much as the socket takes without waiting, and
+leaves only the rest to that writer (so a peer that does not read still never stops the other
+direction). A command and its reply then cost one task step each way (bench/latency.py).
+
 The connection's own task watches the clock: the login deadline, a MOVE whose upstream stops
 answering, the drain of a client gone in the middle of a MOVE, and the last words of a connection
 that is closing. Every decision about the protocol is the session's.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -42,30 +48,40 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bytes asked of the kernel per read: large reads halve the per-byte cost of bulk relaying
-# (bench/), and memory is only taken while data is actually there.
+# (bench/), and memory is only taken while data is actually there. A reader asks for the large
+# size only after a read that filled the small one: a buffer of 1 MiB is allocated by mmap and
+# shrunk by mremap, three system calls per read that a round trip does not need.
 RECEIVE_SIZE = 1024 * 1024
+SMALL_RECEIVE = 64 * 1024  # below glibc's mmap threshold (128 KiB)
 UNAVAILABLE = b"* BYE [UNAVAILABLE] Upstream server not available, try again later.\r\n"
 CLOSE_GRACE = 2.0  # seconds a closing connection has to deliver its last words
 
 
 class Signal:
-    """Wakes every task waiting on it; a task re-checks its own condition after waking."""
+    """Wakes every task waiting on it; a task re-checks its own condition after waking. Firing
+    a signal that no task waits on costs nothing."""
 
-    __slots__ = ("_event",)
+    __slots__ = ("_event", "_waiting")
 
     def __init__(self) -> None:
         self._event = trio.Event()
+        self._waiting = 0
 
     def fire(self) -> None:
-        self._event.set()
-        self._event = trio.Event()
+        if self._waiting:
+            self._event.set()
+            self._event = trio.Event()
 
     async def wait(self) -> None:
-        await self._event.wait()
+        self._waiting += 1
+        try:
+            await self._event.wait()
+        finally:
+            self._waiting -= 1
 
     async def until(self, condition: Callable[[], bool]) -> None:
         while not condition():
-            await self._event.wait()
+            await self.wait()
 
 
 class Connection:
@@ -88,9 +104,21 @@ class Connection:
         self._greeting = greeting  # already read from the upstream (after its STARTTLS)
         self._addresses = addresses  # the client's, and the one it connected to
         self._log = logging.LoggerAdapter(log, {"conn": session.conn_id})
-        self._changed = Signal()  # the session has new output, room, or a new state
+        # Each waiter has its own signal, so that a session step wakes only who can act on it.
+        self._changed = Signal()  # room in the backlogs, output delivered, a MOVE's end
+        self._client_work = Signal()  # bytes for the client writer
+        self._upstream_work = Signal()  # bytes for the upstream writer
+        self._watch = Signal()  # a change the supervisor's deadline depends on (_watch_key)
+        self._watched: tuple[bool, ...] = ()  # _watch_key() when the supervisor last looked
         self._client_send = trio.Lock()  # the client writer, or a TLS handshake with the client
         self._sending_client = 0  # bytes the client writer is sending now
+        self._sending_upstream = False
+        # The sockets written directly while their writer is idle (None: TLS, or not a socket),
+        # and what such a write left for the writer.
+        self._client_fd = _plain_fd(client)
+        self._upstream_fd = _plain_fd(upstream)
+        self._client_rest: bytes | bytearray | memoryview = b""
+        self._upstream_rest: bytes | bytearray | memoryview = b""
         self._client_gone = False
         self._upstream_gone = False
         self._upstream_heard = trio.current_time()  # when upstream bytes last went or came
@@ -144,8 +172,8 @@ class Connection:
             now = trio.current_time()
             if session.close_reason is not None or self._upstream_gone:
                 closing_since = min(closing_since, now)
-                delivered = not session.pending_to_client and not self._sending_client
-                if delivered or self._client_gone or now >= closing_since + CLOSE_GRACE:
+                done = self._delivered_to_client or self._client_gone
+                if done or now >= closing_since + CLOSE_GRACE:
                     return
                 deadline = closing_since + CLOSE_GRACE
             elif self._client_gone:
@@ -176,8 +204,28 @@ class Connection:
                     self._after_session()
                     continue
                 deadline = min(deadline, stall)
-            with trio.move_on_at(deadline):
-                await self._changed.wait()
+            self._watched = self._watch_key()
+            if deadline == math.inf:
+                await self._watch.wait()
+            else:
+                with trio.move_on_at(deadline):
+                    await self._watch.wait()
+
+    def _watch_key(self) -> tuple[bool, ...]:
+        """What the supervisor's deadline depends on, besides times that only move later (a
+        deadline computed from their old value makes it wake early and look again)."""
+        session = self.session
+        return (
+            session.close_reason is not None or self._upstream_gone,
+            self._client_gone,
+            session.authenticated,
+            session.line_pending and self._line_started < math.inf,
+            session.move_waits_for_upstream,
+        )
+
+    @property
+    def _delivered_to_client(self) -> bool:
+        return not (self.session.pending_to_client or self._sending_client or self._client_rest)
 
     # ------------------------------------------------------------------ readers
 
@@ -189,10 +237,17 @@ class Connection:
             self._log.warning("upstream %s sent no greeting in time", self.config.upstream)
             await self._send(self.client, UNAVAILABLE)
             self._client_gone = True  # nothing more for it: end now
-            self._changed.fire()
+            self._after_session()
             return
         counted = self._proxy.metrics.bytes_from_upstream
+        backlog = session.settings.backlog
+
+        def room() -> bool:
+            return session.ready_to_client < backlog
+
+        size = SMALL_RECEIVE
         while data:
+            size = RECEIVE_SIZE if len(data) >= size else SMALL_RECEIVE
             self._upstream_heard = trio.current_time()
             counted.inc(len(data))
             session.receive_upstream(data)
@@ -200,8 +255,9 @@ class Connection:
             # Backpressure: a client that does not read stops us reading the upstream. (Replies
             # held back behind the response being relayed do not count: only reading the rest
             # of that response releases them.)
-            await self._changed.until(lambda: session.ready_to_client < session.settings.backlog)
-            data = await self._receive(self.upstream)
+            if not room():
+                await self._changed.until(room)
+            data = await self._receive(self.upstream, size)
         session.upstream_closed()  # after LOGOUT's BYE, or it dropped us
         self._upstream_gone = True
         self._after_session()
@@ -216,13 +272,15 @@ class Connection:
                 and session.pending_to_client < backlog
             )
 
+        size = SMALL_RECEIVE
         while True:
             if not room():
                 self._line_started = math.inf  # not read meanwhile: the client is not late
                 await self._changed.until(room)
-            data = await self._receive(self.client)
+            data = await self._receive(self.client, size)
             if not data:
                 break
+            size = RECEIVE_SIZE if len(data) >= size else SMALL_RECEIVE
             if b"\n" in data or not session.line_pending:  # the next line has its own time
                 self._line_started = math.inf
             if session.line_pending:
@@ -233,18 +291,17 @@ class Connection:
             if session.starttls_requested and not await self._start_client_tls():
                 break
         self._client_gone = True
-        self._changed.fire()
+        self._after_session()
 
     async def _start_client_tls(self) -> bool:
         """STARTTLS from the client: once its OK has been sent, the handshake."""
-        await self._changed.until(
-            lambda: not self.session.pending_to_client and not self._sending_client
-        )
+        await self._changed.until(lambda: self._delivered_to_client)
         async with self._client_send:  # nothing may be sent to the client in between
             tls = await self._proxy.start_tls(self.client, self._log)
             if tls is None:
                 return False
             self.client = tls
+            self._client_fd = None
         self.session.tls_established()
         self._after_session()
         return True
@@ -253,10 +310,16 @@ class Connection:
 
     async def _write_client(self) -> None:
         session = self.session
-        while True:
+
+        def work() -> bool:
             # (Replies held back behind an upstream response wait for its end, in the session.)
-            await self._changed.until(lambda: session.ready_to_client > 0)
-            data = session.take_to_client()
+            return len(self._client_rest) > 0 or session.ready_to_client > 0
+
+        while True:
+            if not work():
+                await self._client_work.until(work)
+            data = self._client_rest or session.take_to_client()
+            self._client_rest = b""
             self._sending_client = len(data)
             async with self._client_send:
                 if not self._client_gone:
@@ -267,26 +330,66 @@ class Connection:
 
     async def _write_upstream(self) -> None:
         session = self.session
+
+        def work() -> bool:
+            return len(self._upstream_rest) > 0 or session.pending_to_upstream > 0
+
         while True:
-            await self._changed.until(lambda: bool(session.pending_to_upstream))
-            data = session.take_to_upstream()
+            if not work():
+                await self._upstream_work.until(work)
+            data = self._upstream_rest or session.take_to_upstream()
+            self._upstream_rest = b""
+            self._sending_upstream = True
             sent = await self._send(self.upstream, data)
+            self._sending_upstream = False
             self._upstream_heard = trio.current_time()  # a MOVE's wait for a reply starts
             if not sent:
                 session.upstream_closed()
             session.resume()
             self._after_session()
 
+    def _write_now(self) -> None:
+        """Write the session's output straight to each plain socket whose writer is idle, as
+        much as the socket takes without waiting; the writer gets the rest."""
+        session = self.session
+        for _ in range(4):  # delivered output lets held-back commands through: more output
+            wrote = False
+            if (
+                session.pending_to_upstream
+                and self._upstream_fd is not None
+                and not self._sending_upstream
+                and not self._upstream_rest
+            ):
+                self._upstream_rest = _write_some(self._upstream_fd, session.take_to_upstream())
+                self._upstream_heard = trio.current_time()  # a MOVE's wait for a reply starts
+                wrote = True
+            if (
+                session.ready_to_client
+                and self._client_fd is not None
+                and not self._sending_client
+                and not self._client_rest
+                and not self._client_gone
+                and not self._client_send.locked()  # a TLS handshake
+            ):
+                self._client_rest = _write_some(self._client_fd, session.take_to_client())
+                wrote = True
+            if not wrote or not session.client_buffered:
+                return
+            session.resume()
+
     # ------------------------------------------------------------------ after the session ran
 
     def _after_session(self) -> None:
-        """React to what the session now asks for, and wake the tasks waiting on it."""
+        """React to what the session now asks for, and wake the tasks that can act on it."""
         session, metrics = self.session, self._proxy.metrics
-        metrics.commands.inc(session.counters.commands - self._commands_counted)
-        self._commands_counted = session.counters.commands
+        self._write_now()
+        if session.counters.commands != self._commands_counted:
+            metrics.commands.inc(session.counters.commands - self._commands_counted)
+            self._commands_counted = session.counters.commands
         rewritten = session.counters.expunged_rewritten
-        metrics.expunged_rewritten.inc(rewritten - self._expunged_counted)
-        self._expunged_counted = rewritten
+        if rewritten != self._expunged_counted:
+            metrics.expunged_rewritten.inc(rewritten - self._expunged_counted)
+            self._expunged_counted = rewritten
         for move in session.take_finished_moves():
             started, self._move_started = self._move_started, None
             elapsed = None if started is None else time.monotonic() - started
@@ -301,7 +404,14 @@ class Connection:
             if session.move_ready and not self._move_task:
                 self._move_task = True
                 self._nursery.start_soon(self._run_move)
+        if self._client_rest or session.ready_to_client:
+            self._client_work.fire()
+        if self._upstream_rest or session.pending_to_upstream:
+            self._upstream_work.fire()
         self._changed.fire()
+        watched = self._watch_key()
+        if watched[0] or watched != self._watched:  # closing: it waits for the last words
+            self._watch.fire()
 
     async def _run_move(self) -> None:
         """Hold the source mailbox's lock from the MOVE's start to its tagged reply."""
@@ -380,7 +490,7 @@ class Connection:
     # ------------------------------------------------------------------ bytes
 
     @staticmethod
-    async def _send(stream: trio.abc.Stream, data: bytes | bytearray) -> bool:
+    async def _send(stream: trio.abc.Stream, data: bytes | bytearray | memoryview) -> bool:
         """Whether ``data`` could be sent (False: the peer has gone)."""
         try:
             await stream.send_all(data)
@@ -389,10 +499,41 @@ class Connection:
         return True
 
     @staticmethod
-    async def _receive(stream: trio.abc.Stream) -> bytes | bytearray:
+    async def _receive(stream: trio.abc.Stream, size: int = RECEIVE_SIZE) -> bytes | bytearray:
+        if type(stream) is trio.SocketStream:
+            return await _receive_plain(stream.socket, size)
         try:
-            return await stream.receive_some(RECEIVE_SIZE)
+            return await stream.receive_some(size)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
+
+def _plain_fd(stream: trio.abc.Stream) -> int | None:
+    return stream.socket.fileno() if type(stream) is trio.SocketStream else None
+
+
+def _write_some(fd: int, data: bytearray) -> bytes | bytearray | memoryview:
+    """Write to the non-blocking socket ``fd`` what it takes now; return the rest (all of it
+    after an error, which the writer then meets again and handles)."""
+    try:
+        sent = os.write(fd, data)
+    except OSError:  # BlockingIOError included
+        return data
+    return memoryview(data)[sent:] if sent < len(data) else b""
+
+
+async def _receive_plain(sock: trio.socket.SocketType, size: int) -> bytes:
+    """``SocketStream.receive_some`` for a round trip: wait until the socket is readable, then
+    read once (trio's first reads, which find nothing while a reply is awaited, and its stream
+    wrappers cost a system call and several microseconds per read); b"" when the peer has gone."""
+    fd = sock.fileno()
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            return os.read(fd, size)
+        except BlockingIOError:  # readable, then not (another reader cannot exist here)
+            continue
+        except OSError:
             return b""
 
 

@@ -1,0 +1,138 @@
+"""The tasks a connection runs for its MOVEs, beside its four byte-moving tasks.
+
+* The MOVE task takes the source mailbox's lock (:mod:`.locks`), starts the MOVE the session
+  says is ready, and holds the lock until the MOVE's tagged reply; a lock that cannot be had
+  becomes the MOVE's tagged NO.
+* Second sessions of the client's user, each over a new upstream connection bounded by
+  ``rollback_timeout``: the rollback that removes a failed MOVE's copies, and the check that
+  restores the flags a server's COPY lost (guarded MOVEs).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..move.copyflags import FlagCheck, FlagRestore, Result
+from ..move.request import RollbackRequest
+from ..move.rollback import Credentials, Rollback, SecondSession
+from .locks import LockError
+from .tls import UpstreamUnavailable
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+
+class MoveTasks:
+    """Starts, for one connection, the tasks its session asks for."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._locking = False  # a task holds (or waits for) the mailbox lock for a MOVE
+        self.flag_checks = 0  # second sessions checking a MOVE's copies, still running
+        self._started: float | None = None  # when the running MOVE began upstream
+
+    def start_due(self, nursery: trio.Nursery) -> None:
+        """Start what the session now asks for."""
+        session = self._connection.session
+        rollback = session.take_rollback()
+        if rollback is not None:
+            nursery.start_soon(self._rollback, *rollback)
+        for check in session.take_flag_checks():
+            self.flag_checks += 1
+            nursery.start_soon(self._check_flags, check)
+        if session.move_ready and not self._locking:
+            self._locking = True
+            nursery.start_soon(self._run_move)
+
+    def count_finished(self) -> None:
+        """Count the MOVEs answered since the last call, with the time the last one took."""
+        connection = self._connection
+        for move in connection.session.take_finished_moves():
+            started, self._started = self._started, None
+            elapsed = None if started is None else time.monotonic() - started
+            connection.proxy.metrics.move_done(move, elapsed)
+
+    async def _run_move(self) -> None:
+        """Hold the source mailbox's lock from the MOVE's start to its tagged reply."""
+        connection = self._connection
+        session = connection.session
+        try:
+            async with connection.proxy.locks.hold(session.move_key):
+                self._started = time.monotonic()
+                connection.upstream_heard = trio.current_time()
+                session.start_move()
+                connection.after_session()
+                await connection.changed.until(lambda: not session.move_running)
+        except LockError as exc:
+            connection.log.warning("MOVE refused: %s", type(exc).__name__)
+            session.refuse_move(exc.code, exc.text)
+        finally:
+            self._locking = False
+        connection.after_session()  # the commands pipelined behind, a next MOVE among them
+
+    async def _rollback(self, request: RollbackRequest, credentials: Credentials) -> None:
+        """Run the second session that removes a failed MOVE's copies."""
+        connection = self._connection
+        rollback = Rollback(request, credentials, connection.config.max_set_bytes)
+        error = await self._run_second(rollback)
+        connection.upstream_heard = trio.current_time()  # the MOVE waits for its upstream again
+        unfinished = None if rollback.done else "second session did not finish"
+        error = error or rollback.error or unfinished
+        connection.session.rollback_finished(error, rollback.missing)
+        connection.after_session()
+
+    async def _check_flags(self, check: FlagCheck) -> None:
+        """Run the second session that checks (and restores) the flags of a MOVE's copies."""
+        connection = self._connection
+        config = connection.config
+        try:
+            if check.credentials is None:
+                why = "off" if config.rollback == "off" else "without credentials to replay"
+                result, detail = Result.UNKNOWN, f"second sessions are {why}"
+            else:
+                restore = FlagRestore(check.request, check.credentials, config.max_set_bytes)
+                error = await self._run_second(restore)
+                result, detail = restore.outcome()
+                detail = "; ".join(filter(None, (detail, error)))
+            connection.proxy.metrics.copy_flags.labels(result.value).inc()
+            connection.session.flag_check_finished(check, result, detail)
+        finally:
+            self.flag_checks -= 1
+            connection.changed.fire()
+
+    async def _run_second(self, peer: SecondSession) -> str | None:
+        """Drive ``peer`` over a new upstream connection, bounded by ``rollback_timeout``;
+        what went wrong with the connection, if anything did."""
+        connection = self._connection
+        try:
+            with trio.fail_after(connection.config.rollback_timeout):
+                await _drive(peer, *await connection.proxy.open_upstream(connection.addresses))
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, UpstreamUnavailable) as exc:
+            return f"second session: {exc or 'timed out'}"
+        return None
+
+
+async def _drive(peer: SecondSession, stream: trio.abc.Stream, greeting: bytes) -> None:
+    """Feed ``peer`` what ``stream`` sends, send what it answers, until it is done."""
+    try:
+        data: bytes | bytearray = greeting
+        for _ in range(100_000):  # bounded: the caller's timeout bounds it too
+            if not data:
+                try:
+                    data = await stream.receive_some(64 * 1024)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    peer.connection_lost()
+            peer.receive(data)
+            data = b""
+            outgoing = peer.take_outgoing()
+            if outgoing:
+                await stream.send_all(outgoing)
+            if peer.done:
+                return
+    finally:
+        await trio.aclose_forcefully(stream)

@@ -7,67 +7,23 @@ step on demand; tests/test_proxy_dovecot.py checks the same behaviour against a 
 from __future__ import annotations
 
 import pytest
+from driver import CAPS, GREETING, Driver, logged_in, started
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from imapmoveproxy.engine.channel import TAG_PREFIX
 from imapmoveproxy.engine.session import Session, SessionSettings
 from imapmoveproxy.move.copyflags import Copied, FlagCheckRequest
 from imapmoveproxy.wire.grammar import expand_uid_set
 
-GREETING = b"* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ AUTH=PLAIN] ready\r\n"
-CAPS = (
-    b"IMAP4rev1 LITERAL+ UIDPLUS CONDSTORE QRESYNC ESEARCH COMPRESS=DEFLATE AUTH=SCRAM-SHA-1-PLUS"
-)
-
-
-class Script:
-    """A session with helpers to talk to it as the client and as the upstream."""
-
-    def __init__(self, caps: bytes = CAPS, settings: SessionSettings | None = None) -> None:
-        self.session = Session(settings)
-        self.session.receive_upstream(GREETING)
-        self.client_saw = bytes(self.session.take_to_client())
-        self.client(b"a LOGIN user pass\r\n")
-        self.upstream(b"a OK [CAPABILITY " + caps + b"] Logged in\r\n")
-        self.client(b"b SELECT INBOX\r\n")
-        self.upstream(b"* 5 EXISTS\r\nb OK [READ-WRITE] Selected\r\n")
-
-    def client(self, data: bytes) -> bytes:
-        """Send client bytes; return what the proxy sent upstream as a result."""
-        self.session.receive_client(data)
-        return self._collect()
-
-    def upstream(self, data: bytes) -> bytes:
-        """Send upstream bytes; return what the proxy sent upstream as a result."""
-        self.session.receive_upstream(data)
-        return self._collect()
-
-    def _collect(self) -> bytes:
-        if self.session.move_ready:  # as the trio layer does once it holds the mailbox's lock
-            self.session.start_move()
-        self.client_saw += bytes(self.session.take_to_client())
-        return bytes(self.session.take_to_upstream())
-
-    def seen(self) -> bytes:
-        """What the client received since the last call."""
-        seen, self.client_saw = self.client_saw, b""
-        return seen
-
-
-def started(caps: bytes = CAPS, settings: SessionSettings | None = None) -> Script:
-    """A script logged in with INBOX selected, the client's view of that already read."""
-    s = Script(caps, settings)
-    s.seen()
-    return s
-
 
 @pytest.fixture
-def script() -> Script:
+def script() -> Driver:
     return started()
 
 
 def test_login_capabilities_gain_move_and_lose_what_the_proxy_cannot_honour():
-    s = Script()
+    s = logged_in()
     seen = s.seen()
     assert GREETING in seen  # no UIDPLUS before login: nothing added, like a native server
     login_ok = seen.split(b"\r\n")[1]
@@ -84,41 +40,42 @@ def test_upstream_with_native_move_is_passed_through_untouched():
 
 
 def test_upstream_with_imap4rev2_needs_no_emulation():
-    s = Script(caps=b"IMAP4rev2 IMAP4rev1")
+    s = logged_in(caps=b"IMAP4rev2 IMAP4rev1")
     assert b"MOVE" not in s.seen()  # MOVE is part of IMAP4rev2 itself
     assert s.client(b"c MOVE 1 Trash\r\n") == b"c MOVE 1 Trash\r\n"
 
 
-def test_successful_move_shows_only_what_a_native_server_sends(script: Script):
+def test_successful_move_shows_only_what_a_native_server_sends(script: Driver):
     sent = script.client(b"c MOVE 1:2 Trash\r\n")
-    assert sent == (
-        b"imp1 FETCH 1:2 (UID)\r\nimp2 UID SEARCH RETURN (ALL) 1:2 DELETED\r\n"
-        b"imp3 COPY 1:2 Trash\r\n"
-    )
+    assert sent == b"FETCH 1:2 (UID)\r\nUID SEARCH RETURN (ALL) 1:2 DELETED\r\nCOPY 1:2 Trash\r\n"
     sent = script.upstream(
-        b"* 1 FETCH (UID 10)\r\n* 2 FETCH (UID 11)\r\nimp1 OK done\r\n"
-        b'* ESEARCH (TAG "imp2") UID\r\nimp2 OK\r\n'
-        b"imp3 OK [COPYUID 7 10:11 20:21] Copy completed\r\n"
-    )
-    assert sent == b"imp4 UID STORE 10:11 +FLAGS.SILENT (\\Deleted)\r\n"
+        b"* 1 FETCH (UID 10)\r\n* 2 FETCH (UID 11)\r\n" + script.tagged(b"(UID)", b"OK done")
+        + script.esearch(b"DELETED") + script.tagged(b"DELETED", b"OK")
+        + script.tagged(b"COPY", b"OK [COPYUID 7 10:11 20:21] Copy completed")
+    )  # fmt: skip
+    assert sent == b"UID STORE 10:11 +FLAGS.SILENT (\\Deleted)\r\n"
     assert script.seen() == b"* OK [COPYUID 7 10:11 20:21] Moved UIDs.\r\n"
     sent = script.upstream(
-        b"* 1 FETCH (UID 10 MODSEQ (41))\r\n* 2 FETCH (UID 11 MODSEQ (42))\r\nimp4 OK Store\r\n"
+        b"* 1 FETCH (UID 10 MODSEQ (41))\r\n* 2 FETCH (UID 11 MODSEQ (42))\r\n"
+        + script.tagged(b"UID STORE", b"OK Store")
     )
     # only now, never pipelined behind the STORE: a server may run pipelined commands at once
-    assert sent == b"imp5 UID EXPUNGE 10:11\r\n"
-    script.upstream(b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\nimp5 OK Expunge completed\r\n")
+    assert sent == b"UID EXPUNGE 10:11\r\n"
+    script.upstream(
+        b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\n" + script.tagged(b"UID EXPUNGE", b"OK Expunge completed")
+    )
     assert script.seen() == b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\nc OK Move completed.\r\n"
 
 
-def test_store_is_never_sent_before_copy_succeeds(script: Script):
+def test_store_is_never_sent_before_copy_succeeds(script: Driver):
     sent = script.client(b"c UID MOVE 10:* Trash\r\n")
     assert b"STORE" not in sent and b"EXPUNGE" not in sent
     assert sent == (
-        b"imp1 UID SEARCH RETURN (ALL) UID 10:*\r\n"
-        b"imp2 UID SEARCH RETURN (ALL) UID 10:* DELETED\r\nimp3 UID COPY 10:* Trash\r\n"
+        b"UID SEARCH RETURN (ALL) UID 10:*\r\n"
+        b"UID SEARCH RETURN (ALL) UID 10:* DELETED\r\nUID COPY 10:* Trash\r\n"
     )
-    assert script.upstream(b'* ESEARCH (TAG "imp1") UID ALL 10:12\r\nimp1 OK\r\n') == b""
+    listed = script.esearch(b"UID 10:*\r\n", b"ALL 10:12") + script.tagged(b"UID 10:*\r\n", b"OK")
+    assert script.upstream(listed) == b""
 
 
 @pytest.mark.parametrize(
@@ -132,57 +89,61 @@ def test_store_is_never_sent_before_copy_succeeds(script: Script):
 )
 def test_failed_copy_is_reported_like_a_native_move_and_nothing_else_happens(script, status):
     script.client(b"c MOVE 1:2 Trash\r\n")
-    sent = script.upstream(b"* 1 FETCH (UID 10)\r\nimp1 OK\r\nimp2 OK\r\nimp3 " + status + b"\r\n")
+    sent = script.upstream(
+        b"* 1 FETCH (UID 10)\r\n" + script.tagged(b"(UID)", b"OK")
+        + script.tagged(b"DELETED", b"OK") + script.tagged(b"COPY", status)
+    )  # fmt: skip
     assert sent == b""  # no STORE, no EXPUNGE
     assert script.seen() == b"c " + status + b"\r\n"
 
 
-def test_only_messages_the_upstream_confirmed_copied_are_flagged(script: Script):
+def test_only_messages_the_upstream_confirmed_copied_are_flagged(script: Driver):
     script.client(b"c UID MOVE 1:* Trash\r\n")
     # the range covers UID 12 too, delivered meanwhile, but COPYUID names only 10 and 11
     sent = script.upstream(
-        b'* ESEARCH (TAG "imp1") UID ALL 10:11\r\nimp1 OK\r\nimp2 OK\r\n* 3 EXISTS\r\n'
-        b"imp3 OK [COPYUID 7 10:11 1:2] Done\r\n"
-    )
-    assert sent == b"imp4 UID STORE 10:11 +FLAGS.SILENT (\\Deleted)\r\n"
+        script.esearch(b"UID 1:*\r\n", b"ALL 10:11") + script.tagged(b"UID 1:*\r\n", b"OK")
+        + script.tagged(b"DELETED", b"OK") + b"* 3 EXISTS\r\n"
+        + script.tagged(b"COPY", b"OK [COPYUID 7 10:11 1:2] Done")
+    )  # fmt: skip
+    assert sent == b"UID STORE 10:11 +FLAGS.SILENT (\\Deleted)\r\n"
     assert script.seen() == b"* OK [COPYUID 7 10:11 1:2] Moved UIDs.\r\n"
-    assert script.upstream(b"imp4 OK\r\n") == b"imp5 UID EXPUNGE 10:11\r\n"
+    assert script.answer(b"UID STORE", b"OK") == b"UID EXPUNGE 10:11\r\n"
     # the EXISTS is shown after the expunges, with the count that follows them (as natively)
-    script.upstream(b"* 1 EXPUNGE\r\n* VANISHED 11\r\nimp5 OK\r\n")
+    script.upstream(b"* 1 EXPUNGE\r\n* VANISHED 11\r\n" + script.tagged(b"UID EXPUNGE", b"OK"))
     assert (
         script.seen() == b"* 1 EXPUNGE\r\n* VANISHED 11\r\n* 1 EXISTS\r\nc OK Move completed.\r\n"
     )
 
 
-def test_without_copyuid_the_uids_found_before_copying_are_used(script: Script):
+def test_without_copyuid_the_uids_found_before_copying_are_used(script: Driver):
     script.client(b"c MOVE 2,4 Trash\r\n")
     sent = script.upstream(
-        b"* 2 FETCH (UID 12)\r\n* 4 FETCH (UID 14)\r\nimp1 OK\r\nimp2 OK\r\n"
-        b"imp3 OK [UIDNOTSTICKY] Done\r\n"
-    )
+        b"* 2 FETCH (UID 12)\r\n* 4 FETCH (UID 14)\r\n" + script.tagged(b"(UID)", b"OK")
+        + script.tagged(b"DELETED", b"OK") + script.tagged(b"COPY", b"OK [UIDNOTSTICKY] Done")
+    )  # fmt: skip
     assert b"UID STORE 12,14 " in sent
     assert b"COPYUID" not in script.seen()  # never invented
 
 
-def copied(script: Script, already_deleted: bytes = b"") -> None:
+def copied(script: Driver, already_deleted: bytes = b"") -> None:
     """Answer the start of ``c MOVE 1:2 Trash``: UIDs 10 and 11, copied as 20 and 21."""
     script.client(b"c MOVE 1:2 Trash\r\n")
     script.upstream(
-        b"* 1 FETCH (UID 10)\r\n* 2 FETCH (UID 11)\r\nimp1 OK\r\n"
-        b'* ESEARCH (TAG "imp2") UID ' + already_deleted + b"\r\nimp2 OK\r\n"
-        b"imp3 OK [COPYUID 7 10:11 20:21] Done\r\n"
-    )
+        b"* 1 FETCH (UID 10)\r\n* 2 FETCH (UID 11)\r\n" + script.tagged(b"(UID)", b"OK")
+        + script.esearch(b"DELETED", already_deleted) + script.tagged(b"DELETED", b"OK")
+        + script.tagged(b"COPY", b"OK [COPYUID 7 10:11 20:21] Done")
+    )  # fmt: skip
     script.seen()
 
 
-def test_failed_flagging_is_rolled_back_through_a_second_session(script: Script):
+def test_failed_flagging_is_rolled_back_through_a_second_session(script: Driver):
     copied(script, already_deleted=b"ALL 11")
-    assert script.upstream(b"imp4 NO [NOPERM] Permission denied\r\n") == (
-        b"imp5 UID STORE 10 -FLAGS.SILENT (\\Deleted)\r\n"  # 11 was flagged by the user
+    assert script.answer(b"+FLAGS", b"NO [NOPERM] Permission denied") == (
+        b"UID STORE 10 -FLAGS.SILENT (\\Deleted)\r\n"  # 11 was flagged by the user
     )
-    assert script.upstream(b"imp5 OK\r\n") == b"imp6 UID FETCH 10:11 (UID FLAGS)\r\n"
+    assert script.answer(b"-FLAGS", b"OK") == b"UID FETCH 10:11 (UID FLAGS)\r\n"
     script.upstream(b"* 1 FETCH (UID 10 FLAGS ())\r\n* 2 FETCH (UID 11 FLAGS (\\Deleted))\r\n")
-    assert script.upstream(b"imp6 OK\r\n") == b""
+    assert script.answer(b"UID FETCH", b"OK") == b""
     rollback = script.session.take_rollback()
     assert rollback is not None and script.session.take_rollback() is None  # handed out once
     request, credentials = rollback
@@ -201,10 +162,19 @@ def test_failed_flagging_is_rolled_back_through_a_second_session(script: Script)
     assert script.session.take_finished_moves()[0].rollback == "done"
 
 
-def test_copies_gone_from_the_target_before_the_rollback_are_named(script: Script):
+def flagging_refused(script: Driver, status: bytes = b"NO [NOPERM] Permission denied") -> None:
+    """After :func:`copied`: the STORE of \\Deleted refused, its undo done, the check sent."""
+    script.answer(b"+FLAGS", status)
+    script.answer(b"-FLAGS", b"OK")
+
+
+def test_copies_gone_from_the_target_before_the_rollback_are_named(script: Driver):
     copied(script)
-    script.upstream(b"imp4 NO [NOPERM] Permission denied\r\nimp5 OK\r\n")
-    script.upstream(b"* 1 FETCH (UID 10 FLAGS ())\r\n* 2 FETCH (UID 11 FLAGS ())\r\nimp6 OK\r\n")
+    flagging_refused(script)
+    script.upstream(
+        b"* 1 FETCH (UID 10 FLAGS ())\r\n* 2 FETCH (UID 11 FLAGS ())\r\n"
+        + script.tagged(b"UID FETCH", b"OK")
+    )
     request, _ = script.session.take_rollback() or pytest.fail("no rollback")
     assert request.uids == (20, 21)
     script.session.rollback_finished(None, frozenset({21}))  # another session took 21 away
@@ -218,25 +188,27 @@ def test_copies_gone_from_the_target_before_the_rollback_are_named(script: Scrip
     assert script.session.take_finished_moves()[0].duplicates == 1
 
 
-def test_a_message_an_expunge_left_behind_is_flagged_and_expunged_once_more(script: Script):
+def test_a_message_an_expunge_left_behind_is_flagged_and_expunged_once_more(script: Driver):
     copied(script)
-    assert script.upstream(b"imp4 OK\r\n") == b"imp5 UID EXPUNGE 10:11\r\n"
-    sent = script.upstream(b"* 1 EXPUNGE\r\nimp5 OK\r\n")  # one EXPUNGE for two messages
-    assert sent == b"imp6 UID STORE 10:11 +FLAGS.SILENT (\\Deleted)\r\n"
-    assert script.upstream(b"imp6 OK\r\n") == b"imp7 UID EXPUNGE 10:11\r\n"
-    script.upstream(b"* 1 EXPUNGE\r\nimp7 OK\r\n")
+    assert script.answer(b"+FLAGS", b"OK") == b"UID EXPUNGE 10:11\r\n"
+    # one EXPUNGE for two messages
+    sent = script.upstream(b"* 1 EXPUNGE\r\n" + script.tagged(b"UID EXPUNGE", b"OK"))
+    assert sent == b"UID STORE 10:11 +FLAGS.SILENT (\\Deleted)\r\n"
+    assert script.answer(b"+FLAGS", b"OK") == b"UID EXPUNGE 10:11\r\n"
+    script.upstream(b"* 1 EXPUNGE\r\n" + script.tagged(b"UID EXPUNGE", b"OK"))
     assert script.seen() == b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\nc OK Move completed.\r\n"
 
 
-def test_partial_expunge_is_rolled_back_for_the_messages_left(script: Script):
+def test_partial_expunge_is_rolled_back_for_the_messages_left(script: Driver):
     copied(script)
-    assert script.upstream(b"imp4 OK\r\n") == b"imp5 UID EXPUNGE 10:11\r\n"
-    script.upstream(b"* 1 EXPUNGE\r\nimp5 OK\r\n")  # one EXPUNGE for two messages
-    assert script.upstream(b"imp6 OK\r\n") == b"imp7 UID EXPUNGE 10:11\r\n"  # once more
-    sent = script.upstream(b"imp7 OK\r\n")  # and still one: give up
-    assert sent == b"imp8 UID STORE 10:11 -FLAGS.SILENT (\\Deleted)\r\n"
-    assert script.upstream(b"imp8 OK\r\n") == b"imp9 UID FETCH 10:11 (UID FLAGS)\r\n"
-    script.upstream(b"* 1 FETCH (UID 11 FLAGS (\\Seen))\r\nimp9 OK\r\n")
+    assert script.answer(b"+FLAGS", b"OK") == b"UID EXPUNGE 10:11\r\n"
+    # one EXPUNGE for two messages
+    script.upstream(b"* 1 EXPUNGE\r\n" + script.tagged(b"UID EXPUNGE", b"OK"))
+    assert script.answer(b"+FLAGS", b"OK") == b"UID EXPUNGE 10:11\r\n"  # once more
+    sent = script.answer(b"UID EXPUNGE", b"OK")  # and still one: give up
+    assert sent == b"UID STORE 10:11 -FLAGS.SILENT (\\Deleted)\r\n"
+    assert script.answer(b"-FLAGS", b"OK") == b"UID FETCH 10:11 (UID FLAGS)\r\n"
+    script.upstream(b"* 1 FETCH (UID 11 FLAGS (\\Seen))\r\n" + script.tagged(b"UID FETCH", b"OK"))
     request, _ = script.session.take_rollback() or pytest.fail("no rollback")
     assert request.uids == (21,) and request.sources == (11,)
     assert script.client(b"d NOOP\r\n") == b""  # held behind the MOVE
@@ -248,15 +220,17 @@ def test_partial_expunge_is_rolled_back_for_the_messages_left(script: Script):
     )
 
 
-def test_expunge_responses_of_other_sessions_do_not_hide_a_message_left_behind(script: Script):
+def test_expunge_responses_of_other_sessions_do_not_hide_a_message_left_behind(script: Driver):
     copied(script)
-    script.upstream(b"imp4 OK\r\n")
-    script.upstream(b"* 1 EXPUNGE\r\n* 3 EXPUNGE\r\n* 1 EXPUNGE\r\nimp5 OK\r\n")
-    script.upstream(b"imp6 OK\r\n")  # three EXPUNGEs for two messages: once more,
-    sent = script.upstream(b"imp7 OK\r\n")  # then check which are left
+    script.answer(b"+FLAGS", b"OK")
+    script.upstream(
+        b"* 1 EXPUNGE\r\n* 3 EXPUNGE\r\n* 1 EXPUNGE\r\n" + script.tagged(b"UID EXPUNGE", b"OK")
+    )
+    script.answer(b"+FLAGS", b"OK")  # three EXPUNGEs for two messages: once more,
+    sent = script.answer(b"UID EXPUNGE", b"OK")  # then check which are left
     assert b"-FLAGS" in sent
-    assert script.upstream(b"imp8 OK\r\n") == b"imp9 UID FETCH 10:11 (UID FLAGS)\r\n"
-    script.upstream(b"imp9 OK\r\n")  # neither is left
+    assert script.answer(b"-FLAGS", b"OK") == b"UID FETCH 10:11 (UID FLAGS)\r\n"
+    script.answer(b"UID FETCH", b"OK")  # neither is left
     assert script.seen().endswith(b"* 1 EXPUNGE\r\nc OK Move completed.\r\n")
 
 
@@ -265,9 +239,11 @@ def test_without_a_working_second_session_the_duplicates_are_named(error: str | 
     rollback = "client" if error else "off"
     s = started(settings=SessionSettings(rollback=rollback))
     copied(s)
-    s.upstream(b"imp4 NO [NOPERM] Denied\r\n")
-    s.upstream(b"imp5 OK\r\n")
-    s.upstream(b"* 1 FETCH (UID 10 FLAGS ())\r\n* 2 FETCH (UID 11 FLAGS ())\r\nimp6 OK\r\n")
+    flagging_refused(s, b"NO [NOPERM] Denied")
+    s.upstream(
+        b"* 1 FETCH (UID 10 FLAGS ())\r\n* 2 FETCH (UID 11 FLAGS ())\r\n"
+        + s.tagged(b"UID FETCH", b"OK")
+    )
     if error:
         s.session.take_rollback()
         s.session.rollback_finished(error)
@@ -282,11 +258,10 @@ def test_without_a_working_second_session_the_duplicates_are_named(error: str | 
     assert (finished.rollback, finished.duplicates) == ("failed" if error else "impossible", 2)
 
 
-def test_when_the_check_fails_nothing_is_removed_from_the_target(script: Script):
+def test_when_the_check_fails_nothing_is_removed_from_the_target(script: Driver):
     copied(script)
-    script.upstream(b"imp4 NO Denied\r\n")
-    script.upstream(b"imp5 OK\r\n")
-    script.upstream(b"imp6 BAD Something\r\n")
+    flagging_refused(script, b"NO Denied")
+    script.answer(b"UID FETCH", b"BAD Something")
     assert script.session.take_rollback() is None
     assert b"could not be checked" in script.seen()
 
@@ -367,55 +342,63 @@ def test_commands_reusing_the_tag_of_a_login_in_flight_wait_for_its_reply():
     assert kept(s) == (b"user", b"user", b"pass")
 
 
-def acl_script() -> Script:
+def acl_script() -> Driver:
     return started(caps=CAPS + b" ACL RIGHTS=texk")
+
+
+def listed(s: Driver, copy: bytes) -> bytes:
+    """The OKs to the two listing commands of a MOVE (no UID), then ``copy`` to its COPY."""
+    return s.tagged(b"(UID)", b"OK") + s.tagged(b"DELETED", b"OK") + s.tagged(b"COPY", copy)
 
 
 def test_rights_are_checked_before_anything_is_touched_and_cached_per_mailbox():
     s = acl_script()
-    assert s.client(b"c MOVE 1 Trash\r\n") == b"imp1 MYRIGHTS INBOX\r\n"
-    assert s.upstream(b"* MYRIGHTS INBOX lrswi\r\nimp1 OK\r\n") == b""
+    assert s.client(b"c MOVE 1 Trash\r\n") == b"MYRIGHTS INBOX\r\n"
+    assert s.upstream(b"* MYRIGHTS INBOX lrswi\r\n" + s.tagged(b"MYRIGHTS", b"OK")) == b""
     assert s.seen() == (
         b"c NO [NOPERM] Permission denied: messages cannot be removed from this mailbox "
         b"(rights: lrswi).\r\n"
     )
-    assert s.client(b"d MOVE 1 Trash\r\n") == b"imp2 MYRIGHTS INBOX\r\n"  # not cached
-    sent = s.upstream(b'* MYRIGHTS "INBOX" lrswipkxtecda\r\nimp2 OK\r\n')
-    assert b"COPY 1 Trash" in sent
-    s.upstream(b"imp3 OK\r\nimp4 OK\r\nimp5 OK [COPYUID 7 1 1] Done\r\nimp6 OK\r\n")
-    s.upstream(b"* 1 EXPUNGE\r\nimp7 OK\r\n")
+    assert s.client(b"d MOVE 1 Trash\r\n") == b"MYRIGHTS INBOX\r\n"  # not cached
+    sent = s.upstream(b'* MYRIGHTS "INBOX" lrswipkxtecda\r\n' + s.tagged(b"MYRIGHTS", b"OK"))
+    assert b"\r\nCOPY 1 Trash\r\n" in sent
+    s.upstream(listed(s, b"OK [COPYUID 7 1 1] Done"))
+    s.answer(b"+FLAGS", b"OK")
+    s.upstream(b"* 1 EXPUNGE\r\n" + s.tagged(b"UID EXPUNGE", b"OK"))
     assert s.seen().endswith(b"d OK Move completed.\r\n")
     assert b"MYRIGHTS" not in s.client(b"e MOVE 1 Trash\r\n")  # cached for this selection
-    s.upstream(b"imp8 OK\r\nimp9 OK\r\nimp10 NO No\r\n")
+    s.upstream(listed(s, b"NO No"))
     s.client(b"f SELECT Other\r\n")
     s.upstream(b"f OK [READ-WRITE] Selected\r\n")
-    assert s.client(b"g MOVE 1 Trash\r\n") == b"imp11 MYRIGHTS Other\r\n"  # a new selection
+    assert s.client(b"g MOVE 1 Trash\r\n") == b"MYRIGHTS Other\r\n"  # a new selection
 
 
-def chunk_script(caps: bytes = CAPS) -> Script:
+def chunk_script(caps: bytes = CAPS) -> Driver:
     return started(caps=caps, settings=SessionSettings(chunk_size=2))
 
 
-def move_chunk(s: Script, tag: int, uids: bytes, copies: bytes) -> None:
+def move_chunk(s: Driver, uids: bytes, copies: bytes) -> bytes:
+    """Answer the COPY of chunk ``uids`` and what follows; return what was sent next."""
     count = len(expand_uid_set(uids))
-    sent = s.upstream(b"imp%d OK [COPYUID 7 %s %s] Done\r\n" % (tag, uids, copies))
-    assert sent == b"imp%d UID STORE %s +FLAGS.SILENT (\\Deleted)\r\n" % (tag + 1, uids)
-    assert s.upstream(b"imp%d OK\r\n" % (tag + 1)) == b"imp%d UID EXPUNGE %s\r\n" % (tag + 2, uids)
-    s.session.receive_upstream(b"* 1 EXPUNGE\r\n" * count + b"imp%d OK\r\n" % (tag + 2))
+    sent = s.answer(b"UID COPY " + uids + b" ", b"OK [COPYUID 7 %s %s] Done" % (uids, copies))
+    assert sent == b"UID STORE %s +FLAGS.SILENT (\\Deleted)\r\n" % uids
+    assert s.answer(b"UID STORE", b"OK") == b"UID EXPUNGE %s\r\n" % uids
+    return s.upstream(b"* 1 EXPUNGE\r\n" * count + s.tagged(b"UID EXPUNGE", b"OK"))
 
 
 def test_a_big_move_is_done_in_chunks_each_moved_or_untouched():
     s = chunk_script()
     assert s.client(b"c UID MOVE 1:* Trash\r\n") == (  # 5 messages may exist: more than 2
-        b"imp1 UID SEARCH RETURN (ALL) UID 1:*\r\nimp2 UID SEARCH RETURN (ALL) UID 1:* DELETED\r\n"
+        b"UID SEARCH RETURN (ALL) UID 1:*\r\nUID SEARCH RETURN (ALL) UID 1:* DELETED\r\n"
     )
-    sent = s.upstream(b'* ESEARCH (TAG "imp1") UID ALL 3:7\r\nimp1 OK\r\nimp2 OK\r\n')
-    assert sent == b"imp3 UID COPY 3:4 Trash\r\n"
-    move_chunk(s, 3, b"3:4", b"1:2")
-    assert s._collect() == b"imp6 UID COPY 5:6 Trash\r\n"
-    move_chunk(s, 6, b"5:6", b"3:4")
-    assert s._collect() == b"imp9 UID COPY 7 Trash\r\n"
-    s.upstream(b"imp9 NO [OVERQUOTA] Quota exceeded\r\n")
+    sent = s.upstream(
+        s.esearch(b"UID 1:*\r\n", b"ALL 3:7") + s.tagged(b"UID 1:*\r\n", b"OK")
+        + s.tagged(b"DELETED", b"OK")
+    )  # fmt: skip
+    assert sent == b"UID COPY 3:4 Trash\r\n"
+    assert move_chunk(s, b"3:4", b"1:2") == b"UID COPY 5:6 Trash\r\n"
+    assert move_chunk(s, b"5:6", b"3:4") == b"UID COPY 7 Trash\r\n"
+    s.answer(b"UID COPY 7 ", b"NO [OVERQUOTA] Quota exceeded")
     assert s.seen() == (
         b"* OK [COPYUID 7 3:4 1:2] Moved UIDs.\r\n" + b"* 1 EXPUNGE\r\n" * 2
         + b"* OK [COPYUID 7 5:6 3:4] Moved UIDs.\r\n" + b"* 1 EXPUNGE\r\n" * 2
@@ -427,8 +410,11 @@ def test_a_big_move_is_done_in_chunks_each_moved_or_untouched():
 def test_a_failed_first_chunk_answers_like_a_native_move():
     s = chunk_script()
     s.client(b"c UID MOVE 1:* Trash\r\n")
-    s.upstream(b'* ESEARCH (TAG "imp1") UID ALL 3:7\r\nimp1 OK\r\nimp2 OK\r\n')
-    s.upstream(b"imp3 NO [OVERQUOTA] Quota exceeded\r\n")
+    s.upstream(
+        s.esearch(b"UID 1:*\r\n", b"ALL 3:7") + s.tagged(b"UID 1:*\r\n", b"OK")
+        + s.tagged(b"DELETED", b"OK")
+    )  # fmt: skip
+    s.answer(b"UID COPY", b"NO [OVERQUOTA] Quota exceeded")
     assert s.seen() == b"c NO [OVERQUOTA] Quota exceeded\r\n"
 
 
@@ -439,46 +425,50 @@ def test_a_move_of_any_size_goes_in_chunks():
     s.upstream(b"* 1500000 EXISTS\r\n")
     s.client(b"c UID MOVE 1:* Trash\r\n")
     sent = s.upstream(
-        b'* ESEARCH (TAG "imp1") UID ALL 1:1500000\r\nimp1 OK\r\n'
-        b'* ESEARCH (TAG "imp2") UID ALL 1:1500000\r\nimp2 OK\r\n'
-    )
-    assert sent == b"imp3 UID COPY 1:1000 Trash\r\n"
+        s.esearch(b"UID 1:*\r\n", b"ALL 1:1500000") + s.tagged(b"UID 1:*\r\n", b"OK")
+        + s.esearch(b"DELETED", b"ALL 1:1500000") + s.tagged(b"DELETED", b"OK")
+    )  # fmt: skip
+    assert sent == b"UID COPY 1:1000 Trash\r\n"
     assert s.session.close_reason is None
-    s.upstream(b"imp3 OK [COPYUID 7 1:1000 1:1000] Done\r\n")
-    assert s.upstream(b"imp4 OK\r\n") == b"imp5 UID EXPUNGE 1:1000\r\n"
-    sent = s.upstream(b"* VANISHED 1:1000\r\nimp5 OK\r\n")
-    assert sent == b"imp6 UID COPY 1001:2000 Trash\r\n"
+    s.answer(b"UID COPY", b"OK [COPYUID 7 1:1000 1:1000] Done")
+    assert s.answer(b"UID STORE", b"OK") == b"UID EXPUNGE 1:1000\r\n"
+    sent = s.upstream(b"* VANISHED 1:1000\r\n" + s.tagged(b"UID EXPUNGE", b"OK"))
+    assert sent == b"UID COPY 1001:2000 Trash\r\n"
 
 
 def test_a_fetch_about_a_message_outside_the_set_is_relayed_and_not_moved():
     """Issue 12 defect 4 at unit level: under QRESYNC another session's flag change carries a
     UID; message 4 is not in the set 1:2, so it is not copied."""
     s = chunk_script()
-    assert s.client(b"c MOVE 1:3 Trash\r\n").startswith(b"imp1 FETCH 1:3 (UID)\r\n")
+    assert s.client(b"c MOVE 1:3 Trash\r\n").startswith(b"FETCH 1:3 (UID)\r\n")
     sent = s.upstream(
         b"* 1 FETCH (UID 10)\r\n* 4 FETCH (UID 14 MODSEQ (9) FLAGS (\\Flagged))\r\n"
-        b"* 2 FETCH (UID 11)\r\n* 3 FETCH (UID 12)\r\nimp1 OK\r\nimp2 OK\r\n"
-    )
-    assert sent == b"imp3 UID COPY 10:11 Trash\r\n"
+        b"* 2 FETCH (UID 11)\r\n* 3 FETCH (UID 12)\r\n"
+        + s.tagged(b"(UID)", b"OK") + s.tagged(b"DELETED", b"OK")
+    )  # fmt: skip
+    assert sent == b"UID COPY 10:11 Trash\r\n"
     assert s.seen() == b"* 4 FETCH (UID 14 MODSEQ (9) FLAGS (\\Flagged))\r\n"
-    move_chunk(s, 3, b"10:11", b"1:2")
-    assert s._collect() == b"imp6 UID COPY 12 Trash\r\n"
+    assert move_chunk(s, b"10:11", b"1:2") == b"UID COPY 12 Trash\r\n"
 
 
 def test_copyuid_naming_uids_outside_the_set_ends_the_move_and_removes_the_copies(
-    script: Script,
+    script: Driver,
 ):
     script.client(b"c UID MOVE 5 Trash\r\n")
     sent = script.upstream(
-        b'* ESEARCH (TAG "imp1") UID ALL 5\r\nimp1 OK\r\nimp2 OK\r\n'
-        b"imp3 OK [COPYUID 7 5:6 20:21] Done\r\n"
+        script.esearch(b"UID 5\r\n", b"ALL 5") + script.tagged(b"UID 5\r\n", b"OK")
+        + script.tagged(b"DELETED", b"OK")
+        + script.tagged(b"COPY", b"OK [COPYUID 7 5:6 20:21] Done")
+    )  # fmt: skip
+    assert sent == b"UID FETCH 5:6 (UID FLAGS)\r\n"  # nothing flagged, only checked
+    script.upstream(
+        b"* 1 FETCH (UID 5 FLAGS ())\r\n* 2 FETCH (UID 6 FLAGS ())\r\n"
+        + script.tagged(b"UID FETCH", b"OK")
     )
-    assert sent == b"imp4 UID FETCH 5:6 (UID FLAGS)\r\n"  # nothing flagged, only checked
-    script.upstream(b"* 1 FETCH (UID 5 FLAGS ())\r\n* 2 FETCH (UID 6 FLAGS ())\r\nimp4 OK\r\n")
     rollback = script.session.take_rollback()
     assert rollback is not None and rollback[0].uids == (20, 21)
     script.session.rollback_finished(None)
-    script._collect()
+    script.sent()
     reply = script.seen()
     assert reply.startswith(b"c NO [SERVERBUG] MOVE failed (set-check: the server named UIDs 6")
     assert reply.endswith(b"0 of 2 messages were moved, the others are unaffected.\r\n")
@@ -489,18 +479,21 @@ def test_small_moves_cost_no_extra_round_trip_with_chunks():
     assert b"COPY 1:2 Trash" in s.client(b"c MOVE 1:2 Trash\r\n")
 
 
-def test_unsolicited_responses_from_other_sessions_are_relayed_in_order(script: Script):
+def test_unsolicited_responses_from_other_sessions_are_relayed_in_order(script: Driver):
     script.client(b"c UID MOVE 10 Trash\r\n")
     script.upstream(
-        b'* ESEARCH (TAG "imp1") UID ALL 10\r\n* 3 FETCH (FLAGS (\\Seen) UID 13)\r\nimp1 OK\r\n'
-        b"imp2 OK\r\n* 6 EXISTS\r\nimp3 OK [COPYUID 7 10 20] Done\r\n"
-    )
+        script.esearch(b"UID 10\r\n", b"ALL 10") + b"* 3 FETCH (FLAGS (\\Seen) UID 13)\r\n"
+        + script.tagged(b"UID 10\r\n", b"OK") + script.tagged(b"DELETED", b"OK")
+        + b"* 6 EXISTS\r\n" + script.tagged(b"COPY", b"OK [COPYUID 7 10 20] Done")
+    )  # fmt: skip
     script.upstream(
         b"* 1 FETCH (UID 10 FLAGS (\\Deleted))\r\n* 4 FETCH (UID 14 FLAGS (\\Flagged))\r\n"
-        b"imp4 OK\r\n* 1 EXPUNGE\r\n* 2 EXPUNGE\r\nimp5 OK\r\n"
+        + script.tagged(b"+FLAGS", b"OK")
     )
+    script.upstream(b"* 1 EXPUNGE\r\n* 2 EXPUNGE\r\n" + script.tagged(b"UID EXPUNGE", b"OK"))
     # 2 EXPUNGEs for 1 message: it flagged and expunged once more, then checked
-    script.upstream(b"imp6 OK\r\nimp7 OK\r\nimp8 OK\r\nimp9 OK\r\n")
+    for command in (b"+FLAGS", b"UID EXPUNGE", b"-FLAGS", b"UID FETCH"):
+        script.answer(command, b"OK")
     assert script.seen() == (
         b"* 3 FETCH (FLAGS (\\Seen) UID 13)\r\n* OK [COPYUID 7 10 20] Moved UIDs.\r\n"
         b"* 4 FETCH (UID 14 FLAGS (\\Flagged))\r\n* 1 EXPUNGE\r\n* 2 EXPUNGE\r\n* 4 EXISTS\r\n"
@@ -508,23 +501,27 @@ def test_unsolicited_responses_from_other_sessions_are_relayed_in_order(script: 
     )
 
 
-def test_qresync_vanished_and_highestmodseq_are_shown_as_native(script: Script):
+def test_qresync_vanished_and_highestmodseq_are_shown_as_native(script: Driver):
     script.client(b"c UID MOVE 10 Trash\r\n")
-    script.upstream(b"imp1 OK\r\nimp2 OK\r\nimp3 OK [COPYUID 7 10 20] Done\r\n")
-    script.upstream(b"imp4 OK\r\n* VANISHED 10\r\nimp5 OK [HIGHESTMODSEQ 99] Expunged\r\n")
+    script.upstream(
+        script.tagged(b"UID 10\r\n", b"OK") + script.tagged(b"DELETED", b"OK")
+        + script.tagged(b"COPY", b"OK [COPYUID 7 10 20] Done")
+    )  # fmt: skip
+    script.answer(b"+FLAGS", b"OK")
+    script.upstream(
+        b"* VANISHED 10\r\n" + script.tagged(b"UID EXPUNGE", b"OK [HIGHESTMODSEQ 99] Expunged")
+    )
     assert script.seen().endswith(b"* VANISHED 10\r\nc OK [HIGHESTMODSEQ 99] Move completed.\r\n")
 
 
-def test_move_waits_for_earlier_commands_and_holds_later_ones(script: Script):
+def test_move_waits_for_earlier_commands_and_holds_later_ones(script: Driver):
     assert (
         script.client(b"c FETCH 1 FLAGS\r\nd MOVE 1 Trash\r\ne NOOP\r\n") == b"c FETCH 1 FLAGS\r\n"
     )
     sent = script.upstream(b"* 1 FETCH (FLAGS ())\r\nc OK Fetch\r\n")
-    assert sent.startswith(b"imp1 FETCH 1 (UID)\r\n") and b"imp3 COPY 1 Trash" in sent
+    assert sent.startswith(b"FETCH 1 (UID)\r\n") and b"\r\nCOPY 1 Trash\r\n" in sent
     assert script.client(b"f NOOP\r\n") == b""  # still held
-    sent = script.upstream(
-        b"* 1 FETCH (UID 3)\r\nimp1 OK\r\nimp2 OK\r\nimp3 NO [TRYCREATE] No mailbox\r\n"
-    )
+    sent = script.upstream(b"* 1 FETCH (UID 3)\r\n" + listed(script, b"NO [TRYCREATE] No mailbox"))
     assert sent == b"e NOOP\r\nf NOOP\r\n"
     assert script.seen() == b"* 1 FETCH (FLAGS ())\r\nc OK Fetch\r\nd NO [TRYCREATE] No mailbox\r\n"
 
@@ -539,19 +536,19 @@ def test_move_waits_for_earlier_commands_and_holds_later_ones(script: Script):
 )
 def test_mailbox_names_are_re_encoded_so_they_cannot_inject_commands(script, mailbox, encoded):
     sent = script.client(b"c MOVE 1 " + mailbox)
-    assert sent.endswith(b"\r\nimp3 COPY 1 " + encoded)
+    assert sent.endswith(b"\r\nCOPY 1 " + encoded)
 
 
-def test_synchronizing_literal_mailbox_gets_a_continuation_from_the_proxy(script: Script):
+def test_synchronizing_literal_mailbox_gets_a_continuation_from_the_proxy(script: Driver):
     assert script.client(b"c MOVE 1 {5}\r\n") == b""
     assert script.seen() == b"+ Ready for literal data\r\n"
-    assert script.client(b"Trash\r\n").endswith(b"imp3 COPY 1 Trash\r\n")
+    assert script.client(b"Trash\r\n").endswith(b"\r\nCOPY 1 Trash\r\n")
 
 
 def test_upstream_without_literal_plus_gets_a_synchronizing_literal():
     s = started(caps=b"IMAP4rev1 UIDPLUS")
     sent = s.client(b'c MOVE 1 "caf\xc3\xa9"\r\n')
-    assert sent.endswith(b"imp3 COPY 1 {5}\r\n")
+    assert sent.endswith(b"\r\nCOPY 1 {5}\r\n")
     assert s.upstream(b"+ go ahead\r\n") == b"caf\xc3\xa9\r\n"
     assert s.seen() == b""  # the upstream's "+" was for the proxy
 
@@ -568,26 +565,26 @@ def test_upstream_without_literal_plus_gets_a_synchronizing_literal():
         b"c UID MOVE 1: Trash\r\n",
     ],
 )
-def test_bad_move_syntax_gets_bad_and_nothing_is_sent(script: Script, command: bytes):
+def test_bad_move_syntax_gets_bad_and_nothing_is_sent(script: Driver, command: bytes):
     assert script.client(command) == b""
     assert script.seen().startswith(b"c BAD ")
 
 
 def test_move_with_unknown_capabilities_asks_the_upstream_first():
-    s = Session()
-    s.receive_upstream(GREETING)
-    s.receive_client(b"a LOGIN u p\r\n")
-    s.receive_upstream(b"a OK Logged in\r\n")  # no capability list after login
-    s.receive_client(b"b MOVE 1 Trash\r\n")
-    assert s.move_ready
-    s.start_move()
-    assert bytes(s.take_to_upstream()).endswith(b"imp1 CAPABILITY\r\n")
-    s.take_to_client()
-    s.receive_upstream(b"* CAPABILITY IMAP4rev1 MOVE UIDPLUS\r\nimp1 OK\r\n")
-    assert bytes(s.take_to_upstream()) == b"b MOVE 1 Trash\r\n"  # native: forwarded as is
-    assert bytes(s.take_to_client()) == b""  # the proxy's CAPABILITY is invisible
-    s.receive_upstream(b"b OK Move completed\r\n")
-    assert bytes(s.take_to_client()) == b"b OK Move completed\r\n"
+    s = Driver(lock_by_hand=True)
+    s.upstream(GREETING)
+    s.client(b"a LOGIN u p\r\n")
+    s.upstream(b"a OK Logged in\r\n")  # no capability list after login
+    s.client(b"b MOVE 1 Trash\r\n")
+    assert s.session.move_ready
+    s.session.start_move()
+    assert s.sent() == b"CAPABILITY\r\n"
+    s.seen()
+    sent = s.upstream(b"* CAPABILITY IMAP4rev1 MOVE UIDPLUS\r\n" + s.tagged(b"CAPABILITY", b"OK"))
+    assert sent == b"b MOVE 1 Trash\r\n"  # native: forwarded as is
+    assert s.seen() == b""  # the proxy's CAPABILITY is invisible
+    s.upstream(b"b OK Move completed\r\n")
+    assert s.seen() == b"b OK Move completed\r\n"
 
 
 def test_move_pipelined_behind_login_is_not_sent_to_a_legacy_upstream():
@@ -604,12 +601,12 @@ def test_move_pipelined_behind_login_is_not_sent_to_a_legacy_upstream():
 
 
 def test_upstream_without_uidplus_gets_the_clients_move_unchanged():
-    s = Script(caps=b"IMAP4rev1 LITERAL+")
+    s = logged_in(caps=b"IMAP4rev1 LITERAL+")
     assert b"MOVE" not in s.seen()
     assert s.client(b"c MOVE 1 Trash\r\n") == b"c MOVE 1 Trash\r\n"
 
 
-def test_compress_is_refused_and_not_forwarded(script: Script):
+def test_compress_is_refused_and_not_forwarded(script: Driver):
     assert script.client(b"c COMPRESS DEFLATE\r\n") == b""
     assert script.seen().startswith(b"c NO ")
 
@@ -626,7 +623,7 @@ def test_authenticate_and_idle_data_lines_are_passed_as_data():
     assert bytes(s.take_to_upstream()) == b"b IDLE\r\nDONE\r\nc NOOP\r\n"
 
 
-def test_proxy_replies_never_land_inside_a_relayed_literal(script: Script):
+def test_proxy_replies_never_land_inside_a_relayed_literal(script: Driver):
     script.client(b"c FETCH 1 BODY[]\r\n")
     script.upstream(b"* 1 FETCH (BODY[] {10}\r\nhello")
     script.client(b"d COMPRESS DEFLATE\r\n")
@@ -641,24 +638,26 @@ def test_large_uid_sets_are_split_into_short_commands():
     s = started(settings=SessionSettings(max_set_bytes=64))
     s.client(b"c UID MOVE 1:100 Trash\r\n")
     uids = b",".join(b"%d" % n for n in range(1, 100, 2))
-    sent = s.upstream(b"imp1 OK\r\nimp2 OK\r\nimp3 OK [COPYUID 7 " + uids + b" 1:50] Done\r\n")
+    sent = s.upstream(
+        s.tagged(b"UID 1:100\r\n", b"OK") + s.tagged(b"DELETED", b"OK")
+        + s.tagged(b"COPY", b"OK [COPYUID 7 " + uids + b" 1:50] Done")
+    )  # fmt: skip
     lines = sent.split(b"\r\n")[:-1]
-    assert all(len(line) < 64 + 40 for line in lines)
-    stored = b",".join(line.split()[3] for line in lines if b"STORE" in line)
+    assert all(len(s.tag(line + b"\r\n") + b" " + line) < 64 + 40 for line in lines)
+    stored = b",".join(line.split()[2] for line in lines if line.startswith(b"UID STORE "))
     assert stored == uids and b"EXPUNGE" not in sent
-    tags = [line.split()[0] for line in lines]
-    sent = s.upstream(b"".join(tag + b" OK\r\n" for tag in tags))
+    sent = s.upstream(b"".join(s.tagged(line + b"\r\n", b"OK") for line in lines))
     expunged = []
-    for _ in range(len(tags)):  # the UID EXPUNGEs go one at a time, each after the last's OK
-        assert sent.count(b"\r\n") == 1 and b" UID EXPUNGE " in sent
-        expunged.append(sent.split()[3])
-        count = len(expand_uid_set(sent.split()[3]))
-        sent = s.upstream(b"* 1 EXPUNGE\r\n" * count + sent.split()[0] + b" OK\r\n")
+    for _ in range(len(lines)):  # the UID EXPUNGEs go one at a time, each after the last's OK
+        assert sent.count(b"\r\n") == 1 and sent.startswith(b"UID EXPUNGE ")
+        expunged.append(sent.split()[2])
+        count = len(expand_uid_set(sent.split()[2]))
+        sent = s.upstream(b"* 1 EXPUNGE\r\n" * count + s.tagged(b"UID EXPUNGE", b"OK"))
     assert b",".join(expunged) == uids
     assert s.seen().endswith(b"c OK Move completed.\r\n")
 
 
-def test_move_out_of_a_read_only_mailbox_is_refused_before_copying(script: Script):
+def test_move_out_of_a_read_only_mailbox_is_refused_before_copying(script: Driver):
     script.client(b"e EXAMINE INBOX\r\n")
     script.upstream(b"* 5 EXISTS\r\ne OK [READ-ONLY] Examined\r\n")
     script.seen()
@@ -669,7 +668,7 @@ def test_move_out_of_a_read_only_mailbox_is_refused_before_copying(script: Scrip
     assert b"COPY 1 Trash" in script.client(b"d MOVE 1 Trash\r\n")
 
 
-def guarded_script() -> Script:
+def guarded_script() -> Driver:
     return started(caps=b"IMAP4rev1 LITERAL+", settings=SessionSettings(guarded=True))
 
 
@@ -678,32 +677,34 @@ def test_guarded_move_clears_and_restores_other_deleted_flags():
     # no COPYUID will say what a COPY took: it only names UIDs listed in the client's set
     # and the target's UIDNEXT, then the flags of what it copies (for a check after the MOVE)
     assert s.client(b"c MOVE 2 Trash\r\n") == (
-        b"imp1 FETCH 2 (UID)\r\nimp2 STATUS Trash (UIDNEXT UIDVALIDITY MESSAGES)\r\n"
+        b"FETCH 2 (UID)\r\nSTATUS Trash (UIDNEXT UIDVALIDITY MESSAGES)\r\n"
     )
-    status = b"* STATUS Trash (UIDNEXT 40 UIDVALIDITY 9 MESSAGES 3)\r\nimp2 OK\r\n"
-    assert s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\n" + status) == (
-        b"imp3 UID FETCH 12 (UID FLAGS INTERNALDATE)\r\nimp4 UID COPY 12 Trash\r\n"
+    status = b"* STATUS Trash (UIDNEXT 40 UIDVALIDITY 9 MESSAGES 3)\r\n"
+    status += s.tagged(b"STATUS", b"OK")
+    assert s.upstream(b"* 2 FETCH (UID 12)\r\n" + s.tagged(b"(UID)", b"OK") + status) == (
+        b"UID FETCH 12 (UID FLAGS INTERNALDATE)\r\nUID COPY 12 Trash\r\n"
     )
     flags = b'* 2 FETCH (UID 12 FLAGS (\\Seen \\Recent) INTERNALDATE "1-Jan-2026 10:00:00 +0000")'
-    assert s.upstream(flags + b"\r\nimp3 OK\r\nimp4 OK Copied\r\n") == b"imp5 NOOP\r\n"
-    assert s.upstream(b"imp5 OK\r\n") == b"imp6 UID SEARCH DELETED\r\n"
-    sent = s.upstream(b"* SEARCH 11 12\r\nimp6 OK\r\n")  # 11 is the user's own \Deleted
+    copy = s.tagged(b"INTERNALDATE", b"OK") + s.tagged(b"COPY", b"OK Copied")
+    assert s.upstream(flags + b"\r\n" + copy) == b"NOOP\r\n"
+    assert s.answer(b"NOOP", b"OK") == b"UID SEARCH DELETED\r\n"
+    sent = s.upstream(b"* SEARCH 11 12\r\n" + s.tagged(b"SEARCH", b"OK"))  # 11: the user's own
     assert sent == (
-        b"imp7 UID STORE 11 -FLAGS.SILENT (\\Deleted)\r\n"
-        b"imp8 UID STORE 12 +FLAGS.SILENT (\\Deleted)\r\n"
+        b"UID STORE 11 -FLAGS.SILENT (\\Deleted)\r\nUID STORE 12 +FLAGS.SILENT (\\Deleted)\r\n"
     )
-    assert s.upstream(b"* 1 FETCH (UID 11 FLAGS ())\r\nimp7 OK\r\nimp8 OK\r\n") == b"imp9 NOOP\r\n"
-    s.upstream(b"imp9 OK\r\n")
+    stored = s.tagged(b"-FLAGS", b"OK") + s.tagged(b"+FLAGS", b"OK")
+    assert s.upstream(b"* 1 FETCH (UID 11 FLAGS ())\r\n" + stored) == b"NOOP\r\n"
+    s.answer(b"NOOP", b"OK")
     # the re-check finds 13, flagged by another session meanwhile: cleared too, checked again
-    sent = s.upstream(b"* SEARCH 12 13\r\nimp10 OK\r\n")
-    assert sent == b"imp11 UID STORE 13 -FLAGS.SILENT (\\Deleted)\r\n"
-    assert s.upstream(b"imp11 OK\r\n") == b"imp12 NOOP\r\n"
-    s.upstream(b"imp12 OK\r\n")
-    assert s.upstream(b"* SEARCH 12\r\nimp13 OK\r\n") == b"imp14 EXPUNGE\r\n"
-    sent = s.upstream(b"* 2 EXPUNGE\r\nimp14 OK\r\n")
-    assert sent == b"imp15 UID STORE 11,13 +FLAGS.SILENT (\\Deleted)\r\n"
-    assert s.upstream(b"imp15 OK\r\n") == b"imp16 UID FETCH 1:* (UID)\r\n"
-    s.upstream(b"* 1 FETCH (UID 11)\r\n* 2 FETCH (UID 13)\r\nimp16 OK\r\n")
+    sent = s.upstream(b"* SEARCH 12 13\r\n" + s.tagged(b"SEARCH", b"OK"))
+    assert sent == b"UID STORE 13 -FLAGS.SILENT (\\Deleted)\r\n"
+    assert s.answer(b"-FLAGS", b"OK") == b"NOOP\r\n"
+    s.answer(b"NOOP", b"OK")
+    assert s.upstream(b"* SEARCH 12\r\n" + s.tagged(b"SEARCH", b"OK")) == b"EXPUNGE\r\n"
+    sent = s.upstream(b"* 2 EXPUNGE\r\n" + s.tagged(b"EXPUNGE", b"OK"))
+    assert sent == b"UID STORE 11,13 +FLAGS.SILENT (\\Deleted)\r\n"
+    assert s.answer(b"+FLAGS", b"OK") == b"UID FETCH 1:* (UID)\r\n"
+    s.upstream(b"* 1 FETCH (UID 11)\r\n* 2 FETCH (UID 13)\r\n" + s.tagged(b"1:*", b"OK"))
     assert s.seen() == b"* 2 EXPUNGE\r\nc OK Move completed.\r\n"  # nothing of STATUS, FETCH
     (check,) = s.session.take_flag_checks()  # the MOVE's log line waits for its result
     assert check.request == FlagCheckRequest(
@@ -711,50 +712,59 @@ def test_guarded_move_clears_and_restores_other_deleted_flags():
     )
 
 
+def guarded_copied(s: Driver) -> None:
+    """``c UID MOVE 12 Trash`` of a guarded script: copied, no other \\Deleted found; the
+    STORE of \\Deleted on 12 is out."""
+    s.client(b"c UID MOVE 12 Trash\r\n")
+    s.upstream(b"* 2 FETCH (UID 12)\r\n" + s.tagged(b"(UID)", b"OK") + s.tagged(b"STATUS", b"OK"))
+    s.upstream(s.tagged(b"INTERNALDATE", b"OK") + s.tagged(b"COPY", b"OK Copied"))
+    s.answer(b"NOOP", b"OK")
+    assert s.upstream(b"* SEARCH\r\n" + s.tagged(b"SEARCH", b"OK")) == (
+        b"UID STORE 12 +FLAGS.SILENT (\\Deleted)\r\n"
+    )
+
+
 def test_guarded_move_gives_up_with_nothing_lost_when_flags_keep_appearing():
     s = guarded_script()
-    s.client(b"c UID MOVE 12 Trash\r\n")
-    s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\nimp2 OK\r\nimp3 OK\r\nimp4 OK Copied\r\n")
-    s.upstream(b"imp5 OK\r\n")
-    s.upstream(b"* SEARCH\r\nimp6 OK\r\n")
-    tag = 8
+    guarded_copied(s)
+    sent = b""
     for n in range(4):  # another session flags a new message before every re-check
-        s.upstream(b"imp%d OK\r\n" % (tag - 1))
-        s.upstream(b"imp%d OK\r\n" % tag)
-        sent = s.upstream(b"* SEARCH 12 %d\r\nimp%d OK\r\n" % (20 + n, tag + 1))
-        tag += 3
+        s.answer(b"UID STORE", b"OK")
+        s.answer(b"NOOP", b"OK")
+        sent = s.upstream(b"* SEARCH 12 %d\r\n" % (20 + n) + s.tagged(b"SEARCH", b"OK"))
     assert b"EXPUNGE" not in sent
     # undo: unflag the moved message, put back \Deleted on the ones cleared on the way
     assert sent == (
-        b"imp%d UID STORE 12 -FLAGS.SILENT (\\Deleted)\r\n" % (tag - 1)
-        + b"imp%d UID STORE 20:23 +FLAGS.SILENT (\\Deleted)\r\n" % tag
+        b"UID STORE 12 -FLAGS.SILENT (\\Deleted)\r\nUID STORE 20:23 +FLAGS.SILENT (\\Deleted)\r\n"
     )
-    s.upstream(b"imp%d OK\r\nimp%d OK\r\n" % (tag - 1, tag))
+    s.upstream(s.tagged(b"-FLAGS", b"OK") + s.tagged(b"+FLAGS", b"OK"))
     reply = s.seen()
     assert reply.startswith(b"c NO [INUSE] MOVE incomplete:")
     assert b"every message is in both mailboxes; none was lost" in reply
 
 
+def guarded_expunged(s: Driver) -> None:
+    """:func:`guarded_copied`, flagged, checked: the EXPUNGE is out."""
+    guarded_copied(s)
+    s.answer(b"+FLAGS", b"OK")
+    s.answer(b"NOOP", b"OK")
+    assert s.upstream(b"* SEARCH 12\r\n" + s.tagged(b"SEARCH", b"OK")) == b"EXPUNGE\r\n"
+
+
 def test_guarded_move_reports_messages_the_expunge_did_not_remove():
     s = guarded_script()
-    s.client(b"c UID MOVE 12 Trash\r\n")
-    s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\nimp2 OK\r\nimp3 OK\r\nimp4 OK\r\nimp5 OK\r\n")
-    s.upstream(b"* SEARCH\r\nimp6 OK\r\nimp7 OK\r\nimp8 OK\r\n")
-    assert s.upstream(b"* SEARCH 12\r\nimp9 OK\r\n") == b"imp10 EXPUNGE\r\n"
-    assert s.upstream(b"imp10 OK\r\n") == b"imp11 UID FETCH 1:* (UID)\r\n"  # nothing expunged
-    s.upstream(b"* 1 FETCH (UID 3)\r\n* 2 FETCH (UID 12)\r\nimp11 OK\r\n")
+    guarded_expunged(s)
+    assert s.answer(b"EXPUNGE", b"OK") == b"UID FETCH 1:* (UID)\r\n"  # nothing expunged
+    s.upstream(b"* 1 FETCH (UID 3)\r\n* 2 FETCH (UID 12)\r\n" + s.tagged(b"1:*", b"OK"))
     reply = s.seen()
     assert reply.startswith(b"c NO MOVE incomplete:") and b"UIDs 12 were not expunged" in reply
 
 
 def test_guarded_move_whose_final_check_fails_reports_what_the_expunge_did():
     s = guarded_script()
-    s.client(b"c UID MOVE 12 Trash\r\n")
-    s.upstream(b"* 2 FETCH (UID 12)\r\nimp1 OK\r\nimp2 OK\r\nimp3 OK\r\nimp4 OK\r\nimp5 OK\r\n")
-    s.upstream(b"* SEARCH\r\nimp6 OK\r\nimp7 OK\r\nimp8 OK\r\n")
-    s.upstream(b"* SEARCH 12\r\nimp9 OK\r\n")
-    s.upstream(b"* 2 EXPUNGE\r\nimp10 OK\r\n")
-    s.upstream(b"* 2 FETCH (UID 12)\r\nimp11 NO Too busy\r\n")  # a partial, failed check
+    guarded_expunged(s)
+    s.upstream(b"* 2 EXPUNGE\r\n" + s.tagged(b"EXPUNGE", b"OK"))
+    s.upstream(b"* 2 FETCH (UID 12)\r\n" + s.tagged(b"1:*", b"NO Too busy"))  # partial, failed
     assert s.seen().endswith(b"c OK Move completed.\r\n")
 
 
@@ -781,8 +791,7 @@ def test_relayed_stream_is_the_same_however_the_upstream_splits_it(responses, cu
     expected = stream.replace(
         b"UIDPLUS COMPRESS=DEFLATE\r\n", b"UIDPLUS MOVE\r\n"
     )  # the only rewrite
-    whole = Script()
-    whole.seen()
+    whole = started()
     whole.upstream(stream)
     assert whole.seen() == expected
     pieces, start = [], 0
@@ -790,30 +799,29 @@ def test_relayed_stream_is_the_same_however_the_upstream_splits_it(responses, cu
         pieces.append(stream[start:cut])
         start = cut
     pieces.append(stream[start:])
-    split = Script()
-    split.seen()
+    split = started()
     for piece in pieces:
         split.upstream(piece)
     assert split.seen() == expected
 
 
 def test_proxy_sends_the_clients_address_in_id_and_strips_the_clients_x_fields():
-    s = Session(
+    s = Driver(
         SessionSettings(forward_id=True), addresses=(("192.0.2.7", 40001), ("10.0.0.1", 143))
     )
-    s.receive_client(b'a ID ("x-originating-ip" "6.6.6.6" "name" "mutt")\r\n')
-    assert bytes(s.take_to_upstream()) == b""  # nothing before the greeting (and our ID)
-    s.receive_upstream(b"* OK [CAPABILITY IMAP4rev1 ID UIDPLUS] hi\r\n")
-    assert bytes(s.take_to_upstream()) == (
-        b'imp1 ID ("x-originating-ip" "192.0.2.7" "x-originating-port" "40001" '
+    # nothing before the greeting (and our ID)
+    assert s.client(b'a ID ("x-originating-ip" "6.6.6.6" "name" "mutt")\r\n') == b""
+    assert s.upstream(b"* OK [CAPABILITY IMAP4rev1 ID UIDPLUS] hi\r\n") == (
+        b'ID ("x-originating-ip" "192.0.2.7" "x-originating-port" "40001" '
         b'"x-connected-ip" "10.0.0.1" "x-connected-port" "143")\r\n'
         b'a ID ("name" "mutt")\r\n'
     )
-    s.take_to_client()
-    s.receive_upstream(
-        b'* ID ("name" "Dovecot")\r\nimp1 OK ID done\r\n* ID ("name" "Dovecot")\r\na OK\r\n'
-    )
-    assert bytes(s.take_to_client()) == b'* ID ("name" "Dovecot")\r\na OK\r\n'
+    s.seen()
+    s.upstream(
+        b'* ID ("name" "Dovecot")\r\n' + s.tagged(b"x-originating-ip", b"OK ID done")
+        + b'* ID ("name" "Dovecot")\r\na OK\r\n'
+    )  # fmt: skip
+    assert s.seen() == b'* ID ("name" "Dovecot")\r\na OK\r\n'
 
 
 @pytest.mark.parametrize("forward_id", [True, False])
@@ -834,9 +842,9 @@ def test_the_clients_x_fields_are_removed_however_quoted_and_without_the_proxys_
 
 @pytest.mark.parametrize(
     "reply",
-    [b"imp9 OK whatever\r\n", b"zz NO what\r\n", b"garbage without status\r\n", b"\r\n"],
+    [TAG_PREFIX + b"9 OK whatever\r\n", b"zz NO what\r\n", b"garbage without status\r\n", b"\r\n"],
 )
-def test_upstream_reply_the_proxy_cannot_place_ends_the_connection(script: Script, reply: bytes):
+def test_upstream_reply_the_proxy_cannot_place_ends_the_connection(script: Driver, reply: bytes):
     script.client(b"c NOOP\r\n")
     script.upstream(reply)
     assert script.seen() == b"* BYE The mail server misbehaved.\r\n"
@@ -849,9 +857,9 @@ def test_login_timeout_only_before_authentication():
     s.login_timed_out()
     assert s.close_reason == "no login in time"
     assert bytes(s.take_to_client()).endswith(b"* BYE Autologout: no login in time.\r\n")
-    logged_in = Script()
-    logged_in.session.login_timed_out()
-    assert logged_in.session.close_reason is None
+    authenticated = logged_in()
+    authenticated.session.login_timed_out()
+    assert authenticated.session.close_reason is None
 
 
 def test_an_overlong_upstream_line_ends_the_connection_without_holding_it_whole():

@@ -82,11 +82,15 @@ class Driver:
     def tag(self, pattern: bytes) -> bytes:
         """The tag of the proxy's latest command not answered yet whose text (tag stripped,
         ending in CRLF) contains ``pattern``."""
-        for command in reversed(self.commands):
-            tag, text = command.split(b" ", 1)
-            if tag not in self.answered and pattern in text + b"\r\n":
+        for tag, text in reversed(self.unanswered()):
+            if pattern in text + b"\r\n":
                 return tag
         raise AssertionError(f"no unanswered command like {pattern!r} in {self.commands!r}")
+
+    def unanswered(self) -> list[tuple[bytes, bytes]]:
+        """The proxy's commands not answered yet, oldest first: (tag, text without the tag)."""
+        pairs = [command.split(b" ", 1) for command in self.commands]
+        return [(tag, text) for tag, text in pairs if tag not in self.answered]
 
     def tagged(self, pattern: bytes, status: bytes) -> bytes:
         """The tagged reply ``status`` (``OK``, ``NO [CODE] text``...) to :meth:`tag`."""

@@ -105,6 +105,26 @@ class Driver:
         return b'* ESEARCH (TAG "%s") UID%s\r\n' % (self.tag(pattern), result and b" " + result)
 
 
+def listed(s: Driver, copy: bytes = b"", uid_set: bytes = b"", found: bytes = b"") -> bytes:
+    """The answers to a MOVE's two listing commands (a UID MOVE's of ``uid_set``: first what
+    its search ``found``, such as ``ALL 3:7``), then ``copy`` to its COPY if given."""
+    first = b"UID " + uid_set + b"\r\n" if uid_set else b"(UID)"
+    reply = s.esearch(first, found) if found else b""
+    reply += s.tagged(first, b"OK") + s.tagged(b"DELETED", b"OK")
+    return reply + (s.tagged(b"COPY", copy) if copy else b"")
+
+
+def copied(script: Driver, already_deleted: bytes = b"") -> None:
+    """Answer the start of ``c MOVE 1:2 Trash``: UIDs 10 and 11, copied as 20 and 21."""
+    script.client(b"c MOVE 1:2 Trash\r\n")
+    script.upstream(
+        b"* 1 FETCH (UID 10)\r\n* 2 FETCH (UID 11)\r\n" + script.tagged(b"(UID)", b"OK")
+        + script.esearch(b"DELETED", already_deleted) + script.tagged(b"DELETED", b"OK")
+        + script.tagged(b"COPY", b"OK [COPYUID 7 10:11 20:21] Done")
+    )  # fmt: skip
+    script.seen()
+
+
 def logged_in(caps: bytes = CAPS, settings: SessionSettings | None = None) -> Driver:
     """A session logged in with INBOX selected; the client's view of that not read yet."""
     driver = Driver(settings)

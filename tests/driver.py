@@ -74,6 +74,7 @@ class Driver:
 
     def seen(self) -> bytes:
         """What the client received since the last call."""
+        self.client_saw += bytes(self.session.take_to_client())
         seen, self.client_saw = self.client_saw, b""
         return seen
 
@@ -125,10 +126,16 @@ def copied(script: Driver, already_deleted: bytes = b"") -> None:
     script.seen()
 
 
+def greeted(settings: SessionSettings | None = None, lock_by_hand: bool = False) -> Driver:
+    """A session that has had the upstream's greeting (and passed it on to the client)."""
+    driver = Driver(settings, lock_by_hand=lock_by_hand)
+    driver.upstream(GREETING)
+    return driver
+
+
 def logged_in(caps: bytes = CAPS, settings: SessionSettings | None = None) -> Driver:
     """A session logged in with INBOX selected; the client's view of that not read yet."""
-    driver = Driver(settings)
-    driver.upstream(GREETING)
+    driver = greeted(settings)
     driver.client(b"a LOGIN user pass\r\n")
     driver.upstream(b"a OK [CAPABILITY " + caps + b"] Logged in\r\n")
     driver.client(b"b SELECT INBOX\r\n")

@@ -3,9 +3,7 @@ the earlier ones have completed, before the later ones. Driven by tests/driver.p
 
 from __future__ import annotations
 
-from driver import GREETING, Driver, listed
-
-from imapmoveproxy.engine.session import Session
+from driver import Driver, greeted, listed
 
 
 def test_move_waits_for_earlier_commands_and_holds_later_ones(script: Driver):
@@ -21,13 +19,9 @@ def test_move_waits_for_earlier_commands_and_holds_later_ones(script: Driver):
 
 
 def test_move_pipelined_behind_login_is_not_sent_to_a_legacy_upstream():
-    s = Session()
-    s.receive_upstream(GREETING)
-    sent = s.take_to_upstream()
-    s.receive_client(b"a LOGIN u p\r\nb MOVE 1 Trash\r\n")
-    sent = bytes(s.take_to_upstream())
-    assert sent == b"a LOGIN u p\r\n"
-    s.receive_upstream(b"a OK [CAPABILITY IMAP4rev1 UIDPLUS] Logged in\r\n")
-    assert s.move_ready
-    s.start_move()
-    assert b"MOVE" not in bytes(s.take_to_upstream())
+    s = greeted(lock_by_hand=True)
+    assert s.client(b"a LOGIN u p\r\nb MOVE 1 Trash\r\n") == b"a LOGIN u p\r\n"
+    s.upstream(b"a OK [CAPABILITY IMAP4rev1 UIDPLUS] Logged in\r\n")
+    assert s.session.move_ready
+    s.session.start_move()
+    assert b"MOVE" not in s.sent()

@@ -19,6 +19,9 @@ Each is a :class:`servers.ImapServer` with ``.host``, ``.port``, ``.password``, 
 ``new_user()``, ``seed(user, mailbox, messages)``, ``connect(user)`` and ``received_bytes()``.
 Use a fresh ``new_user()`` in every test: users are isolated from each other.
 
+For the unit tests of the sans-IO session, ``script`` is a :class:`driver.Driver` logged in with
+INBOX selected.
+
 A missing server binary makes the fixture FAIL (never skip): the integration tests are the
 point of this suite.  ``make test`` installs the servers (scripts/install-deps.sh, Debian 12).
 """
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compat.courier import CourierServer
 from compat.cyrus import CyrusServer
+from driver import Driver, started
 from harness import ProxyProcess, running_proxy
 from servers import (
     DovecotAclServer,
@@ -186,3 +190,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("MOVE fault matrix")
     for fault, reply, result in rows:
         terminalreporter.write_line(f"{fault}\n    client: {reply}\n    messages: {result}")
+
+
+@pytest.fixture
+def script() -> Driver:
+    """For the unit tests: a session logged in with INBOX selected (tests/driver.py)."""
+    return started()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 
+from driver import Driver
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imapmoveproxy.engine.session import Session, SessionSettings
+from imapmoveproxy.engine.channel import TAG_PREFIX
+from imapmoveproxy.engine.session import SessionSettings
 from imapmoveproxy.wire.grammar import expand_uid_set
 
 GREETING = b"* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n"
@@ -41,51 +43,48 @@ untagged = st.sampled_from([
 def test_any_upstream_replies_give_one_answer_and_no_unconfirmed_removal(
     caps, guarded, command, replies
 ):
-    session = Session(SessionSettings(guarded=guarded))
-    session.receive_upstream(GREETING)
-    session.receive_client(b"a LOGIN u p\r\n")
-    session.receive_upstream(b"a OK [CAPABILITY IMAP4rev1 " + caps + b"] in\r\n")
-    session.receive_client(b"s SELECT INBOX\r\n")
-    session.receive_upstream(b"s OK [READ-WRITE] sel\r\n")
-    session.take_to_client()
-    session.take_to_upstream()
-    session.receive_client(b"m " + command + b"\r\n")
-    if session.move_ready:
-        session.start_move()
-    to_client = bytes(session.take_to_client())
+    s = Driver(SessionSettings(guarded=guarded))
+    s.upstream(GREETING)
+    s.client(b"a LOGIN u p\r\n")
+    s.upstream(b"a OK [CAPABILITY IMAP4rev1 " + caps + b"] in\r\n")
+    s.client(b"s SELECT INBOX\r\n")
+    s.upstream(b"s OK [READ-WRITE] sel\r\n")
+    s.seen()
+    sent = s.client(b"m " + command + b"\r\n")
+    to_client = s.seen()
     confirmed: set[int] = set()
     copy_ok = False
     for status, code, uid_set, extra in replies:
-        rollback = session.take_rollback()
+        rollback = s.session.take_rollback()
         if rollback is not None:  # the second session: removes only copies of confirmed ones
             request, _ = rollback
             assert set(request.sources) <= confirmed
-            session.rollback_finished(None if status == b"OK" else "failed")
-            to_client += bytes(session.take_to_client())
-        sent = bytes(session.take_to_upstream())
-        for line in sent.split(b"\r\n"):
+            s.session.rollback_finished(None if status == b"OK" else "failed")
+            sent += s.sent()
+            to_client += s.seen()
+        for line in sent.split(b"\r\n"):  # the proxy's commands come without their tags
             words = line.split(b" ")
             if b"STORE" in words and b"+FLAGS.SILENT" in words and not guarded:
-                assert copy_ok and set(expand_uid_set(words[3])) <= confirmed, line
-            if words[1:3] == [b"UID", b"EXPUNGE"]:
-                assert copy_ok and set(expand_uid_set(words[3])) <= confirmed, line
+                assert copy_ok and set(expand_uid_set(words[2])) <= confirmed, line
+            if words[:2] == [b"UID", b"EXPUNGE"]:
+                assert copy_ok and set(expand_uid_set(words[2])) <= confirmed, line
         # the proxy's commands, or the client's MOVE passed on unchanged (no UIDPLUS)
-        commands = [line for line in sent.split(b"\r\n") if line[:3] == b"imp" or line[:2] == b"m "]
+        commands = s.unanswered()
+        commands += [(b"m", line[2:]) for line in sent.split(b"\r\n") if line[:2] == b"m "]
         if not commands and b"m " in to_client:
             break
         reply = b"".join(extra)
-        for line in commands:
-            tag = line.split(b" ", 1)[0]
+        for tag, text in commands:
             this_code = code
-            if b" COPY " in line and status == b"OK":
+            if text.startswith((b"COPY ", b"UID COPY ")) and status == b"OK":
                 count = len(expand_uid_set(uid_set))
                 this_code = b"[COPYUID 1 %s 1000:%d] " % (uid_set, 999 + count)
                 copy_ok = True
                 confirmed = set(expand_uid_set(uid_set))
             reply += tag + b" " + status + b" " + this_code + b"done\r\n"
-        session.receive_upstream(reply)
-        to_client += bytes(session.take_to_client())
+        sent = s.upstream(reply)
+        to_client += s.seen()
     answers = [line for line in to_client.split(b"\r\n") if line.startswith(b"m ")]
     assert len(answers) == 1, to_client
     assert re.match(rb"m (OK|NO|BAD) ", answers[0])
-    assert b"imp" not in to_client  # the proxy's own tags never reach the client
+    assert TAG_PREFIX not in to_client  # the proxy's own tags never reach the client

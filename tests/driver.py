@@ -1,0 +1,150 @@
+"""The one driver of the sans-IO session for unit tests: talks to it as the client and as the
+upstream, and names the proxy's own upstream commands by their text, never by their tags.
+
+The proxy numbers its commands (``imp1``, ``imp2``...); a test that spells those numbers out
+breaks whenever a step is added or removed elsewhere. Here what the proxy sent upstream comes
+back with its own tags stripped (the client's commands keep theirs), and a reply to one of the
+proxy's commands is built from the command's text: ``driver.tagged(b"UID STORE", b"OK")``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from imapmoveproxy.engine.channel import TAG_PREFIX
+from imapmoveproxy.engine.session import Session, SessionSettings
+from imapmoveproxy.wire.proxyproto import Endpoint
+
+GREETING = b"* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ AUTH=PLAIN] ready\r\n"
+CAPS = (
+    b"IMAP4rev1 LITERAL+ UIDPLUS CONDSTORE QRESYNC ESEARCH COMPRESS=DEFLATE AUTH=SCRAM-SHA-1-PLUS"
+)
+_PROXY_TAG_RE = re.compile(rb"(?m)^" + re.escape(TAG_PREFIX) + rb"\d+ ")
+_TAGGED_RE = re.compile(rb"(?m)^(" + re.escape(TAG_PREFIX) + rb"\d+) (?:OK|NO|BAD)\b")
+
+
+def strip_proxy_tags(data: bytes) -> bytes:
+    """``data`` sent upstream, each of the proxy's own commands without its tag."""
+    return _PROXY_TAG_RE.sub(b"", data)
+
+
+class Driver:
+    """A session, with helpers to talk to it as the client and as the upstream.
+
+    As the trio layer does once it holds the mailbox's lock, the driver starts a MOVE as soon as
+    the session announces one (``lock_by_hand=True``: the test does it).
+    """
+
+    def __init__(
+        self,
+        settings: SessionSettings | None = None,
+        addresses: tuple[Endpoint, Endpoint] | None = None,
+        lock_by_hand: bool = False,
+    ) -> None:
+        self.session = Session(settings, addresses=addresses)
+        self.lock_by_hand = lock_by_hand
+        self.client_saw = b""
+        self.commands: list[bytes] = []  # the proxy's own commands, with their tags, in order
+        self.answered: set[bytes] = set()  # their tags that the upstream has answered
+
+    # ------------------------------------------------------------------ bytes in and out
+
+    def client(self, data: bytes) -> bytes:
+        """Send client bytes; return what the proxy sent upstream as a result (see sent)."""
+        self.session.receive_client(data)
+        return self.sent()
+
+    def upstream(self, data: bytes) -> bytes:
+        """Send upstream bytes; return what the proxy sent upstream as a result (see sent)."""
+        self.answered.update(_TAGGED_RE.findall(data))
+        self.session.receive_upstream(data)
+        return self.sent()
+
+    def sent(self) -> bytes:
+        """What the proxy sent upstream since the last call, its own tags stripped."""
+        if self.session.move_ready and not self.lock_by_hand:
+            self.session.start_move()
+        self.client_saw += bytes(self.session.take_to_client())
+        data = bytes(self.session.take_to_upstream())
+        commands = [line for line in data.split(b"\r\n") if _PROXY_TAG_RE.match(line)]
+        tags = [command.split(b" ", 1)[0] for command in self.commands + commands]
+        assert len(set(tags)) == len(tags), f"the proxy reused a tag of its own: {commands!r}"
+        self.commands += commands
+        return strip_proxy_tags(data)
+
+    def seen(self) -> bytes:
+        """What the client received since the last call."""
+        self.client_saw += bytes(self.session.take_to_client())
+        seen, self.client_saw = self.client_saw, b""
+        return seen
+
+    # ------------------------------------------------------------------ the proxy's commands
+
+    def tag(self, pattern: bytes) -> bytes:
+        """The tag of the proxy's latest command not answered yet whose text (tag stripped,
+        ending in CRLF) contains ``pattern``."""
+        for tag, text in reversed(self.unanswered()):
+            if pattern in text + b"\r\n":
+                return tag
+        raise AssertionError(f"no unanswered command like {pattern!r} in {self.commands!r}")
+
+    def unanswered(self) -> list[tuple[bytes, bytes]]:
+        """The proxy's commands not answered yet, oldest first: (tag, text without the tag)."""
+        pairs = [command.split(b" ", 1) for command in self.commands]
+        return [(tag, text) for tag, text in pairs if tag not in self.answered]
+
+    def tagged(self, pattern: bytes, status: bytes) -> bytes:
+        """The tagged reply ``status`` (``OK``, ``NO [CODE] text``...) to :meth:`tag`."""
+        return self.tag(pattern) + b" " + status + b"\r\n"
+
+    def answer(self, pattern: bytes, status: bytes) -> bytes:
+        """Send :meth:`tagged` upstream; return what the proxy sent upstream as a result."""
+        return self.upstream(self.tagged(pattern, status))
+
+    def esearch(self, pattern: bytes, result: bytes = b"") -> bytes:
+        """The ESEARCH response (``ALL 10:12``, or nothing found) to a ``UID SEARCH RETURN``."""
+        return b'* ESEARCH (TAG "%s") UID%s\r\n' % (self.tag(pattern), result and b" " + result)
+
+
+def listed(s: Driver, copy: bytes = b"", uid_set: bytes = b"", found: bytes = b"") -> bytes:
+    """The answers to a MOVE's two listing commands (a UID MOVE's of ``uid_set``: first what
+    its search ``found``, such as ``ALL 3:7``), then ``copy`` to its COPY if given."""
+    first = b"UID " + uid_set + b"\r\n" if uid_set else b"(UID)"
+    reply = s.esearch(first, found) if found else b""
+    reply += s.tagged(first, b"OK") + s.tagged(b"DELETED", b"OK")
+    return reply + (s.tagged(b"COPY", copy) if copy else b"")
+
+
+def copied(script: Driver, already_deleted: bytes = b"") -> None:
+    """Answer the start of ``c MOVE 1:2 Trash``: UIDs 10 and 11, copied as 20 and 21."""
+    script.client(b"c MOVE 1:2 Trash\r\n")
+    script.upstream(
+        b"* 1 FETCH (UID 10)\r\n* 2 FETCH (UID 11)\r\n" + script.tagged(b"(UID)", b"OK")
+        + script.esearch(b"DELETED", already_deleted) + script.tagged(b"DELETED", b"OK")
+        + script.tagged(b"COPY", b"OK [COPYUID 7 10:11 20:21] Done")
+    )  # fmt: skip
+    script.seen()
+
+
+def greeted(settings: SessionSettings | None = None, lock_by_hand: bool = False) -> Driver:
+    """A session that has had the upstream's greeting (and passed it on to the client)."""
+    driver = Driver(settings, lock_by_hand=lock_by_hand)
+    driver.upstream(GREETING)
+    return driver
+
+
+def logged_in(caps: bytes = CAPS, settings: SessionSettings | None = None) -> Driver:
+    """A session logged in with INBOX selected; the client's view of that not read yet."""
+    driver = greeted(settings)
+    driver.client(b"a LOGIN user pass\r\n")
+    driver.upstream(b"a OK [CAPABILITY " + caps + b"] Logged in\r\n")
+    driver.client(b"b SELECT INBOX\r\n")
+    driver.upstream(b"* 5 EXISTS\r\nb OK [READ-WRITE] Selected\r\n")
+    return driver
+
+
+def started(caps: bytes = CAPS, settings: SessionSettings | None = None) -> Driver:
+    """:func:`logged_in`, the client's view of that already read."""
+    driver = logged_in(caps, settings)
+    driver.seen()
+    return driver

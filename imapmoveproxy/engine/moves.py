@@ -69,7 +69,7 @@ class MoveRunner:
             request,
             read_only=mailbox.read_only,
             guarded=settings.guarded,
-            new_tag=session.channel.new_tag,
+            channel=session.channel,
             emit=session.output.reply,
             max_set_bytes=settings.max_set_bytes,
             chunk_size=settings.chunk_size,

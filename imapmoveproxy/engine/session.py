@@ -33,7 +33,7 @@ from ..move.rollback import Credentials
 from ..wire.capabilities import Capabilities
 from ..wire.framing import Framer, Line, LineTooLong, Literal
 from ..wire.proxyproto import Endpoint
-from .channel import UpstreamChannel
+from .channel import upstream_channel
 from .client import ClientInput
 from .inflight import CommandsInFlight
 from .mailbox import SelectedMailbox
@@ -106,7 +106,7 @@ class Session:
         self.log = logging.LoggerAdapter(log, {"conn": conn_id})
         self.upstream_framer = Framer(self.settings.max_upstream_line)
         self.output = Output(self.upstream_framer)
-        self.channel = UpstreamChannel(self.output, self.log)
+        self.channel = upstream_channel(self.output, self.log)
         self.caps: Capabilities | None = None  # the upstream's; None: unknown in this state
         self.authenticated = False
         self.credentials: Credentials | None = None  # for a rollback's second session

@@ -14,6 +14,7 @@ from ..move.emulation import MoveEmulation
 from ..wire import capabilities, responses
 from ..wire.framing import Line
 from ..wire.grammar import Tagged, code_name, parse_tagged
+from .channel import ID, send_id
 
 if TYPE_CHECKING:
     from .session import Session
@@ -27,7 +28,6 @@ class UpstreamResponses:
         self._relay = True  # whether the upstream response being received goes to the client
         self.said_bye = False
         self.greeted = False
-        self.id_tag: bytes | None = None  # the proxy's own ID command, awaiting its reply
 
     def process(self) -> None:
         session = self._session
@@ -36,7 +36,7 @@ class UpstreamResponses:
         # a response the BYE waits behind.
         while session.close_reason is None or output.deferred:
             move = session.moves.running
-            if move is None and self.greeted and self.id_tag is None:
+            if move is None and self.greeted and not session.channel.awaiting(ID):
                 # Fast path: relay in one piece the run of untagged responses that need no look
                 # (a FETCH flood is ~100 bytes a line; one at a time would cost 4 µs each).
                 run = framer.plain_run(responses.first_stop)
@@ -72,10 +72,10 @@ class UpstreamResponses:
             caps = session.caps
             addresses = session.addresses
             if session.settings.forward_id and caps and b"ID" in caps.names and addresses:
-                self.id_tag = session.channel.send_id(addresses)
+                send_id(session.channel, addresses)
             return True
         lead = line[:1]
-        if self.id_tag is not None and line[:5].upper() == b"* ID ":
+        if line[:5].upper() == b"* ID " and session.channel.awaiting(ID):
             return False  # the answer to the proxy's own ID
         if lead == b"*":
             return self._untagged(line)
@@ -93,12 +93,14 @@ class UpstreamResponses:
             session.log.warning("%s from upstream: %r", what, line[:100])
             session.close(f"upstream protocol error ({what})", b"The mail server misbehaved.")
             return False
-        if reply.tag == self.id_tag:
-            self.id_tag = None
+        if session.channel.owner(reply.tag) is ID:
+            session.channel.answered(reply.tag)
             return False
         move = session.moves.running
         if move is not None and move.answers(reply.tag):
             return self._move_reply(move, reply, line)
+        if session.channel.answered(reply.tag) is not None:  # of a MOVE answered already
+            return False
         self._complete(reply)
         if reply.code is not None:
             name = code_name(reply.code)
@@ -136,8 +138,8 @@ class UpstreamResponses:
 
     def _move_reply(self, move: MoveEmulation, reply: Tagged, line: bytes) -> bool:
         session = self._session
-        session.channel.answered()
-        forwarded = not move.owns(reply.tag)  # the client's own MOVE, sent on as it was
+        # None: the client's own MOVE, sent on as it was under the client's tag
+        forwarded = session.channel.answered(reply.tag) is None
         if forwarded:
             session.output.to_client += line
         session.moves.step(move.on_tagged(reply, session.caps))
@@ -149,7 +151,7 @@ class UpstreamResponses:
         move = session.moves.running
         return (
             tag in session.inflight
-            or tag == self.id_tag
+            or session.channel.owner(tag) is not None
             or (move is not None and move.answers(tag))
         )
 

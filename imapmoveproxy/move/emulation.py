@@ -69,9 +69,8 @@ from .steps import Step
 from .uidplus import UidplusSteps
 
 if TYPE_CHECKING:
+    from ..wire.commands import CommandChannel
     from .copyflags import FlagRecorder
-
-TagSource = Callable[[], bytes]
 
 
 class MoveEmulation:
@@ -83,7 +82,7 @@ class MoveEmulation:
         *,
         read_only: bool,
         guarded: bool,
-        new_tag: TagSource,
+        channel: CommandChannel,
         emit: Callable[[bytes], None],
         max_set_bytes: int = 8192,
         chunk_size: int = 0,
@@ -102,14 +101,13 @@ class MoveEmulation:
         self.expunge_retries = 0  # chunks whose UID EXPUNGE removed too few, flagged again
         self.rights = rights  # MYRIGHTS on the source: given cached, or learned here
         self.step = Step.CAPABILITY
-        self.new_tag = new_tag
+        self.channel = channel  # the proxy's commands on the upstream connection
         self._emit = emit
         self._max_set_bytes = max_set_bytes
         self.preflight = Preflight(self, read_only=read_only, guarded=guarded, source=source)
         self.counts = ClientCounts(exists, recent)
         self.set_check = SetCheck(request)
         self.caps = Capabilities(frozenset())
-        self.pending: set[bytes] = set()  # our tags still awaiting their tagged reply
         self.listing = Listing(self, chunk_size)
         self.moved = 0  # messages moved by earlier chunks
         self.total = 0  # messages to move in all
@@ -156,8 +154,10 @@ class MoveEmulation:
         """The second session of :attr:`rollback_request` ended (:meth:`Recovery.on_rollback`)."""
         return self.recovery.on_rollback(error, attempted=attempted, missing=missing)
 
-    def owns(self, tag: bytes) -> bool:
-        return tag in self.pending
+    @property
+    def pending(self) -> bool:
+        """Whether commands of this MOVE still await their tagged reply."""
+        return self.channel.awaiting(self)
 
     # ------------------------------------------------------------------ starting
 
@@ -216,7 +216,6 @@ class MoveEmulation:
             self.outcome = "forwarded"
             self.step = Step.DONE
             return []
-        self.pending.discard(reply.tag)
         ok = reply.status == b"OK"
         step = self.step
         if reply.tag == self.listing.copy_tag:
@@ -242,7 +241,8 @@ class MoveEmulation:
     def answers(self, tag: bytes) -> bool:
         """Whether a tagged reply with ``tag`` is for this MOVE: one of the proxy's commands, or
         the client's MOVE forwarded under the client's tag."""
-        return tag in self.pending or (self.step is Step.FORWARD and tag == self.request.tag)
+        mine = self.channel.owner(tag) is self
+        return mine or (self.step is Step.FORWARD and tag == self.request.tag)
 
     # ------------------------------------------------------------------ the steps
 
@@ -295,10 +295,8 @@ class MoveEmulation:
         return [template % uid_set for uid_set in sets]
 
     def own(self, command: UpstreamCommand) -> UpstreamCommand:
-        """``command`` under a new tag of the proxy's, awaited with the current step."""
-        tag = self.new_tag()
-        self.pending.add(tag)
-        return [tag + b" " + command[0], *command[1:]]
+        """``command`` under a new tag of this MOVE's, awaited with the current step."""
+        return self.channel.own(command, self)
 
     def send(self, step: Step, commands: list[bytes]) -> list[UpstreamCommand]:
         """Tag and send ``commands``, pipelined: together they make up ``step``."""
@@ -307,10 +305,8 @@ class MoveEmulation:
     def send_framed(self, step: Step, commands: list[UpstreamCommand]) -> list[UpstreamCommand]:
         self.step = step
         tagged: list[UpstreamCommand] = []
-        for first, *rest in commands:
-            tag = self.new_tag()
-            self.pending.add(tag)
-            tagged.append([tag + b" " + first, *rest])
+        for command in commands:
+            tagged.append(self.own(command))
         if not tagged:
             return _NEXT[step](self)
         return tagged

@@ -39,9 +39,7 @@ class Listing:
         self.left = 0  # how many UIDs are in the queue
 
     def _tag(self) -> bytes:
-        tag = self._move.new_tag()
-        self._move.pending.add(tag)
-        return tag
+        return self._move.channel.tag(self._move)
 
     def on_untagged(self, line: bytes) -> bool | None:
         """An untagged response during the listing or a COPY: whether it goes to the client,
@@ -54,7 +52,7 @@ class Listing:
             elif tag in (None, self.deleted_tag):
                 move.deleted |= responses.search_set(line)
             return False
-        if self.prefetch_tag in move.pending:
+        if move.channel.owner(self.prefetch_tag) is move:
             uid = responses.fetch_uid(line)
             if uid is not None and move.set_check.fetched(line, uid, move.counts.exists):
                 return not responses.only_uid(line)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..wire.capabilities import Capabilities
+from ..wire.commands import UpstreamCommand
 from ..wire.grammar import (
     SyntaxProblem,
     encode_astring,
@@ -17,9 +18,6 @@ from ..wire.grammar import (
     parse_command_start,
     parse_quoted,
 )
-
-# A command for the upstream as segments: each segment after the first waits for a "+".
-UpstreamCommand = list[bytes]
 
 
 @dataclass(slots=True, frozen=True)

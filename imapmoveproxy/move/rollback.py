@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ..wire import responses
 from ..wire.capabilities import Capabilities, find_list
+from ..wire.commands import CommandChannel
 from ..wire.framing import Framer, Line, LineTooLong
 from ..wire.grammar import (
     SyntaxProblem,
@@ -111,11 +112,9 @@ class SecondSession:
         self._credentials = credentials
         self._framer = Framer(1024 * 1024)
         self._out = bytearray()
+        self._channel = CommandChannel(b"rb", self._out.extend)
         self._caps = Capabilities(frozenset())
         self._phase = Phase.GREETING
-        self._pending: set[bytes] = set()
-        self._continuation: list[bytes] = []
-        self._tags = 0
         self._validity = b""
         self._examine = False  # open the mailbox read-only
 
@@ -133,7 +132,8 @@ class SecondSession:
                 self._line(event.data)
 
     def take_outgoing(self) -> bytes:
-        data, self._out = bytes(self._out), bytearray()
+        data = bytes(self._out)
+        self._out.clear()
         return data
 
     def connection_lost(self) -> None:
@@ -153,9 +153,7 @@ class SecondSession:
                 self._fail(f"greeting {line_body(line)[:80]!r}")
             return
         if line[:1] == b"+":
-            if self._continuation:
-                self._out += self._continuation.pop(0)
-            else:
+            if not self._channel.continue_command():
                 self._fail("unexpected continuation request")
             return
         if line[:1] == b"*":
@@ -168,14 +166,13 @@ class SecondSession:
             self._untagged(line)
             return
         reply = parse_tagged(line)
-        if reply is None or reply.tag not in self._pending:
+        if reply is None or self._channel.answered(reply.tag) is None:
             self._fail(f"unexpected reply {line_body(line)[:80]!r}")
             return
-        self._pending.discard(reply.tag)
         if reply.status != b"OK":
             what = reply.text.decode("utf-8", "replace")[:200]
             self._fail(f"{self._phase.value} refused: {what}")
-        elif self._pending:
+        elif self._channel.awaiting(self):
             return
         elif self._phase is Phase.LOGIN:
             self._select()
@@ -200,15 +197,7 @@ class SecondSession:
         """Pipelined: each command's further segments wait for "+" (the few commands that
         have them are sent alone)."""
         self._phase = phase
-        for first, *rest in commands:
-            tag = self._tag()
-            self._pending.add(tag)
-            self._out += tag + b" " + first
-            self._continuation = rest
-
-    def _tag(self) -> bytes:
-        self._tags += 1
-        return b"rb%d" % self._tags
+        self._channel.send([self._channel.own(command, self) for command in commands])
 
     def _fail(self, reason: str) -> None:
         self.error = reason
@@ -254,7 +243,7 @@ class Rollback(SecondSession):
                 uids = b",".join(compress_uids(list(left))).decode()
                 self._fail(f"UIDs {uids} of the target were not removed")
                 return
-            self._out += self._tag() + b" LOGOUT\r\n"
+            self._channel.send([self._channel.own([b"LOGOUT\r\n"], self)])
             self._phase = Phase.DONE
             self.done = True
 

@@ -10,6 +10,7 @@ import trio
 
 from ..config import Config
 from ..wire.capabilities import Capabilities
+from ..wire.commands import CommandChannel
 from ..wire.framing import Framer, Line
 from ..wire.grammar import Tagged, line_body, parse_status, parse_tagged
 
@@ -83,19 +84,18 @@ async def open_upstream(
         return stream, b""
     if config.upstream_tls == "implicit":
         return await _handshake(stream, context, server_name), b""
-    reader = _Reader(stream, config.max_line_length)
-    greeting = await reader.line()
+    setup = _Setup(stream, config.max_line_length)
+    greeting = await setup.reader.line()
     if not greeting.startswith(b"* OK"):
         raise UpstreamUnavailable(f"greeting {line_body(greeting)[:80]!r}")
-    caps = Capabilities.parse(_capability_code(greeting) or await reader.capabilities(b"imp0"))
+    caps = Capabilities.parse(_capability_code(greeting) or await setup.capabilities())
     if b"STARTTLS" not in caps.names:
         raise UpstreamUnavailable("the upstream does not offer STARTTLS")
-    await stream.send_all(b"imp0 STARTTLS\r\n")
-    reply = await reader.tagged(b"imp0")
+    _, reply = await setup.command(b"STARTTLS\r\n")
     if reply.status != b"OK":
         raise UpstreamUnavailable(f"STARTTLS refused: {reply.text[:80]!r}")
     tls = await _handshake(stream, context, server_name)
-    caps_text = await _Reader(tls, config.max_line_length).capabilities(b"imp0")
+    caps_text = await setup.over(tls).capabilities()
     _, _, text = parse_status(greeting, 2)
     return tls, b"* OK [CAPABILITY " + caps_text + b"] " + text + b"\r\n"
 
@@ -135,20 +135,44 @@ class _Reader:
                 self._framer.feed(data)
         raise UpstreamUnavailable("no response line during setup")
 
-    async def tagged(self, tag: bytes) -> Tagged:
+
+class _Setup:
+    """The proxy's commands before the session starts (CAPABILITY, STARTTLS), on the same
+    kind of channel as all its others: tags it allocates, replies to tags nobody sent refused."""
+
+    def __init__(self, stream: trio.abc.Stream, max_line: int) -> None:
+        self._stream = stream
+        self._max_line = max_line
+        self.reader = _Reader(stream, max_line)
+        self._out = bytearray()
+        self._channel = CommandChannel(b"setup", self._out.extend)
+
+    def over(self, stream: trio.abc.Stream) -> _Setup:
+        """The same conversation over ``stream`` (the TLS layer, once negotiated)."""
+        self._stream, self.reader = stream, _Reader(stream, self._max_line)
+        return self
+
+    async def command(self, command: bytes) -> tuple[list[bytes], Tagged]:
+        """Send ``command`` (without a tag); its untagged responses and its tagged reply."""
+        self._channel.send([self._channel.own([command], self)])
+        await self._stream.send_all(bytes(self._out))
+        self._out.clear()
+        untagged: list[bytes] = []
         for _ in range(1000):
-            reply = parse_tagged(await self.line())
-            if reply is not None and reply.tag == tag:
-                return reply
+            line = await self.reader.line()
+            reply = parse_tagged(line) if line[:1] not in (b"*", b"+") else None
+            if reply is None:
+                untagged.append(line)
+            elif self._channel.answered(reply.tag) is None:
+                raise UpstreamUnavailable(f"reply to a tag nobody sent: {line[:80]!r}")
+            else:
+                return untagged, reply
         raise UpstreamUnavailable("no tagged reply during setup")
 
-    async def capabilities(self, tag: bytes) -> bytes:
-        await self._stream.send_all(tag + b" CAPABILITY\r\n")
+    async def capabilities(self) -> bytes:
+        untagged, _ = await self.command(b"CAPABILITY\r\n")
         names = b""
-        for _ in range(1000):
-            line = await self.line()
+        for line in untagged:
             if line[:13].upper() == b"* CAPABILITY ":
                 names = line_body(line)[13:]
-            elif line.startswith(tag + b" "):
-                return names
-        raise UpstreamUnavailable("no CAPABILITY reply during setup")
+        return names

@@ -182,11 +182,6 @@ class Session:
         """The client has sent the start of a command line, and not its end."""
         return self.client.framer.in_line
 
-    @property
-    def reply_pending(self) -> bool:
-        """A reply of the proxy's own waits for the upstream response being relayed to end."""
-        return bool(self.output.deferred)
-
     # ------------------------------------------------------------------ events from the caller
 
     def tls_established(self) -> None:

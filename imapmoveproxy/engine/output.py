@@ -21,6 +21,20 @@ class Output:
         self.to_upstream = bytearray()
         self.deferred = bytearray()
 
+    @property
+    def pending_to_client(self) -> int:
+        """Bytes queued for the client, the replies held back behind a response included."""
+        return len(self.to_client) + len(self.deferred)
+
+    @property
+    def ready_to_client(self) -> int:
+        """Bytes :meth:`take_to_client` would return now."""
+        return len(self.to_client)
+
+    @property
+    def pending_to_upstream(self) -> int:
+        return len(self.to_upstream)
+
     def reply(self, data: bytes) -> None:
         """Queue a reply of the proxy's own for the client."""
         if self._upstream.at_boundary:

@@ -154,23 +154,9 @@ class Session:
             and not self._shutting_down
             and not self.starttls_requested
             and self.client.held is None
-            and self.pending_to_client < self.settings.backlog
+            and self.output.pending_to_client < self.settings.backlog
             and len(self.output.to_upstream) < self.settings.backlog
         )
-
-    @property
-    def pending_to_client(self) -> int:
-        """Bytes queued for the client, the replies held back behind a response included."""
-        return len(self.output.to_client) + len(self.output.deferred)
-
-    @property
-    def ready_to_client(self) -> int:
-        """Bytes :meth:`take_to_client` would return now."""
-        return len(self.output.to_client)
-
-    @property
-    def pending_to_upstream(self) -> int:
-        return len(self.output.to_upstream)
 
     @property
     def client_buffered(self) -> int:

@@ -27,7 +27,6 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -35,6 +34,7 @@ import trio
 from ..engine.session import Session
 from ..wire.proxyproto import Endpoint
 from .clock import CLOSE_GRACE, Supervisor
+from .outlet import Outlet, Signal, send
 from .tasks import MoveTasks
 
 if TYPE_CHECKING:
@@ -49,33 +49,6 @@ log = logging.getLogger(__name__)
 RECEIVE_SIZE = 1024 * 1024
 SMALL_RECEIVE = 64 * 1024  # below glibc's mmap threshold (128 KiB)
 UNAVAILABLE = b"* BYE [UNAVAILABLE] Upstream server not available, try again later.\r\n"
-
-
-class Signal:
-    """Wakes every task waiting on it; a task re-checks its own condition after waking. Firing
-    a signal that no task waits on costs nothing."""
-
-    __slots__ = ("_event", "_waiting")
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-        self._waiting = 0
-
-    def fire(self) -> None:
-        if self._waiting:
-            self._event.set()
-            self._event = trio.Event()
-
-    async def wait(self) -> None:
-        self._waiting += 1
-        try:
-            await self._event.wait()
-        finally:
-            self._waiting -= 1
-
-    async def until(self, condition: Callable[[], bool]) -> None:
-        while not condition():
-            await self.wait()
 
 
 class Connection:
@@ -100,19 +73,15 @@ class Connection:
         self.log = logging.LoggerAdapter(log, {"conn": session.conn_id})
         # Each waiter has its own signal, so that a session step wakes only who can act on it.
         self.changed = Signal()  # room in the backlogs, output delivered, a MOVE's end
-        self._client_work = Signal()  # bytes for the client writer
-        self._upstream_work = Signal()  # bytes for the upstream writer
         self.watch = Signal()  # a change the supervisor's deadlines depend on
-        self._client_send = trio.Lock()  # the client writer, or a TLS handshake with the client
-        self._sending_client = 0  # bytes the client writer is sending now
-        self._sending_upstream = False
-        # The sockets written directly while their writer is idle (None: TLS, or not a socket),
-        # and what such a write left for the writer.
-        self._client_fd = _plain_fd(client)
-        self._upstream_fd = _plain_fd(upstream)
-        self._client_rest: bytes | bytearray | memoryview = b""
-        self._upstream_rest: bytes | bytearray | memoryview = b""
-        self.client_gone = False
+        output = session.output
+        self._to_client = Outlet(
+            client, output.take_to_client, lambda: output.ready_to_client, self._client_sent
+        )
+        self._to_upstream = Outlet(
+            upstream, output.take_to_upstream, lambda: output.pending_to_upstream,
+            self._upstream_sent,
+        )  # fmt: skip
         self.upstream_gone = False
         self.upstream_heard = trio.current_time()  # when upstream bytes last went or came
         self.line_started = math.inf  # when the client began the line it has not finished
@@ -133,8 +102,8 @@ class Connection:
                 self._nursery = nursery
                 nursery.start_soon(self._read_upstream)
                 nursery.start_soon(self._read_client)
-                nursery.start_soon(self._write_upstream)
-                nursery.start_soon(self._write_client)
+                nursery.start_soon(self._to_upstream.run, self.after_session)
+                nursery.start_soon(self._to_client.run, self.after_session)
                 await self._clock.run()
                 # Bounded by rollback_timeout each: a MOVE's flags are restored even when the
                 # client logs out at once.
@@ -154,7 +123,15 @@ class Connection:
 
     @property
     def delivered_to_client(self) -> bool:
-        return not (self.session.pending_to_client or self._sending_client or self._client_rest)
+        return not (self.session.output.pending_to_client or self._to_client.busy)
+
+    @property
+    def client_gone(self) -> bool:
+        return self._to_client.closed
+
+    @client_gone.setter
+    def client_gone(self, gone: bool) -> None:
+        self._to_client.closed = gone
 
     # ------------------------------------------------------------------ readers
 
@@ -164,7 +141,7 @@ class Connection:
             data = self._greeting or await _receive(self.upstream)
         if greeting_wait.cancelled_caught:
             self.log.warning("upstream %s sent no greeting in time", self.config.upstream)
-            await _send(self.client, UNAVAILABLE)
+            await send(self.client, UNAVAILABLE)
             self.client_gone = True  # nothing more for it: end now
             self.after_session()
             return
@@ -172,7 +149,7 @@ class Connection:
         backlog = session.settings.backlog
 
         def room() -> bool:
-            return session.ready_to_client < backlog
+            return session.output.ready_to_client < backlog
 
         size = SMALL_RECEIVE
         while data:
@@ -197,8 +174,8 @@ class Connection:
         def room() -> bool:
             return (
                 session.client_buffered < backlog
-                and session.pending_to_upstream < backlog
-                and session.pending_to_client < backlog
+                and session.output.pending_to_upstream < backlog
+                and session.output.pending_to_client < backlog
             )
 
         size = SMALL_RECEIVE
@@ -225,83 +202,39 @@ class Connection:
     async def _start_client_tls(self) -> bool:
         """STARTTLS from the client: once its OK has been sent, the handshake."""
         await self.changed.until(lambda: self.delivered_to_client)
-        async with self._client_send:  # nothing may be sent to the client in between
+        async with self._to_client.lock:  # nothing may be sent to the client in between
             tls = await self.proxy.start_tls(self.client, self.log)
             if tls is None:
                 return False
             self.client = tls
-            self._client_fd = None
+            self._to_client.secured(tls)
         self.session.tls_established()
         self.after_session()
         return True
 
     # ------------------------------------------------------------------ writers
 
-    async def _write_client(self) -> None:
-        session = self.session
+    def _client_sent(self, ok: bool) -> None:
+        if not ok:
+            self.client_gone = True  # a client that has gone cannot be told anything
+        self.session.resume()
 
-        def work() -> bool:
-            # (Replies held back behind an upstream response wait for its end, in the session.)
-            return len(self._client_rest) > 0 or session.ready_to_client > 0
-
-        while True:
-            if not work():
-                await self._client_work.until(work)
-            data = self._client_rest or session.take_to_client()
-            self._client_rest = b""
-            self._sending_client = len(data)
-            async with self._client_send:
-                if not self.client_gone:
-                    self.client_gone = not await _send(self.client, data)
-            self._sending_client = 0
-            session.resume()
-            self.after_session()
-
-    async def _write_upstream(self) -> None:
-        session = self.session
-
-        def work() -> bool:
-            return len(self._upstream_rest) > 0 or session.pending_to_upstream > 0
-
-        while True:
-            if not work():
-                await self._upstream_work.until(work)
-            data = self._upstream_rest or session.take_to_upstream()
-            self._upstream_rest = b""
-            self._sending_upstream = True
-            sent = await _send(self.upstream, data)
-            self._sending_upstream = False
-            self.upstream_heard = trio.current_time()  # a MOVE's wait for a reply starts
-            if not sent:
-                session.upstream_closed()
-            session.resume()
-            self.after_session()
+    def _upstream_sent(self, ok: bool) -> None:
+        self.upstream_heard = trio.current_time()  # a MOVE's wait for a reply starts
+        if not ok:
+            self.session.upstream_closed()
+        self.session.resume()
 
     def _write_now(self) -> None:
-        """Write the session's output straight to each plain socket whose writer is idle, as
-        much as the socket takes without waiting; the writer gets the rest."""
+        """Write the session's output straight to each plain socket whose writer is idle; the
+        writer gets the rest (:meth:`Outlet.write_now`)."""
         session = self.session
         for _ in range(4):  # delivered output lets held-back commands through: more output
             wrote = False
-            if (
-                session.pending_to_upstream
-                and self._upstream_fd is not None
-                and not self._sending_upstream
-                and not self._upstream_rest
-            ):
-                self._upstream_rest = _write_some(self._upstream_fd, session.take_to_upstream())
+            if self._to_upstream.write_now():
                 self.upstream_heard = trio.current_time()  # a MOVE's wait for a reply starts
                 wrote = True
-            if (
-                session.ready_to_client
-                and self._client_fd is not None
-                and not self._sending_client
-                and not self._client_rest
-                and not self.client_gone
-                and not self._client_send.locked()  # a TLS handshake
-            ):
-                self._client_rest = _write_some(self._client_fd, session.take_to_client())
-                wrote = True
+            wrote = self._to_client.write_now() or wrote
             if not wrote or not session.client_buffered:
                 return
             session.resume()
@@ -322,22 +255,12 @@ class Connection:
         self._tasks.count_finished()
         if self._nursery is not None:
             self._tasks.start_due(self._nursery)
-        if self._client_rest or session.ready_to_client:
-            self._client_work.fire()
-        if self._upstream_rest or session.pending_to_upstream:
-            self._upstream_work.fire()
+        for outlet in (self._to_client, self._to_upstream):
+            if outlet.has_work():
+                outlet.work.fire()
         self.changed.fire()
         if self._clock.changed():
             self.watch.fire()
-
-
-async def _send(stream: trio.abc.Stream, data: bytes | bytearray | memoryview) -> bool:
-    """Whether ``data`` could be sent (False: the peer has gone)."""
-    try:
-        await stream.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        return False
-    return True
 
 
 async def _receive(stream: trio.abc.Stream, size: int = RECEIVE_SIZE) -> bytes | bytearray:
@@ -347,20 +270,6 @@ async def _receive(stream: trio.abc.Stream, size: int = RECEIVE_SIZE) -> bytes |
         return await stream.receive_some(size)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return b""
-
-
-def _plain_fd(stream: trio.abc.Stream) -> int | None:
-    return stream.socket.fileno() if type(stream) is trio.SocketStream else None
-
-
-def _write_some(fd: int, data: bytearray) -> bytes | bytearray | memoryview:
-    """Write to the non-blocking socket ``fd`` what it takes now; return the rest (all of it
-    after an error, which the writer then meets again and handles)."""
-    try:
-        sent = os.write(fd, data)
-    except OSError:  # BlockingIOError included
-        return data
-    return memoryview(data)[sent:] if sent < len(data) else b""
 
 
 async def _receive_plain(sock: trio.socket.SocketType, size: int) -> bytes:

@@ -1,0 +1,126 @@
+"""One direction's output: the task that writes a stream, and direct writes while it is idle.
+
+The client and the upstream each have an :class:`Outlet`. Its writer task sends what the session
+queued for that peer; and while the writer is idle, whoever ran the session writes the output
+straight to a plain socket (:meth:`Outlet.write_now`), as much as the socket takes without
+waiting, leaving the rest to the writer. A round trip then costs no task switch, and a peer that
+stops reading still never blocks the other direction.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import trio
+
+
+class Signal:
+    """Wakes every task waiting on it; a task re-checks its own condition after waking. Firing
+    a signal that no task waits on costs nothing."""
+
+    __slots__ = ("_event", "_waiting")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._waiting = 0
+
+    def fire(self) -> None:
+        if self._waiting:
+            self._event.set()
+            self._event = trio.Event()
+
+    async def wait(self) -> None:
+        self._waiting += 1
+        try:
+            await self._event.wait()
+        finally:
+            self._waiting -= 1
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            await self.wait()
+
+
+class Outlet:
+    """The output of one direction: ``take`` hands out what the session queued for the peer,
+    ``queued`` says how much there is; ``sent`` is told after each of the writer's writes
+    whether it went through (False: the peer has gone); ``closed`` stops all writing (a client
+    gone)."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        take: Callable[[], bytearray],
+        queued: Callable[[], int],
+        sent: Callable[[bool], None],
+    ) -> None:
+        self.stream = stream
+        self._fd = _plain_fd(stream)  # None: TLS, or not a socket: no direct writes
+        self._take = take
+        self._queued = queued
+        self._sent = sent
+        self.lock = trio.Lock()  # the writer, or a TLS handshake on the stream
+        self.work = Signal()  # bytes for the writer
+        self.rest: bytes | bytearray | memoryview = b""  # what a direct write left
+        self.sending = 0  # bytes the writer is sending now
+        self.closed = False
+
+    def secured(self, stream: trio.abc.Stream) -> None:
+        """The stream is now ``stream`` (TLS): no more direct writes."""
+        self.stream, self._fd = stream, None
+
+    @property
+    def busy(self) -> bool:
+        """Bytes taken from the session and not yet handed to the kernel."""
+        return bool(self.sending or self.rest)
+
+    def has_work(self) -> bool:
+        return len(self.rest) > 0 or self._queued() > 0
+
+    def write_now(self) -> bool:
+        """Write the queued bytes straight to the socket if the writer is idle; whether any
+        were written."""
+        if self._fd is None or self.busy or self.closed or self.lock.locked():
+            return False
+        if not self._queued():
+            return False
+        self.rest = _write_some(self._fd, self._take())
+        return True
+
+    async def run(self, after: Callable[[], None]) -> None:
+        """The writer task: send what there is, then let ``after`` react."""
+        while True:
+            if not self.has_work():
+                await self.work.until(self.has_work)
+            data = self.rest or self._take()
+            self.rest = b""
+            self.sending = len(data)
+            async with self.lock:
+                ok = self.closed or await send(self.stream, data)
+            self.sending = 0
+            self._sent(ok)
+            after()
+
+
+async def send(stream: trio.abc.Stream, data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` could be sent (False: the peer has gone)."""
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return False
+    return True
+
+
+def _plain_fd(stream: trio.abc.Stream) -> int | None:
+    return stream.socket.fileno() if type(stream) is trio.SocketStream else None
+
+
+def _write_some(fd: int, data: bytearray) -> bytes | bytearray | memoryview:
+    """Write to the non-blocking socket ``fd`` what it takes now; return the rest (all of it
+    after an error, which the writer then meets again and handles)."""
+    try:
+        sent = os.write(fd, data)
+    except OSError:  # BlockingIOError included
+        return data
+    return memoryview(data)[sent:] if sent < len(data) else b""

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from ..move.copyflags import FlagCheck, FlagRecorder, Result
 from ..move.emulation import MoveEmulation
 from ..move.request import MoveRequest, RollbackRequest, UpstreamCommand
-from ..move.rollback import Credentials
 from ..wire.capabilities import Capabilities
 
 if TYPE_CHECKING:
@@ -97,12 +96,12 @@ class MoveRunner:
         policy = "native" if caps.native_move else "refused"
         self._count(name, b"".join(arguments.split(b" ", 2)[1:2]), policy, "forwarded")
 
-    def take_rollback(self, credentials: Credentials | None) -> RollbackRequest | None:
-        """The second session the running MOVE asks for, once."""
+    def take_rollback(self) -> RollbackRequest | None:
+        """The second session the running MOVE asks for, once (only with credentials to
+        replay: without, :meth:`step` has answered it already)."""
         move = self.running
         if move is None or move.rollback_request is None or self.rollback_running:
             return None
-        assert credentials is not None  # see step()
         self.rollback_running = True
         return move.rollback_request
 

@@ -252,9 +252,10 @@ class Session:
 
     def take_rollback(self) -> tuple[RollbackRequest, Credentials] | None:
         """A second session the caller must run now, reporting to :meth:`rollback_finished`."""
-        request = self.moves.take_rollback(self.credentials)
-        if request is None or self.credentials is None:
+        request = self.moves.take_rollback()
+        if request is None:
             return None
+        assert self.credentials is not None  # without, MoveRunner.step answered the MOVE
         return request, self.credentials
 
     def rollback_finished(self, error: str | None, missing: frozenset[int] = frozenset()) -> None:

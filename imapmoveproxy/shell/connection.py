@@ -9,12 +9,12 @@ by the two directions:
 * the upstream reader feeds upstream bytes while the bytes for the client are under the bound;
   it never waits for the upstream writer, so a server that stops reading while it writes (as
   every server does when its output is full) is always read from;
-* the two writers send whatever the session has queued for their peer.
+* the two writers (:mod:`.outlet`) send whatever the session has queued for their peer.
 
 On a round trip the writers are not even woken: the task that ran the session writes the output
-straight to a plain socket whose writer is idle, as much as the socket takes without waiting, and
-leaves only the rest to that writer (so a peer that does not read still never stops the other
-direction). A command and its reply then cost one task step each way (bench/latency.py).
+straight to a plain socket whose writer is idle (:meth:`.outlet.Outlet.write_now`), and leaves
+only the rest to that writer. A command and its reply then cost one task step each way
+(bench/latency.py).
 
 The connection's own task watches the clock (:mod:`.clock`); the MOVE's lock and the second
 sessions are tasks of their own (:mod:`.tasks`). Every decision about the protocol is the

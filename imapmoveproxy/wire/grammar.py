@@ -13,14 +13,18 @@ from dataclasses import dataclass
 
 # ATOM-CHAR: any CHAR except atom-specials (RFC 3501 §9): ( ) { SP CTL % * " \ ]
 _ATOM_SPECIALS = frozenset(b'(){ %*"\\]')
-_TAG_RE = re.compile(rb"[\x21-\x7e]+")
+# The same as regular expression classes: ATOM-CHAR, and a tag's characters (ATOM-CHAR but "+").
+_ATOM_CHARS = rb"\x21\x23\x24\x26\x27\x2b-\x5b\x5e-\x7a\x7c-\x7e"
+_TAG_CHARS = rb"\x21\x23\x24\x26\x27\x2c-\x5b\x5e-\x7a\x7c-\x7e"
+MAX_TAG = 100
+_TAG_RE_FULL = re.compile(rb"[%s]{1,%d}" % (_TAG_CHARS, MAX_TAG))
+_WORD_RE = re.compile(rb"[%s]*" % _ATOM_CHARS)
+# A command's tag and the word after it.
+_COMMAND_START_RE = re.compile(rb"([%s]{1,%d}) ([%s]+)" % (_TAG_CHARS, MAX_TAG, _ATOM_CHARS))
 
 
 def is_atom_char(byte: int) -> bool:
     return 0x20 < byte < 0x7F and byte not in _ATOM_SPECIALS
-
-
-MAX_TAG = 100
 
 
 def is_tag(tag: bytes) -> bool:
@@ -30,7 +34,7 @@ def is_tag(tag: bytes) -> bool:
     a tag with "]", or one over 126 bytes before login, with an untagged BAD: the proxy could not
     pair that reply with its command. Refused here, such a command gets the same untagged BAD.
     """
-    return 0 < len(tag) <= MAX_TAG and all(is_atom_char(b) and b != 0x2B for b in tag)
+    return _TAG_RE_FULL.fullmatch(tag) is not None
 
 
 @dataclass(slots=True, frozen=True)
@@ -43,29 +47,21 @@ class CommandStart:
 
 
 def parse_command_start(line: bytes) -> CommandStart | None:
-    """Tag and command name of a client command line, or ``None`` if the line has neither."""
-    first_space = line.find(b" ")
-    if first_space <= 0:
+    """Tag and command name of a client command line, or ``None`` if the line has neither.
+
+    On every command's path: one regular expression, no loop over the line in Python."""
+    match = _COMMAND_START_RE.match(line)
+    if match is None:
         return None
-    tag = line[:first_space]
-    if not is_tag(tag):
-        return None
-    name, offset = _word(line, first_space + 1)
-    if not name:
-        return None
+    tag, name = match.group(1, 2)
+    name = name.upper()
+    offset = match.end()
     if name == b"UID":
-        sub, sub_offset = _word(line, offset + 1) if line[offset : offset + 1] == b" " else (b"", 0)
-        if not sub:
+        sub = _WORD_RE.match(line, offset + 1) if line[offset : offset + 1] == b" " else None
+        if sub is None or sub.end() == offset + 1:
             return None
-        return CommandStart(tag, b"UID " + sub, sub_offset)
+        return CommandStart(tag, b"UID " + sub.group().upper(), sub.end())
     return CommandStart(tag, name, offset)
-
-
-def _word(line: bytes, start: int) -> tuple[bytes, int]:
-    end = start
-    while end < len(line) and is_atom_char(line[end]):
-        end += 1
-    return line[start:end].upper(), end
 
 
 def line_body(line: bytes) -> bytes:

@@ -93,7 +93,7 @@ class ClientInput:
     def process(self) -> None:
         """Look at the client's commands while the session wants them."""
         session = self._session
-        while session.wants_client_data:
+        while not self.framer.exhausted and session.wants_client_data:
             event = session.next_event(self.framer, "client line too long", b"Line too long.")
             if event is None:
                 return

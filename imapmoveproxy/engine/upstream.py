@@ -34,7 +34,7 @@ class UpstreamResponses:
         output, framer = session.output, session.upstream_framer
         # Once the connection is ending nothing more is relayed or acted on, except the rest of
         # a response the BYE waits behind.
-        while session.close_reason is None or output.deferred:
+        while (session.close_reason is None or output.deferred) and not framer.exhausted:
             move = session.moves.running
             if move is None and self.greeted and not session.channel.awaiting(ID):
                 # Fast path: relay in one piece the run of untagged responses that need no look

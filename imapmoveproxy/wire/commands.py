@@ -63,6 +63,8 @@ class CommandChannel:
 
     def awaiting(self, owner: object) -> bool:
         """Whether ``owner`` still awaits a tagged reply."""
+        if not self._awaiting:  # on every relayed response's path: the usual answer, quickly
+            return False
         return any(who is owner for who in self._awaiting.values())
 
     def answered(self, tag: bytes) -> object | None:

@@ -47,6 +47,7 @@ class LineTooLong(Exception):
 
 
 Event = Line | Literal
+_NOTHING = memoryview(b"")  # an empty run (immutable: one serves every caller)
 
 
 def literal_marker(line: bytes) -> tuple[int, bool] | None:
@@ -116,6 +117,11 @@ class Framer:
         return self._literal_left == 0 and self._last_newline < self._pos < len(self._buf)
 
     @property
+    def exhausted(self) -> bool:
+        """Nothing to hand out, and nothing to report: :meth:`next_event` would return None."""
+        return self._pos == len(self._buf) and not self._too_long
+
+    @property
     def at_boundary(self) -> bool:
         """True between two messages: the next byte starts a new command or response."""
         return self._first
@@ -129,10 +135,10 @@ class Framer:
         """
         buf, pos = self._buf, self._pos
         if not self._first or self._last_newline < pos:  # not even one complete line
-            return memoryview(b"")
+            return _NOTHING
         end = buf.rfind(b"\n", pos, min(first_stop(buf, pos), self._last_newline + 1)) + 1
         if end <= pos:
-            return memoryview(b"")
+            return _NOTHING
         self._pos = end
         return memoryview(buf)[pos:end]
 
@@ -144,8 +150,11 @@ class Framer:
     def feed(self, data: bytes | bytearray) -> None:
         if self._too_long:
             return  # the caller is ending the connection: nothing more is framed
-        if self._literal_left == 0 and self._last_newline < self._pos:
-            self._check_partial_line(data)
+        partial = len(self._buf) - self._pos  # the start of a line, if anything is left over
+        # Left over, nothing or the start of a line: checked only if it may grow too long.
+        at_line = self._literal_left == 0 and self._last_newline < self._pos
+        if at_line and partial + len(data) > self._max_line:
+            self._check_partial_line(partial, data)
             if self._too_long:
                 return
         buf, pos = self._buf, self._pos
@@ -171,18 +180,19 @@ class Framer:
             self._last_newline = len(buf) - len(data) + newline
         self._buf = buf
 
-    def _check_partial_line(self, data: bytes | bytearray) -> None:
-        """All that is left over is the start of a line: note if ``data`` cannot end it within
-        ``max_line`` bytes."""
-        partial = len(self._buf) - self._pos
+    def _check_partial_line(self, partial: int, data: bytes | bytearray) -> None:
+        """All that is left over is the start of a line, ``partial`` bytes long: note if
+        ``data`` cannot end it within ``max_line`` bytes."""
         room = self._max_line - partial  # bytes of data that may still belong to this line
-        if partial + len(data) > self._max_line and data.find(b"\n", 0, max(room, 0)) < 0:
+        if data.find(b"\n", 0, max(room, 0)) < 0:
             self._too_long = True
             self._buf, self._pos, self._last_newline = b"", 0, -1
 
     def next_event(self) -> Event | None:
         buf = self._buf
         pos = self._pos
+        if pos == len(buf) and not self._too_long:  # the usual last call: all handed out
+            return None
         if self._literal_left:
             available = len(buf) - pos
             if not available:

@@ -21,6 +21,9 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # Called before each scrape: counts kept by the connections (bytes, commands) are added
+        # to the counters then, not on every read.
+        self.before_scrape: list[Callable[[], None]] = []
         counter, histogram = self._counter, self._histogram
         self.connections = Gauge(
             PREFIX + "connections_open", "Client connections open now", registry=self.registry
@@ -151,6 +154,8 @@ async def _respond(
     path: bytes, metrics: Metrics, alive: Probe, ready: Probe
 ) -> tuple[str, bytes, str]:
     if path == b"/metrics":
+        for refresh in metrics.before_scrape:
+            refresh()
         return "200 OK", generate_latest(metrics.registry), CONTENT_TYPE_LATEST
     for name, probe in ((b"/healthz", alive), (b"/readyz", ready)):
         if path == name:

@@ -47,6 +47,13 @@ class MoveRunner:
         self.flag_checks: list[FlagCheck] = []  # for the caller to run after their MOVE
 
     @property
+    def idle(self) -> bool:
+        """No MOVE waits or runs, and none has left anything for the caller (metrics, second
+        sessions): most commands' path, which then has nothing to ask of the MOVE tasks."""
+        waiting, running = self.waiting, self.running
+        return waiting is None and running is None and not self._finished and not self.flag_checks
+
+    @property
     def ready(self) -> bool:
         """The waiting MOVE waits only for :meth:`start`: every earlier command has completed."""
         return self.waiting is not None and not self._session.inflight.count and not self.running

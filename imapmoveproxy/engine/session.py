@@ -200,6 +200,12 @@ class Session:
     # ------------------------------------------------------------------ MOVE
 
     @property
+    def move_news(self) -> bool:
+        """A MOVE waits or runs, or one answered has left work for the caller (its metrics,
+        :meth:`take_flag_checks`): otherwise none of the MOVE calls below has anything."""
+        return not self.moves.idle
+
+    @property
     def move_ready(self) -> bool:
         """A MOVE waits only for :meth:`start_move`: every earlier command has completed.
 

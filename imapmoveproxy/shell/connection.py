@@ -86,8 +86,7 @@ class Connection:
         self.upstream_heard = trio.current_time()  # when upstream bytes last went or came
         self.line_started = math.inf  # when the client began the line it has not finished
         self._nursery: trio.Nursery | None = None
-        self._commands_counted = 0
-        self._expunged_counted = 0  # session.counters.expunged_rewritten already counted
+        self._published = (0, 0, 0, 0)  # the session's counts already added to the metrics
         self._tasks = MoveTasks(self)
         self._clock = Supervisor(self)
 
@@ -115,6 +114,7 @@ class Connection:
             await bye_and_close(self.client, b"* BYE [SERVERBUG] Internal proxy error.\r\n")
         finally:
             self._nursery = None  # closed: shutdown() and rollbacks start nothing more
+            self._tasks.release()
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
                 await trio.aclose_forcefully(self.upstream)
                 if self.session.close_reason and not self.client_gone:
@@ -145,7 +145,6 @@ class Connection:
             self.client_gone = True  # nothing more for it: end now
             self.after_session()
             return
-        counted = self.proxy.metrics.bytes_from_upstream
         backlog = session.settings.backlog
 
         def room() -> bool:
@@ -155,7 +154,6 @@ class Connection:
         while data:
             size = RECEIVE_SIZE if len(data) >= size else SMALL_RECEIVE
             self.upstream_heard = trio.current_time()
-            counted.inc(len(data))
             session.receive_upstream(data)
             self.after_session()
             # Backpressure: a client that does not read stops us reading the upstream. (Replies
@@ -191,7 +189,6 @@ class Connection:
                 self.line_started = math.inf
             if session.line_pending:
                 self.line_started = min(self.line_started, trio.current_time())
-            self.proxy.metrics.bytes_from_client.inc(len(data))
             session.receive_client(data)
             self.after_session()
             if session.starttls_requested and not await self._start_client_tls():
@@ -241,20 +238,36 @@ class Connection:
 
     # ------------------------------------------------------------------ after the session ran
 
+    def publish_counts(self) -> None:
+        """Add to the proxy's metrics what the session has counted since the last call: done
+        when the metrics are scraped and when the connection ends, never per read or command
+        (a counter's increment costs more than the rest of a NOOP's bookkeeping)."""
+        counters, metrics = self.session.counters, self.proxy.metrics
+        now = (
+            counters.bytes_from_client,
+            counters.bytes_from_upstream,
+            counters.commands,
+            counters.expunged_rewritten,
+        )
+        outlets = (
+            metrics.bytes_from_client,
+            metrics.bytes_from_upstream,
+            metrics.commands,
+            metrics.expunged_rewritten,
+        )
+        for counter, count, published in zip(outlets, now, self._published, strict=True):
+            if count != published:
+                counter.inc(count - published)
+        self._published = now
+
     def after_session(self) -> None:
         """React to what the session now asks for, and wake the tasks that can act on it."""
-        session, metrics = self.session, self.proxy.metrics
+        session = self.session
         self._write_now()
-        if session.counters.commands != self._commands_counted:
-            metrics.commands.inc(session.counters.commands - self._commands_counted)
-            self._commands_counted = session.counters.commands
-        rewritten = session.counters.expunged_rewritten
-        if rewritten != self._expunged_counted:
-            metrics.expunged_rewritten.inc(rewritten - self._expunged_counted)
-            self._expunged_counted = rewritten
-        self._tasks.count_finished()
-        if self._nursery is not None:
-            self._tasks.start_due(self._nursery)
+        if session.move_news:
+            self._tasks.count_finished()
+            if self._nursery is not None and self._tasks.start_due(self._nursery):
+                self._write_now()  # the MOVE's first commands
         for outlet in (self._to_client, self._to_upstream):
             if outlet.has_work():
                 outlet.work.fire()

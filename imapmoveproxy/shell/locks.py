@@ -86,6 +86,15 @@ class MoveLockService(Protocol):
         """Wait for the lock on ``key`` (bounded), hold it for the body, release it."""
         ...
 
+    def take_now(self, key: bytes) -> bool:
+        """Take the lock on ``key`` at once if that needs no waiting (then :meth:`release`
+        gives it back); False if it cannot be had that way (:meth:`hold` then)."""
+        ...
+
+    def release(self, key: bytes) -> None:
+        """Give back a lock that :meth:`take_now` took."""
+        ...
+
     def running(self) -> contextlib.AbstractAsyncContextManager[object]:
         """The lifetime of the lock service's connections: around the proxy's serving."""
         ...
@@ -112,6 +121,18 @@ class MoveLocks:
             yield
         finally:
             self.release(key)
+
+    def take_now(self, key: bytes) -> bool:
+        """Take the lock on ``key`` if nobody holds or awaits it: an uncontended MOVE then
+        costs no task and no trip through the scheduler."""
+        if key in self._locks:
+            return False
+        semaphore = trio.Semaphore(1)
+        semaphore.acquire_nowait()
+        self._locks[key] = (semaphore, 1)
+        if self._metrics is not None:
+            self._metrics.move_lock_wait.observe(0)
+        return True
 
     async def acquire(self, key: bytes, deadline: float) -> None:
         """Take the lock on ``key`` by ``deadline`` (trio time), or raise LockTimeout."""
@@ -210,6 +231,13 @@ class RedisMoveLocks:
                     await self._give_back(name, token)
         finally:
             self._local.release(key)
+
+    def take_now(self, key: bytes) -> bool:
+        """Never: the shared lease needs a round trip to Redis."""
+        return False
+
+    def release(self, key: bytes) -> None:
+        raise AssertionError("take_now never takes a shared lock")
 
     async def _acquire(self, name: bytes, token: bytes, deadline: float) -> bool:
         """Take the lease by ``deadline``: True once held; False if Redis cannot be reached and

@@ -63,12 +63,17 @@ class Proxy:
         )
         self._upstream_tls = upstream_context(config)
         self.metrics = Metrics()
+        self.metrics.before_scrape.append(self._publish_counts)
         self.locks = make_move_locks(config, self.metrics)
         self._draining = False
         self._readiness = UpstreamReadiness(config.upstream, config.connect_timeout)
         self._setting_up = 0  # connections accepted and not yet closed
         self._per_address: dict[str, int] = {}  # the same, by the address they come from
         self._settings = session_settings(config, tls_offered=self._certificates is not None)
+
+    def _publish_counts(self) -> None:
+        for connection in self._connections:
+            connection.publish_counts()
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
@@ -198,6 +203,7 @@ class Proxy:
             await connection.run()
         finally:
             self._connections.discard(connection)
+            connection.publish_counts()
             metrics.connections.dec()
             counters = session.counters
             moves = ",".join(f"{k}={v}" for k, v in sorted(counters.moves.items())) or "0"

@@ -1,8 +1,9 @@
 """The tasks a connection runs for its MOVEs, beside its four byte-moving tasks.
 
-* The MOVE task takes the source mailbox's lock (:mod:`.locks`), starts the MOVE the session
-  says is ready, and holds the lock until the MOVE's tagged reply; a lock that cannot be had
-  becomes the MOVE's tagged NO.
+* A MOVE the session says is ready starts under the source mailbox's lock (:mod:`.locks`),
+  held until the MOVE's tagged reply. A lock free in this process is taken and given back
+  right there, by whoever ran the session; otherwise the MOVE task waits for it (a lock that
+  cannot be had becomes the MOVE's tagged NO).
 * Second sessions of the client's user, each over a new upstream connection bounded by
   ``rollback_timeout``: the rollback that removes a failed MOVE's copies, and the check that
   restores the flags a server's COPY lost (guarded MOVEs).
@@ -31,21 +32,47 @@ class MoveTasks:
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self._locking = False  # a task holds (or waits for) the mailbox lock for a MOVE
+        self._held: bytes | None = None  # the lock taken at once for the running MOVE (no task)
         self.flag_checks = 0  # second sessions checking a MOVE's copies, still running
         self._started: float | None = None  # when the running MOVE began upstream
 
-    def start_due(self, nursery: trio.Nursery) -> None:
-        """Start what the session now asks for."""
+    def start_due(self, nursery: trio.Nursery) -> bool:
+        """Start what the session now asks for; whether a MOVE was started right here."""
         session = self._connection.session
+        self._release_when_done()
         rollback = session.take_rollback()
         if rollback is not None:
             nursery.start_soon(self._rollback, *rollback)
         for check in session.take_flag_checks():
             self.flag_checks += 1
             nursery.start_soon(self._check_flags, check)
-        if session.move_ready and not self._locking:
-            self._locking = True
-            nursery.start_soon(self._run_move)
+        if not session.move_ready or self._locking or self._held is not None:
+            return False
+        if self._connection.proxy.locks.take_now(session.move_key):
+            self._held = session.move_key
+            self._begin()
+            self._release_when_done()  # answered at once (bad syntax, read-only...)
+            return True
+        self._locking = True
+        nursery.start_soon(self._run_move)
+        return False
+
+    def release(self) -> None:
+        """The connection ends: give back the lock taken at once, if still held."""
+        if self._held is not None:
+            self._connection.proxy.locks.release(self._held)
+            self._held = None
+
+    def _release_when_done(self) -> None:
+        if self._held is not None and not self._connection.session.move_running:
+            self.release()
+
+    def _begin(self) -> None:
+        """Start the ready MOVE, its lock held."""
+        connection = self._connection
+        self._started = time.monotonic()
+        connection.upstream_heard = trio.current_time()
+        connection.session.start_move()
 
     def count_finished(self) -> None:
         """Count the MOVEs answered since the last call, with the time the last one took."""
@@ -61,9 +88,7 @@ class MoveTasks:
         session = connection.session
         try:
             async with connection.proxy.locks.hold(session.move_key):
-                self._started = time.monotonic()
-                connection.upstream_heard = trio.current_time()
-                session.start_move()
+                self._begin()
                 connection.after_session()
                 await connection.changed.until(lambda: not session.move_running)
         except LockError as exc:

@@ -341,3 +341,27 @@ def start_proxy(
         yield proxy
     finally:
         proxy.stop()
+
+
+@contextlib.contextmanager
+def start_trio_relay(upstream: tuple[str, int], log_path: Path) -> Iterator[tuple[str, int]]:
+    """bench/trio_relay.py in front of ``upstream``: the least a trio relay adds; its address."""
+    port = find_free_port()
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("trio_relay.py")), str(port),
+             f"{upstream[0]}:{upstream[1]}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.5):
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"trio_relay.py did not start: {log_path.read_text()}")
+            time.sleep(0.05)
+        yield HOST, port
+    finally:
+        process.kill()
+        process.wait(5)

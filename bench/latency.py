@@ -4,7 +4,8 @@ Per command: one logged-in connection per path (straight to Dovecot, through HAP
 the proxy, and through other proxy versions being compared) runs the same command in batches,
 the paths taking turns batch by batch so that the noisy machine slows them alike. The latency a
 relay adds is its percentile minus the direct one (p50 and p99); the ratio is the proxy's added
-latency over HAProxy's.
+latency over HAProxy's. A context row gives what the least relay written in trio adds
+(bench/trio_relay.py): the part of the proxy's latency that is trio's and Python's.
 
 MOVE of one message: the proxy in front of the legacy Dovecot against the floor that Dovecot
 itself sets, the same three commands typed by hand straight to it one at a time (COPY, STORE
@@ -35,6 +36,7 @@ COMMANDS: tuple[tuple[str, Callable[[int], bytes]], ...] = (
 )
 
 Address = tuple[str, int]
+TRIO_RELAY = "trio relay"  # the path through bench/trio_relay.py, if measured
 
 
 def seed_commands_user(server: BenchDovecot) -> str:
@@ -95,6 +97,21 @@ def rows_commands(times: dict[str, dict[str, list[float]]], proxies: list[str]) 
                         ratio,
                         f"<= {TARGET}" if main else "",
                         None if not main or ratio is None else ratio <= TARGET,
+                    )
+                )
+            if TRIO_RELAY in samples:
+                relay = percentile(samples[TRIO_RELAY], fraction) - direct
+                proxy = percentile(samples[proxies[0]], fraction) - direct
+                rows.append(
+                    Row(
+                        f"context: {label} {name}: the least a trio relay adds (trio_relay.py)",
+                        f"HAProxy {_us(haproxy, '+')}",
+                        f"{_us(relay, '+')} (proxy: {proxy / relay:.2f} x this)"
+                        if relay > 0
+                        else _us(relay, "+"),
+                        relay / haproxy if haproxy > 0 else None,
+                        "",
+                        None,
                     )
                 )
     return rows

@@ -45,6 +45,7 @@ from common import (
     rss_kib,
     seed_maildir,
     start_proxy,
+    start_trio_relay,
 )
 
 BENCHMARKS = ("bulk", "flood", "move", "scale", "latency")
@@ -198,7 +199,11 @@ class Bench:
                 ).address
                 for name, code in engines.items()
             }
+            relay = stack.enter_context(
+                start_trio_relay(legacy.address, self.root / "trio-relay.log")
+            )
             addresses = {"direct": legacy.address, "haproxy": haproxy.address} | proxies
+            addresses[latency.TRIO_RELAY] = relay
             self.log(f"latency: {sizes.latency_commands} of each command, paths {list(addresses)}")
             times = latency.command_latency(
                 addresses, user, legacy.password, sizes.latency_commands

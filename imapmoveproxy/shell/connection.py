@@ -1,7 +1,7 @@
-"""One client connection in trio: four tasks around a sans-IO :class:`.session.Session`.
+"""One client connection in trio: a reader per stream around a sans-IO :class:`.session.Session`.
 
-Each stream has one task that reads it and one that writes it, and no lock or buffer is shared
-by the two directions:
+Each stream has one task that reads it and, while there is output it could not take at once,
+one that writes it; no lock or buffer is shared by the two directions:
 
 * the client reader feeds client bytes to the session while the session's backlogs (bytes for
   either peer, client bytes not looked at yet) are under their bound; otherwise it waits, and the
@@ -9,17 +9,14 @@ by the two directions:
 * the upstream reader feeds upstream bytes while the bytes for the client are under the bound;
   it never waits for the upstream writer, so a server that stops reading while it writes (as
   every server does when its output is full) is always read from;
-* the two writers (:mod:`.outlet`) send whatever the session has queued for their peer.
+* whoever ran the session writes its output straight to a plain socket whose writer is idle
+  (:meth:`.outlet.Outlet.write_now`), as much as the socket takes at once; a writer task
+  (:mod:`.outlet`) sends the rest, and everything on a TLS stream. A command and its reply then
+  cost one task step each way (bench/latency.py), and an idle connection has no writer tasks.
 
-On a round trip the writers are not even woken: the task that ran the session writes the output
-straight to a plain socket whose writer is idle (:meth:`.outlet.Outlet.write_now`), and leaves
-only the rest to that writer. A command and its reply then cost one task step each way
-(bench/latency.py).
-
-The connection's own task watches the clock (:mod:`.clock`); the MOVE's lock and the second
-sessions are tasks of their own (:mod:`.tasks`). Every decision about the protocol is the
-session's.
-"""
+The connection's own task watches the clock (:mod:`.clock`); a MOVE waiting for its mailbox's
+lock and the second sessions are tasks of their own (:mod:`.tasks`). Every decision about the
+protocol is the session's."""
 
 from __future__ import annotations
 
@@ -101,8 +98,6 @@ class Connection:
                 self._nursery = nursery
                 nursery.start_soon(self._read_upstream)
                 nursery.start_soon(self._read_client)
-                nursery.start_soon(self._to_upstream.run, self.after_session)
-                nursery.start_soon(self._to_client.run, self.after_session)
                 await self._clock.run()
                 # Bounded by rollback_timeout each: a MOVE's flags are restored even when the
                 # client logs out at once.
@@ -268,27 +263,27 @@ class Connection:
             self._tasks.count_finished()
             if self._nursery is not None and self._tasks.start_due(self._nursery):
                 self._write_now()  # the MOVE's first commands
-        for outlet in (self._to_client, self._to_upstream):
-            if outlet.has_work():
-                outlet.work.fire()
+        if self._nursery is not None:
+            self._to_client.kick(self._nursery, self.after_session)
+            self._to_upstream.kick(self._nursery, self.after_session)
         self.changed.fire()
         if self._clock.changed():
             self.watch.fire()
 
 
 async def _receive(stream: trio.abc.Stream, size: int = RECEIVE_SIZE) -> bytes | bytearray:
-    if type(stream) is trio.SocketStream:
-        return await _receive_plain(stream.socket, size)
-    try:
-        return await stream.receive_some(size)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        return b""
+    """Bytes from ``stream``; b"" when the peer has gone.
 
-
-async def _receive_plain(sock: trio.socket.SocketType, size: int) -> bytes:
-    """``SocketStream.receive_some`` for a round trip: wait until the socket is readable, then
-    read once (trio's first reads, which find nothing while a reply is awaited, and its stream
-    wrappers cost a system call and several microseconds per read); b"" when the peer has gone."""
+    A plain socket is read as a round trip needs: wait until it is readable, then read once
+    (trio's first reads, which find nothing while a reply is awaited, and its stream wrappers
+    cost a system call and several microseconds per read; one coroutine frame less per waiting
+    reader is memory an idle connection keeps)."""
+    if type(stream) is not trio.SocketStream:
+        try:
+            return await stream.receive_some(size)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+    sock = stream.socket
     fd = sock.fileno()
     while True:
         await trio.lowlevel.wait_readable(sock)

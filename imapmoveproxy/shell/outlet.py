@@ -1,10 +1,11 @@
-"""One direction's output: the task that writes a stream, and direct writes while it is idle.
+"""One direction's output: direct writes, and the task that writes what they could not.
 
-The client and the upstream each have an :class:`Outlet`. Its writer task sends what the session
-queued for that peer; and while the writer is idle, whoever ran the session writes the output
-straight to a plain socket (:meth:`Outlet.write_now`), as much as the socket takes without
-waiting, leaving the rest to the writer. A round trip then costs no task switch, and a peer that
-stops reading still never blocks the other direction.
+The client and the upstream each have an :class:`Outlet`. Whoever ran the session writes its
+output straight to a plain socket (:meth:`Outlet.write_now`), as much as the socket takes without
+waiting; a writer task sends the rest (and everything on a TLS stream). A round trip then costs
+no task switch, and a peer that stops reading still never blocks the other direction. The writer
+of a plain socket runs only while there is a rest to send (:meth:`Outlet.kick`): an idle
+connection has no writer tasks.
 """
 
 from __future__ import annotations
@@ -17,25 +18,23 @@ import trio
 
 class Signal:
     """Wakes every task waiting on it; a task re-checks its own condition after waking. Firing
-    a signal that no task waits on costs nothing."""
+    a signal that no task waits on costs nothing, and so does an idle connection's signal (its
+    event is made by the first waiter)."""
 
-    __slots__ = ("_event", "_waiting")
+    __slots__ = ("_event",)
 
     def __init__(self) -> None:
-        self._event = trio.Event()
-        self._waiting = 0
+        self._event: trio.Event | None = None
 
     def fire(self) -> None:
-        if self._waiting:
+        if self._event is not None:
             self._event.set()
-            self._event = trio.Event()
+            self._event = None
 
     async def wait(self) -> None:
-        self._waiting += 1
-        try:
-            await self._event.wait()
-        finally:
-            self._waiting -= 1
+        if self._event is None:
+            self._event = trio.Event()
+        await self._event.wait()
 
     async def until(self, condition: Callable[[], bool]) -> None:
         while not condition():
@@ -65,6 +64,7 @@ class Outlet:
         self.rest: bytes | bytearray | memoryview = b""  # what a direct write left
         self.sending = 0  # bytes the writer is sending now
         self.closed = False
+        self._writing = False  # the writer task runs
 
     def secured(self, stream: trio.abc.Stream) -> None:
         """The stream is now ``stream`` (TLS): no more direct writes."""
@@ -88,19 +88,35 @@ class Outlet:
         self.rest = _write_some(self._fd, self._take())
         return True
 
-    async def run(self, after: Callable[[], None]) -> None:
-        """The writer task: send what there is, then let ``after`` react."""
-        while True:
-            if not self.has_work():
-                await self.work.until(self.has_work)
-            data = self.rest or self._take()
-            self.rest = b""
-            self.sending = len(data)
-            async with self.lock:
-                ok = self.closed or await send(self.stream, data)
-            self.sending = 0
-            self._sent(ok)
-            after()
+    def kick(self, nursery: trio.Nursery, after: Callable[[], None]) -> None:
+        """Have the writer send what there is: wake it, or start it (reporting to ``after``)."""
+        if not self.has_work():
+            return
+        if self._writing:
+            self.work.fire()
+        else:
+            self._writing = True
+            nursery.start_soon(self._run, after)
+
+    async def _run(self, after: Callable[[], None]) -> None:
+        """The writer task: send what there is, then let ``after`` react; a plain socket's
+        writer ends once all is sent (direct writes serve until a rest piles up again)."""
+        try:
+            while True:
+                if not self.has_work():
+                    if self._fd is not None:
+                        return
+                    await self.work.until(self.has_work)
+                data = self.rest or self._take()
+                self.rest = b""
+                self.sending = len(data)
+                async with self.lock:
+                    ok = self.closed or await send(self.stream, data)
+                self.sending = 0
+                self._sent(ok)
+                after()
+        finally:
+            self._writing = False
 
 
 async def send(stream: trio.abc.Stream, data: bytes | bytearray | memoryview) -> bool:

@@ -1,4 +1,4 @@
-"""The tasks a connection runs for its MOVEs, beside its four byte-moving tasks.
+"""The tasks a connection runs for its MOVEs, beside the tasks that move its bytes.
 
 * A MOVE the session says is ready starts under the source mailbox's lock (:mod:`.locks`),
   held until the MOVE's tagged reply. A lock free in this process is taken and given back

@@ -344,8 +344,11 @@ def start_proxy(
 
 
 @contextlib.contextmanager
-def start_trio_relay(upstream: tuple[str, int], log_path: Path) -> Iterator[tuple[str, int]]:
-    """bench/trio_relay.py in front of ``upstream``: the least a trio relay adds; its address."""
+def start_trio_relay(
+    upstream: tuple[str, int], log_path: Path
+) -> Iterator[tuple[tuple[str, int], int]]:
+    """bench/trio_relay.py in front of ``upstream``: the least a trio relay adds or holds; its
+    address and process id."""
     port = find_free_port()
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -361,7 +364,7 @@ def start_trio_relay(upstream: tuple[str, int], log_path: Path) -> Iterator[tupl
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"trio_relay.py did not start: {log_path.read_text()}")
             time.sleep(0.05)
-        yield HOST, port
+        yield (HOST, port), process.pid
     finally:
         process.kill()
         process.wait(5)

@@ -199,7 +199,7 @@ class Bench:
                 ).address
                 for name, code in engines.items()
             }
-            relay = stack.enter_context(
+            relay, _ = stack.enter_context(
                 start_trio_relay(legacy.address, self.root / "trio-relay.log")
             )
             addresses = {"direct": legacy.address, "haproxy": haproxy.address} | proxies
@@ -245,6 +245,8 @@ class Bench:
         direct_s, _, _ = hold(legacy.address, None, "direct")
         with HAProxy(self.root / "haproxy-scale", legacy.address, maxconn=count + 100) as haproxy:
             haproxy_s, h_before, h_after = hold(haproxy.address, haproxy.pid, "haproxy")
+        with start_trio_relay(legacy.address, self.root / "trio-relay-scale.log") as (relay, pid):
+            _, t_before, t_after = hold(relay, pid, "trio relay")
         with start_proxy(legacy.address, self.root / "proxy-scale.log", self.engine) as proxy:
             pid = proxy.process.pid
             # Warm-up: a few connections so one-time allocations are not counted per connection.
@@ -254,6 +256,7 @@ class Bench:
             idle_rss = rss_kib(pid)
         per_proxy = (p_after - p_before) / count
         per_haproxy = (h_after - h_before) / count
+        per_relay = (t_after - t_before) / count
         self.log(
             f"scale: proxy RSS {p_before} -> {p_after} KiB ({idle_rss} KiB after close); "
             f"HAProxy RSS {h_before} -> {h_after} KiB"
@@ -266,6 +269,14 @@ class Bench:
                 per_proxy / per_haproxy if per_haproxy > 0 else None,
                 "<= 16 KiB",
                 per_proxy <= 16,
+            ),
+            Row(
+                "context: the least a trio relay holds (bench/trio_relay.py)",
+                f"HAProxy {per_haproxy:.1f} KiB",
+                f"{per_relay:.1f} KiB (proxy: {per_proxy / per_relay:.2f} x this)",
+                per_relay / per_haproxy if per_haproxy > 0 else None,
+                "",
+                None,
             ),
             Row(
                 f"4. time to open {count} idle connections",

@@ -3,7 +3,9 @@
 Every mover owns a user whose INBOX holds ``count`` messages and an empty ``Other`` mailbox.
 A timed ``UID MOVE 1:* <other>`` moves all of them; the mover then SELECTs the other mailbox
 (untimed) and the next timed MOVE brings them back.  Movers take turns, so the noisy machine
-slows them alike.  The ratio is median(proxy times) / median(native times).
+slows them alike.  The ratio is median(proxy times) / median(native times). A context row sets
+the proxy against the floor the legacy Dovecot itself sets: the same three commands typed by
+hand straight to it, one at a time.
 """
 
 from __future__ import annotations
@@ -25,22 +27,32 @@ class Mover:
     current: int = 0  # index in MAILBOXES of the mailbox holding the messages
     times: list[float] = field(default_factory=list)
 
+    by_hand: bool = False  # COPY, STORE, UID EXPUNGE typed one at a time instead of the MOVE
+
     def move(self, record: bool) -> None:
         source, target = MAILBOXES[self.current], MAILBOXES[1 - self.current]
-        self.client.command(b"SELECT " + source)
-        _, _, seconds = self.client.command(b"UID MOVE 1:* " + target)
+        command = self.client.command
+        command(b"SELECT " + source)
+        if self.by_hand:
+            seconds = command(b"UID COPY 1:* " + target)[2]
+            seconds += command(b"UID STORE 1:* +FLAGS.SILENT (\\Deleted)")[2]
+            seconds += command(b"UID EXPUNGE 1:*")[2]
+        else:
+            seconds = command(b"UID MOVE 1:* " + target)[2]
         self.current = 1 - self.current
         if record:
             self.times.append(seconds)
 
 
-def make_mover(server: BenchDovecot, address: tuple[str, int], count: int) -> Mover:
+def make_mover(
+    server: BenchDovecot, address: tuple[str, int], count: int, by_hand: bool = False
+) -> Mover:
     user = server.new_user("move")
     seed_maildir(server, user, count, 4096)
     client = Client(address)
     client.login(user, server.password)
     client.command(b"CREATE Other")
-    return Mover(client, count)
+    return Mover(client, count, by_hand=by_hand)
 
 
 class Movable(Protocol):
@@ -76,6 +88,7 @@ def run(
         "proxy": make_mover(legacy, proxy_legacy, count),
         "native": make_mover(native, native.address, count),
         "proxy+native": make_mover(native, proxy_native, count),
+        "floor": make_mover(legacy, legacy.address, count, by_hand=True),
     }
     try:
         take_turns(movers, repeats)
@@ -113,6 +126,14 @@ def rows(times: dict[str, list[float]], count: int, target: float | None) -> lis
             ratio,
             "" if target is None else f"<= {target}",
             None if target is None else ratio <= target,
+        ),
+        Row(
+            "context: the same COPY, STORE, UID EXPUNGE typed by hand to the legacy Dovecot",
+            f"floor {median(times['floor']) * 1e3:.2f} ms",
+            f"{proxy * 1e3:.2f} ms",
+            proxy / median(times["floor"]),
+            "",
+            None,
         ),
         Row(
             "context: proxy relaying a native MOVE",

@@ -367,4 +367,4 @@ def start_trio_relay(
         yield (HOST, port), process.pid
     finally:
         process.kill()
-        process.wait(5)
+        process.wait(60)  # the kernel closes every socket it held (5,000 idle ones: seconds)

@@ -134,6 +134,7 @@ class Connection:
         session = self.session
         with trio.move_on_after(self.config.connect_timeout) as greeting_wait:
             data = self._greeting or await _receive(self.upstream)
+        self._greeting = b""  # not kept for the connection's life
         if greeting_wait.cancelled_caught:
             self.log.warning("upstream %s sent no greeting in time", self.config.upstream)
             await send(self.client, UNAVAILABLE)

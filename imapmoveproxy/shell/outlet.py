@@ -59,12 +59,19 @@ class Outlet:
         self._take = take
         self._queued = queued
         self._sent = sent
-        self.lock = trio.Lock()  # the writer, or a TLS handshake on the stream
+        self._lock: trio.Lock | None = None  # made on first use (:attr:`lock`)
         self.work = Signal()  # bytes for the writer
         self.rest: bytes | bytearray | memoryview = b""  # what a direct write left
         self.sending = 0  # bytes the writer is sending now
         self.closed = False
         self._writing = False  # the writer task runs
+
+    @property
+    def lock(self) -> trio.Lock:
+        """Held by the writer while it sends, or by a TLS handshake on the stream."""
+        if self._lock is None:
+            self._lock = trio.Lock()
+        return self._lock
 
     def secured(self, stream: trio.abc.Stream) -> None:
         """The stream is now ``stream`` (TLS): no more direct writes."""
@@ -81,7 +88,8 @@ class Outlet:
     def write_now(self) -> bool:
         """Write the queued bytes straight to the socket if the writer is idle; whether any
         were written."""
-        if self._fd is None or self.busy or self.closed or self.lock.locked():
+        locked = self._lock is not None and self._lock.locked()
+        if self._fd is None or self.busy or self.closed or locked:
             return False
         if not self._queued():
             return False

@@ -63,9 +63,7 @@ def test_imaplib(target: Target, request: pytest.FixtureRequest) -> None:
         _close_imaplib(imap)
     moves = target.check_moved()
     assert [m.command for m in moves] == ["UID MOVE"]
-    record(
-        request, target, client="imaplib", version=_python_version(), moves=moves, expunges=1
-    )
+    record(request, target, client="imaplib", version=_python_version(), moves=moves, expunges=1)
 
 
 def test_imapclient(target: Target, request: pytest.FixtureRequest) -> None:

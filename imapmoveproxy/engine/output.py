@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from ..wire.framing import Framer
 
+Buffer = bytes | bytearray | memoryview
+
+# A piece of upstream bytes at least this long is queued for the client as it is (a view into
+# the received bytes) instead of being copied into the client's buffer: literal data, long runs
+# of plain responses. Only if it is at least a quarter of the buffer it views: a view keeps
+# that whole buffer alive, which may be a 1 MiB read, and the bytes queued are bounded.
+NO_COPY = 8192
+
 
 class Output:
     """Bytes queued for the client and for the upstream.
@@ -11,29 +19,48 @@ class Output:
     A reply of the proxy's own (a BAD, a ``+``, a MOVE's answer, a BYE) never lands inside an
     upstream response being relayed, which may be in the middle of a literal: it waits in
     ``deferred`` until the upstream framer is between two responses.
+
+    The client's bytes are ``to_client``, the buffer being appended to, after the pieces already
+    queued whole (:meth:`relay`).
     """
 
-    __slots__ = ("_upstream", "deferred", "to_client", "to_upstream")
+    __slots__ = ("_queued", "_queued_bytes", "_upstream", "deferred", "to_client", "to_upstream")
 
     def __init__(self, upstream: Framer) -> None:
         self._upstream = upstream
         self.to_client = bytearray()
         self.to_upstream = bytearray()
         self.deferred = bytearray()
+        self._queued: list[Buffer] = []  # for the client, before ``to_client``
+        self._queued_bytes = 0
 
     @property
     def pending_to_client(self) -> int:
         """Bytes queued for the client, the replies held back behind a response included."""
-        return len(self.to_client) + len(self.deferred)
+        return self._queued_bytes + len(self.to_client) + len(self.deferred)
 
     @property
     def ready_to_client(self) -> int:
         """Bytes :meth:`take_to_client` would return now."""
-        return len(self.to_client)
+        return self._queued_bytes + len(self.to_client)
 
     @property
     def pending_to_upstream(self) -> int:
         return len(self.to_upstream)
+
+    def relay(self, data: bytes | memoryview) -> None:
+        """Queue upstream bytes for the client: a big piece without copying it."""
+        if len(data) < NO_COPY or not isinstance(data, memoryview) or len(data) * 4 < _size(data):
+            self.to_client += data
+            return
+        if self.to_client:
+            self._queue(self.to_client)
+            self.to_client = bytearray()
+        self._queue(data)
+
+    def _queue(self, data: Buffer) -> None:
+        self._queued.append(data)
+        self._queued_bytes += len(data)
 
     def reply(self, data: bytes) -> None:
         """Queue a reply of the proxy's own for the client."""
@@ -48,10 +75,28 @@ class Output:
             self.to_client += self.deferred
             self.deferred = bytearray()
 
+    def take_client_buffers(self) -> list[Buffer]:
+        """What the client is to get, in order, as the pieces it was queued in."""
+        buffers = self._queued
+        if self.to_client:
+            buffers.append(self.to_client)
+        self._queued, self._queued_bytes, self.to_client = [], 0, bytearray()
+        return buffers
+
     def take_to_client(self) -> bytearray:
-        data, self.to_client = self.to_client, bytearray()
-        return data
+        """What the client is to get, in one piece."""
+        return bytearray().join(self.take_client_buffers())
+
+    def take_upstream_buffers(self) -> list[Buffer]:
+        data, self.to_upstream = self.to_upstream, bytearray()
+        return [data] if data else []
 
     def take_to_upstream(self) -> bytearray:
         data, self.to_upstream = self.to_upstream, bytearray()
         return data
+
+
+def _size(view: memoryview) -> int:
+    """The size of the buffer ``view`` looks into."""
+    underlying = view.obj
+    return len(underlying) if isinstance(underlying, bytes | bytearray) else len(view)

@@ -41,7 +41,7 @@ class UpstreamResponses:
                 # (a FETCH flood is ~100 bytes a line; one at a time would cost 4 µs each).
                 run = framer.plain_run(responses.first_stop)
                 if run:
-                    output.to_client += run
+                    output.relay(run)
                     output.flush_deferred()
                     continue
             elif move is not None and move.expunging:
@@ -49,7 +49,7 @@ class UpstreamResponses:
                 run = framer.plain_run(responses.first_non_expunge)
                 if run:
                     move.expunged(bytes(run).count(b"\n"))
-                    output.to_client += run
+                    output.relay(run)
                     continue
             event = session.next_event(
                 framer, "upstream line too long", b"The mail server sent an overlong line."
@@ -59,7 +59,7 @@ class UpstreamResponses:
             if type(event) is Line and event.first:
                 self._relay = self._response(event.data)
             elif self._relay:
-                output.to_client += event.data
+                output.relay(event.data)
             output.flush_deferred()
 
     def _response(self, line: bytes) -> bool:

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import math
 import os
+from socket import SO_RCVLOWAT, SOL_SOCKET
 from typing import TYPE_CHECKING
 
 import trio
@@ -45,6 +46,12 @@ log = logging.getLogger(__name__)
 # shrunk by mremap, three system calls per read that a round trip does not need.
 RECEIVE_SIZE = 1024 * 1024
 SMALL_RECEIVE = 64 * 1024  # below glibc's mmap threshold (128 KiB)
+# A plain upstream socket in the middle of a big literal wakes its reader only once this much
+# more of it has come (SO_RCVLOWAT), never more than the literal still owes (so it always comes):
+# bulk data is relayed in fewer, larger pieces, and what relaying costs is mostly Python's work
+# per piece (bench/: CPU per GB relayed). Smaller literals and every other response are read as
+# soon as their first byte is there.
+BULK_PIECE = 256 * 1024
 UNAVAILABLE = b"* BYE [UNAVAILABLE] Upstream server not available, try again later.\r\n"
 
 
@@ -73,10 +80,10 @@ class Connection:
         self.watch = Signal()  # a change the supervisor's deadlines depend on
         output = session.output
         self._to_client = Outlet(
-            client, output.take_to_client, lambda: output.ready_to_client, self._client_sent
+            client, output.take_client_buffers, lambda: output.ready_to_client, self._client_sent
         )
         self._to_upstream = Outlet(
-            upstream, output.take_to_upstream, lambda: output.pending_to_upstream,
+            upstream, output.take_upstream_buffers, lambda: output.pending_to_upstream,
             self._upstream_sent,
         )  # fmt: skip
         self.upstream_gone = False
@@ -84,6 +91,7 @@ class Connection:
         self.line_started = math.inf  # when the client began the line it has not finished
         self._nursery: trio.Nursery | None = None
         self._published = (0, 0, 0, 0)  # the session's counts already added to the metrics
+        self._low_water = 1  # the upstream socket's SO_RCVLOWAT
         self._tasks = MoveTasks(self)
         self._clock = Supervisor(self)
 
@@ -152,6 +160,8 @@ class Connection:
             self.upstream_heard = trio.current_time()
             session.receive_upstream(data)
             self.after_session()
+            if self._bulk_wait(session.upstream_framer.literal_left):
+                size = RECEIVE_SIZE
             # Backpressure: a client that does not read stops us reading the upstream. (Replies
             # held back behind the response being relayed do not count: only reading the rest
             # of that response releases them.)
@@ -161,6 +171,15 @@ class Connection:
         session.upstream_closed()  # after LOGOUT's BYE, or it dropped us
         self.upstream_gone = True
         self.after_session()
+
+    def _bulk_wait(self, literal_left: int) -> bool:
+        """Set the plain upstream socket's low-water mark for the literal being received
+        (:data:`BULK_PIECE`); whether the next read waits for a big piece."""
+        wanted = min(literal_left, BULK_PIECE) if literal_left > SMALL_RECEIVE else 1
+        if wanted != self._low_water and type(self.upstream) is trio.SocketStream:
+            self.upstream.socket.setsockopt(SOL_SOCKET, SO_RCVLOWAT, wanted)
+            self._low_water = wanted
+        return self._low_water > 1
 
     async def _read_client(self) -> None:
         session, backlog = self.session, self.session.settings.backlog

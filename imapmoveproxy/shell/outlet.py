@@ -15,6 +15,10 @@ from collections.abc import Callable
 
 import trio
 
+from ..engine.output import Buffer
+
+_MOST_BUFFERS = 1024  # IOV_MAX: the most buffers one writev takes
+
 
 class Signal:
     """Wakes every task waiting on it; a task re-checks its own condition after waking. Firing
@@ -50,7 +54,7 @@ class Outlet:
     def __init__(
         self,
         stream: trio.abc.Stream,
-        take: Callable[[], bytearray],
+        take: Callable[[], list[Buffer]],
         queued: Callable[[], int],
         sent: Callable[[bool], None],
     ) -> None:
@@ -61,7 +65,7 @@ class Outlet:
         self._sent = sent
         self._lock: trio.Lock | None = None  # made on first use (:attr:`lock`)
         self.work = Signal()  # bytes for the writer
-        self.rest: bytes | bytearray | memoryview = b""  # what a direct write left
+        self.rest: list[Buffer] = []  # what a direct write left
         self.sending = 0  # bytes the writer is sending now
         self.closed = False
         self._writing = False  # the writer task runs
@@ -116,10 +120,10 @@ class Outlet:
                         return
                     await self.work.until(self.has_work)
                 data = self.rest or self._take()
-                self.rest = b""
-                self.sending = len(data)
+                self.rest = []
+                self.sending = sum(len(buffer) for buffer in data)
                 async with self.lock:
-                    ok = self.closed or await send(self.stream, data)
+                    ok = self.closed or await _send_buffers(self.stream, data)
                 self.sending = 0
                 self._sent(ok)
                 after()
@@ -136,15 +140,27 @@ async def send(stream: trio.abc.Stream, data: bytes | bytearray | memoryview) ->
     return True
 
 
+async def _send_buffers(stream: trio.abc.Stream, buffers: list[Buffer]) -> bool:
+    for buffer in buffers:
+        if not await send(stream, buffer):
+            return False
+    return True
+
+
 def _plain_fd(stream: trio.abc.Stream) -> int | None:
     return stream.socket.fileno() if type(stream) is trio.SocketStream else None
 
 
-def _write_some(fd: int, data: bytearray) -> bytes | bytearray | memoryview:
-    """Write to the non-blocking socket ``fd`` what it takes now; return the rest (all of it
-    after an error, which the writer then meets again and handles)."""
+def _write_some(fd: int, buffers: list[Buffer]) -> list[Buffer]:
+    """Write to the non-blocking socket ``fd`` what it takes now of ``buffers``, in one system
+    call; return the rest (all of it after an error, which the writer then meets again and
+    handles)."""
     try:
-        sent = os.write(fd, data)
+        sent = os.writev(fd, buffers[:_MOST_BUFFERS])
     except OSError:  # BlockingIOError included
-        return data
-    return memoryview(data)[sent:] if sent < len(data) else b""
+        return buffers
+    for index, buffer in enumerate(buffers):
+        if sent < len(buffer):
+            return [memoryview(buffer)[sent:], *buffers[index + 1 :]]
+        sent -= len(buffer)
+    return []

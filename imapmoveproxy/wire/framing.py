@@ -117,6 +117,11 @@ class Framer:
         return self._literal_left == 0 and self._last_newline < self._pos < len(self._buf)
 
     @property
+    def literal_left(self) -> int:
+        """Bytes of the literal being received that have not come yet (0: not in one)."""
+        return self._literal_left
+
+    @property
     def exhausted(self) -> bool:
         """Nothing to hand out, and nothing to report: :meth:`next_event` would return None."""
         return self._pos == len(self._buf) and not self._too_long

@@ -144,6 +144,43 @@ def test_a_slow_reader_pipelining_big_fetches_and_appends_completes_in_bounded_m
     assert growth < 32, f"proxy peak memory grew by {growth:.0f} MiB"
 
 
+def test_a_big_literal_the_server_refuses_does_not_leave_the_client_waiting(
+    dovecot_legacy: ImapServer, mailbox: str, proxy: ProxyProcess
+):
+    """APPEND of a 1 MB synchronizing literal to a mailbox that does not exist: Dovecot answers
+    NO instead of "+", so the literal never comes. The proxy reads a big literal in big pieces
+    (its socket wakes it only once 256 KiB of it are there); the refusal must undo that, or the
+    client's next, short command would never wake it."""
+    with logged_in(proxy, dovecot_legacy, mailbox) as client:
+        client.send(b"a APPEND Nowhere {1000000}\r\n")
+        refused, _ = responses_until(client, b"a")
+        client.send(b"b NOOP\r\n")
+        answered, closed = responses_until(client, b"b")
+    assert refused[-1].startswith(b"a NO"), refused
+    assert not closed and answered[-1].startswith(b"b OK"), answered
+
+
+def test_a_big_append_sent_slowly_arrives_whole(
+    dovecot_legacy: ImapServer, mailbox: str, proxy: ProxyProcess
+):
+    """A 600 KB literal sent in pieces with pauses, its last piece smaller than the proxy's
+    bulk read (256 KiB): the proxy waits for big pieces only as far as the literal owes them."""
+    literal = big_message("slow", 600 * 1024)
+    with logged_in(proxy, dovecot_legacy, mailbox) as client:
+        client.send(b"a APPEND INBOX {%d}\r\n" % len(literal))
+        go, _ = responses_until(client, b"+")
+        for start in range(0, len(literal), 100_000):
+            client.send(literal[start : start + 100_000])
+            time.sleep(0.05)
+        client.send(b"\r\n")
+        appended, _ = responses_until(client, b"a")
+        client.send(b"s EXAMINE INBOX\r\nf UID FETCH *:* RFC822.SIZE\r\n")
+        fetched, _ = responses_until(client, b"f")
+    assert go[-1].startswith(b"+"), go
+    assert appended[-1].startswith(b"a OK"), appended
+    assert b"RFC822.SIZE %d" % len(literal) in b"".join(fetched), fetched
+
+
 # ------------------------------------------------------------------ clients that do not read
 
 

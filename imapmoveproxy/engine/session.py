@@ -164,6 +164,16 @@ class Session:
         return self.client.framer.buffered
 
     @property
+    def client_literal_owed(self) -> int:
+        """Bytes of the literal the client is sending that have not come yet."""
+        return self.client.framer.literal_owed
+
+    @property
+    def upstream_literal_owed(self) -> int:
+        """Bytes of the literal the upstream is sending that have not come yet."""
+        return self.upstream_framer.literal_owed
+
+    @property
     def line_pending(self) -> bool:
         """The client has sent the start of a command line, and not its end."""
         return self.client.framer.in_line

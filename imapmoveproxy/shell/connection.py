@@ -46,11 +46,11 @@ log = logging.getLogger(__name__)
 # shrunk by mremap, three system calls per read that a round trip does not need.
 RECEIVE_SIZE = 1024 * 1024
 SMALL_RECEIVE = 64 * 1024  # below glibc's mmap threshold (128 KiB)
-# A plain upstream socket in the middle of a big literal wakes its reader only once this much
-# more of it has come (SO_RCVLOWAT), never more than the literal still owes (so it always comes):
-# bulk data is relayed in fewer, larger pieces, and what relaying costs is mostly Python's work
-# per piece (bench/: CPU per GB relayed). Smaller literals and every other response are read as
-# soon as their first byte is there.
+# A plain socket in the middle of a big literal wakes its reader only once this much more of it
+# has come (SO_RCVLOWAT), never more than the literal still owes (so it always comes): bulk data
+# (a FETCH of messages, an APPEND) is relayed in fewer, larger pieces, and what relaying costs is
+# mostly Python's work per piece (bench/: CPU per GB relayed). Smaller literals and everything
+# else are read as soon as their first byte is there.
 BULK_PIECE = 256 * 1024
 UNAVAILABLE = b"* BYE [UNAVAILABLE] Upstream server not available, try again later.\r\n"
 
@@ -91,7 +91,8 @@ class Connection:
         self.line_started = math.inf  # when the client began the line it has not finished
         self._nursery: trio.Nursery | None = None
         self._published = (0, 0, 0, 0)  # the session's counts already added to the metrics
-        self._low_water = 1  # the upstream socket's SO_RCVLOWAT
+        self._upstream_low = LowWater(upstream)
+        self._client_low = LowWater(client)
         self._tasks = MoveTasks(self)
         self._clock = Supervisor(self)
 
@@ -160,7 +161,7 @@ class Connection:
             self.upstream_heard = trio.current_time()
             session.receive_upstream(data)
             self.after_session()
-            if self._bulk_wait(session.upstream_framer.literal_left):
+            if self._upstream_low.mark > 1:
                 size = RECEIVE_SIZE
             # Backpressure: a client that does not read stops us reading the upstream. (Replies
             # held back behind the response being relayed do not count: only reading the rest
@@ -171,15 +172,6 @@ class Connection:
         session.upstream_closed()  # after LOGOUT's BYE, or it dropped us
         self.upstream_gone = True
         self.after_session()
-
-    def _bulk_wait(self, literal_left: int) -> bool:
-        """Set the plain upstream socket's low-water mark for the literal being received
-        (:data:`BULK_PIECE`); whether the next read waits for a big piece."""
-        wanted = min(literal_left, BULK_PIECE) if literal_left > SMALL_RECEIVE else 1
-        if wanted != self._low_water and type(self.upstream) is trio.SocketStream:
-            self.upstream.socket.setsockopt(SOL_SOCKET, SO_RCVLOWAT, wanted)
-            self._low_water = wanted
-        return self._low_water > 1
 
     async def _read_client(self) -> None:
         session, backlog = self.session, self.session.settings.backlog
@@ -206,6 +198,8 @@ class Connection:
                 self.line_started = min(self.line_started, trio.current_time())
             session.receive_client(data)
             self.after_session()
+            if self._client_low.mark > 1:
+                size = RECEIVE_SIZE
             if session.starttls_requested and not await self._start_client_tls():
                 break
         self.client_gone = True
@@ -220,6 +214,7 @@ class Connection:
                 return False
             self.client = tls
             self._to_client.secured(tls)
+            self._client_low = LowWater(tls)  # a TLS stream: no low-water mark
         self.session.tls_established()
         self.after_session()
         return True
@@ -279,6 +274,10 @@ class Connection:
         """React to what the session now asks for, and wake the tasks that can act on it."""
         session = self.session
         self._write_now()
+        # After any step, not only a read: a client's literal refused by the server is owed no
+        # more, and the client's next command must wake its reader.
+        self._upstream_low.follow(session.upstream_literal_owed)
+        self._client_low.follow(session.client_literal_owed)
         if session.move_news:
             self._tasks.count_finished()
             if self._nursery is not None and self._tasks.start_due(self._nursery):
@@ -289,6 +288,25 @@ class Connection:
         self.changed.fire()
         if self._clock.changed():
             self.watch.fire()
+
+
+class LowWater:
+    """The SO_RCVLOWAT of a plain socket, following the literal its peer is sending
+    (:data:`BULK_PIECE`)."""
+
+    __slots__ = ("_socket", "mark")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._socket = stream.socket if type(stream) is trio.SocketStream else None
+        self.mark = 1
+
+    def follow(self, owed: int) -> None:
+        """The literal being received still owes ``owed`` bytes: set the mark (lowering it
+        wakes a reader waiting with the bytes it now wants already there)."""
+        wanted = min(owed, BULK_PIECE) if owed > SMALL_RECEIVE else 1
+        if wanted != self.mark and self._socket is not None:
+            self._socket.setsockopt(SOL_SOCKET, SO_RCVLOWAT, wanted)
+            self.mark = wanted
 
 
 async def _receive(stream: trio.abc.Stream, size: int = RECEIVE_SIZE) -> bytes | bytearray:

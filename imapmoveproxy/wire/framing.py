@@ -117,9 +117,10 @@ class Framer:
         return self._literal_left == 0 and self._last_newline < self._pos < len(self._buf)
 
     @property
-    def literal_left(self) -> int:
-        """Bytes of the literal being received that have not come yet (0: not in one)."""
-        return self._literal_left
+    def literal_owed(self) -> int:
+        """Bytes of the literal being received that the peer has not sent yet (0: not in one,
+        or all of it is here)."""
+        return max(self._literal_left - self.buffered, 0)
 
     @property
     def exhausted(self) -> bool:

@@ -305,7 +305,8 @@ class LowWater:
         wakes a reader waiting with the bytes it now wants already there)."""
         wanted = min(owed, BULK_PIECE) if owed > SMALL_RECEIVE else 1
         if wanted != self.mark and self._socket is not None:
-            self._socket.setsockopt(SOL_SOCKET, SO_RCVLOWAT, wanted)
+            with contextlib.suppress(OSError):  # a socket closed already: its reader is done
+                self._socket.setsockopt(SOL_SOCKET, SO_RCVLOWAT, wanted)
             self.mark = wanted
 
 

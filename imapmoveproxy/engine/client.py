@@ -137,7 +137,7 @@ class ClientInput:
             return
         name, tag = start.name, start.tag
         session.counters.commands += 1
-        if name in MOVE_COMMANDS and session.collects_move():
+        if name in MOVE_COMMANDS and session.offer.executes_move():
             self._collect_move(line)
         elif name in MOVE_COMMANDS:  # the upstream has MOVE, or no UIDPLUS and "refuse"
             session.moves.forwarded(name, line.data[start.args_offset :], session.caps)

@@ -28,7 +28,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ..move.copyflags import FlagCheck, Result
-from ..move.request import RollbackRequest, policy_for
+from ..move.request import RollbackRequest
 from ..move.rollback import Credentials
 from ..wire.capabilities import Capabilities
 from ..wire.framing import Framer, Line, LineTooLong, Literal
@@ -38,6 +38,7 @@ from .client import ClientInput
 from .inflight import CommandsInFlight
 from .mailbox import SelectedMailbox
 from .moves import FinishedMove, MoveRunner
+from .offer import Offer
 from .output import Output
 from .upstream import UpstreamResponses
 
@@ -115,6 +116,7 @@ class Session:
         self.client = ClientInput(self)
         self.upstream = UpstreamResponses(self)
         self.moves = MoveRunner(self)
+        self.offer = Offer(self)  # the capabilities the proxy adds; whether it executes MOVE
         self._shutting_down = False
 
     # ------------------------------------------------------------------ bytes in and out
@@ -300,22 +302,6 @@ class Session:
         """A MOVE had its tagged reply."""
         if self._shutting_down:
             self.close("proxy shutting down", SHUTDOWN_BYE, logging.INFO)
-
-    def collects_move(self) -> bool:
-        """Whether a client MOVE is executed by the proxy (not known yet: collected anyway)."""
-        return self.caps is None or self._offers_move(self.caps)
-
-    def additions(self, caps: Capabilities) -> list[bytes]:
-        """What the proxy adds to the upstream's capability list ``caps``."""
-        added = [b"MOVE"] if self._offers_move(caps) else []
-        if self.settings.tls_offered and not self.tls:
-            added.append(b"STARTTLS")
-            if self.settings.require_tls:
-                added.append(b"LOGINDISABLED")
-        return added
-
-    def _offers_move(self, caps: Capabilities) -> bool:
-        return policy_for(caps, self.settings.guarded).emulated
 
     def next_event(self, framer: Framer, reason: str, bye: bytes) -> Line | Literal | None:
         """The framer's next event; None if it needs more bytes, or if the line it holds is too

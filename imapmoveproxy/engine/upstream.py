@@ -167,7 +167,7 @@ class UpstreamResponses:
 
     def _capabilities(self, line: bytes) -> bytes:
         session = self._session
-        new_line, caps = capabilities.rewrite_line(line, session.additions)
+        new_line, caps = capabilities.rewrite_line(line, session.offer.additions)
         if caps is not None:
             session.caps = caps
         return new_line

@@ -9,6 +9,7 @@ completion, the replies, the proxy's memory (RSS), and that other clients are no
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -144,20 +145,77 @@ def test_a_slow_reader_pipelining_big_fetches_and_appends_completes_in_bounded_m
     assert growth < 32, f"proxy peak memory grew by {growth:.0f} MiB"
 
 
+@pytest.mark.parametrize("next_tag", [b"b", b"a"], ids=["new tag", "reused tag"])
 def test_a_big_literal_the_server_refuses_does_not_leave_the_client_waiting(
-    dovecot_legacy: ImapServer, mailbox: str, proxy: ProxyProcess
+    dovecot_legacy: ImapServer, mailbox: str, proxy: ProxyProcess, next_tag: bytes
 ):
     """APPEND of a 1 MB synchronizing literal to a mailbox that does not exist: Dovecot answers
     NO instead of "+", so the literal never comes. The proxy reads a big literal in big pieces
     (its socket wakes it only once 256 KiB of it are there); the refusal must undo that, or the
-    client's next, short command would never wake it."""
+    client's next, short command would never wake it. The next command may reuse the tag."""
     with logged_in(proxy, dovecot_legacy, mailbox) as client:
         client.send(b"a APPEND Nowhere {1000000}\r\n")
         refused, _ = responses_until(client, b"a")
-        client.send(b"b NOOP\r\n")
-        answered, closed = responses_until(client, b"b")
+        client.send(next_tag + b" NOOP\r\n")
+        answered, closed = responses_until(client, next_tag)
     assert refused[-1].startswith(b"a NO"), refused
-    assert not closed and answered[-1].startswith(b"b OK"), answered
+    assert not closed and answered[-1].startswith(next_tag + b" OK"), answered
+
+
+def test_a_client_gone_in_the_middle_of_a_big_literal_is_noticed(
+    dovecot_legacy: ImapServer, mailbox: str, proxy: ProxyProcess
+):
+    """300 KB of a 1 MB APPEND literal, then the client hangs up: its reader, waiting for
+    256 KiB more of the literal, is woken by the end of the connection, which closes."""
+    with logged_in(proxy, dovecot_legacy, mailbox) as client:
+        client.send(b"z NOOP\r\n")  # the connection's client port, in the proxy's log
+        responses_until(client, b"z")
+        port = client.sock.getsockname()[1]
+        client.send(b"a APPEND INBOX {1000000+}\r\n" + b"x" * 300_000)
+    proxy.wait_for_log(rf"closed client=[^ ]*:{port}\b")
+
+
+def test_an_upstream_gone_in_the_middle_of_a_big_literal_ends_the_connection(tmp_path: Path):
+    """The server sends 600 KB of a 1 MB literal and drops the connection: the client gets every
+    byte the server sent, then the end of the connection (no BYE can be put inside a literal),
+    although the proxy waits for big pieces of a literal. A scripted upstream: no real server
+    can be made to drop in the middle of a response."""
+    listener = socket.create_server((HOST, 0))
+    listener.settimeout(10)
+    sent = b"y" * 600_000
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            conn.sendall(b"* OK [CAPABILITY IMAP4rev1 UIDPLUS] ready\r\n")
+            conn.settimeout(10)
+            for line in conn.makefile("rb"):
+                tag, _, command = line.partition(b" ")
+                if command.startswith(b"LOGIN"):
+                    conn.sendall(tag + b" OK [CAPABILITY IMAP4rev1 UIDPLUS] Logged in\r\n")
+                elif command.startswith(b"FETCH"):
+                    conn.sendall(b"* 1 FETCH (BODY[] {1000000}\r\n" + sent)
+                    return
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # closed at the end of the test
+            for _ in range(10):  # the harness's start-up probe, then the test's client
+                threading.Thread(target=serve, args=(listener.accept()[0],), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    proxy = ProxyProcess(listener.getsockname()[:2], tmp_path / "proxy.log")
+    try:
+        with RawClient(proxy.address) as client:
+            client.login("user", "secret")
+            client.send(b"f FETCH 1 BODY[]\r\n")
+            client.sock.settimeout(10)  # a proxy that missed the drop would leave us here
+            received = bytearray()
+            while chunk := client.sock.recv(MIB):
+                received += chunk
+    finally:
+        proxy.stop()
+        listener.close()
+    assert received.startswith(b"* 1 FETCH (BODY[] {1000000}\r\n"), received[:100]
+    assert received.endswith(sent), len(received)
 
 
 def test_a_big_append_sent_slowly_arrives_whole(

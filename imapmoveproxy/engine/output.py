@@ -88,7 +88,8 @@ class Output:
         return bytearray().join(self.take_client_buffers())
 
     def take_upstream_buffers(self) -> list[Buffer]:
-        data, self.to_upstream = self.to_upstream, bytearray()
+        """What the upstream is to get, as the writer takes it."""
+        data = self.take_to_upstream()
         return [data] if data else []
 
     def take_to_upstream(self) -> bytearray:

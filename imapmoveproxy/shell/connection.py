@@ -32,7 +32,7 @@ import trio
 from ..engine.session import Session
 from ..wire.proxyproto import Endpoint
 from .clock import CLOSE_GRACE, Supervisor
-from .outlet import Outlet, Signal, send
+from .outlet import Outlet, Signal, plain_socket, send
 from .tasks import MoveTasks
 
 if TYPE_CHECKING:
@@ -91,8 +91,8 @@ class Connection:
         self.line_started = math.inf  # when the client began the line it has not finished
         self._nursery: trio.Nursery | None = None
         self._published = (0, 0, 0, 0)  # the session's counts already added to the metrics
-        self._upstream_low = LowWater(upstream)
-        self._client_low = LowWater(client)
+        self._upstream_reads = Reads(upstream)
+        self._client_reads = Reads(client)
         self._tasks = MoveTasks(self)
         self._clock = Supervisor(self)
 
@@ -157,12 +157,10 @@ class Connection:
 
         size = SMALL_RECEIVE
         while data:
-            size = RECEIVE_SIZE if len(data) >= size else SMALL_RECEIVE
             self.upstream_heard = trio.current_time()
             session.receive_upstream(data)
             self.after_session()
-            if self._upstream_low.mark > 1:
-                size = RECEIVE_SIZE
+            size = self._upstream_reads.read_size(len(data), size)
             # Backpressure: a client that does not read stops us reading the upstream. (Replies
             # held back behind the response being relayed do not count: only reading the rest
             # of that response releases them.)
@@ -191,15 +189,13 @@ class Connection:
             data = await _receive(self.client, size)
             if not data:
                 break
-            size = RECEIVE_SIZE if len(data) >= size else SMALL_RECEIVE
             if b"\n" in data or not session.line_pending:  # the next line has its own time
                 self.line_started = math.inf
             if session.line_pending:
                 self.line_started = min(self.line_started, trio.current_time())
             session.receive_client(data)
             self.after_session()
-            if self._client_low.mark > 1:
-                size = RECEIVE_SIZE
+            size = self._client_reads.read_size(len(data), size)
             if session.starttls_requested and not await self._start_client_tls():
                 break
         self.client_gone = True
@@ -214,7 +210,7 @@ class Connection:
                 return False
             self.client = tls
             self._to_client.secured(tls)
-            self._client_low = LowWater(tls)  # a TLS stream: no low-water mark
+            self._client_reads = Reads(tls)  # a TLS stream: no low-water mark
         self.session.tls_established()
         self.after_session()
         return True
@@ -276,8 +272,8 @@ class Connection:
         self._write_now()
         # After any step, not only a read: a client's literal refused by the server is owed no
         # more, and the client's next command must wake its reader.
-        self._upstream_low.follow(session.upstream_literal_owed)
-        self._client_low.follow(session.client_literal_owed)
+        self._upstream_reads.follow(session.upstream_literal_owed)
+        self._client_reads.follow(session.client_literal_owed)
         if session.move_news:
             self._tasks.count_finished()
             if self._nursery is not None and self._tasks.start_due(self._nursery):
@@ -290,15 +286,20 @@ class Connection:
             self.watch.fire()
 
 
-class LowWater:
-    """The SO_RCVLOWAT of a plain socket, following the literal its peer is sending
-    (:data:`BULK_PIECE`)."""
+class Reads:
+    """How one stream is read: the size asked of each read, and a plain socket's SO_RCVLOWAT,
+    following the literal its peer is sending (:data:`BULK_PIECE`)."""
 
     __slots__ = ("_socket", "mark")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
-        self._socket = stream.socket if type(stream) is trio.SocketStream else None
+        self._socket = plain_socket(stream)
         self.mark = 1
+
+    def read_size(self, got: int, asked: int) -> int:
+        """What to ask of the next read, after one that asked ``asked`` and got ``got``: the
+        large size after a read that filled the small one, or while waiting for a big piece."""
+        return RECEIVE_SIZE if got >= asked or self.mark > 1 else SMALL_RECEIVE
 
     def follow(self, owed: int) -> None:
         """The literal being received still owes ``owed`` bytes: set the mark (lowering it
@@ -317,12 +318,12 @@ async def _receive(stream: trio.abc.Stream, size: int = RECEIVE_SIZE) -> bytes |
     (trio's first reads, which find nothing while a reply is awaited, and its stream wrappers
     cost a system call and several microseconds per read; one coroutine frame less per waiting
     reader is memory an idle connection keeps)."""
-    if type(stream) is not trio.SocketStream:
+    sock = plain_socket(stream)
+    if sock is None:
         try:
             return await stream.receive_some(size)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
-    sock = stream.socket
     fd = sock.fileno()
     while True:
         await trio.lowlevel.wait_readable(sock)

@@ -147,8 +147,15 @@ async def _send_buffers(stream: trio.abc.Stream, buffers: list[Buffer]) -> bool:
     return True
 
 
+def plain_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The socket under ``stream`` if it is a plain one (None: TLS, or not a socket), which the
+    shell reads, writes and tunes itself, past trio's stream wrappers."""
+    return stream.socket if type(stream) is trio.SocketStream else None
+
+
 def _plain_fd(stream: trio.abc.Stream) -> int | None:
-    return stream.socket.fileno() if type(stream) is trio.SocketStream else None
+    sock = plain_socket(stream)
+    return None if sock is None else sock.fileno()
 
 
 def _write_some(fd: int, buffers: list[Buffer]) -> list[Buffer]:

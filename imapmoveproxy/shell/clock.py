@@ -1,23 +1,31 @@
-"""A connection's clock: every deadline it keeps, watched by the connection's own task.
+"""A connection's clock: every deadline it keeps, watched by a task of its own.
 
 The login deadline (``login_timeout``), a command line left unfinished (``line_timeout``), a MOVE
 whose upstream stops answering (``move_step_timeout``), the drain of a client gone in the
 middle of a MOVE (``drain_timeout``), and the grace a closing connection has to deliver its
 last words. The task sleeps until the nearest deadline, or until something it depends on
-changes (:meth:`Supervisor.key`).
+changes (:meth:`Supervisor.key`). It runs only while there is a deadline: a logged-in
+connection with no unfinished line and no MOVE waiting has none, and no task for it either
+(memory an idle connection keeps).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
+
+from .outlet import Signal
 
 if TYPE_CHECKING:
     from .connection import Connection
 
 CLOSE_GRACE = 2.0  # seconds a closing connection has to deliver its last words
+# :meth:`Supervisor.key` when there is nothing to watch: logged in, not closing, the client
+# there, no unfinished line, no MOVE waiting for the upstream.
+_NOTHING_DUE = (False, False, True, False, False)
 
 
 class Supervisor:
@@ -25,13 +33,27 @@ class Supervisor:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        self.watched: tuple[bool, ...] = ()  # :meth:`key` when the supervisor last looked
+        self._login_deadline = trio.current_time() + connection.config.login_timeout
+        self._wake = Signal()  # a change the deadlines depend on
+        self._watched: tuple[bool, ...] = ()  # :meth:`key` when the supervisor last looked
+        self._running = False
 
-    async def run(self) -> None:
-        """Return when the connection must end, after the session's last words are sent."""
+    def poke(self, nursery: trio.Nursery, task: Callable[[], Awaitable[None]]) -> None:
+        """After a session step: wake the supervisor if what it watches changed, or start
+        ``task`` (which runs :meth:`run`) if something is now due."""
+        key = self.key()
+        if self._running:
+            if key[0] or key != self._watched:  # while closing: the last words may be out
+                self._wake.fire()
+        elif key != _NOTHING_DUE:
+            self._running = True
+            nursery.start_soon(task)
+
+    async def run(self) -> bool:
+        """True when the connection must end, after the session's last words are sent; False
+        once nothing is due any more (:meth:`poke` starts the supervisor again)."""
         connection = self._connection
         session, config = connection.session, connection.config
-        login_deadline = trio.current_time() + config.login_timeout
         closing_since = math.inf
         gone_since = math.inf
         while True:
@@ -40,7 +62,7 @@ class Supervisor:
                 closing_since = min(closing_since, now)
                 done = connection.delivered_to_client or connection.client_gone
                 if done or now >= closing_since + CLOSE_GRACE:
-                    return
+                    return True
                 deadline = closing_since + CLOSE_GRACE
             elif connection.client_gone:
                 gone_since = min(gone_since, now)
@@ -49,18 +71,18 @@ class Supervisor:
                         connection.log.warning(
                             "client gone; MOVE not finished within drain_timeout"
                         )
-                    return
+                    return True
                 deadline = gone_since + config.drain_timeout
             elif session.line_pending and now >= connection.line_started + config.line_timeout:
                 session.line_timed_out()
                 connection.after_session()
                 continue
             elif not session.authenticated:
-                if now >= login_deadline:
+                if now >= self._login_deadline:
                     session.login_timed_out()
                     connection.after_session()
                     continue
-                deadline = login_deadline
+                deadline = self._login_deadline
             else:
                 deadline = math.inf
             if session.line_pending:
@@ -72,12 +94,12 @@ class Supervisor:
                     connection.after_session()
                     continue
                 deadline = min(deadline, stall)
-            self.watched = self.key()
-            if deadline == math.inf:
-                await connection.watch.wait()
-            else:
-                with trio.move_on_at(deadline):
-                    await connection.watch.wait()
+            self._watched = self.key()
+            if deadline == math.inf:  # the key is _NOTHING_DUE
+                self._running = False
+                return False
+            with trio.move_on_at(deadline):
+                await self._wake.wait()
 
     def key(self) -> tuple[bool, ...]:
         """What the deadlines depend on, besides times that only move later (a deadline
@@ -91,8 +113,3 @@ class Supervisor:
             session.line_pending and connection.line_started < math.inf,
             session.move_waits_for_upstream,
         )
-
-    def changed(self) -> bool:
-        """Whether the supervisor must look again (while closing it waits for the last words)."""
-        key = self.key()
-        return key[0] or key != self.watched

@@ -14,7 +14,8 @@ one that writes it; no lock or buffer is shared by the two directions:
   (:mod:`.outlet`) sends the rest, and everything on a TLS stream. A command and its reply then
   cost one task step each way (bench/latency.py), and an idle connection has no writer tasks.
 
-The connection's own task watches the clock (:mod:`.clock`); a MOVE waiting for its mailbox's
+The connection's own task reads the client; a task watches the clock while a deadline is due
+(:mod:`.clock`); a MOVE waiting for its mailbox's
 lock and the second sessions are tasks of their own (:mod:`.tasks`). Every decision about the
 protocol is the session's."""
 
@@ -77,7 +78,6 @@ class Connection:
         self.log = logging.LoggerAdapter(log, {"conn": session.conn_id})
         # Each waiter has its own signal, so that a session step wakes only who can act on it.
         self.changed = Signal()  # room in the backlogs, output delivered, a MOVE's end
-        self.watch = Signal()  # a change the supervisor's deadlines depend on
         output = session.output
         self._to_client = Outlet(
             client, output.take_client_buffers, lambda: output.ready_to_client, self._client_sent
@@ -106,12 +106,9 @@ class Connection:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._read_upstream)
-                nursery.start_soon(self._read_client)
-                await self._clock.run()
-                # Bounded by rollback_timeout each: a MOVE's flags are restored even when the
-                # client logs out at once.
-                await self.changed.until(lambda: not self._tasks.flag_checks)
-                nursery.cancel_scope.cancel()
+                self.after_session()  # not logged in: the supervisor keeps the login deadline
+                await self._read_client()
+                # The supervisor now ends the connection (:meth:`_supervise`).
         except Exception:  # a bug must cost one connection, never the proxy
             self.log.exception("internal error, closing the connection")
             self.session.close_reason = "internal error"
@@ -124,6 +121,16 @@ class Connection:
                 if self.session.close_reason and not self.client_gone:
                     await _linger(self.client)  # let the client read its BYE
                 await trio.aclose_forcefully(self.client)
+
+    async def _supervise(self) -> None:
+        """The supervisor's task, while a deadline is due; it ends the connection."""
+        if not await self._clock.run():
+            return  # nothing due any more
+        # Bounded by rollback_timeout each: a MOVE's flags are restored even when the client
+        # logs out at once.
+        await self.changed.until(lambda: not self._tasks.flag_checks)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     @property
     def delivered_to_client(self) -> bool:
@@ -141,20 +148,13 @@ class Connection:
 
     async def _read_upstream(self) -> None:
         session = self.session
-        with trio.move_on_after(self.config.connect_timeout) as greeting_wait:
-            data = self._greeting or await _receive(self.upstream)
-        self._greeting = b""  # not kept for the connection's life
-        if greeting_wait.cancelled_caught:
+        data = await self._upstream_greeting()
+        if data is None:
             self.log.warning("upstream %s sent no greeting in time", self.config.upstream)
             await send(self.client, UNAVAILABLE)
             self.client_gone = True  # nothing more for it: end now
             self.after_session()
             return
-        backlog = session.settings.backlog
-
-        def room() -> bool:
-            return session.output.ready_to_client < backlog
-
         size = SMALL_RECEIVE
         while data:
             self.upstream_heard = trio.current_time()
@@ -164,28 +164,39 @@ class Connection:
             # Backpressure: a client that does not read stops us reading the upstream. (Replies
             # held back behind the response being relayed do not count: only reading the rest
             # of that response releases them.)
-            if not room():
-                await self.changed.until(room)
+            if not self._room_for_upstream():
+                await self.changed.until(self._room_for_upstream)
             data = await _receive(self.upstream, size)
         session.upstream_closed()  # after LOGOUT's BYE, or it dropped us
         self.upstream_gone = True
         self.after_session()
 
+    async def _upstream_greeting(self) -> bytes | bytearray | None:
+        """The upstream's first bytes (None: none in time)."""
+        greeting, self._greeting = self._greeting, b""  # not kept for the connection's life
+        with trio.move_on_after(self.config.connect_timeout):
+            return greeting or await _receive(self.upstream)
+        return None
+
+    def _room_for_upstream(self) -> bool:
+        return self.session.output.ready_to_client < self.session.settings.backlog
+
+    def _room_for_client(self) -> bool:
+        session = self.session
+        backlog = session.settings.backlog
+        return (
+            session.client_buffered < backlog
+            and session.output.pending_to_upstream < backlog
+            and session.output.pending_to_client < backlog
+        )
+
     async def _read_client(self) -> None:
-        session, backlog = self.session, self.session.settings.backlog
-
-        def room() -> bool:
-            return (
-                session.client_buffered < backlog
-                and session.output.pending_to_upstream < backlog
-                and session.output.pending_to_client < backlog
-            )
-
+        session = self.session
         size = SMALL_RECEIVE
         while True:
-            if not room():
+            if not self._room_for_client():
                 self.line_started = math.inf  # not read meanwhile: the client is not late
-                await self.changed.until(room)
+                await self.changed.until(self._room_for_client)
             data = await _receive(self.client, size)
             if not data:
                 break
@@ -278,12 +289,12 @@ class Connection:
             self._tasks.count_finished()
             if self._nursery is not None and self._tasks.start_due(self._nursery):
                 self._write_now()  # the MOVE's first commands
-        if self._nursery is not None:
-            self._to_client.kick(self._nursery, self.after_session)
-            self._to_upstream.kick(self._nursery, self.after_session)
+        nursery = self._nursery
+        if nursery is not None:
+            self._to_client.kick(nursery, self.after_session)
+            self._to_upstream.kick(nursery, self.after_session)
+            self._clock.poke(nursery, self._supervise)
         self.changed.fire()
-        if self._clock.changed():
-            self.watch.fire()
 
 
 class Reads:

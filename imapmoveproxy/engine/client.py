@@ -75,6 +75,11 @@ class MoveCollector:
 class ClientInput:
     """Reads the client's commands and decides, for each, where it goes."""
 
+    __slots__ = (
+        "_capture", "_collector", "_data_idle", "_data_tag", "_forwarding", "_invalid",
+        "_literal_tag", "_mode", "_session", "framer", "held",
+    )  # fmt: skip
+
     def __init__(self, session: Session) -> None:
         self._session = session
         settings = session.settings

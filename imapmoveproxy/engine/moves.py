@@ -38,6 +38,8 @@ class FinishedMove:
 class MoveRunner:
     """The MOVE waiting for earlier commands, the one running, and those answered."""
 
+    __slots__ = ("_finished", "_session", "flag_checks", "rollback_running", "running", "waiting")
+
     def __init__(self, session: Session) -> None:
         self._session = session
         self.waiting: MoveRequest | None = None  # collected, not started

@@ -90,6 +90,13 @@ class Session:
     :class:`MoveRunner` (MOVEs) and :class:`CommandsInFlight` (what a tagged reply answers).
     """
 
+    __slots__ = (
+        "_shutting_down", "addresses", "authenticated", "caps", "channel", "client",
+        "close_reason", "conn_id", "counters", "credentials", "inflight", "log",
+        "mailbox", "moves", "offer", "output", "settings", "starttls_requested", "tls",
+        "upstream", "upstream_framer",
+    )  # fmt: skip
+
     def __init__(
         self,
         settings: SessionSettings | None = None,

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 class UpstreamResponses:
     """Routes the upstream's responses of one session."""
 
+    __slots__ = ("_relay", "_session", "greeted", "said_bye")
+
     def __init__(self, session: Session) -> None:
         self._session = session
         self._relay = True  # whether the upstream response being received goes to the client

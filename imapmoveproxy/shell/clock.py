@@ -31,6 +31,8 @@ _NOTHING_DUE = (False, False, True, False, False)
 class Supervisor:
     """Ends the connection, or tells its session, when a deadline passes."""
 
+    __slots__ = ("_connection", "_login_deadline", "_running", "_wake", "_watched")
+
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self._login_deadline = trio.current_time() + connection.config.login_timeout

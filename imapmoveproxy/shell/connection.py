@@ -33,13 +33,11 @@ import trio
 from ..engine.session import Session
 from ..wire.proxyproto import Endpoint
 from .clock import CLOSE_GRACE, Supervisor
-from .outlet import Outlet, Signal, plain_socket, send
+from .outlet import Signal, ToClient, ToUpstream, plain_socket, send
 from .tasks import MoveTasks
 
 if TYPE_CHECKING:
     from .server import Proxy
-
-log = logging.getLogger(__name__)
 
 # Bytes asked of the kernel per read: large reads halve the per-byte cost of bulk relaying
 # (bench/), and memory is only taken while data is actually there. A reader asks for the large
@@ -59,6 +57,13 @@ UNAVAILABLE = b"* BYE [UNAVAILABLE] Upstream server not available, try again lat
 class Connection:
     """Moves bytes between one client, its session and its upstream connection."""
 
+    __slots__ = (
+        "_client_reads", "_clock", "_greeting", "_nursery", "_published", "_tasks",
+        "_to_client", "_to_upstream", "_upstream_reads", "addresses", "changed",
+        "client", "config", "line_started", "log", "proxy", "session", "upstream",
+        "upstream_gone", "upstream_heard",
+    )  # fmt: skip
+
     def __init__(
         self,
         client: trio.abc.Stream,
@@ -67,6 +72,7 @@ class Connection:
         proxy: Proxy,
         greeting: bytes,
         addresses: tuple[Endpoint, Endpoint],
+        conn_log: logging.LoggerAdapter,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -75,17 +81,11 @@ class Connection:
         self.proxy = proxy
         self._greeting = greeting  # already read from the upstream (after its STARTTLS)
         self.addresses = addresses  # the client's, and the one it connected to
-        self.log = logging.LoggerAdapter(log, {"conn": session.conn_id})
+        self.log = conn_log
         # Each waiter has its own signal, so that a session step wakes only who can act on it.
         self.changed = Signal()  # room in the backlogs, output delivered, a MOVE's end
-        output = session.output
-        self._to_client = Outlet(
-            client, output.take_client_buffers, lambda: output.ready_to_client, self._client_sent
-        )
-        self._to_upstream = Outlet(
-            upstream, output.take_upstream_buffers, lambda: output.pending_to_upstream,
-            self._upstream_sent,
-        )  # fmt: skip
+        self._to_client = ToClient(client, session.output, self._client_sent)
+        self._to_upstream = ToUpstream(upstream, session.output, self._upstream_sent)
         self.upstream_gone = False
         self.upstream_heard = trio.current_time()  # when upstream bytes last went or came
         self.line_started = math.inf  # when the client began the line it has not finished

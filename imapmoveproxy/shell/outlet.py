@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import trio
 
-from ..engine.output import Buffer
+from ..engine.output import Buffer, Output
 
 _MOST_BUFFERS = 1024  # IOV_MAX: the most buffers one writev takes
 
@@ -46,22 +46,21 @@ class Signal:
 
 
 class Outlet:
-    """The output of one direction: ``take`` hands out what the session queued for the peer,
-    ``queued`` says how much there is; ``sent`` is told after each of the writer's writes
-    whether it went through (False: the peer has gone); ``closed`` stops all writing (a client
-    gone)."""
+    """The output of one direction, as the session's :class:`Output` queues it (:class:`ToClient`,
+    :class:`ToUpstream`); ``sent`` is told after each of the writer's writes whether it went
+    through (False: the peer has gone); ``closed`` stops all writing (a client gone)."""
+
+    __slots__ = (
+        "_fd", "_lock", "_output", "_sent", "_writing", "closed", "rest", "sending", "stream",
+        "work",
+    )  # fmt: skip
 
     def __init__(
-        self,
-        stream: trio.abc.Stream,
-        take: Callable[[], list[Buffer]],
-        queued: Callable[[], int],
-        sent: Callable[[bool], None],
+        self, stream: trio.abc.Stream, output: Output, sent: Callable[[bool], None]
     ) -> None:
         self.stream = stream
         self._fd = _plain_fd(stream)  # None: TLS, or not a socket: no direct writes
-        self._take = take
-        self._queued = queued
+        self._output = output
         self._sent = sent
         self._lock: trio.Lock | None = None  # made on first use (:attr:`lock`)
         self.work = Signal()  # bytes for the writer
@@ -69,6 +68,14 @@ class Outlet:
         self.sending = 0  # bytes the writer is sending now
         self.closed = False
         self._writing = False  # the writer task runs
+
+    def _take(self) -> list[Buffer]:
+        """What the session queued for the peer, taken."""
+        raise NotImplementedError
+
+    def _queued(self) -> int:
+        """How many bytes :meth:`_take` would hand out."""
+        raise NotImplementedError
 
     @property
     def lock(self) -> trio.Lock:
@@ -129,6 +136,26 @@ class Outlet:
                 after()
         finally:
             self._writing = False
+
+
+class ToClient(Outlet):
+    __slots__ = ()
+
+    def _take(self) -> list[Buffer]:
+        return self._output.take_client_buffers()
+
+    def _queued(self) -> int:
+        return self._output.ready_to_client
+
+
+class ToUpstream(Outlet):
+    __slots__ = ()
+
+    def _take(self) -> list[Buffer]:
+        return self._output.take_upstream_buffers()
+
+    def _queued(self) -> int:
+        return self._output.pending_to_upstream
 
 
 async def send(stream: trio.abc.Stream, data: bytes | bytearray | memoryview) -> bool:

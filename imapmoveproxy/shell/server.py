@@ -158,18 +158,30 @@ class Proxy:
             return
         self._setting_up += 1
         self._per_address[address] = per_address + 1
+        started = time.monotonic()
         try:
-            await self._handle(socket_stream, tls)
+            # Set up in a coroutine of its own, whose frame is not kept for the connection's life.
+            connection = await self._open(socket_stream, tls)
+            if connection is None:
+                return
+            self._connections.add(connection)
+            self.metrics.connections.inc()
+            try:
+                await connection.run()
+            finally:
+                self._connections.discard(connection)
+                self.metrics.connections.dec()
+                self._closed(connection, time.monotonic() - started)
         finally:
             self._setting_up -= 1
             self._per_address[address] -= 1
             if not self._per_address[address]:
                 del self._per_address[address]
 
-    async def _handle(self, socket_stream: trio.SocketStream, tls: bool) -> None:
+    async def _open(self, socket_stream: trio.SocketStream, tls: bool) -> Connection | None:
+        """The client's connection, once its upstream connection is open (None: refused)."""
         conn_id = f"c{next(self._ids)}"
         conn_log = logging.LoggerAdapter(log, {"conn": conn_id})
-        started = time.monotonic()
         client: trio.abc.Stream = socket_stream
         metrics = self.metrics
         metrics.connections_total.inc()
@@ -177,49 +189,45 @@ class Proxy:
         if addresses is None:
             metrics.rejected.labels("proxy_protocol").inc()
             await trio.aclose_forcefully(socket_stream)
-            return
-        peer = _format(addresses[0])
+            return None
         if tls:
             tls_stream = await self.start_tls(socket_stream, conn_log)
             if tls_stream is None:
                 metrics.rejected.labels("tls_handshake").inc()
-                return
+                return None
             client = tls_stream
-        opened = await self._connect(client, conn_log, peer, addresses)
+        opened = await self._connect(client, conn_log, _format(addresses[0]), addresses)
         if opened is None:
             metrics.rejected.labels("upstream_unavailable").inc()
-            return
+            return None
         upstream, greeting = opened
         if self._draining:  # accepted just before the drain began: tell it to come back
             metrics.rejected.labels("draining").inc()
             await trio.aclose_forcefully(upstream)
             await bye_and_close(client, SHUTTING_DOWN)
-            return
+            return None
         session = Session(self._settings, conn_id, tls=tls, addresses=addresses)
-        connection = Connection(client, upstream, session, self, greeting, addresses)
-        self._connections.add(connection)
-        metrics.connections.inc()
-        try:
-            await connection.run()
-        finally:
-            self._connections.discard(connection)
-            connection.publish_counts()
-            metrics.connections.dec()
-            counters = session.counters
-            moves = ",".join(f"{k}={v}" for k, v in sorted(counters.moves.items())) or "0"
-            conn_log.info(
-                "closed client=%s%s upstream=%s duration=%.3fs bytes_in=%d bytes_out=%d "
-                "commands=%d moves=%s%s",
-                peer,
-                " tls" if session.tls else "",
-                self.config.upstream,
-                time.monotonic() - started,
-                counters.bytes_from_client,
-                counters.bytes_from_upstream,
-                counters.commands,
-                moves,
-                f" reason={session.close_reason}" if session.close_reason else "",
-            )
+        return Connection(client, upstream, session, self, greeting, addresses, conn_log)
+
+    def _closed(self, connection: Connection, duration: float) -> None:
+        """Count and log a connection that has ended."""
+        connection.publish_counts()
+        session = connection.session
+        counters = session.counters
+        moves = ",".join(f"{k}={v}" for k, v in sorted(counters.moves.items())) or "0"
+        connection.log.info(
+            "closed client=%s%s upstream=%s duration=%.3fs bytes_in=%d bytes_out=%d "
+            "commands=%d moves=%s%s",
+            _format(connection.addresses[0]),
+            " tls" if session.tls else "",
+            self.config.upstream,
+            duration,
+            counters.bytes_from_client,
+            counters.bytes_from_upstream,
+            counters.commands,
+            moves,
+            f" reason={session.close_reason}" if session.close_reason else "",
+        )
 
     async def start_tls(
         self, stream: trio.abc.Stream, conn_log: logging.LoggerAdapter

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 class MoveTasks:
     """Starts, for one connection, the tasks its session asks for."""
 
+    __slots__ = ("_connection", "_held", "_locking", "_started", "flag_checks")
+
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self._locking = False  # a task holds (or waits for) the mailbox lock for a MOVE

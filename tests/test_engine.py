@@ -185,7 +185,8 @@ def test_an_upstream_gone_in_the_middle_of_a_big_literal_ends_the_connection(tmp
     sent = b"y" * 600_000
 
     def serve(conn: socket.socket) -> None:
-        with conn:
+        # A probe of the proxy's may close its connection with unread bytes (a reset).
+        with conn, contextlib.suppress(ConnectionError):
             conn.sendall(b"* OK [CAPABILITY IMAP4rev1 UIDPLUS] ready\r\n")
             conn.settimeout(10)
             for line in conn.makefile("rb"):

@@ -184,9 +184,10 @@ service imap-login {{
         if self.proc is None:
             return 0
         count = 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError):
-                text = stat.read_text()
+        # Not Path.glob: it stats each match, and a process that exits meanwhile raises.
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):  # it exited meanwhile
+                text = Path("/proc", pid, "stat").read_text()
                 # pgrp (field 5) is the master's pid: start_new_session=True.
                 fields = text[text.rindex(")") + 2 :].split()
                 if int(fields[2]) == self.proc.pid and f"({name})" in text[: text.rindex(")") + 1]:

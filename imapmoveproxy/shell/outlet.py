@@ -130,7 +130,12 @@ class Outlet:
                 self.rest = []
                 self.sending = sum(len(buffer) for buffer in data)
                 async with self.lock:
-                    ok = self.closed or await _send_buffers(self.stream, data)
+                    if self.closed:
+                        ok = True
+                    elif self._fd is None:
+                        ok = await _send_buffers(self.stream, data)
+                    else:
+                        ok = await _send_plain(self._fd, data)
                 self.sending = 0
                 self._sent(ok)
                 after()
@@ -185,6 +190,25 @@ def _plain_fd(stream: trio.abc.Stream) -> int | None:
     return None if sock is None else sock.fileno()
 
 
+async def _send_plain(fd: int, buffers: list[Buffer]) -> bool:
+    """Send ``buffers`` to the non-blocking socket ``fd`` as it takes them, many per system
+    call (trio's stream sends one buffer per call, through several layers); whether they could
+    be sent (False: the peer has gone)."""
+    while buffers:
+        try:
+            sent = os.writev(fd, buffers[:_MOST_BUFFERS])
+        except BlockingIOError:
+            try:
+                await trio.lowlevel.wait_writable(fd)
+            except trio.ClosedResourceError:
+                return False
+            continue
+        except OSError:  # reset, broken pipe, closed
+            return False
+        buffers = _unsent(buffers, sent)
+    return True
+
+
 def _write_some(fd: int, buffers: list[Buffer]) -> list[Buffer]:
     """Write to the non-blocking socket ``fd`` what it takes now of ``buffers``, in one system
     call; return the rest (all of it after an error, which the writer then meets again and
@@ -193,6 +217,11 @@ def _write_some(fd: int, buffers: list[Buffer]) -> list[Buffer]:
         sent = os.writev(fd, buffers[:_MOST_BUFFERS])
     except OSError:  # BlockingIOError included
         return buffers
+    return _unsent(buffers, sent)
+
+
+def _unsent(buffers: list[Buffer], sent: int) -> list[Buffer]:
+    """What of ``buffers`` is left once their first ``sent`` bytes have gone."""
     for index, buffer in enumerate(buffers):
         if sent < len(buffer):
             return [memoryview(buffer)[sent:], *buffers[index + 1 :]]

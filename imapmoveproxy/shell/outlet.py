@@ -10,6 +10,7 @@ connection has no writer tasks.
 
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Callable
 
@@ -45,7 +46,7 @@ class Signal:
             await self.wait()
 
 
-class Outlet:
+class Outlet(abc.ABC):
     """The output of one direction, as the session's :class:`Output` queues it (:class:`ToClient`,
     :class:`ToUpstream`); ``sent`` is told after each of the writer's writes whether it went
     through (False: the peer has gone); ``closed`` stops all writing (a client gone)."""
@@ -69,13 +70,13 @@ class Outlet:
         self.closed = False
         self._writing = False  # the writer task runs
 
+    @abc.abstractmethod
     def _take(self) -> list[Buffer]:
         """What the session queued for the peer, taken."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _queued(self) -> int:
         """How many bytes :meth:`_take` would hand out."""
-        raise NotImplementedError
 
     @property
     def lock(self) -> trio.Lock:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
+import struct
 import threading
 import time
 import urllib.request
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 from harness import InterceptingRelay, ProxyProcess, RawClient, RelayAction, message_ids
 from servers import HOST, ImapServer, find_free_port, make_message
-from test_hostile import logged_in, proxy_with, responses_until
+from test_hostile import assert_still_serving, logged_in, proxy_with, responses_until
 
 MIB = 1024 * 1024
 
@@ -279,6 +280,38 @@ def test_a_slow_reader_writing_a_flood_of_commands_cannot_grow_the_proxy(
     assert received.count(b"\r\nc NO COMPRESS") == lines
     growth = (peak - before) / 1024
     assert growth < 16, f"proxy peak memory grew by {growth:.0f} MiB during the flood"
+
+
+def test_a_silent_reader_of_a_big_fetch_holds_no_memory_and_its_reset_is_noticed(
+    dovecot_legacy: ImapServer, proxy: ProxyProcess
+):
+    """A client asks for a 20 MB message and reads none of it: the proxy's writer waits for the
+    client's socket (past what the kernel buffers), its memory stays bounded, and another client
+    is served meanwhile. Then the silent client resets the connection while the writer waits:
+    the proxy notices, closes it and goes on serving."""
+    user = dovecot_legacy.new_user()
+    dovecot_legacy.seed(user, "INBOX", [big_message("twenty", 20 * MIB)])
+    before = proxy.memory_kib("VmHWM")
+    silent = logged_in(proxy, dovecot_legacy, user)
+    silent.command(b"z", b"SELECT INBOX")
+    port = silent.sock.getsockname()[1]
+    silent.send(b"f FETCH 1 BODY[]\r\n")
+    queued = -1  # bytes waiting unread in the silent client's socket: growing until it is full
+    for _ in range(200):  # at most 10 s
+        time.sleep(0.05)
+        now = len(silent.sock.recv(64 * MIB, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        if now == queued:
+            break
+        queued = now
+    assert 0 < queued < 20 * MIB, queued  # the rest is held back, not sent
+    with logged_in(proxy, dovecot_legacy, user) as other:
+        assert other.command(b"n", b"NOOP")[-1].startswith(b"n OK")
+    growth = (proxy.memory_kib("VmHWM") - before) / 1024
+    assert growth < 16, f"proxy peak memory grew by {growth:.0f} MiB (the client reads nothing)"
+    silent.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    silent.close()  # a reset, with 20 MB still to send it
+    proxy.wait_for_log(rf"closed client=[^ ]*:{port}\b")
+    assert_still_serving(proxy, dovecot_legacy)
 
 
 # ------------------------------------------------------------------ tags

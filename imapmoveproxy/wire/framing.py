@@ -197,8 +197,6 @@ class Framer:
     def next_event(self) -> Event | None:
         buf = self._buf
         pos = self._pos
-        if pos == len(buf) and not self._too_long:  # the usual last call: all handed out
-            return None
         if self._literal_left:
             available = len(buf) - pos
             if not available:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 # ATOM-CHAR: any CHAR except atom-specials (RFC 3501 §9): ( ) { SP CTL % * " \ ]
 _ATOM_SPECIALS = frozenset(b'(){ %*"\\]')
 # The same as regular expression classes: ATOM-CHAR, and a tag's characters (ATOM-CHAR but "+").
-_ATOM_CHARS = rb"\x21\x23\x24\x26\x27\x2b-\x5b\x5e-\x7a\x7c-\x7e"
-_TAG_CHARS = rb"\x21\x23\x24\x26\x27\x2c-\x5b\x5e-\x7a\x7c-\x7e"
+_ATOM_CHARS = re.escape(bytes(b for b in range(0x21, 0x7F) if b not in _ATOM_SPECIALS))
+_TAG_CHARS = re.escape(bytes(b for b in range(0x21, 0x7F) if b not in _ATOM_SPECIALS | {0x2B}))
 MAX_TAG = 100
 _TAG_RE_FULL = re.compile(rb"[%s]{1,%d}" % (_TAG_CHARS, MAX_TAG))
 _WORD_RE = re.compile(rb"[%s]*" % _ATOM_CHARS)

@@ -15,8 +15,9 @@ one that writes it; no lock or buffer is shared by the two directions:
   cost one task step each way (bench/latency.py), and an idle connection has no writer tasks.
 
 The connection's own task reads the client; a task watches the clock while a deadline is due
-(:mod:`.clock`); a MOVE waiting for its mailbox's lock and the second sessions are tasks of their
-own (:mod:`.tasks`). Every decision about the protocol is the session's."""
+(:mod:`.clock`); a MOVE waiting for its mailbox's
+lock and the second sessions are tasks of their own (:mod:`.tasks`). Every decision about the
+protocol is the session's."""
 
 from __future__ import annotations
 
@@ -154,16 +155,18 @@ class Connection:
             self.client_gone = True  # nothing more for it: end now
             self.after_session()
             return
+        size = SMALL_RECEIVE
         while data:
             self.upstream_heard = trio.current_time()
             session.receive_upstream(data)
             self.after_session()
+            size = self._upstream_reads.read_size(len(data), size)
             # Backpressure: a client that does not read stops us reading the upstream. (Replies
             # held back behind the response being relayed do not count: only reading the rest
             # of that response releases them.)
             if not self._room_for_upstream():
                 await self.changed.until(self._room_for_upstream)
-            data = await self._upstream_reads.receive()
+            data = await _receive(self.upstream, size)
         session.upstream_closed()  # after LOGOUT's BYE, or it dropped us
         self.upstream_gone = True
         self.after_session()
@@ -172,7 +175,7 @@ class Connection:
         """The upstream's first bytes (None: none in time)."""
         greeting, self._greeting = self._greeting, b""  # not kept for the connection's life
         with trio.move_on_after(self.config.connect_timeout):
-            return greeting or await self._upstream_reads.receive()
+            return greeting or await _receive(self.upstream)
         return None
 
     def _room_for_upstream(self) -> bool:
@@ -189,11 +192,12 @@ class Connection:
 
     async def _read_client(self) -> None:
         session = self.session
+        size = SMALL_RECEIVE
         while True:
             if not self._room_for_client():
                 self.line_started = math.inf  # not read meanwhile: the client is not late
                 await self.changed.until(self._room_for_client)
-            data = await self._client_reads.receive()
+            data = await _receive(self.client, size)
             if not data:
                 break
             if b"\n" in data or not session.line_pending:  # the next line has its own time
@@ -202,6 +206,7 @@ class Connection:
                 self.line_started = min(self.line_started, trio.current_time())
             session.receive_client(data)
             self.after_session()
+            size = self._client_reads.read_size(len(data), size)
             if session.starttls_requested and not await self._start_client_tls():
                 break
         self.client_gone = True
@@ -274,7 +279,7 @@ class Connection:
 
     def after_session(self) -> None:
         """React to what the session now asks for, and wake the tasks that can act on it."""
-        session, nursery = self.session, self._nursery
+        session = self.session
         self._write_now()
         # After any step, not only a read: a client's literal refused by the server is owed no
         # more, and the client's next command must wake its reader.
@@ -282,8 +287,9 @@ class Connection:
         self._client_reads.follow(session.client_literal_owed)
         if session.move_news:
             self._tasks.count_finished()
-            if nursery is not None and self._tasks.start_due(nursery):
+            if self._nursery is not None and self._tasks.start_due(self._nursery):
                 self._write_now()  # the MOVE's first commands
+        nursery = self._nursery
         if nursery is not None:
             self._to_client.kick(nursery, self.after_session)
             self._to_upstream.kick(nursery, self.after_session)
@@ -295,42 +301,16 @@ class Reads:
     """How one stream is read: the size asked of each read, and a plain socket's SO_RCVLOWAT,
     following the literal its peer is sending (:data:`BULK_PIECE`)."""
 
-    __slots__ = ("_filled", "_socket", "_stream", "mark")
+    __slots__ = ("_socket", "mark")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
-        self._stream = stream
         self._socket = plain_socket(stream)
-        self._filled = False  # the last read filled the size it asked for
         self.mark = 1
 
-    async def receive(self) -> bytes | bytearray:
-        """Bytes from the stream; b"" when the peer has gone. The large size is asked after a
-        read that filled the small one, or while waiting for a big piece.
-
-        A plain socket is read as a round trip needs: wait until it is readable, then read once
-        (trio's first reads, which find nothing while a reply is awaited, and its stream
-        wrappers cost a system call and several microseconds per read; one coroutine frame less
-        per waiting reader is memory an idle connection keeps)."""
-        size = RECEIVE_SIZE if self._filled or self.mark > 1 else SMALL_RECEIVE
-        sock = self._socket
-        if sock is None:
-            try:
-                data = await self._stream.receive_some(size)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-        else:
-            fd = sock.fileno()
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                try:
-                    data = os.read(fd, size)
-                except BlockingIOError:  # readable, then not (another reader cannot exist here)
-                    continue
-                except OSError:
-                    data = b""
-                break
-        self._filled = len(data) >= size
-        return data
+    def read_size(self, got: int, asked: int) -> int:
+        """What to ask of the next read, after one that asked ``asked`` and got ``got``: the
+        large size after a read that filled the small one, or while waiting for a big piece."""
+        return RECEIVE_SIZE if got >= asked or self.mark > 1 else SMALL_RECEIVE
 
     def follow(self, owed: int) -> None:
         """The literal being received still owes ``owed`` bytes: set the mark (lowering it
@@ -340,6 +320,30 @@ class Reads:
             with contextlib.suppress(OSError):  # a socket closed already: its reader is done
                 self._socket.setsockopt(SOL_SOCKET, SO_RCVLOWAT, wanted)
             self.mark = wanted
+
+
+async def _receive(stream: trio.abc.Stream, size: int = RECEIVE_SIZE) -> bytes | bytearray:
+    """Bytes from ``stream``; b"" when the peer has gone.
+
+    A plain socket is read as a round trip needs: wait until it is readable, then read once
+    (trio's first reads, which find nothing while a reply is awaited, and its stream wrappers
+    cost a system call and several microseconds per read; one coroutine frame less per waiting
+    reader is memory an idle connection keeps)."""
+    sock = plain_socket(stream)
+    if sock is None:
+        try:
+            return await stream.receive_some(size)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+    fd = sock.fileno()
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            return os.read(fd, size)
+        except BlockingIOError:  # readable, then not (another reader cannot exist here)
+            continue
+        except OSError:
+            return b""
 
 
 async def bye_and_close(stream: trio.abc.Stream, bye: bytes) -> None:

@@ -15,9 +15,8 @@ one that writes it; no lock or buffer is shared by the two directions:
   cost one task step each way (bench/latency.py), and an idle connection has no writer tasks.
 
 The connection's own task reads the client; a task watches the clock while a deadline is due
-(:mod:`.clock`); a MOVE waiting for its mailbox's
-lock and the second sessions are tasks of their own (:mod:`.tasks`). Every decision about the
-protocol is the session's."""
+(:mod:`.clock`); a MOVE waiting for its mailbox's lock and the second sessions are tasks of their
+own (:mod:`.tasks`). Every decision about the protocol is the session's."""
 
 from __future__ import annotations
 
@@ -279,7 +278,7 @@ class Connection:
 
     def after_session(self) -> None:
         """React to what the session now asks for, and wake the tasks that can act on it."""
-        session = self.session
+        session, nursery = self.session, self._nursery
         self._write_now()
         # After any step, not only a read: a client's literal refused by the server is owed no
         # more, and the client's next command must wake its reader.
@@ -287,9 +286,8 @@ class Connection:
         self._client_reads.follow(session.client_literal_owed)
         if session.move_news:
             self._tasks.count_finished()
-            if self._nursery is not None and self._tasks.start_due(self._nursery):
+            if nursery is not None and self._tasks.start_due(nursery):
                 self._write_now()  # the MOVE's first commands
-        nursery = self._nursery
         if nursery is not None:
             self._to_client.kick(nursery, self.after_session)
             self._to_upstream.kick(nursery, self.after_session)

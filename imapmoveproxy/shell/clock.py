@@ -97,7 +97,7 @@ class Supervisor:
                     continue
                 deadline = min(deadline, stall)
             self._watched = self.key()
-            if deadline == math.inf:  # the key is _NOTHING_DUE
+            if self._watched == _NOTHING_DUE:  # what poke() starts the supervisor on
                 self._running = False
                 return False
             with trio.move_on_at(deadline):

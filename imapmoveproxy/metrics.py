@@ -113,6 +113,8 @@ class Metrics:
             self.rollbacks.labels(move.rollback).inc()
         self.duplicates.inc(move.duplicates)
         self.expunge_retries.inc(move.expunge_retries)
+        if move.flags:
+            self.copy_flags.labels(move.flags).inc()
         if seconds is not None:
             self.move_seconds.observe(seconds)
 

@@ -107,22 +107,35 @@ class Driver:
 
 
 def listed(s: Driver, copy: bytes = b"", uid_set: bytes = b"", found: bytes = b"") -> bytes:
-    """The answers to a MOVE's two listing commands (a UID MOVE's of ``uid_set``: first what
-    its search ``found``, such as ``ALL 3:7``), then ``copy`` to its COPY if given."""
-    first = b"UID " + uid_set + b"\r\n" if uid_set else b"(UID)"
-    reply = s.esearch(first, found) if found else b""
+    """The answers to a MOVE's listing commands. A UID MOVE's: its ``NOOP``, its search of
+    ``uid_set`` (what it ``found``, such as ``ALL 3:7``) and of \\Deleted, then ``copy`` to its
+    COPY if given. A sequence-number MOVE's: its ``FETCH set (UID)`` and search of \\Deleted;
+    its NOOP and COPY are sent only once these are answered (see :func:`synced`)."""
+    if uid_set:
+        first = b"UID " + uid_set + b"\r\n"
+        reply = s.tagged(b"NOOP", b"OK") + (s.esearch(first, found) if found else b"")
+    else:
+        assert not copy, "a sequence-number MOVE's COPY is not sent yet: answer it with synced()"
+        first, reply = b"(UID)", b""
     reply += s.tagged(first, b"OK") + s.tagged(b"DELETED", b"OK")
     return reply + (s.tagged(b"COPY", copy) if copy else b"")
+
+
+def synced(s: Driver, copy: bytes) -> bytes:
+    """The answers to what a sequence-number MOVE sends once its listing is answered: the
+    ``NOOP`` and ``copy`` to the first ``UID COPY``."""
+    return s.tagged(b"NOOP", b"OK") + s.tagged(b"COPY", copy)
 
 
 def copied(script: Driver, already_deleted: bytes = b"") -> None:
     """Answer the start of ``c MOVE 1:2 Trash``: UIDs 10 and 11, copied as 20 and 21."""
     script.client(b"c MOVE 1:2 Trash\r\n")
-    script.upstream(
+    sent = script.upstream(
         b"* 1 FETCH (UID 10)\r\n* 2 FETCH (UID 11)\r\n" + script.tagged(b"(UID)", b"OK")
         + script.esearch(b"DELETED", already_deleted) + script.tagged(b"DELETED", b"OK")
-        + script.tagged(b"COPY", b"OK [COPYUID 7 10:11 20:21] Done")
     )  # fmt: skip
+    assert sent == b"NOOP\r\nUID COPY 10:11 Trash\r\n"
+    script.upstream(synced(script, b"OK [COPYUID 7 10:11 20:21] Done"))
     script.seen()
 
 

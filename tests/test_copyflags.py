@@ -50,6 +50,8 @@ def test_missing_flags_are_added_to_the_matching_copies_only_and_never_deleted()
     assert restore.take_outgoing() == b"rb5 LOGOUT\r\n"
     assert not restore.done  # imap4d writes the flags when the session ends
     restore.receive(b"* BYE bye\r\nrb5 OK\r\n")
+    assert restore.ending and not restore.done  # it may still be writing them after its OK
+    restore.connection_lost()
     assert restore.done and restore.outcome() == (Result.RESTORED, "")
 
 
@@ -98,10 +100,26 @@ def test_flags_already_there_are_reported_kept_and_a_store_that_does_not_take_lo
     assert restore.outcome() == (Result.LOST, "flag refused: no")
 
 
+def test_a_connection_closed_before_the_verdict_is_reported_as_such():
+    restore = selected()
+    restore.connection_lost()
+    assert restore.done
+    assert restore.outcome() == (Result.UNKNOWN, "the mail server closed the connection")
+    restore = selected()
+    restore.receive(found((20, b"", DATE), (21, b"", DATE)))
+    assert b"UID STORE 20" in restore.take_outgoing()
+    restore.connection_lost()  # the STORE unanswered
+    assert restore.outcome() == (Result.LOST, "the mail server closed the connection")
+
+
 def test_a_changed_uidvalidity_stops_the_check_unless_the_target_was_empty():
     restore = FlagRestore(REQUEST, USER)
     restore.receive(b"* OK hi\r\nrb1 OK\r\n* OK [UIDVALIDITY 8] x\r\nrb2 OK\r\n")
-    assert restore.done and restore.outcome()[0] is Result.UNKNOWN
+    assert restore.take_outgoing().endswith(b"rb3 LOGOUT\r\n")
+    restore.connection_lost()
+    assert restore.done and restore.outcome() == (
+        Result.UNKNOWN, "the target's UIDVALIDITY is now 8"
+    )  # fmt: skip
     was_empty = FlagCheckRequest(b"Trash", None, 1, REQUEST.copied, True)
     restore = FlagRestore(was_empty, USER)
     restore.receive(b"* OK hi\r\nrb1 OK\r\n* OK [UIDVALIDITY 8] x\r\nrb2 OK\r\n")

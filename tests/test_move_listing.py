@@ -4,7 +4,10 @@ tests/driver.py."""
 
 from __future__ import annotations
 
-from driver import CAPS, Driver, listed, started
+import logging
+
+import pytest
+from driver import CAPS, Driver, listed, started, synced
 
 from imapmoveproxy.engine.session import SessionSettings
 from imapmoveproxy.wire.grammar import expand_uid_set
@@ -26,7 +29,7 @@ def move_chunk(s: Driver, uids: bytes, copies: bytes) -> bytes:
 def test_a_big_move_is_done_in_chunks_each_moved_or_untouched():
     s = chunk_script()
     assert s.client(b"c UID MOVE 1:* Trash\r\n") == (  # 5 messages may exist: more than 2
-        b"UID SEARCH RETURN (ALL) UID 1:*\r\nUID SEARCH RETURN (ALL) UID 1:* DELETED\r\n"
+        b"NOOP\r\nUID SEARCH RETURN (ALL) UID 1:*\r\nUID SEARCH RETURN (ALL) UID 1:* DELETED\r\n"
     )
     sent = s.upstream(listed(s, uid_set=b"1:*", found=b"ALL 3:7"))
     assert sent == b"UID COPY 3:4 Trash\r\n"
@@ -56,7 +59,8 @@ def test_a_move_of_any_size_goes_in_chunks():
     s.upstream(b"* 1500000 EXISTS\r\n")
     s.client(b"c UID MOVE 1:* Trash\r\n")
     sent = s.upstream(
-        s.esearch(b"UID 1:*\r\n", b"ALL 1:1500000") + s.tagged(b"UID 1:*\r\n", b"OK")
+        s.tagged(b"NOOP", b"OK")
+        + s.esearch(b"UID 1:*\r\n", b"ALL 1:1500000") + s.tagged(b"UID 1:*\r\n", b"OK")
         + s.esearch(b"DELETED", b"ALL 1:1500000") + s.tagged(b"DELETED", b"OK")
     )  # fmt: skip
     assert sent == b"UID COPY 1:1000 Trash\r\n"
@@ -76,18 +80,24 @@ def test_a_fetch_about_a_message_outside_the_set_is_relayed_and_not_moved():
         b"* 1 FETCH (UID 10)\r\n* 4 FETCH (UID 14 MODSEQ (9) FLAGS (\\Flagged))\r\n"
         b"* 2 FETCH (UID 11)\r\n* 3 FETCH (UID 12)\r\n" + listed(s)
     )
-    assert sent == b"UID COPY 10:11 Trash\r\n"
+    assert sent == b"NOOP\r\nUID COPY 10:11 Trash\r\n"
     assert s.seen() == b"* 4 FETCH (UID 14 MODSEQ (9) FLAGS (\\Flagged))\r\n"
-    assert move_chunk(s, b"10:11", b"1:2") == b"UID COPY 12 Trash\r\n"
+    s.answer(b"NOOP", b"OK")
+    assert move_chunk(s, b"10:11", b"1:2") == b"UID COPY 12 Trash\r\n"  # no second NOOP
 
 
 def test_copyuid_naming_uids_outside_the_set_ends_the_move_and_removes_the_copies(
-    script: Driver,
+    script: Driver, caplog: pytest.LogCaptureFixture
 ):
     script.client(b"c UID MOVE 5 Trash\r\n")
-    sent = script.upstream(
-        listed(script, b"OK [COPYUID 7 5:6 20:21] Done", uid_set=b"5", found=b"ALL 5")
-    )
+    with caplog.at_level(logging.WARNING):
+        sent = script.upstream(
+            listed(script, b"OK [COPYUID 7 5:6 20:21] Done", uid_set=b"5", found=b"ALL 5")
+        )
+    (warning,) = [record for record in caplog.records if "outside the set" in record.getMessage()]
+    # in the connection's log, under its id
+    assert warning.name == "imapmoveproxy.engine.session"
+    assert warning.__dict__["conn"] == script.session.conn_id
     assert sent == b"UID FETCH 5:6 (UID FLAGS)\r\n"  # nothing flagged, only checked
     script.upstream(
         b"* 1 FETCH (UID 5 FLAGS ())\r\n* 2 FETCH (UID 6 FLAGS ())\r\n"
@@ -104,4 +114,34 @@ def test_copyuid_naming_uids_outside_the_set_ends_the_move_and_removes_the_copie
 
 def test_small_moves_cost_no_extra_round_trip_with_chunks():
     s = chunk_script()
-    assert b"COPY 1:2 Trash" in s.client(b"c MOVE 1:2 Trash\r\n")
+    sent = s.client(b"c UID MOVE 1:2 Trash\r\n")
+    assert sent.startswith(b"NOOP\r\n") and sent.endswith(b"\r\nUID COPY 1:2 Trash\r\n")
+
+
+def test_a_sequence_number_move_costs_one_round_trip_more_to_list_its_uids():
+    """Numbers would shift under the NOOP that comes before the COPY: listed as UIDs first,
+    then copied by UID, however small the set."""
+    s = chunk_script()
+    assert s.client(b"c MOVE 1:2 Trash\r\n") == (
+        b"FETCH 1:2 (UID)\r\nUID SEARCH RETURN (ALL) 1:2 DELETED\r\n"
+    )  # one round trip more than for UID MOVE
+    sent = s.upstream(b"* 1 FETCH (UID 10)\r\n* 2 FETCH (UID 11)\r\n" + listed(s))
+    assert sent == b"NOOP\r\nUID COPY 10:11 Trash\r\n"
+    assert s.upstream(synced(s, b"OK [COPYUID 7 10:11 1:2] Done")) == (
+        b"UID STORE 10:11 +FLAGS.SILENT (\\Deleted)\r\n"
+    )
+
+
+def test_a_chunk_whose_copy_matched_nothing_is_skipped():
+    """UW-IMAP's ``COPYUID v 0 0``: the chunk's messages were expunged by another session
+    meanwhile; the next chunk is moved as usual."""
+    s = chunk_script()
+    s.client(b"c UID MOVE 1:* Trash\r\n")
+    assert s.upstream(listed(s, uid_set=b"1:*", found=b"ALL 3:6")) == b"UID COPY 3:4 Trash\r\n"
+    sent = s.answer(b"UID COPY 3:4 ", b"OK [COPYUID 7 0 0] COPY completed")
+    assert sent == b"UID COPY 5:6 Trash\r\n"  # nothing of 3:4 flagged or expunged
+    assert move_chunk(s, b"5:6", b"1:2") == b""
+    assert s.seen() == (
+        b"* OK [COPYUID 7 5:6 1:2] Moved UIDs.\r\n* 1 EXPUNGE\r\n* 1 EXPUNGE\r\n"
+        b"c OK Move completed.\r\n"
+    )

@@ -2,6 +2,10 @@
 
 tests/test_fault_matrix.py runs it against a real Dovecot; here each refusal is produced on
 demand, which a real server cannot be made to do at every step.
+
+Once past LOGIN it ends only when the server closes the connection after its LOGOUT (an mbox
+server writes the session's view of the mailbox as the session ends): the tests call
+``connection_lost()`` to see it done.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ def test_logs_in_selects_removes_exactly_the_copies_checks_and_logs_out():
     assert step(rollback, b"rb4 OK\r\n") == b"rb5 UID EXPUNGE 20:21,23\r\n"
     assert step(rollback, b"* 3 EXPUNGE\r\nrb5 OK\r\n") == b"rb6 UID FETCH 20:21,23 (UID)\r\n"
     assert step(rollback, b"rb6 OK\r\n") == b"rb7 LOGOUT\r\n"
+    assert rollback.ending and not rollback.done  # until the server closes the connection
+    assert step(rollback, b"* BYE Logging out\r\nrb7 OK Bye\r\n") == b""  # the BYE is no error
+    assert not rollback.done
+    rollback.connection_lost()
     assert rollback.done and rollback.error is None and rollback.missing == frozenset()
 
 
@@ -43,7 +51,9 @@ def test_copies_already_gone_from_the_target_are_named():
     rollback = Rollback(REQUEST, USER)
     step(rollback, b"* OK hi\r\nrb1 OK\r\n* OK [UIDVALIDITY 7] x\r\nrb2 OK\r\n")
     step(rollback, b"* 2 FETCH (UID 21)\r\nrb3 OK\r\n")  # 20 and 23 were moved away meanwhile
-    step(rollback, b"rb4 OK\r\n* 2 EXPUNGE\r\nrb5 OK\r\nrb6 OK\r\n")
+    sent = step(rollback, b"rb4 OK\r\n* 2 EXPUNGE\r\nrb5 OK\r\nrb6 OK\r\n")
+    assert sent.endswith(b"rb7 LOGOUT\r\n")
+    rollback.connection_lost()
     assert rollback.done and rollback.error is None and rollback.missing == {20, 23}
 
 
@@ -51,15 +61,18 @@ def test_a_copy_still_there_afterwards_is_a_failure():
     rollback = Rollback(REQUEST, USER)
     step(rollback, b"* OK hi\r\nrb1 OK\r\n* OK [UIDVALIDITY 7] x\r\nrb2 OK\r\n")
     step(rollback, b"* 2 FETCH (UID 21)\r\nrb3 OK\r\nrb4 OK\r\nrb5 OK\r\n")
-    step(rollback, b"* 1 FETCH (UID 21)\r\nrb6 OK\r\n")
+    assert step(rollback, b"* 1 FETCH (UID 21)\r\nrb6 OK\r\n") == b"rb7 LOGOUT\r\n"
+    assert rollback.ending and not rollback.done
+    rollback.connection_lost()
     assert rollback.done and rollback.error == "UIDs 21 of the target were not removed"
 
 
 def test_a_recreated_target_is_not_touched():
     rollback = Rollback(REQUEST, USER)
     sent = step(rollback, b"* OK hi\r\nrb1 OK\r\n* OK [UIDVALIDITY 8] x\r\nrb2 OK\r\n")
-    assert b"STORE" not in sent and rollback.done
-    assert rollback.error == "the target's UIDVALIDITY is now 8"
+    assert b"STORE" not in sent and sent.endswith(b"\r\nrb3 LOGOUT\r\n")
+    rollback.connection_lost()
+    assert rollback.done and rollback.error == "the target's UIDVALIDITY is now 8"
 
 
 @pytest.mark.parametrize(
@@ -67,23 +80,48 @@ def test_a_recreated_target_is_not_touched():
     [
         (b"* BYE go away\r\n", "greeting b'* BYE go away'"),
         (b"* OK hi\r\nrb1 NO [AUTHENTICATIONFAILED] Nope\r\n", "login refused: Nope"),
+        (b"* OK hi\r\nrb9 OK\r\n", "unexpected reply b'rb9 OK'"),
+    ],
+)
+def test_a_refusal_up_to_the_login_ends_it_at_once_with_the_reason(server: bytes, error: str):
+    rollback = Rollback(REQUEST, USER)
+    assert b"LOGOUT" not in step(rollback, server)
+    assert rollback.done and not rollback.ending and rollback.error == error
+
+
+@pytest.mark.parametrize(
+    ("server", "error"),
+    [
         (b"* OK hi\r\nrb1 OK\r\nrb2 NO [NONEXISTENT] Gone\r\n", "select refused: Gone"),
         (
             b"* OK hi\r\nrb1 OK\r\n* BYE shutting down\r\n",
             "the mail server said b'* BYE shutting down'",
         ),
-        (b"* OK hi\r\nrb9 OK\r\n", "unexpected reply b'rb9 OK'"),
+        (
+            b"* OK hi\r\nrb1 OK\r\n* OK [UIDVALIDITY 7] x\r\nrb2 OK\r\nrb3 BAD Busy\r\n",
+            "find refused: Busy",
+        ),
     ],
 )
-def test_every_refusal_ends_it_with_the_reason(server: bytes, error: str):
+def test_a_refusal_after_the_login_logs_out_and_ends_when_the_server_closes(
+    server: bytes, error: str
+):
     rollback = Rollback(REQUEST, USER)
-    step(rollback, server)
-    assert rollback.done and rollback.error == error
+    assert step(rollback, server).endswith(b" LOGOUT\r\n")
+    assert rollback.ending and not rollback.done and rollback.error == error
+    step(rollback, b"* 1 FETCH (UID 20)\r\nrb9 OK\r\n")  # anything after LOGOUT is ignored
+    rollback.connection_lost()
+    assert rollback.done and rollback.error == error  # the reason, not the closed connection
 
 
 def test_a_dropped_connection_is_a_failure():
     rollback = Rollback(REQUEST, USER)
     step(rollback, b"* OK hi\r\n")
+    rollback.connection_lost()
+    assert rollback.done and rollback.error == "the mail server closed the connection"
+    rollback = Rollback(REQUEST, USER)  # with the copies flagged, before their expunge
+    step(rollback, b"* OK hi\r\nrb1 OK\r\n* OK [UIDVALIDITY 7] x\r\nrb2 OK\r\n")
+    step(rollback, b"* 1 FETCH (UID 20)\r\nrb3 OK\r\n")
     rollback.connection_lost()
     assert rollback.done and rollback.error == "the mail server closed the connection"
 

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from .session import Session
 
 MOVE_COMMANDS = (b"MOVE", b"UID MOVE")
+# Cyrus's older name for MOVE, which it executes even when MOVE is hidden: where the proxy
+# emulates MOVE, an XMOVE is emulated too (under the same lock, log and metrics).
+EMULATED_COMMANDS = (*MOVE_COMMANDS, b"XMOVE", b"UID XMOVE")
 _DATA_COMMANDS = (b"AUTHENTICATE", b"IDLE")  # client lines after these are not commands
 _MAX_INVALID = 10  # invalid command lines in a row that end the connection (as in Dovecot)
 
@@ -142,7 +145,7 @@ class ClientInput:
             return
         name, tag = start.name, start.tag
         session.counters.commands += 1
-        if name in MOVE_COMMANDS and session.offer.executes_move():
+        if name in EMULATED_COMMANDS and session.offer.executes_move():
             self._collect_move(line)
         elif name in MOVE_COMMANDS:  # the upstream has MOVE, or no UIDPLUS and "refuse"
             session.moves.forwarded(name, line.data[start.args_offset :], session.caps)

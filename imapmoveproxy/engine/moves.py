@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..move.copyflags import FlagCheck, FlagRecorder, Result
+from ..move.copyflags import FlagCheckRequest, FlagRecorder, Result
 from ..move.emulation import MoveEmulation
 from ..move.request import MoveRequest, RollbackRequest, UpstreamCommand
 from ..wire.capabilities import Capabilities
@@ -33,27 +33,34 @@ class FinishedMove:
     rollback: str = ""  # "", "done", "failed", "impossible"
     duplicates: int = 0  # messages left in both mailboxes
     expunge_retries: int = 0  # UID EXPUNGEs that removed too few and were tried once more
+    flags: str = ""  # guarded: what became of the copies' flags (copyflags.Result), if checked
 
 
 class MoveRunner:
     """The MOVE waiting for earlier commands, the one running, and those answered."""
 
-    __slots__ = ("_finished", "_session", "flag_checks", "rollback_running", "running", "waiting")
+    __slots__ = ("_finished", "_second_taken", "_session", "running", "waiting")
 
     def __init__(self, session: Session) -> None:
         self._session = session
         self.waiting: MoveRequest | None = None  # collected, not started
         self.running: MoveEmulation | None = None
-        self.rollback_running = False
+        self._second_taken = False  # the running MOVE's second session was handed out
         self._finished: list[FinishedMove] = []
-        self.flag_checks: list[FlagCheck] = []  # for the caller to run after their MOVE
 
     @property
     def idle(self) -> bool:
-        """No MOVE waits or runs, and none has left anything for the caller (metrics, second
-        sessions): most commands' path, which then has nothing to ask of the MOVE tasks."""
+        """No MOVE waits or runs, and none has left anything for the caller (metrics): most
+        commands' path, which then has nothing to ask of the MOVE tasks."""
         waiting, running = self.waiting, self.running
-        return waiting is None and running is None and not self._finished and not self.flag_checks
+        return waiting is None and running is None and not self._finished
+
+    @property
+    def waits_for_upstream(self) -> bool:
+        """The running MOVE waits for the client's upstream connection (not for a second
+        session of its own)."""
+        running = self.running
+        return running is not None and not running.waits_for_second_session
 
     @property
     def ready(self) -> bool:
@@ -86,6 +93,7 @@ class MoveRunner:
             exists=mailbox.exists,
             recent=mailbox.recent,
             flags=FlagRecorder() if settings.guarded else None,
+            log=session.log,
         )
         self.step(self.running.start(session.caps))
 
@@ -109,18 +117,34 @@ class MoveRunner:
         """The second session the running MOVE asks for, once (only with credentials to
         replay: without, :meth:`step` has answered it already)."""
         move = self.running
-        if move is None or move.rollback_request is None or self.rollback_running:
+        if move is None or move.rollback_request is None or self._second_taken:
             return None
-        self.rollback_running = True
+        self._second_taken = True
         return move.rollback_request
 
     def rollback_finished(self, error: str | None, missing: frozenset[int]) -> None:
         move = self.running
-        assert move is not None and self.rollback_running
-        self.rollback_running = False
+        assert move is not None and self._second_taken
+        self._second_taken = False
         if error is not None:
             self._session.log.warning("rollback of a failed MOVE failed: %s", error)
         self.step(move.on_rollback(error, missing=missing))
+
+    def take_flag_check(self) -> FlagCheckRequest | None:
+        """The copies' flags the running MOVE asks a second session to check, once (only with
+        credentials to replay: without, :meth:`step` has answered it already)."""
+        move = self.running
+        if move is None or move.flag_request is None or self._second_taken:
+            return None
+        self._second_taken = True
+        return move.flag_request
+
+    def flags_checked(self, result: Result, detail: str) -> None:
+        """The second session of :meth:`take_flag_check` ended: the MOVE's tagged reply."""
+        move = self.running
+        assert move is not None and self._second_taken
+        self._second_taken = False
+        self.step(move.on_flags(result, detail))
 
     def step(self, commands: list[UpstreamCommand]) -> None:
         """Send the running MOVE's next commands; finish it if it is answered."""
@@ -128,9 +152,13 @@ class MoveRunner:
         session.channel.send(commands)
         if move is None:
             return
-        if move.rollback_request is not None and session.credentials is None:
-            why = "off" if session.settings.rollback == "off" else "no credentials to replay"
-            session.channel.send(move.on_rollback(f"second sessions are {why}", attempted=False))
+        if session.credentials is None and (move.rollback_request or move.flag_request):
+            off = session.settings.rollback == "off"
+            reason = "second sessions are off" if off else "no login to replay for a second session"
+            if move.rollback_request is not None:
+                session.channel.send(move.on_rollback(reason, attempted=False))
+            else:
+                move.on_flags(Result.UNKNOWN, reason)
         if not move.done:
             return
         self.running = None
@@ -140,13 +168,6 @@ class MoveRunner:
         kind = b"UID MOVE" if move.request.uid else b"MOVE"
         self._count(kind, move.request.sequence_set, policy, move.outcome, move)
         session.after_move()
-
-    def flags_checked(self, check: FlagCheck, result: Result, detail: str) -> None:
-        """The flags of a guarded MOVE's copies were checked: its log line, held back until
-        now, says what became of them."""
-        level = logging.INFO if result in (Result.KEPT, Result.RESTORED) else logging.WARNING
-        because = f" ({detail})" if detail else ""
-        self._session.log.log(level, "%s flags=%s%s", check.log_line, result.value, because)
 
     def take_finished(self) -> list[FinishedMove]:
         """Every MOVE answered since the last call."""
@@ -172,16 +193,17 @@ class MoveRunner:
             + (f" rollback={rollback}" if rollback else "")
             + (f" expunge_retries={retries}" if retries else "")
         )
-        request = None
-        if move is not None and move.flags is not None and outcome == "moved":
-            request = move.flags.request(move.request.mailbox, self._session.mailbox.name)
-        if request is not None:  # logged once the copies' flags are checked
-            self.flag_checks.append(FlagCheck(request, self._session.credentials, line))
-        else:
-            log.info("%s", line)
+        flags, level = "", logging.INFO
+        if move is not None and move.flags_result is not None:  # guarded: the copies' flags
+            result, detail = move.flags_result
+            flags = result.value
+            line += f" flags={flags}" + (f" ({detail})" if detail else "")
+            if result in (Result.LOST, Result.UNKNOWN):
+                level = logging.WARNING
+        log.log(level, "%s", line)
         if move is not None and move.duplicates:
             log.warning("MOVE left messages in both mailboxes: %s", move.reply.decode())
         moves = self._session.counters.moves
         key = f"{policy}-{outcome}"
         moves[key] = moves.get(key, 0) + 1
-        self._finished.append(FinishedMove(policy, outcome, rollback, duplicates, retries))
+        self._finished.append(FinishedMove(policy, outcome, rollback, duplicates, retries, flags))

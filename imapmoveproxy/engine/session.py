@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ..move.copyflags import FlagCheck, Result
+from ..move.copyflags import FlagCheckRequest, Result
 from ..move.request import RollbackRequest
 from ..move.rollback import Credentials
 from ..wire.capabilities import Capabilities
@@ -220,8 +220,8 @@ class Session:
 
     @property
     def move_news(self) -> bool:
-        """A MOVE waits or runs, or one answered has left work for the caller (its metrics,
-        :meth:`take_flag_checks`): otherwise none of the MOVE calls below has anything."""
+        """A MOVE waits or runs, or one answered has left work for the caller (its metrics):
+        otherwise none of the MOVE calls below has anything."""
         return not self.moves.idle
 
     @property
@@ -254,7 +254,7 @@ class Session:
     def move_waits_for_upstream(self) -> bool:
         """A MOVE waits for a reply of the client's upstream connection (not for a second
         session): the caller bounds that wait in time (:meth:`move_stalled`)."""
-        return self.moves.running is not None and not self.moves.rollback_running
+        return self.moves.waits_for_upstream
 
     def start_move(self) -> None:
         """Begin the MOVE that :attr:`move_ready` announced."""
@@ -293,15 +293,19 @@ class Session:
         """Every MOVE answered since the last call."""
         return self.moves.take_finished()
 
-    def take_flag_checks(self) -> list[FlagCheck]:
-        """Second sessions the caller must run now (they never hold back the client), each
-        reporting to :meth:`flag_check_finished`."""
-        checks, self.moves.flag_checks = self.moves.flag_checks, []
-        return checks
+    def take_flag_check(self) -> tuple[FlagCheckRequest, Credentials] | None:
+        """A second session the caller must run now, before the MOVE's tagged OK, to check (and
+        restore) the flags of a guarded MOVE's copies; it reports to :meth:`flag_check_finished`."""
+        request = self.moves.take_flag_check()
+        if request is None:
+            return None
+        assert self.credentials is not None  # without, MoveRunner.step answered the MOVE
+        return request, self.credentials
 
-    def flag_check_finished(self, check: FlagCheck, result: Result, detail: str) -> None:
-        """The flags of a guarded MOVE's copies were checked (:meth:`MoveRunner.flags_checked`)."""
-        self.moves.flags_checked(check, result, detail)
+    def flag_check_finished(self, result: Result, detail: str) -> None:
+        """The second session of :meth:`take_flag_check` ended: the MOVE is answered."""
+        self.moves.flags_checked(result, detail)
+        self.resume()  # commands the client pipelined behind the MOVE
 
     # ------------------------------------------------------------------ for the parts
 

@@ -42,15 +42,20 @@ class UpstreamResponses:
                 # Fast path: relay in one piece the run of untagged responses that need no look
                 # (a FETCH flood is ~100 bytes a line; one at a time would cost 4 µs each).
                 run = framer.plain_run(responses.first_stop)
+                if not run:  # the same for EXPUNGE responses: relayed, and counted
+                    run = framer.plain_run(responses.first_non_expunge)
+                    session.mailbox.expunged(bytes(run).count(b"\n"))
                 if run:
                     output.relay(run)
                     output.flush_deferred()
                     continue
-            elif move is not None and move.expunging:
+            elif move is not None and move.expunges_in_runs:
                 # The same for the EXPUNGE responses of a big MOVE: relayed, and counted.
                 run = framer.plain_run(responses.first_non_expunge)
                 if run:
-                    move.expunged(bytes(run).count(b"\n"))
+                    expunged = bytes(run).count(b"\n")
+                    move.expunged(expunged)
+                    session.mailbox.expunged(expunged)
                     output.relay(run)
                     continue
             event = session.next_event(
@@ -128,8 +133,10 @@ class UpstreamResponses:
             if validity is not None:
                 mailbox.uidvalidity = validity
         count = responses.count(line)
-        if count is not None and count[1]:  # expunges only lower it: this stays an upper bound
+        if count is not None and count[1]:
             mailbox.exists = count[0]
+        elif responses.expunge_number(line) is not None:
+            mailbox.expunged(1)
         move = session.moves.running
         if move is not None and not move.on_untagged(line):
             return False

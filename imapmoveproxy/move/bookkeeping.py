@@ -16,22 +16,44 @@ class ClientCounts:
     count that follows them, as a native MOVE does. So from the COPY on, EXISTS and RECENT wait
     for the tagged reply, where only the latest of each is shown: a RECENT shown before them
     could count messages whose EXISTS the client has not seen yet.
+
+    Except where an EXPUNGE would name a message the client has not been told exists (new mail
+    that a ``1:*`` copied along): the EXISTS held goes first (:meth:`before_expunge`), as a
+    native server announces new mail before it expunges it.
     """
 
-    __slots__ = ("_exists_held", "_recent_held", "exists", "expunged", "recent")
+    __slots__ = ("_exists_held", "_recent_held", "exists", "expunged", "recent", "told")
 
     def __init__(self, exists: int | None, recent: int | None) -> None:
         self.exists = exists  # how many messages the mailbox has at most, if known
+        self.told = exists  # how many the client has been told of, if known
         self.recent = recent  # the RECENT count the client was last shown, if known
         self.expunged = 0  # EXPUNGEs the client was shown during this MOVE
         self._exists_held = False
         self._recent_held: int | None = None
+
+    @property
+    def holding_exists(self) -> bool:
+        return self._exists_held
 
     def shown_expunges(self, count: int) -> None:
         """``count`` EXPUNGE responses went to the client."""
         self.expunged += count
         if self.exists is not None:
             self.exists -= count
+        if self.told is not None:
+            self.told -= count
+
+    def before_expunge(self, number: int) -> bytes:
+        """What must reach the client before ``* number EXPUNGE``: the EXISTS held, if the
+        client has not been told of message ``number`` yet."""
+        if not self._exists_held or self.exists is None:
+            return b""
+        if self.told is not None and number <= self.told:
+            return b""
+        self._exists_held = False
+        self.told = self.exists
+        return b"* %d EXISTS\r\n" % self.exists
 
     def count(self, number: int, exists: bool, copying: bool) -> bool:
         """An EXISTS or RECENT response: whether it goes to the client now (``copying``: the
@@ -40,7 +62,9 @@ class ClientCounts:
             self.exists = number
         holding = self._exists_held or self._recent_held is not None
         if not copying and not holding:
-            if not exists:
+            if exists:
+                self.told = number
+            else:
                 self.recent = number
             return True
         if exists:
@@ -54,6 +78,7 @@ class ClientCounts:
         shown = b""
         if self._exists_held and self.exists is not None:
             shown += b"* %d EXISTS\r\n" % self.exists
+            self.told = self.exists
         recent = self._recent_held
         if recent is not None and self.exists is not None:
             recent = min(recent, self.exists)  # never more recent messages than exist

@@ -8,7 +8,8 @@ guarded policy (no UIDPLUS, hence no COPYUID to say which copy is which) is conc
    ``STATUS target (UIDNEXT UIDVALIDITY MESSAGES)`` pipelined with the listing step, and
    ``UID FETCH chunk (UID FLAGS INTERNALDATE)`` pipelined right before each chunk's ``UID COPY``.
    :class:`FlagRecorder` takes their answers out of the stream; the move only relays the rest.
-2. After the MOVE's tagged OK (outcome ``moved``), if a moved message carried a flag worth
+2. Once everything is moved, before the MOVE's tagged OK (the client waits one more round trip
+   and then sees the copies as they should be), if a moved message carried a flag worth
    keeping, a second session of the same user (:class:`FlagRestore`, like a rollback's) selects
    the target, checks its UIDVALIDITY (unless the target was empty: imap4d gives an empty
    mailbox a new UIDVALIDITY each time it is looked at, until a message is written to it), and
@@ -21,9 +22,14 @@ guarded policy (no UIDPLUS, hence no COPYUID to say which copy is which) is conc
    view of it over the other's (the client's session would drop the restored flags, and the
    second session, at its LOGOUT, the \\Deleted flags the MOVE had put back). Otherwise the
    loss is only reported.
+4. The second session ends only once the server has closed its connection: imap4d and UW-IMAP
+   write a session's view of an mbox file as the session ends, even after answering LOGOUT. The
+   client's session is held meanwhile (the MOVE has no tagged reply yet), so that no two
+   sessions ever write the same mailbox file at once (a stale one would lose or duplicate mail).
 
-The result (:class:`Result`) goes into the MOVE's log line (``flags=...``) and the
-``imapmoveproxy_copy_flags_total{result}`` metric. It never delays the client's tagged reply.
+The result (:class:`Result`) goes into the MOVE's log line (``flags=...``), the
+``imapmoveproxy_copy_flags_total{result}`` metric and, when the flags are not all there, the
+tagged OK's text.
 """
 
 from __future__ import annotations
@@ -211,8 +217,6 @@ class FlagRestore(SecondSession):
                 self._finish(Result.LOST, f"the flags did not take on UIDs {uids}")
             else:
                 self._finish(Result.RESTORED, "")
-        elif phase is Phase.LOGOUT:
-            self.done = True
 
     def _compare(self) -> None:
         """Pair the copies with the first messages from the old UIDNEXT on, or touch nothing."""
@@ -264,17 +268,7 @@ class FlagRestore(SecondSession):
         )
 
     def _finish(self, result: Result, detail: str) -> None:
-        """The verdict is in: log out, and end once the server has answered (imap4d writes
-        the flags to its mailbox file at the end of the session)."""
+        """The verdict is in: log out, and end once the server has closed the connection
+        (imap4d writes the flags to its mailbox file at the end of the session)."""
         self.result, self.detail, self._judged = result, detail, True
-        self._send(Phase.LOGOUT, [[b"LOGOUT\r\n"]])
-
-
-@dataclass(slots=True, frozen=True)
-class FlagCheck:
-    """A :class:`FlagCheckRequest` to run after the MOVE, and the MOVE's log line, which waits
-    for its result."""
-
-    request: FlagCheckRequest
-    credentials: Credentials | None  # None: no second session can log in
-    log_line: str
+        self._logout()

@@ -40,6 +40,7 @@ flags the server's COPY drops can be put back after the MOVE (:mod:`.copyflags`)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -55,6 +56,7 @@ from ..wire.grammar import (
 )
 from . import replies
 from .bookkeeping import ClientCounts, SetCheck
+from .copyflags import Result
 from .guarded import GuardedSteps
 from .listing import Listing
 from .preflight import Preflight
@@ -70,7 +72,7 @@ from .uidplus import UidplusSteps
 
 if TYPE_CHECKING:
     from ..wire.commands import CommandChannel
-    from .copyflags import FlagRecorder
+    from .copyflags import FlagCheckRequest, FlagRecorder
 
 
 class MoveEmulation:
@@ -91,9 +93,16 @@ class MoveEmulation:
         exists: int | None = None,
         recent: int | None = None,
         flags: FlagRecorder | None = None,
+        log: logging.LoggerAdapter[logging.Logger],
     ) -> None:
         self.request = request
+        self.log = log  # the connection's
+        self.source = source
         self.flags = flags  # guarded: notes what the COPY should keep (:mod:`.copyflags`)
+        # the copies' flags for a second session to check before the tagged OK, and its verdict
+        self.flag_request: FlagCheckRequest | None = None
+        self.flags_result: tuple[Result, str] | None = None
+        self._held_reply: tuple[bytes | None, bytes] = (None, b"")
         self.policy: Policy | None = None
         self.outcome = ""  # "moved", "copy-failed", "expunge-failed"... for logs and metrics
         self.rollback = ""  # "done", "failed" or "impossible" once copies had to be removed
@@ -129,9 +138,10 @@ class MoveEmulation:
         return self.step is Step.DONE
 
     @property
-    def expunging(self) -> bool:
-        """Waiting for the replies to an EXPUNGE, whose ``* n EXPUNGE`` lines go to the client."""
-        return self.step is Step.EXPUNGE
+    def expunges_in_runs(self) -> bool:
+        """Whether the EXPUNGE responses may be relayed in runs, not looked at one by one: no
+        EXISTS is held back that one of them might need first (``before_expunge``)."""
+        return self.step is Step.EXPUNGE and not self.counts.holding_exists
 
     def expunged(self, count: int) -> None:
         """``count`` EXPUNGE responses were relayed to the client without passing through
@@ -205,6 +215,11 @@ class MoveEmulation:
             return False
         if uid is not None and (uid in self.moving or uid in self.foreign):
             return False
+        number = responses.expunge_number(line)
+        if number is not None:
+            told = self.counts.before_expunge(number)
+            if told:
+                self._emit(told)
         expunged = responses.expunge_count(line)
         if expunged:
             self.expunged(expunged)
@@ -259,6 +274,10 @@ class MoveEmulation:
             self.moving = set()
             return self.recovery.report()
         copyuid = result.code if code_name(result.code) == b"COPYUID" else None
+        if copyuid is not None and b"0" in copyuid.split()[2:]:
+            # UW-IMAP's answer to a COPY that matched no message (RFC 4315 has no UID 0):
+            # nothing was copied, whatever the listing named.
+            return self._copied_nothing()
         if copyuid is not None and len(copyuid.split()) == 4:
             _, _, sources, targets = copyuid.split()
             self.recovery.targets = dict(
@@ -277,12 +296,21 @@ class MoveEmulation:
         if not self.moving:
             self.moving = set(self.set_check.prefetched)
         if not self.moving:
-            self.outcome = "moved"
-            self.finish(b"OK", None, replies.NO_MESSAGES)
-            return []
+            return self._copied_nothing()
         self.already_deleted = {uid for uid in self.moving if uid in self.deleted}
         self.total = self.total or len(self.moving)
         return self.steps.after_copy()
+
+    def _copied_nothing(self) -> list[UpstreamCommand]:
+        """The COPY (of this chunk) copied no message: the next chunk, or the tagged reply."""
+        self.moving = set()
+        if not self.moved:
+            self.flags = None  # no copy whose flags to check
+        if self.moved or self.listing.left:
+            return self.recovery.chunk_done()
+        self.outcome = "moved"
+        self.finish(b"OK", None, replies.NO_MESSAGES)
+        return []
 
     @property
     def steps(self) -> UidplusSteps | GuardedSteps:
@@ -311,7 +339,28 @@ class MoveEmulation:
             return _NEXT[step](self)
         return tagged
 
+    @property
+    def waits_for_second_session(self) -> bool:
+        return self.step in (Step.ROLLBACK, Step.COPY_FLAGS)
+
+    def on_flags(self, result: Result, detail: str) -> list[UpstreamCommand]:
+        """The copies' flags were checked (:attr:`flag_request`): now the tagged OK, which says
+        so if they are not all there."""
+        code, text = self._held_reply
+        self.flag_request, self.flags_result = None, (result, detail)
+        if result in (Result.LOST, Result.UNKNOWN):
+            text = replies.flags_lost(detail, checked=result is Result.LOST)
+        self.finish(b"OK", code, text)
+        return []
+
     def finish(self, status: bytes, code: bytes | None, text: bytes) -> None:
+        if self.flags is not None and self.flags_result is None and self.outcome == "moved":
+            # Guarded: the copies' flags first, by a second session (:mod:`.copyflags`), while
+            # the client's session waits for this reply and so writes nothing.
+            self.flag_request = self.flags.request(self.request.mailbox, self.source)
+            if self.flag_request is not None:
+                self._held_reply, self.step = (code, text), Step.COPY_FLAGS
+                return
         held = self.counts.held()
         if held:
             self._emit(held)

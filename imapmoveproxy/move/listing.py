@@ -37,6 +37,17 @@ class Listing:
         self.copy_set: NumberSet | None = None  # UIDs of a chunk's UID COPY
         self._queue: Iterator[int] = iter(())  # UIDs of the chunks still to move
         self.left = 0  # how many UIDs are in the queue
+        self._synced = False  # the NOOP that brings the session's view up to date was sent
+
+    def _sync(self) -> list[UpstreamCommand]:
+        """``NOOP``, once, before the first COPY (and, for UID MOVE, before the listing): UW-IMAP
+        tells a session of other sessions' expunges only then, and until then COPYs messages
+        that another MOVE has moved already. Sequence numbers would shift under it, so a
+        sequence-number MOVE sends it only once its set is listed as UIDs."""
+        if self._synced:
+            return []
+        self._synced = True
+        return [self._move.own([b"NOOP\r\n"])]
 
     def _tag(self) -> bytes:
         return self._move.channel.tag(self._move)
@@ -66,6 +77,7 @@ class Listing:
         request, caps = move.request, move.caps
         uid = b"UID " if request.uid else b""
         move.step = step
+        sync = self._sync() if request.uid else []
         self.prefetch_tag = self._tag()
         move.set_check.restart()
         searchres = request.sequence_set == b"$"  # SEARCHRES implies ESEARCH (RFC 5182)
@@ -73,7 +85,7 @@ class Listing:
             prefetch = b" UID SEARCH RETURN (ALL) UID " + request.sequence_set + b"\r\n"
         else:  # FETCH is what every server gets right (imap4d's SEARCH UID is not)
             prefetch = b" " + uid + b"FETCH " + request.sequence_set + b" (UID)\r\n"
-        commands = [[self.prefetch_tag + prefetch]]
+        commands = [*sync, [self.prefetch_tag + prefetch]]
         if move.policy is Policy.UIDPLUS:  # the guarded policy searches \Deleted on its own
             self.deleted_tag = self._tag()
             returns = b"RETURN (ALL) " if caps.esearch else b""
@@ -114,9 +126,9 @@ class Listing:
         move.steps.new_chunk()
         move.copy_result = None
         move.step = Step.COPY
-        flags = []
+        commands = self._sync()
         if move.flags is not None and move.policy is Policy.GUARDED:
-            flags = [move.own([move.flags.fetch_command(chunk)])]
+            commands.append(move.own([move.flags.fetch_command(chunk)]))
         self.copy_tag = self._tag()
         copy = self.copy_tag + b" UID COPY " + b",".join(compress_uids(chunk)) + b" "
-        return [*flags, astring_segments(copy, [move.request.mailbox], move.caps)]
+        return [*commands, astring_segments(copy, [move.request.mailbox], move.caps)]

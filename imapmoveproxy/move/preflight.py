@@ -79,8 +79,14 @@ class Preflight:
         sizes = [set_size(move.request.sequence_set), move.counts.exists]
         size = min((size for size in sizes if size is not None), default=None)
         listing = move.listing
-        if move.policy is Policy.GUARDED or size is None or size > listing.chunk_limit:
+        if (
+            move.policy is Policy.GUARDED
+            or not move.request.uid
+            or size is None
+            or size > listing.chunk_limit
+        ):
             # Maybe too many for one COPY; or no COPYUID will say what the COPY took, so it may
-            # only name UIDs checked to be in the client's set.
+            # only name UIDs checked to be in the client's set; or sequence numbers, which the
+            # NOOP before the COPY may shift: listed as UIDs first (:meth:`Listing._sync`).
             return listing.prefetch(Step.PREFETCH, copy=False)
         return listing.prefetch(Step.COPY, copy=True)

@@ -8,7 +8,6 @@ source; the copies of those not flagged ``\\Deleted`` are handed to a second ses
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from ..wire.grammar import Tagged, compress_uids
@@ -19,7 +18,6 @@ from .steps import Step
 if TYPE_CHECKING:
     from .emulation import MoveEmulation
 
-log = logging.getLogger(__name__)
 
 OUTSIDE = "set-check"  # the step named when the upstream names messages outside the set
 
@@ -58,7 +56,7 @@ class Recovery:
         the copies a COPY made, through the check and the second session."""
         move = self._move
         request, outside = move.request, move.set_check.outside
-        log.warning(
+        move.log.warning(
             "%sMOVE %s: the server named messages outside the set (%s): MOVE refused",
             "UID " * request.uid, request.sequence_set[:60].decode(), outside,
         )  # fmt: skip

@@ -70,3 +70,10 @@ def duplicates(
         )
     state = "; ".join(parts)
     return state[:1].upper() + state[1:]
+
+
+def flags_lost(detail: str, checked: bool) -> bytes:
+    """Moved, but the server's COPY lost flags that could not be put back on the copies (or,
+    not ``checked``, may have: nothing could look)."""
+    lost = "lost" if checked else "may have lost"
+    return f"Move completed, but the moved messages {lost} their flags ({detail}).".encode()

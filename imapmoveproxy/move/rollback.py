@@ -95,7 +95,6 @@ class Phase(enum.Enum):
     EXPUNGE = "expunge"
     CHECK = "check"
     LOGOUT = "logout"
-    DONE = "done"
 
 
 class SecondSession:
@@ -118,9 +117,16 @@ class SecondSession:
         self._validity = b""
         self._examine = False  # open the mailbox read-only
 
+    @property
+    def ending(self) -> bool:
+        """LOGOUT has been sent: the session waits for the server to close the connection."""
+        return self._phase is Phase.LOGOUT
+
     def receive(self, data: bytes | bytearray) -> None:
+        if self._phase is Phase.LOGOUT:
+            return  # whatever it says, the end is the server closing the connection
         self._framer.feed(data)
-        while not self.done:
+        while not self.done and self._phase is not Phase.LOGOUT:
             try:
                 event = self._framer.next_event()
             except LineTooLong:
@@ -137,8 +143,10 @@ class SecondSession:
         return data
 
     def connection_lost(self) -> None:
-        if not self.done:
-            self._fail("the mail server closed the connection")
+        """The server closed the connection: the end awaited after LOGOUT, or a failure."""
+        if not self.done and self._phase is not Phase.LOGOUT:
+            self.error = "the mail server closed the connection"
+        self.done = True
 
     def _line(self, line: bytes) -> None:
         caps = find_list(line)
@@ -157,7 +165,7 @@ class SecondSession:
                 self._fail("unexpected continuation request")
             return
         if line[:1] == b"*":
-            if line[2:5].upper() == b"BYE" and self._phase is not Phase.LOGOUT:
+            if line[2:5].upper() == b"BYE":
                 self._fail(f"the mail server said {line_body(line)[:80]!r}")
                 return
             validity = responses.uidvalidity(line)
@@ -201,8 +209,18 @@ class SecondSession:
 
     def _fail(self, reason: str) -> None:
         self.error = reason
-        self.done = True
-        self._phase = Phase.DONE
+        self._logout()
+
+    def _logout(self) -> None:
+        """End the session. Once a mailbox may be open, only when the server has closed the
+        connection: a server that keeps a mailbox in one mbox file (imap4d, UW-IMAP) writes the
+        session's view of it as the session ends, even after answering LOGOUT, over whatever
+        the client's own session would change meanwhile."""
+        if self._phase in (Phase.GREETING, Phase.LOGIN):
+            self.done = True
+            return
+        self._phase = Phase.LOGOUT
+        self._channel.send([self._channel.own([b"LOGOUT\r\n"], self)])
 
 
 class Rollback(SecondSession):
@@ -243,9 +261,7 @@ class Rollback(SecondSession):
                 uids = b",".join(compress_uids(list(left))).decode()
                 self._fail(f"UIDs {uids} of the target were not removed")
                 return
-            self._channel.send([self._channel.own([b"LOGOUT\r\n"], self)])
-            self._phase = Phase.DONE
-            self.done = True
+            self._logout()
 
     def _send_per_set(self, phase: Phase, template: bytes) -> None:
         self._send(phase, [[template % uid_set] for uid_set in self._sets])

@@ -23,6 +23,7 @@ class Step(enum.Enum):
     UNFLAG = "unflag"  # UIDPLUS, after a failure: clear the \\Deleted flags the proxy set
     CHECK = "check"  # UIDPLUS, after a failure: which moved messages are still in the source
     ROLLBACK = "rollback"  # waiting for a second session to remove their copies from the target
+    COPY_FLAGS = "copy-flags"  # guarded: waiting for a second session to restore the copies' flags
     DONE = "done"
 
 

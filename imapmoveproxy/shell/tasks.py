@@ -5,8 +5,8 @@
   right there, by whoever ran the session; otherwise the MOVE task waits for it (a lock that
   cannot be had becomes the MOVE's tagged NO).
 * Second sessions of the client's user, each over a new upstream connection bounded by
-  ``rollback_timeout``: the rollback that removes a failed MOVE's copies, and the check that
-  restores the flags a server's COPY lost (guarded MOVEs).
+  ``rollback_timeout``, while the MOVE waits for them: the rollback that removes a failed
+  MOVE's copies, and the check that restores the flags a server's COPY lost (guarded MOVEs).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ..move.copyflags import FlagCheck, FlagRestore, Result
+from ..move.copyflags import FlagCheckRequest, FlagRestore
 from ..move.request import RollbackRequest
 from ..move.rollback import Credentials, Rollback, SecondSession
 from .locks import LockError
@@ -45,9 +45,10 @@ class MoveTasks:
         rollback = session.take_rollback()
         if rollback is not None:
             nursery.start_soon(self._rollback, *rollback)
-        for check in session.take_flag_checks():
+        check = session.take_flag_check()
+        if check is not None:
             self.flag_checks += 1
-            nursery.start_soon(self._check_flags, check)
+            nursery.start_soon(self._check_flags, *check)
         if not session.move_ready or self._locking or self._held is not None:
             return False
         if self._connection.proxy.locks.take_now(session.move_key):
@@ -105,40 +106,39 @@ class MoveTasks:
         connection = self._connection
         rollback = Rollback(request, credentials, connection.config.max_set_bytes)
         error = await self._run_second(rollback)
-        connection.upstream_heard = trio.current_time()  # the MOVE waits for its upstream again
         unfinished = None if rollback.done else "second session did not finish"
         error = error or rollback.error or unfinished
         connection.session.rollback_finished(error, rollback.missing)
         connection.after_session()
 
-    async def _check_flags(self, check: FlagCheck) -> None:
+    async def _check_flags(self, request: FlagCheckRequest, credentials: Credentials) -> None:
         """Run the second session that checks (and restores) the flags of a MOVE's copies."""
         connection = self._connection
-        config = connection.config
         try:
-            if check.credentials is None:
-                why = "off" if config.rollback == "off" else "without credentials to replay"
-                result, detail = Result.UNKNOWN, f"second sessions are {why}"
-            else:
-                restore = FlagRestore(check.request, check.credentials, config.max_set_bytes)
-                error = await self._run_second(restore)
-                result, detail = restore.outcome()
-                detail = "; ".join(filter(None, (detail, error)))
-            connection.proxy.metrics.copy_flags.labels(result.value).inc()
-            connection.session.flag_check_finished(check, result, detail)
+            restore = FlagRestore(request, credentials, connection.config.max_set_bytes)
+            error = await self._run_second(restore)
+            result, detail = restore.outcome()
+            connection.session.flag_check_finished(result, "; ".join(filter(None, (detail, error))))
+            connection.after_session()
         finally:
             self.flag_checks -= 1
             connection.changed.fire()
 
     async def _run_second(self, peer: SecondSession) -> str | None:
         """Drive ``peer`` over a new upstream connection, bounded by ``rollback_timeout``;
-        what went wrong with the connection, if anything did."""
+        what went wrong with the connection, if anything did. A session that has done its work
+        and only waits for the server to close the connection (:attr:`SecondSession.ending`)
+        and does not see it in time is a failure too: an mbox server may write its view of a
+        mailbox after that, over the client's session's changes."""
         connection = self._connection
         try:
             with trio.fail_after(connection.config.rollback_timeout):
                 await _drive(peer, *await connection.proxy.open_upstream(connection.addresses))
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, UpstreamUnavailable) as exc:
-            return f"second session: {exc or 'timed out'}"
+            why = "the server did not end it" if peer.ending else exc or "timed out"
+            return f"second session: {why}"
+        finally:
+            connection.upstream_heard = trio.current_time()  # the MOVE waits for its upstream
         return None
 
 

@@ -22,7 +22,9 @@ UpstreamCommand = list[bytes]
 class CommandChannel:
     """Tags, the table of commands awaiting their reply, and literals waiting for ``+``."""
 
-    __slots__ = ("_awaiting", "_continuation", "_counter", "_prefix", "_write")
+    __slots__ = (
+        "_awaiting", "_continuation", "_continuation_tag", "_counter", "_prefix", "_write",
+    )  # fmt: skip
 
     def __init__(self, prefix: bytes, write: Callable[[bytes], object]) -> None:
         self._prefix = prefix
@@ -30,6 +32,7 @@ class CommandChannel:
         self._counter = 0
         self._awaiting: dict[bytes, object] = {}  # tag -> who sent the command
         self._continuation: list[bytes] = []  # segments of a command waiting for "+"
+        self._continuation_tag = b""  # that command's tag
 
     def tag(self, owner: object) -> bytes:
         """A new tag, entered in the table as ``owner``'s (for a command not sent yet)."""
@@ -47,7 +50,8 @@ class CommandChannel:
         wait for ``+`` (the few commands that have them are sent last, or alone)."""
         for first, *rest in commands:
             self._write(first)
-            self._continuation = rest
+            if rest:
+                self._continuation, self._continuation_tag = rest, first.split(b" ", 1)[0]
 
     def continue_command(self) -> bool:
         """A ``+`` came: whether it was for a command of this channel (then its next segment
@@ -69,8 +73,10 @@ class CommandChannel:
 
     def answered(self, tag: bytes) -> object | None:
         """The tagged reply for ``tag`` came: its command leaves the table; return its owner
-        (None: a tag nobody on this channel sent)."""
+        (None: a tag nobody on this channel sent). A reply to the command whose segments wait
+        for ``+`` (a NO to its first line) means they are never sent; a reply to a command
+        pipelined before it changes nothing for them."""
         owner = self._awaiting.pop(tag, None)
-        if owner is not None:
+        if tag == self._continuation_tag:
             self._continuation = []
         return owner

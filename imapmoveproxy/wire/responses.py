@@ -17,11 +17,12 @@ _NOT_UNTAGGED = re.compile(rb"\n[^*]")
 _EXPUNGE_LINE = re.compile(rb"\* \d+ EXPUNGE\r\n")
 _NOT_EXPUNGE = re.compile(rb"\n(?!\* \d+ EXPUNGE\r\n)")
 # Inside a line, what makes the session look at it by itself: a literal announcement, a response
-# code (capabilities, UIDVALIDITY, READ-ONLY...), BYE, EXISTS, RECENT, imap4d's EXPUNGED
-# (rewritten) and (at a line start) CAPABILITY.
+# code (capabilities, UIDVALIDITY, READ-ONLY...), BYE, EXISTS, RECENT, EXPUNGE (counted, in
+# runs of their own: :func:`first_non_expunge`), imap4d's EXPUNGED (rewritten) and (at a line
+# start) CAPABILITY.
 _LOOK_AT = (
-    b"}\r\n", b"}\n", b"[", b"* BYE", b" EXISTS\r\n", b" RECENT\r\n", b" EXPUNGED\r\n",
-    b"\n* C", b"\n* c",
+    b"}\r\n", b"}\n", b"[", b"* BYE", b" EXISTS\r\n", b" RECENT\r\n", b" EXPUNGE\r\n",
+    b" EXPUNGED\r\n", b"\n* C", b"\n* c",
 )  # fmt: skip
 
 
@@ -141,6 +142,11 @@ def only_uid(line: bytes) -> bool:
 def flagged_deleted(line: bytes) -> bool:
     """A FETCH response whose FLAGS hold ``\\Deleted``."""
     return _DELETED_FLAG_RE.search(line) is not None
+
+
+def expunge_number(line: bytes) -> int | None:
+    """The message number of ``* n EXPUNGE`` (None: not one)."""
+    return int(line.split(b" ", 2)[1]) if _EXPUNGE_RE.match(line) else None
 
 
 def expunge_count(line: bytes) -> int:

@@ -9,6 +9,10 @@ Session-scoped servers (one instance each per test session, stopped at session e
   :class:`servers.DovecotAclServer`: ``set_rights()``, ``revoke_rights()``, ``reset_rights()``,
   ``set_quota()``, ``master_user``/``master_password``, ``connect_master()``).
 * ``imap4d``: GNU Mailutils imap4d (neither MOVE nor UIDPLUS).
+* ``uw_mbox``, ``uw_mix``: UW-IMAP imapd 2007f (UIDPLUS, no MOVE; a
+  :class:`servers.UwImapServer`, built from ../shared/servers on first use) with mbox folders,
+  or with mix folders and INBOX (folders made by ``seed()``/``create()``; a plain CREATE still
+  makes an mbox file).  Users are real Unix users, deleted when the server stops.
 * ``cyrus_legacy``: Cyrus IMAP 3.6 with MOVE (and XMOVE) hidden by ``suppress_capabilities``;
   ``cyrus_native``: the same with MOVE advertised (tests/compat/cyrus.py; unpacked by
   tests/compat/install-extracted-servers.sh, as they conflict with Dovecot's packages).
@@ -49,6 +53,7 @@ from servers import (
     RedisServer,
     ServerError,
     ServerNotInstalled,
+    UwImapServer,
     make_message,
 )
 
@@ -124,6 +129,22 @@ def imap4d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
 
 
 @pytest.fixture(scope="session")
+def uw_mbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UwImapServer]:
+    """UW-IMAP imapd 2007f with mbox folders (UIDPLUS, no MOVE; a second read-write SELECT
+    of a mailbox ends the session that had it open)."""
+    root = tmp_path_factory.mktemp("uw-mbox")
+    yield from _serve(lambda: UwImapServer(root, fmt="mbox"))
+
+
+@pytest.fixture(scope="session")
+def uw_mix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UwImapServer]:
+    """UW-IMAP imapd 2007f with a mix INBOX and mix folders (made by ``seed()``/``create()``;
+    several sessions may have a mix folder open read-write)."""
+    root = tmp_path_factory.mktemp("uw-mix")
+    yield from _serve(lambda: UwImapServer(root, fmt="mix"))
+
+
+@pytest.fixture(scope="session")
 def cyrus_legacy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CyrusServer]:
     """Cyrus IMAP 3.6 without MOVE or XMOVE in any CAPABILITY list (UIDPLUS present).  Only the
     list is changed: Cyrus still executes a MOVE it is sent."""
@@ -196,3 +217,23 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def script() -> Driver:
     """For the unit tests: a session logged in with INBOX selected (tests/driver.py)."""
     return started()
+
+
+# --- Client-view oracle (tests/clientview.py) ---------------------------------------------------
+# Every RawClient session (unless oracle=False) and every imaplib session to a proxy the test
+# started is watched by a ClientView; a violation raises in the session, and fails the test here
+# too in case the test (or a thread) swallowed the AssertionError.
+
+import clientview  # noqa: E402
+from harness import watch_imaplib  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _client_view_oracle(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    clientview.WATCHED.clear()
+    watch_imaplib(monkeypatch.setattr)
+    yield
+    violations = [f"{view.name}: {v}" for view in clientview.WATCHED for v in view.violations]
+    clientview.WATCHED.clear()
+    if violations:
+        pytest.fail("client-view oracle: " + "; ".join(violations), pytrace=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import imaplib
 import os
 import re
 import shutil
@@ -19,7 +20,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import clientview
+from clientview import ClientView
 from servers import HOST, DovecotServer, ImapServer, find_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +54,7 @@ class ProxyProcess:
         ports = [self.port]
         if "--listen-tls" in extra:
             ports.append(int(extra[extra.index("--listen-tls") + 1].rsplit(":", 1)[1]))
+        clientview.PROXIES.update((HOST, port) for port in ports)  # imaplib sessions watched
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -107,9 +112,21 @@ def running_proxy(upstream: tuple[str, int], log_path: Path, *extra: str) -> Ite
 
 
 class RawClient:
-    """Sends raw command bytes and reads responses up to a tagged one, literals included."""
+    """Sends raw command bytes and reads responses up to a tagged one, literals included.
 
-    def __init__(self, address: tuple[str, int], timeout: float = 10.0) -> None:
+    A :class:`clientview.ClientView` watches the session (every command sent, every response
+    read) and raises AssertionError when a response breaks what the client was told; pass
+    ``oracle=False`` for a session that speaks garbage on purpose or to a server that itself
+    breaks the rules (and say why)."""
+
+    view: ClientView | None = None  # also for subclasses that do not call this __init__
+
+    def __init__(
+        self, address: tuple[str, int], timeout: float = 10.0, *, oracle: bool = True
+    ) -> None:
+        if oracle:
+            self.view = ClientView(f"RawClient to {address[0]}:{address[1]}")
+            clientview.WATCHED.append(self.view)
         self.sock = socket.create_connection(address, timeout)
         self.sock.settimeout(timeout)
         self._buf = b""
@@ -125,11 +142,15 @@ class RawClient:
         self.close()
 
     def send(self, data: bytes) -> None:
+        if self.view is not None:
+            self.view.client(data)
         self.sock.sendall(data)
 
     def dribble(self, data: bytes, pause: float = 0.002) -> None:
         """Send ``data`` one byte per TCP segment, pausing between bytes (a very slow client)."""
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.view is not None:
+            self.view.client(data)
         for byte in data:
             self.sock.sendall(bytes([byte]))
             time.sleep(pause)
@@ -156,6 +177,8 @@ class RawClient:
             response += self._buf[:size]
             self._buf = self._buf[size:]
             response += self._read_line()
+        if self.view is not None:
+            self.view.server(response)
         return response
 
     def read_until(self, tag: bytes) -> list[bytes]:
@@ -187,6 +210,48 @@ class RawClient:
         writes a session's flag changes to its mbox files only then, before it answers)."""
         replies = self.command(b"Z", b"LOGOUT")
         assert replies[-1].startswith(b"Z OK"), replies
+
+
+def watch_imaplib(setattr_: Callable[[object, str, object], None]) -> None:
+    """Give every imaplib connection to a proxy of :data:`clientview.PROXIES` a ClientView that
+    sees all it sends and reads (``setattr_``: ``monkeypatch.setattr``, undone after the test).
+    imapclient and imap_tools sessions run on imaplib, so they are watched too."""
+    imap4 = imaplib.IMAP4
+    original_open, readline, read, send = imap4.open, imap4.readline, imap4.read, imap4.send
+
+    def view_of(imap: imaplib.IMAP4) -> ClientView | None:
+        view: ClientView | None = getattr(imap, "_client_view", None)
+        return view
+
+    def open_(self: imaplib.IMAP4, *args: Any, **kwargs: Any) -> None:
+        original_open(self, *args, **kwargs)
+        with contextlib.suppress(OSError, AttributeError):
+            peer = self.sock.getpeername()[:2]
+            if peer in clientview.PROXIES:
+                view = ClientView(f"imaplib to {peer[0]}:{peer[1]}")
+                clientview.WATCHED.append(view)
+                self._client_view = view  # type: ignore[attr-defined]
+
+    def readline_(self: imaplib.IMAP4) -> bytes:
+        line = readline(self)
+        if (view := view_of(self)) is not None:
+            view.server_bytes(line)
+        return line
+
+    def read_(self: imaplib.IMAP4, size: int) -> bytes:
+        data = read(self, size)
+        if (view := view_of(self)) is not None:
+            view.server_bytes(data)
+        return data
+
+    def send_(self: imaplib.IMAP4, data: bytes) -> None:
+        if (view := view_of(self)) is not None:
+            view.client(data)
+        send(self, data)
+
+    for name, function in [("open", open_), ("readline", readline_), ("read", read_),
+                           ("send", send_)]:  # fmt: skip
+        setattr_(imap4, name, function)
 
 
 class RelayAction(enum.Enum):

@@ -1,6 +1,6 @@
 """Launchers for real IMAP servers on 127.0.0.1, used by the test-suite.
 
-Two implementations are supported:
+Three implementations are supported:
 
 * Dovecot 2.3 (``dovecot-imapd``), in two variants:
 
@@ -26,6 +26,13 @@ Two implementations are supported:
   in ``<root>/home/<user>``.  imap4d's session transcript (``C:``/``S:`` lines) goes to its
   log file.
 
+* UW-IMAP imapd 2007f (:class:`UwImapServer`, UIDPLUS, no MOVE), built once from
+  ``../shared/servers/uw-imap-2007f.tar.gz`` (or ``$UW_IMAP_TARBALL``) into
+  ``build/uw-imap-2007f`` and served by ``socat``; ``fmt="mbox"`` or ``fmt="mix"`` folders.
+  Users are real Unix users (``useradd``/``userdel``), homes under ``<root>/home``; the INBOX
+  spool of the mbox variant is ``build/uw-imap-2007f/spool`` (compiled in).  Raw client
+  traffic of every connection is recorded by a relaying ``socat -r``.
+
 Everything (config, pid, sockets, logs, mail) lives below a caller supplied directory; nothing
 touches the system configuration or ``/run/dovecot``.  The servers must be started as root
 (Dovecot needs to switch to ``dovenull``/``dovecot``/``nobody``).
@@ -45,6 +52,7 @@ import contextlib
 import ctypes
 import email.utils
 import errno
+import fcntl
 import imaplib
 import os
 import pwd
@@ -371,7 +379,7 @@ class ImapServer:
         imap = self.connect(user)
         try:
             if mailbox.upper() != "INBOX":
-                typ, data = imap.create(quote_mailbox(mailbox))
+                typ, data = imap.create(quote_mailbox(self.mailbox_name(mailbox)))
                 if typ != "OK" and not _already_exists(data):
                     raise ServerError(f"CREATE {mailbox!r} failed: {typ} {data!r}")
             flag_list = "(" + " ".join(flags) + ")" if flags else None
@@ -392,6 +400,10 @@ class ImapServer:
         finally:
             with contextlib.suppress(Exception):
                 imap.logout()
+
+    def mailbox_name(self, name: str) -> str:
+        """The name that CREATEs folder ``name`` in the server's default format."""
+        return name
 
     def capabilities(self, user: str | None = None) -> tuple[list[str], list[str]]:
         """Return (pre-login, post-login) CAPABILITY lists (logs in as a new user if None)."""
@@ -861,6 +873,318 @@ server {self.host}:{self.port} {{
             if sep:
                 lines.append(rest.encode() + b"\r\n")
         return b"".join(lines)
+
+
+# -- UW-IMAP imapd 2007f, built from the tarball of ../shared/servers ------------------------------
+
+UW_IMAP_VERSION = "2007f"
+UW_IMAP_TARBALL_ENV = "UW_IMAP_TARBALL"
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+UW_IMAP_BUILD_DIR = _REPO_ROOT / "build" / f"uw-imap-{UW_IMAP_VERSION}"
+_UW_BUILD_TOOLS = ("gcc", "make", "tar")
+_UW_BUILD_TIMEOUT = 900.0
+# Characters socat would take for its own syntax in an EXEC: address (or sh in the wrapper).
+_SOCAT_UNSAFE = re.compile(r"[\s,:!'\"\\$`;&|<>()*?\[\]{}]")
+
+
+def uw_imap_tarball() -> Path:
+    """The source tarball: ``$UW_IMAP_TARBALL``, else ``<repo>/../shared/servers/...``."""
+    override = os.environ.get(UW_IMAP_TARBALL_ENV)
+    if override:
+        return Path(override)
+    return _REPO_ROOT.parent / "shared" / "servers" / f"uw-imap-{UW_IMAP_VERSION}.tar.gz"
+
+
+def build_uw_imapd(build_dir: Path = UW_IMAP_BUILD_DIR) -> Path:
+    """Return ``<build_dir>/imapd``, building it from :func:`uw_imap_tarball` if it is missing.
+
+    ``make slx SSLTYPE=none`` (shadow passwords + crypt(3), plaintext LOGIN allowed), with the
+    INBOX spool compiled in as ``<build_dir>/spool`` (mode 1777, as UW demands).  The binary is
+    cached: it is rebuilt only if it is missing, or if it was built for another spool path (the
+    repository moved).  An exclusive ``flock`` on ``<build_dir>/.lock`` keeps concurrent pytest
+    processes from building at the same time.  Raises ServerNotInstalled if a build tool or the
+    tarball is missing, ServerError if the build fails (the tail of ``build.log`` is in it).
+    """
+    build_dir = Path(build_dir).resolve()
+    binary = build_dir / "imapd"
+    spool = build_dir / "spool"
+    stamp = build_dir / "imapd.spool"
+    if _uw_build_current(binary, stamp, spool):
+        return binary
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with (build_dir / ".lock").open("a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        if _uw_build_current(binary, stamp, spool):  # another process built it meanwhile
+            return binary
+        tarball = uw_imap_tarball()
+        if not tarball.is_file():
+            raise ServerNotInstalled(
+                f"UW-IMAP source tarball {tarball} not found (set ${UW_IMAP_TARBALL_ENV})"
+            )
+        tools = {tool: find_binary(tool) for tool in _UW_BUILD_TOOLS}
+        if _SOCAT_UNSAFE.search(str(spool)):
+            raise ServerError(f"UW-IMAP: unusable characters in the spool path {spool}")
+        src = build_dir / "src"
+        log_path = build_dir / "build.log"
+        shutil.rmtree(src, ignore_errors=True)
+        src.mkdir()
+        spool.mkdir(exist_ok=True)
+        spool.chmod(0o1777)
+        started = time.monotonic()
+        with log_path.open("wb") as log:
+            steps = [
+                [tools["tar"], "-xzf", str(tarball), "-C", str(src), "--strip-components=1"],
+                # The build asks whether to build without SSL: answer "y" on its stdin.
+                [tools["make"], "slx", "SSLTYPE=none", f"SPECIALS=MAILSPOOL={spool}"],
+            ]
+            for step in steps:
+                log.write(f"=== {' '.join(step)}\n".encode())
+                log.flush()
+                try:
+                    done = subprocess.run(
+                        step, cwd=src, input=b"y\n" * 8, stdout=log, stderr=subprocess.STDOUT,
+                        timeout=_UW_BUILD_TIMEOUT, check=False,
+                    )  # fmt: skip
+                except subprocess.TimeoutExpired:
+                    raise ServerError(f"UW-IMAP build timed out: see {log_path}") from None
+                if done.returncode != 0:
+                    raise ServerError(
+                        f"UW-IMAP build failed ({' '.join(step[:2])}: exit {done.returncode}),"
+                        f" see {log_path}:\n{_tail(log_path)}"
+                    )
+        built = src / "imapd" / "imapd"
+        if not built.is_file():
+            raise ServerError(f"UW-IMAP build made no imapd, see {log_path}:\n{_tail(log_path)}")
+        tmp = binary.with_name(".imapd.tmp")
+        shutil.copy2(built, tmp)
+        tmp.chmod(0o755)
+        tmp.replace(binary)
+        stamp.write_text(f"{spool}\n")
+        with log_path.open("a") as log:
+            log.write(f"=== built in {time.monotonic() - started:.1f} s\n")
+        shutil.rmtree(src, ignore_errors=True)
+    return binary
+
+
+def _uw_build_current(binary: Path, stamp: Path, spool: Path) -> bool:
+    try:
+        return os.access(binary, os.X_OK) and stamp.read_text().strip() == str(spool)
+    except OSError:
+        return False
+
+
+class UwImapServer(ImapServer):
+    """UW-IMAP imapd 2007f (UIDPLUS, no MOVE), served by ``socat`` on 127.0.0.1.
+
+    * Binary: :func:`build_uw_imapd` (built once into ``<repo>/build/uw-imap-2007f``).
+    * Users are real Unix users (``uwt`` + lower-case letters/digits, at most 32 characters)
+      created by :meth:`new_user` with ``useradd``, home ``<root>/home/<user>``, password
+      :attr:`password` set with ``chpasswd``.  They are deleted (``userdel``) when the server
+      stops, and at interpreter exit at the latest.  imapd switches to the user after LOGIN.
+    * ``fmt="mbox"``: every folder is a traditional mbox file in the home directory; INBOX is
+      ``<build>/spool/<user>``.  A second read-write SELECT of a mailbox ends the session that
+      had it open (``* BYE Killed (lost mailbox lock)``).
+    * ``fmt="mix"``: INBOX (``~/INBOX``) and the folders made by :meth:`create` / :meth:`seed`
+      are mix directories (made with ``CREATE "#driver.mix/<name>"``; UW then finds an existing
+      folder's format by itself, so plain names work afterwards).  A plain ``CREATE`` -- e.g.
+      by the proxy -- still makes an mbox file, and COPY to a missing folder gets TRYCREATE.
+    * :meth:`received_bytes`: each connection runs ``socat -r <file> STDIO EXEC:imapd`` (a
+      wrapper script), which records every byte the client sent, LOGIN and pre-login
+      commands included, into ``<root>/raw/<time>-<pid>.in``.
+    * :meth:`log_text`: socat's log (imapd itself logs to syslog only).
+    """
+
+    kind = "uw-imap"
+    USER_PREFIX: ClassVar[str] = "uwt"
+    MAX_USER_LEN: ClassVar[int] = 32
+    CAPABILITY: ClassVar[str] = (
+        "IMAP4REV1 I18NLEVEL=1 LITERAL+ IDLE UIDPLUS NAMESPACE CHILDREN MAILBOX-REFERRALS "
+        "BINARY UNSELECT ESEARCH WITHIN SCAN SORT THREAD=REFERENCES THREAD=ORDEREDSUBJECT "
+        "MULTIAPPEND"
+    )
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        fmt: Literal["mbox", "mix"] = "mbox",
+        name: str | None = None,
+        password: str = DEFAULT_PASSWORD,
+        build_dir: Path = UW_IMAP_BUILD_DIR,
+    ) -> None:
+        if fmt not in ("mbox", "mix"):
+            raise ValueError(f"unknown UW-IMAP mailbox format {fmt!r}")
+        if ":" in password or "\n" in password:
+            raise ValueError("the password must not contain ':' or a newline (chpasswd)")
+        super().__init__(root, name=name or f"uw-imap-{fmt}", password=password)
+        self.fmt = fmt
+        self.build_dir = Path(build_dir).resolve()
+        self.spool_dir = self.build_dir / "spool"
+        self.home_dir = self.root / "home"
+        self.raw_dir = self.root / "raw"
+        self.wrapper_path = self.root / "imapd-session.sh"
+        self.log_path = self.stdout_path  # socat's stderr (-d: one line per connection)
+        self.imapd = Path()
+        self.users: list[str] = []
+
+    # -- server ---------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        for tool in ("socat", "useradd", "userdel", "chpasswd"):
+            find_binary(tool)
+        self.imapd = build_uw_imapd(self.build_dir)
+        for path in (self.imapd, self.wrapper_path, self.raw_dir):
+            if _SOCAT_UNSAFE.search(str(path)):
+                raise ServerError(f"{self.name}: unusable characters in the path {path}")
+        self.spool_dir.mkdir(exist_ok=True)
+        self.spool_dir.chmod(0o1777)
+        make_traversable(self.spool_dir)
+        self.home_dir.mkdir(exist_ok=True)
+        self.home_dir.chmod(0o755)
+        self.raw_dir.mkdir(exist_ok=True)
+        self.raw_dir.chmod(0o700)
+
+    def _write_config(self) -> None:
+        # One wrapper per connection (run as root by socat): a relaying socat records what the
+        # client sends (-r) and exits 0.1 s after imapd did, so the client sees the close.
+        self.wrapper_path.write_text(
+            f"""#!/bin/sh
+# Generated by tests/servers.py for {self.name}
+exec socat -t 0.1 -r "{self.raw_dir}/$(date +%s.%N)-$$.in" STDIO EXEC:{self.imapd}
+"""
+        )
+        self.wrapper_path.chmod(0o755)
+
+    def _command(self) -> list[str]:
+        return [
+            find_binary("socat"),
+            "-d",
+            f"TCP-LISTEN:{self.port},bind={self.host},reuseaddr,fork",
+            f"EXEC:{self.wrapper_path},nofork",
+        ]
+
+    def stop(self) -> None:
+        super().stop()
+        with self._lock:
+            users, self.users = self.users, []
+        for user in users:
+            self._delete_user(user)
+
+    # -- users ----------------------------------------------------------------------------------
+
+    def _user_name(self, local: str) -> str:
+        tail = re.sub(r"[^a-z0-9]", "", local.lower())
+        # Keep the end (counter + random hex): it is what makes the name unique.
+        return self.USER_PREFIX + tail[-(self.MAX_USER_LEN - len(self.USER_PREFIX)) :]
+
+    def _add_user(self, user: str) -> None:
+        if self.proc is None:
+            raise ServerError(f"{self.name}: start the server before creating users")
+        home = self.home_dir / user
+        _run_checked(
+            [find_binary("useradd"), "--no-create-home", "--home-dir", str(home),
+             "--shell", "/usr/sbin/nologin", "--comment", "imapmoveproxy test", user]
+        )  # fmt: skip
+        self.users.append(user)
+        _UW_USERS.add(user)
+        _run_checked([find_binary("chpasswd")], stdin=f"{user}:{self.password}\n")
+        entry = pwd.getpwnam(user)
+        home.mkdir(mode=0o700)
+        os.chown(home, entry.pw_uid, entry.pw_gid)
+        if self.fmt == "mix":
+            self._create_via_imap(user, "INBOX")
+
+    def _delete_user(self, user: str) -> None:
+        _delete_unix_user(user)
+        (self.spool_dir / user).unlink(missing_ok=True)
+
+    # -- mailboxes ------------------------------------------------------------------------------
+
+    def mailbox_name(self, name: str) -> str:
+        """The name that CREATEs ``name`` in :attr:`fmt` (``#driver.mix/`` for mix): :meth:`seed`
+        uses it."""
+        return f"#driver.mix/{name}" if self.fmt == "mix" else name
+
+    def create(self, user: str, name: str) -> None:
+        """CREATE folder ``name`` of ``user`` in :attr:`fmt` (no error if it already exists).
+
+        Use plain ``name`` afterwards: UW recognises an existing folder's format.
+        """
+        if name.upper() == "INBOX":
+            return  # the spool file (mbox) or ~/INBOX (mix, made by new_user())
+        self._create_via_imap(user, name)
+
+    def _create_via_imap(self, user: str, name: str) -> None:
+        imap = self.connect(user)
+        try:
+            typ, data = imap.create(quote_mailbox(self.mailbox_name(name)))
+            if typ != "OK" and not _already_exists(data):
+                raise ServerError(f"CREATE {self.mailbox_name(name)!r} failed: {typ} {data!r}")
+        finally:
+            with contextlib.suppress(Exception):
+                imap.logout()
+
+    def mailbox_path(self, user: str, name: str) -> Path:
+        """Where folder ``name`` of ``user`` lives on disk (file: mbox, directory: mix)."""
+        if name.upper() == "INBOX":
+            mix_inbox = self.home_dir / user / "INBOX"
+            return mix_inbox if mix_inbox.is_dir() else self.spool_dir / user
+        return self.home_dir / user / name
+
+    # -- observation ----------------------------------------------------------------------------
+
+    def session_files(self, user: str | None = None) -> list[Path]:
+        """The per-connection recordings, oldest first (with ``user``: its LOGIN sessions)."""
+        files = sorted(self.raw_dir.glob("*.in"), key=lambda p: (p.stat().st_mtime, p.name))
+        if user is None:
+            return files
+        return [path for path in files if _logged_in_as(path.read_bytes(), user)]
+
+    def received_bytes(self, user: str | None = None) -> bytes:
+        """Every byte clients sent, raw, per connection in order (pre-login, LOGIN included).
+
+        Without ``user`` this includes the readiness probes' ``z LOGOUT`` and the sessions of
+        :meth:`seed`/:meth:`create`; with ``user`` only sessions that sent ``LOGIN <user>``
+        (name as atom, quoted string or literal; AUTHENTICATE is not attributed).
+        """
+        return b"".join(path.read_bytes() for path in self.session_files(user))
+
+
+def _logged_in_as(data: bytes, user: str) -> bool:
+    name = re.escape(user.encode())
+    pattern = rb"^\S+ LOGIN (?:" + name + rb"|\"" + name + rb"\"|\{\d+\+?\}\r\n" + name + rb") "
+    return re.search(pattern, data, re.IGNORECASE | re.MULTILINE) is not None
+
+
+def _run_checked(command: list[str], *, stdin: str | None = None) -> None:
+    done = subprocess.run(
+        command, input=stdin, capture_output=True, text=True, timeout=60, check=False
+    )
+    if done.returncode != 0:
+        raise ServerError(f"{command[0]} failed (exit {done.returncode}): {done.stderr.strip()}")
+
+
+def _delete_unix_user(user: str) -> None:
+    """``userdel --force`` (no home removal: it lives in the server root); quiet if gone."""
+    _UW_USERS.discard(user)
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return
+    subprocess.run(
+        [find_binary("userdel"), "--force", user], capture_output=True, timeout=60, check=False
+    )
+
+
+# Unix users created by UwImapServer and not deleted yet (deleted at exit at the latest).
+_UW_USERS: set[str] = set()
+
+
+@atexit.register
+def _delete_uw_users() -> None:
+    for user in list(_UW_USERS):
+        with contextlib.suppress(Exception):
+            _delete_unix_user(user)
 
 
 class RedisServer:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import pwd
 import re
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from servers import DovecotAclServer, ImapServer, make_message
+from servers import DovecotAclServer, ImapServer, UwImapServer, make_message
 
 
 def _capabilities(server: ImapServer) -> tuple[set[str], set[str]]:
@@ -38,7 +40,9 @@ def test_imap4d_capabilities(imap4d: ImapServer) -> None:
     assert "UIDPLUS" not in post | pre
 
 
-@pytest.mark.parametrize("fixture", ["dovecot_legacy", "dovecot_native", "imap4d"])
+@pytest.mark.parametrize(
+    "fixture", ["dovecot_legacy", "dovecot_native", "imap4d", "uw_mbox", "uw_mix"]
+)
 def test_seed_and_fetch(request: pytest.FixtureRequest, fixture: str) -> None:
     server: ImapServer = request.getfixturevalue(fixture)
     assert server.host == "127.0.0.1"
@@ -65,7 +69,8 @@ def test_seed_and_fetch(request: pytest.FixtureRequest, fixture: str) -> None:
         other.logout()
 
 
-@pytest.mark.parametrize("fixture", ["dovecot_legacy", "dovecot_native", "imap4d"])
+# (uw_mix authenticates like uw_mbox; UW sleeps 3 s before a failed LOGIN's NO.)
+@pytest.mark.parametrize("fixture", ["dovecot_legacy", "dovecot_native", "imap4d", "uw_mbox"])
 def test_bad_password_rejected(request: pytest.FixtureRequest, fixture: str) -> None:
     server: ImapServer = request.getfixturevalue(fixture)
     imap = server.connect()
@@ -336,3 +341,134 @@ def test_dovecot_acl_master_user(dovecot_acl: DovecotAclServer) -> None:
             imap.login(master, dovecot_acl.master_password + "-wrong")
     finally:
         imap.shutdown()
+
+
+# -- UW-IMAP imapd 2007f (uw_mbox, uw_mix) ---------------------------------------------------------
+
+UW_FIXTURES = ["uw_mbox", "uw_mix"]
+
+
+@pytest.mark.parametrize("fixture", UW_FIXTURES)
+def test_uw_capabilities(request: pytest.FixtureRequest, fixture: str) -> None:
+    server: UwImapServer = request.getfixturevalue(fixture)
+    pre, post = _capabilities(server)
+    assert post == set(UwImapServer.CAPABILITY.split())
+    assert "UIDPLUS" in post
+    assert "MOVE" not in pre | post
+    assert pre != post  # the greeting's list differs from the one after LOGIN
+
+
+def test_uw_users_are_unix_users(uw_mbox: UwImapServer) -> None:
+    user = uw_mbox.new_user("Some-Prefix")
+    assert re.fullmatch(r"uwt[a-z0-9]{1,29}", user)
+    entry = pwd.getpwnam(user)
+    assert Path(entry.pw_dir) == uw_mbox.home_dir / user
+    assert Path(entry.pw_dir).stat().st_uid == entry.pw_uid
+    assert user in uw_mbox.users
+
+
+def test_uw_mbox_folders_are_files(uw_mbox: UwImapServer) -> None:
+    user = uw_mbox.new_user()
+    uw_mbox.seed(user, "INBOX", [make_message("in")])
+    uw_mbox.seed(user, "Archive", [make_message("one")])
+    assert uw_mbox.mailbox_name("Archive") == "Archive"
+    inbox = uw_mbox.mailbox_path(user, "INBOX")
+    assert inbox == uw_mbox.spool_dir / user
+    assert inbox.is_file()
+    assert b"Subject: in\n" in inbox.read_bytes()  # mbox: LF line ends
+    archive = uw_mbox.mailbox_path(user, "Archive")
+    assert archive.is_file()
+    assert archive.read_bytes().count(b"\nFrom ") + archive.read_bytes().startswith(b"From ") >= 1
+
+
+def test_uw_mix_folders_are_directories(uw_mix: UwImapServer) -> None:
+    user = uw_mix.new_user()
+    assert uw_mix.mailbox_name("Archive") == "#driver.mix/Archive"
+    uw_mix.seed(user, "INBOX", [make_message("in")])
+    uw_mix.seed(user, "Archive", [make_message("one")])
+    for name in ("INBOX", "Archive"):
+        path = uw_mix.mailbox_path(user, name)
+        assert path == uw_mix.home_dir / user / name
+        assert (path / ".mixmeta").is_file(), name
+    assert not (uw_mix.spool_dir / user).exists()
+    with _session(uw_mix, user) as session:
+        # Plain names reach the mix folders: UW finds an existing folder's format itself.
+        assert session.command("SELECT INBOX")[1].startswith(b"OK [READ-WRITE]")
+        _, tagged = session.command("UID COPY 1 Archive")
+        assert re.fullmatch(rb"OK \[COPYUID \d+ 1 2\] UID COPY completed", tagged), tagged
+        # A plain CREATE (what the proxy would send) still makes an mbox file.
+        assert session.command("CREATE Plain")[1] == b"OK CREATE completed"
+    assert uw_mix.mailbox_path(user, "Archive").is_dir()
+    assert uw_mix.mailbox_path(user, "Plain").is_file()
+    assert uw_mix.seed(user, "Archive", []) == 2
+
+
+def test_uw_mbox_second_select_kills_first_session(uw_mbox: UwImapServer) -> None:
+    user = uw_mbox.new_user()
+    uw_mbox.seed(user, "Archive", [make_message("one")])
+    with _session(uw_mbox, user) as first, _session(uw_mbox, user) as second:
+        assert first.command("SELECT Archive")[1].startswith(b"OK [READ-WRITE]")
+        assert second.command("SELECT Archive")[1].startswith(b"OK [READ-WRITE]")
+        first.sock.sendall(b"k1 NOOP\r\n")
+        lines = list(iter(first.reader.readline, b""))  # until the server closes
+        # Usually "* BYE Killed (lost mailbox lock)" comes first; now and then (about one run
+        # in six) only the close arrives.  Either way the NOOP gets no tagged reply.
+        assert not lines or lines[-1] == b"* BYE Killed (lost mailbox lock)\r\n", lines
+        assert not any(line.startswith(b"k1 ") for line in lines)
+        assert second.command("NOOP")[1] == b"OK NOOP completed"
+
+
+def test_uw_mix_sessions_share_a_folder(uw_mix: UwImapServer) -> None:
+    user = uw_mix.new_user()
+    uw_mix.seed(user, "Archive", [make_message("one"), make_message("two")])
+    with _session(uw_mix, user) as first, _session(uw_mix, user) as second:
+        assert first.command("SELECT Archive")[1].startswith(b"OK [READ-WRITE]")
+        assert second.command("SELECT Archive")[1].startswith(b"OK [READ-WRITE]")
+        assert second.command("STORE 1 +FLAGS.SILENT (\\Deleted)")[1].startswith(b"OK")
+        untagged, tagged = second.command("EXPUNGE")
+        assert untagged[0] == b"* 1 EXPUNGE" and tagged == b"OK Expunged 1 messages"
+        # The other session learns of the expunge at NOOP, not at FETCH.
+        untagged, tagged = first.command("FETCH 1:* (FLAGS)")
+        assert tagged.startswith(b"OK") and not any(b"EXPUNGE" in line for line in untagged)
+        untagged, tagged = first.command("NOOP")
+        assert b"* 1 EXPUNGE" in untagged and tagged == b"OK NOOP completed"
+
+
+def test_uw_mbox_copy_and_append_replies(uw_mbox: UwImapServer) -> None:
+    user = uw_mbox.new_user()
+    uw_mbox.seed(user, "Archive", [make_message("one")])
+    uw_mbox.create(user, "Empty")
+    with _session(uw_mbox, user) as first, _session(uw_mbox, user) as second:
+        assert first.command("SELECT Empty")[1].startswith(b"OK [READ-WRITE]")
+        assert first.command("UID COPY 1:* Archive")[1] == b"NO Mailbox is empty"
+        assert first.command("SELECT Archive")[1].startswith(b"OK [READ-WRITE]")
+        # A COPY matching nothing still succeeds, with an empty COPYUID.
+        _, tagged = first.command("UID COPY 7:9 Empty")
+        assert re.fullmatch(rb"OK \[COPYUID \d+ 0 0\] .*", tagged), tagged
+        # APPEND to an mbox folder another session has open: OK without APPENDUID.
+        message = make_message("two")
+        second.sock.sendall(b"a1 APPEND Archive {%d+}\r\n%s\r\n" % (len(message), message))
+        tagged = second.reader.readline()
+        assert tagged == b"a1 OK Unable to re-open mailbox for APPENDUID: Archive\r\n"
+
+
+def test_uw_received_bytes(uw_mbox: UwImapServer) -> None:
+    user, other = uw_mbox.new_user(), uw_mbox.new_user()
+    uw_mbox.seed(user, "INBOX", [make_message("raw")])
+    with _session(uw_mbox, user) as session:
+        assert session.command("SELECT INBOX")[1].startswith(b"OK [READ-WRITE]")
+        # COPY into the open mbox mailbox itself: no COPYUID.
+        _, tagged = session.command('UID COPY 1 "INBOX"')
+        assert tagged == b"OK Unable to write-open mailbox for COPYUID: INBOX"
+        session.command("LOGOUT")
+    with _session(uw_mbox, other) as session:
+        session.command("NOOP")
+    received = uw_mbox.received_bytes(user)
+    # Raw, byte for byte, LOGIN included; the seed session too.
+    assert f"LOGIN {user} {uw_mbox.password}\r\n".encode() in received
+    assert received.endswith(b'SELECT INBOX\r\nr3 UID COPY 1 "INBOX"\r\nr4 LOGOUT\r\n')
+    assert b"Subject: raw\r\n" in received
+    assert other.encode() not in received
+    assert b" NOOP\r\n" in uw_mbox.received_bytes(other)
+    assert b" MOVE " not in uw_mbox.received_bytes()
+    assert uw_mbox.log_text()  # socat's connection log

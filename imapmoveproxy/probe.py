@@ -12,6 +12,9 @@ this process on 127.0.0.1), flags the fourth ``\\Deleted`` as a user would and m
 two into the second mailbox. A fresh direct session then checks on the server that exactly the
 moved messages moved, once, and that the flagged one stayed, flag included; the MOVE's replies
 are checked for COPYUID (before the EXPUNGEs) and for untagged responses outside the standard.
+Last, two direct sessions check that a second session which appends to the source mailbox and
+selects it read-write leaves the first one open (UW-IMAP's mbox format ends it) and that the
+APPEND carries APPENDUID when UIDPLUS is advertised.
 
 Exit status: 0 works, 1 works with caveats, 2 will not work (or the command line was wrong).
 """
@@ -391,6 +394,7 @@ class SelfTest:
                 finally:
                     nursery.cancel_scope.cancel()
             await self._verify(source, target)
+            await self._check_sessions(source)
         finally:
             if source:
                 await self._clean_up(source, target)
@@ -543,6 +547,64 @@ class SelfTest:
             report.add(FAILS, "\\Deleted flags the user did not set were left behind")
         else:
             report.add(WORKS, "the message flagged \\Deleted stayed, flag kept; no other flag set")
+
+    async def _check_sessions(self, source: str) -> None:
+        """Two direct sessions on the source: A has it selected read-write while B appends to
+        it and then selects it read-write too; A's NOOP then shows whether A survived.
+        Behaviours, not server names: UW-IMAP's mbox format ends A (and answers B's APPEND
+        without APPENDUID), its mix format and the others keep both."""
+        report = self.report
+        select = b'SELECT "%s"\r\n' % source.encode()
+        first: Client | None = None
+        second: Client | None = None
+        try:
+            with trio.fail_after(4 * self._timeout):
+                first = await self._session()
+                await first.ok([select])
+                second = await self._session()
+                append = b'APPEND "%s" ' % source.encode()
+                message = _message(self._token, _MESSAGES + 1)
+                appended = await second.ok(astring_segments(append, [message], second.caps))
+                uidplus = b"UIDPLUS" in second.caps.names
+                reopened = await second.ok([select])
+                try:
+                    await first.command([b"NOOP\r\n"])
+                    ended = False
+                except (ProbeError, trio.BrokenResourceError):  # a BYE, or just closed
+                    ended = True
+        except _ERRORS as exc:
+            report.add(
+                CAVEATS,
+                f"could not check whether two sessions can have a mailbox open ({_failure(exc)})",
+            )
+            return
+        finally:
+            for client in (first, second):
+                if client is not None:
+                    await client.aclose()
+        if ended:
+            report.add(
+                CAVEATS,
+                "a second session that opens a mailbox read-write ends the session that had "
+                "it open (mbox locking, as UW-IMAP's mbox format does; seen on a new mailbox): "
+                "clients that open one mailbox in several connections lose all but the newest; "
+                "the proxy passes the server's BYE on",
+            )
+        elif code_name(reopened.tagged.code) == b"READ-ONLY":
+            report.add(
+                CAVEATS,
+                "a second session gets a mailbox only read-only while another session has it "
+                "open: MOVE fails in it, and so do flag changes",
+            )
+        else:
+            report.add(WORKS, "several sessions can have a mailbox open read-write")
+        if uidplus and code_name(appended.tagged.code) != b"APPENDUID":
+            report.add(
+                CAVEATS,
+                "an APPEND to a mailbox another session has open gets no APPENDUID although "
+                "UIDPLUS is advertised: sync clients such as mbsync fail on it, with or "
+                "without the proxy",
+            )
 
     async def _clean_up(self, source: str, target: str) -> None:
         try:

@@ -246,6 +246,73 @@ def test_recent_counts_stay_consistent_in_moves_into_the_selected_mailbox(
     assert_counts_consistent(proxied, exists=0)
 
 
+def move_replies(responses: list[bytes], steps: list[Step]) -> list[list[bytes]]:
+    """The (normalised) responses to each MOVE of ``steps``, one list per MOVE, in order."""
+    moves = {s.tag for s in steps if _MOVE_COMMAND.match(s.command)}
+    groups: list[list[bytes]] = []
+    current: list[bytes] = []
+    for response in responses:
+        current.append(response)
+        tag = response.split(b" ", 1)[0]
+        if tag in {s.tag for s in steps}:
+            if tag in moves:
+                groups.append(current)
+            current = []
+    return groups
+
+
+def across_servers(group: list[bytes]) -> list[bytes]:
+    """One MOVE's replies with what two different servers may legitimately word differently
+    put in one form: the EXPUNGEs as the set of messages they remove (UW expunges in ascending
+    order, Dovecot in descending), without EXISTS and RECENT (UW's EXPUNGE repeats the count it
+    leaves and announces ``* 0 RECENT``) and without UW's untagged ``* OK [TRYCREATE]`` before
+    its tagged NO [TRYCREATE]. The client-view oracle checks every count along the way."""
+    removed: list[int] = []
+    kept: list[bytes] = []
+    for response in group:
+        expunge = re.fullmatch(rb"\* (\d+) EXPUNGE", response)
+        if expunge:
+            number = int(expunge.group(1))
+            for earlier in sorted(removed):
+                number += earlier <= number
+            removed.append(number)
+        elif not re.fullmatch(rb"\* \d+ (EXISTS|RECENT)|\* OK \[TRYCREATE\]", response):
+            kept.append(response)
+    return [*kept[:-1], b"EXPUNGED " + b",".join(b"%d" % n for n in sorted(removed)), kept[-1]]
+
+
+# The scripts UW-IMAP can take part in: it has no MOVE of its own, so its MOVEs through the proxy
+# are compared with native Dovecot's, reply by reply (no QRESYNC or CONDSTORE on UW; its
+# SELECT, FETCH and STATUS answers are its own and not compared).
+UW_SCRIPTS = (
+    "sequence MOVE", "UID MOVE with ranges and *", "MOVE to a missing mailbox",
+    "MOVE with a literal mailbox name", "MOVE with bad syntax",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", UW_SCRIPTS)
+@pytest.mark.parametrize("uw", ["uw_mbox", "uw_mix"])
+def test_uw_moves_through_the_proxy_answer_like_native_dovecot(
+    request, dovecot_native, uw, tmp_path, name
+):
+    steps = SCRIPTS[name]
+    server: ImapServer = request.getfixturevalue(uw)
+    native_user = prepare(dovecot_native, flagged=True)
+    with RawClient(dovecot_native.address) as client:
+        client.login(native_user, dovecot_native.password)
+        reference = move_replies(run_script(client, steps, pipelined=False), steps)
+    reference = [across_servers(group) for group in reference]
+    user = prepare(server, flagged=True)
+    with (
+        running_proxy(server.address, tmp_path / "proxy.log") as proxy,
+        RawClient(proxy.address) as client,
+    ):
+        client.login(user, server.password)
+        proxied = move_replies(run_script(client, steps, pipelined=False), steps)
+    assert [across_servers(group) for group in proxied] == reference
+    assert upstream_moves(server.received_bytes(user)) == []
+
+
 # A MOVE the proxy refuses, and the precise reason it gives (after "Error in IMAP command MOVE: ").
 REFUSED = {
     b"MOVE": b"missing sequence set and mailbox name",

@@ -321,18 +321,26 @@ DROPS = [
 ]  # fmt: skip
 
 
+# The servers whose UIDPLUS policy the relayed faults run against (UW-IMAP in both formats).
+UIDPLUS_SERVERS = ["dovecot_legacy", "uw_mbox", "uw_mix"]
+
+
+@pytest.mark.parametrize("server_fixture", UIDPLUS_SERVERS)
 @pytest.mark.parametrize(
     ("fault", "pattern", "action", "expected", "result"), DROPS, ids=[d[0] for d in DROPS]
 )
 def test_upstream_dropped_mid_move_ends_with_bye_and_loses_nothing(
-    dovecot_legacy, proxy_for, relay_for, fault, pattern, action, expected, result
+    request, server_fixture, proxy_for, relay_for, fault, pattern, action, expected, result
 ):
     """A real server cannot be made to drop its connection between two steps of a MOVE: a relay
-    in front of the real Dovecot closes both sides just before (or right after) it forwards the
-    proxy's command, so that command never reaches Dovecot (or runs with its reply lost)."""
+    in front of the real server closes both sides just before (or right after) it forwards the
+    proxy's command, so that command never reaches the server (or runs with its reply lost).
+    UW-IMAP, like Dovecot, runs the UID EXPUNGE it has read before it sees the end."""
+    server: ImapServer = request.getfixturevalue(server_fixture)
     proxy, relay, received = relayed_fault(
-        dovecot_legacy, proxy_for, relay_for, fault, pattern, expected, result, action=action
-    )
+        server, proxy_for, relay_for, f"{fault} ({server.name})", pattern, expected, result,
+        action=action,
+    )  # fmt: skip
     assert (relay.matched in received) is (action is RelayAction.DROP_AFTER)
     proxy.wait_for_log(r"closing connection: upstream closed the connection during a MOVE")
 
@@ -394,30 +402,35 @@ def refuse_store(tag: bytes) -> bytes:
     return tag + b" NO [NOPERM] injected\r\n"
 
 
+@pytest.mark.parametrize("server_fixture", UIDPLUS_SERVERS)
 def test_a_refused_store_is_rolled_back_through_the_second_session(
-    dovecot_legacy, proxy_for, relay_for
+    request, server_fixture, proxy_for, relay_for
 ):
     """A real server that refuses to flag refuses before anyone copies (the proxy checks the
-    rights first): a relay in front of the real Dovecot answers the proxy's STORE with NO itself
-    instead of forwarding it, after the COPY. The rollback's second session reaches Dovecot
-    through the same relay (it connects to the proxy's upstream address)."""
-    user, originals = seeded(dovecot_legacy)
+    rights first): a relay in front of the real server answers the proxy's STORE with NO itself
+    instead of forwarding it, after the COPY. The rollback's second session reaches the server
+    through the same relay (it connects to the proxy's upstream address). On UW-IMAP's mbox
+    format the second session writes the target's file as it ends: the client's session, which
+    goes on at once with a NOOP, must not be writing then (it waits for the tagged NO, which
+    waits for the second session's end)."""
+    server: ImapServer = request.getfixturevalue(server_fixture)
+    user, originals = seeded(server)
     relay = relay_for(
-        dovecot_legacy.address, b"+FLAGS.SILENT (\\Deleted)",
+        server.address, b"+FLAGS.SILENT (\\Deleted)",
         action=RelayAction.ANSWER, reply=refuse_store,
     )  # fmt: skip
     proxy = proxy_for(relay.address)
-    responses = move_and_go_on(proxy, user, dovecot_legacy.password)
+    responses = move_and_go_on(proxy, user, server.password)
     assert relay.hook_ran.is_set() and relay.matched.endswith(b"+FLAGS.SILENT (\\Deleted)\r\n")
-    found = outcome(dovecot_legacy, user, originals)
-    record("STORE refused after the COPY (relay answers NO)", responses[-1], found)
+    found = outcome(server, user, originals)
+    record(f"STORE refused after the COPY (relay answers NO; {server.name})", responses[-1], found)
     assert len(responses) == 2 and COPYUID_LINE.fullmatch(responses[0]), responses
     assert responses[-1] == (
         b"m NO [NOPERM] MOVE failed (flag: injected): 0 of 6 messages were moved, "
         b"the others are unaffected.\r\n"
     )
     assert found == Outcome(0, COUNT, 0, 0, 0)  # each unaffected, none in both
-    assert deleted_in(dovecot_legacy, user, "Archive") == 0
+    assert deleted_in(server, user, "Archive") == 0
     proxy.wait_for_log(r"rollback=done")
 
 

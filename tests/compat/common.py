@@ -48,6 +48,7 @@ from servers import (
     DovecotServer,
     Imap4dServer,
     ImapServer,
+    UwImapServer,
     make_message,
 )
 
@@ -80,8 +81,14 @@ SERVER_KINDS: dict[str, ServerKind] = {
     # Unpacked by tests/compat/install-extracted-servers.sh (they conflict with Dovecot).
     "cyrus-legacy": ServerKind("cyrus_legacy", (), "uidplus"),
     "courier": ServerKind("courier", (), "uidplus", archive="INBOX.Archive"),
+    # Built from ../shared/servers by the tests (tests/servers.py UwImapServer).
+    "uw-mbox": ServerKind("uw_mbox", (), "uidplus"),
+    "uw-mix": ServerKind("uw_mix", (), "uidplus"),
 }
-DEFAULT_KINDS = ("dovecot-legacy", "dovecot-native", "imap4d-guarded", "cyrus-legacy", "courier")
+DEFAULT_KINDS = (
+    "dovecot-legacy", "dovecot-native", "imap4d-guarded", "cyrus-legacy", "courier", "uw-mbox",
+    "uw-mix",
+)  # fmt: skip
 
 _MOVE_LOG_RE = re.compile(r"\b(UID MOVE|MOVE) (\S+): policy=(\w+) outcome=([\w-]+)")
 _UPSTREAM_MOVE_RE = re.compile(rb"^\S+ (?:UID )?MOVE ", re.IGNORECASE)
@@ -177,8 +184,8 @@ class Target:
 
     def upstream_move_commands(self) -> list[bytes]:
         """MOVE / UID MOVE command lines the upstream received (Dovecot's rawlog, Cyrus's
-        telemetry)."""
-        if not isinstance(self.server, (DovecotServer, CyrusServer)):
+        telemetry, the recording in front of UW-IMAP)."""
+        if not isinstance(self.server, (DovecotServer, CyrusServer, UwImapServer)):
             raise TypeError(f"{self.server!r} does not record what it receives per user")
         received = self.server.received_bytes(self.user)
         return [line.strip() for line in received.splitlines() if _UPSTREAM_MOVE_RE.match(line)]

@@ -124,7 +124,7 @@ PIPELINED = [
 
 # (the native server's fixture, the same server with MOVE hidden) for each native reference
 PAIRS = {"dovecot": ("dovecot_native", "dovecot_legacy"), "cyrus": ("cyrus_native", "cyrus_legacy")}
-_MOVE_COMMAND = re.compile(rb"(?:UID )?MOVE\b", re.IGNORECASE)
+_MOVE_COMMAND = re.compile(rb"(?:UID )?X?MOVE\b", re.IGNORECASE)
 # A MOVE (or Cyrus's older alias XMOVE) command line in what a server received.
 _UPSTREAM_MOVE = re.compile(rb"^\S+ (?:UID )?X?MOVE\b[^\r\n]*", re.IGNORECASE | re.MULTILINE)
 
@@ -429,6 +429,33 @@ def test_cyrus_hides_move_only_from_its_capability_lists(cyrus_native, cyrus_leg
         client.command(b"s", b"SELECT INBOX")
         assert client.command(b"m", b"MOVE 1 Trash")[-1].startswith(b"m OK")
     assert upstream_moves(cyrus_legacy.received_bytes(legacy_user)) == [b"m MOVE 1 Trash"]
+
+
+def test_cyrus_xmove_is_emulated_like_move(cyrus_native, cyrus_legacy, tmp_path):
+    """Cyrus executes its older alias XMOVE even with MOVE hidden. Passed through, a ``UID
+    XMOVE`` would move on the server outside the proxy's lock, log and metrics; the proxy
+    emulates it as it does MOVE, and answers it as Cyrus's own XMOVE does."""
+    steps = [
+        cmd("s", "SELECT INBOX"), cmd("m", "UID XMOVE 1,3 Trash"), cmd("n", "XMOVE 1 Trash"),
+        cmd("f", "FETCH 1:* (UID FLAGS)"),
+    ]  # fmt: skip
+    native_user = prepare(cyrus_native, flagged=True)
+    with RawClient(cyrus_native.address) as client:
+        client.login(native_user, cyrus_native.password)
+        reference = run_script(client, steps, pipelined=False)
+    legacy_user = prepare(cyrus_legacy, flagged=True)
+    with (
+        running_proxy(cyrus_legacy.address, tmp_path / "proxy.log") as proxy,
+        RawClient(proxy.address) as client,
+    ):
+        client.login(legacy_user, cyrus_legacy.password)
+        cyrus = Pair("cyrus", cyrus_native, cyrus_legacy)
+        proxied = cyrus.as_native(run_script(client, steps, pipelined=False), steps)
+        log = proxy.log_text()
+    assert proxied == reference
+    assert upstream_moves(cyrus_legacy.received_bytes(legacy_user)) == []
+    assert re.search(r"UID MOVE 1,3: policy=uidplus outcome=moved", log), log
+    assert re.search(r"MOVE 1: policy=uidplus outcome=moved", log), log
 
 
 def test_cyrus_own_differences_are_the_servers(cyrus_native, cyrus_legacy):

@@ -410,9 +410,10 @@ def test_a_refused_store_is_rolled_back_through_the_second_session(
     rights first): a relay in front of the real server answers the proxy's STORE with NO itself
     instead of forwarding it, after the COPY. The rollback's second session reaches the server
     through the same relay (it connects to the proxy's upstream address). On UW-IMAP's mbox
-    format the second session writes the target's file as it ends: the client's session, which
-    goes on at once with a NOOP, must not be writing then (it waits for the tagged NO, which
-    waits for the second session's end)."""
+    format the second session writes the target's file as it ends, even after LOGOUT's OK: the
+    client's session, which at once APPENDs to that very target, must not be writing then (its
+    tagged NO waits for the second session's connection to end), or one of the two writes is
+    lost."""
     server: ImapServer = request.getfixturevalue(server_fixture)
     user, originals = seeded(server)
     relay = relay_for(
@@ -420,7 +421,13 @@ def test_a_refused_store_is_rolled_back_through_the_second_session(
         action=RelayAction.ANSWER, reply=refuse_store,
     )  # fmt: skip
     proxy = proxy_for(relay.address)
-    responses = move_and_go_on(proxy, user, server.password)
+    late = make_message("late")
+    with RawClient(proxy.address) as client:
+        client.login(user, server.password)
+        client.command(b"s", b"SELECT INBOX")
+        responses = client.command(b"m", b"UID MOVE 1:* Archive")
+        client.send(b"a APPEND Archive {%d+}\r\n%s\r\n" % (len(late), late))
+        assert client.read_until(b"a")[-1].startswith(b"a OK")
     assert relay.hook_ran.is_set() and relay.matched.endswith(b"+FLAGS.SILENT (\\Deleted)\r\n")
     found = outcome(server, user, originals)
     record(f"STORE refused after the COPY (relay answers NO; {server.name})", responses[-1], found)
@@ -431,6 +438,7 @@ def test_a_refused_store_is_rolled_back_through_the_second_session(
     )
     assert found == Outcome(0, COUNT, 0, 0, 0)  # each unaffected, none in both
     assert deleted_in(server, user, "Archive") == 0
+    assert len(message_ids(server, user, ("Archive",))) == 1  # the late APPEND, kept
     proxy.wait_for_log(r"rollback=done")
 
 

@@ -194,8 +194,8 @@ def test_one_proxy_moves_the_same_messages_exactly_once(dovecot_legacy, tmp_path
 @pytest.mark.parametrize("policy", ["proceed", "refuse"])
 def test_redis_stopped_and_started_mid_run(dovecot_legacy, redis_server, tmp_path, policy):
     """While Redis is down a MOVE waits at most one connection attempt: with "proceed" it runs
-    under its own proxy's lock (docs/behaviour.md: nothing lost, duplicates possible across proxies),
-    with "refuse" it gets NO [UNAVAILABLE] (nothing lost, nothing twice). Either way the
+    under its own proxy's lock (docs/behaviour.md: nothing lost, duplicates possible across
+    proxies), with "refuse" it gets NO [UNAVAILABLE] (nothing lost, nothing twice). Either way the
     failures are logged and every MOVE has its reply."""
     user, seeded = new_mailbox(dovecot_legacy)
     metrics_port = find_free_port()

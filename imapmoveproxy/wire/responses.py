@@ -170,7 +170,7 @@ _PERMANENT_RE = re.compile(rb"\* OK \[PERMANENTFLAGS \(([^)]*)\)", re.IGNORECASE
 _FLAG_ATOM_RE = re.compile(rb"\\?[!#$&'+\-.0-9:;<=>?@A-Z^_`a-z|}~]+")
 _NAMESPACE_RE = re.compile(rb'\* NAMESPACE \(\("((?:[^"\\]|\\.)*)" (?:"((?:[^"\\]|\\.)*)"|NIL)')
 _SUBJECT_RE = re.compile(rb"Subject: ([^\r\n]*)", re.IGNORECASE)
-_REMOVAL_RE = re.compile(rb"\* (?:\d+ EXPUNGE\r?\n$|VANISHED )", re.IGNORECASE)
+_REMOVAL_RE = re.compile(rb"\* (?:\d+ EXPUNGE(?:\r?\n)?$|VANISHED )", re.IGNORECASE)
 
 
 def flags(line: bytes) -> frozenset[bytes] | None:
@@ -214,5 +214,5 @@ def subject(response: bytes) -> bytes | None:
 
 
 def removes(line: bytes) -> bool:
-    """An EXPUNGE or a VANISHED response."""
+    """An EXPUNGE or a VANISHED response (with its terminator or without)."""
     return _REMOVAL_RE.match(line) is not None

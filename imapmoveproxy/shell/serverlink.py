@@ -62,11 +62,12 @@ class ServerLink(Generic[P]):
         it done, :class:`ConversationError`."""
         peer = self.peer
         for _ in range(_MAX_READS):
+            finished = done()  # which may have given the peer more to send (after a "+")
             outgoing = peer.take_outgoing()
             if outgoing:
                 with trio.fail_after(self._timeout):
                     await self.stream.send_all(outgoing)
-            if done():
+            if finished:
                 return
             try:
                 with trio.fail_after(self._timeout):

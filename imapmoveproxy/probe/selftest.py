@@ -30,7 +30,7 @@ from .session import ERRORS, ProbeError, Session, failure, status_text
 
 _MESSAGES = 4  # appended to the scratch mailbox
 _MOVED = (1, 2)  # which of them are moved
-_FLAGGED = 4  # which one the "user" flags \\Deleted first
+_FLAGGED = 4  # which one the "user" flags \Deleted first
 
 
 @dataclass(slots=True, frozen=True)

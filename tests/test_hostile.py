@@ -205,6 +205,20 @@ def test_a_command_line_left_unfinished_after_login_is_cut_off_at_line_timeout(
         assert_still_serving(proxy, dovecot_legacy)
 
 
+def test_a_line_begun_and_never_continued_is_cut_off_at_line_timeout(
+    dovecot_legacy, mailbox, tmp_path
+):
+    """Half a command line in one write, then nothing: the line's time ran from its first
+    byte only once a second read came, so a client that never sent one kept its buffered
+    half line forever."""
+    with proxy_with(dovecot_legacy, tmp_path, line_timeout=1.0) as proxy:
+        client = logged_in(proxy, dovecot_legacy, mailbox)
+        client.send(b"s SEARCH TEXT half")
+        responses, closed = responses_until(client, b"never")  # up to the socket timeout
+        assert closed and responses == [b"* BYE Line not finished in time.\r\n"], responses
+        assert_still_serving(proxy, dovecot_legacy)
+
+
 def test_login_timeout_cannot_be_dodged_by_a_move_stuck_behind_an_unanswered_command(
     dovecot_legacy, tmp_path
 ):

@@ -87,7 +87,8 @@ class Supervisor:
                 deadline = self._login_deadline
             else:
                 deadline = math.inf
-            if session.line_pending:
+            if session.line_pending and closing_since == gone_since == math.inf:
+                # (closing or gone: the line's passed deadline would wake it again and again)
                 deadline = min(deadline, connection.line_started + config.line_timeout)
             if session.move_waits_for_upstream and session.close_reason is None:
                 stall = connection.upstream_heard + config.move_step_timeout

@@ -201,11 +201,13 @@ class Connection:
             data = await _receive(self.client, size)
             if not data:
                 break
-            if b"\n" in data or not session.line_pending:  # the next line has its own time
-                self.line_started = math.inf
-            if session.line_pending:
-                self.line_started = min(self.line_started, trio.current_time())
             session.receive_client(data)
+            if not session.line_pending:
+                self.line_started = math.inf
+            elif b"\n" in data:  # the unfinished line began in this read
+                self.line_started = trio.current_time()
+            else:  # it began in this read, or goes on from an earlier one
+                self.line_started = min(self.line_started, trio.current_time())
             size = self._client_reads.read_size(len(data), size)
             data = b""  # a reused buffer is free again once nothing refers to it
             self.after_session()

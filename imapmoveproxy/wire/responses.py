@@ -61,13 +61,16 @@ def _group(match: re.Match[bytes] | None) -> bytes | None:
     return match.group(1) if match else None
 
 
-_EXPUNGED_RE = re.compile(rb"\* (\d+) EXPUNGED\r?\n$", re.IGNORECASE)
+# The counts the proxy keeps track of are recognised in the one form the relay's fast path stops
+# at (:data:`_LOOK_AT`), upper case and ending in CRLF, as every server tested sends them: a line
+# in another form is relayed untouched and counted nowhere, with or without a MOVE running.
+_EXPUNGED_RE = re.compile(rb"\* (\d+) EXPUNGED\r\n$")
 _UIDVALIDITY_RE = re.compile(rb"\* OK \[UIDVALIDITY (\d+)\]", re.IGNORECASE)
-_COUNT_RE = re.compile(rb"\* (\d+) (EXISTS|RECENT)\r?\n$", re.IGNORECASE)
+_COUNT_RE = re.compile(rb"\* (\d+) (EXISTS|RECENT)\r\n$")
 _SEARCH_RE = re.compile(rb"\* (?:E?SEARCH)\b", re.IGNORECASE)
 _ONLY_UID_RE = re.compile(rb"\* \d+ FETCH \((?:UID \d+|MODSEQ \(\d+\)| )+\)\r?\n$", re.IGNORECASE)
 _CAPABILITY_UNTAGGED_RE = re.compile(rb"\* CAPABILITY ", re.IGNORECASE)
-_EXPUNGE_RE = re.compile(rb"\* \d+ EXPUNGE\r?\n$", re.IGNORECASE)
+_EXPUNGE_RE = re.compile(rb"\* \d+ EXPUNGE\r\n$")
 _VANISHED_RE = re.compile(rb"\* VANISHED ([0-9:,]+)\r?\n$", re.IGNORECASE)
 _MYRIGHTS_RE = re.compile(rb"\* MYRIGHTS ", re.IGNORECASE)
 _DELETED_FLAG_RE = re.compile(rb"FLAGS \([^)]*\\Deleted", re.IGNORECASE)

@@ -3,7 +3,8 @@
 MOVE is a barrier: the collected MOVE waits until every earlier command has its tagged reply
 (:attr:`MoveRunner.ready`); the caller then takes the source mailbox's lock and starts it. While
 it runs, the :class:`~..move.emulation.MoveEmulation` gets the upstream responses; a second
-session, if it asks for one, is the caller's to run.
+session, if it asks for one, is the caller's to run. Once it is answered, its state
+(:class:`~..move.state.MoveState`) gives the log line and the metrics.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 from ..move.copyflags import FlagCheckRequest, FlagRecorder, Result
 from ..move.emulation import MoveEmulation
 from ..move.request import MoveRequest, RollbackRequest, UpstreamCommand
+from ..move.state import MoveState, Outcome
 from ..wire.capabilities import Capabilities
 
 if TYPE_CHECKING:
@@ -162,11 +164,13 @@ class MoveRunner:
         if not move.done:
             return
         self.running = None
-        session.mailbox.rights = move.rights if move.outcome == "moved" else None
-        session.mailbox.recent = move.recent  # it may have shown a RECENT held back
-        policy = move.policy.value if move.policy else "none"
-        kind = b"UID MOVE" if move.request.uid else b"MOVE"
-        self._count(kind, move.request.sequence_set, policy, move.outcome, move)
+        state = move.state
+        moved = state.outcome is Outcome.MOVED
+        session.mailbox.rights = state.rights if moved else None
+        session.mailbox.recent = state.counts.recent  # it may have shown a RECENT held back
+        policy = state.policy.value if state.policy else "none"
+        kind = b"UID MOVE" if state.request.uid else b"MOVE"
+        self._count(kind, state.request.sequence_set, policy, state.outcome_name(), state)
         session.after_move()
 
     def take_finished(self) -> list[FinishedMove]:
@@ -180,14 +184,16 @@ class MoveRunner:
         sequence_set: bytes,
         policy: str,
         outcome: str,
-        move: MoveEmulation | None = None,
+        move: MoveState | None = None,
     ) -> None:
         """Log a MOVE answered, and count it for the connection's summary and the metrics."""
         log: logging.LoggerAdapter[logging.Logger] = self._session.log
         shown = sequence_set[:60] + (b"..." if len(sequence_set) > 60 else b"")
-        rollback, duplicates, retries = (
-            (move.rollback, move.duplicates, move.expunge_retries) if move else ("", 0, 0)
-        )
+        rollback, duplicates, retries = "", 0, 0
+        if move is not None:
+            result = move.rollback_result
+            rollback = result.value if result is not None else ""
+            duplicates, retries = move.duplicates, move.expunge_retries
         line = (
             f"{kind.decode()} {shown.decode('ascii', 'replace')}: policy={policy} outcome={outcome}"
             + (f" rollback={rollback}" if rollback else "")
@@ -195,10 +201,10 @@ class MoveRunner:
         )
         flags, level = "", logging.INFO
         if move is not None and move.flags_result is not None:  # guarded: the copies' flags
-            result, detail = move.flags_result
-            flags = result.value
+            result_, detail = move.flags_result
+            flags = result_.value
             line += f" flags={flags}" + (f" ({detail})" if detail else "")
-            if result in (Result.LOST, Result.UNKNOWN):
+            if result_ in (Result.LOST, Result.UNKNOWN):
                 level = logging.WARNING
         log.log(level, "%s", line)
         if move is not None and move.duplicates:

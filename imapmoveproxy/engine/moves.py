@@ -184,31 +184,33 @@ class MoveRunner:
         sequence_set: bytes,
         policy: str,
         outcome: str,
-        move: MoveState | None = None,
+        state: MoveState | None = None,
     ) -> None:
         """Log a MOVE answered, and count it for the connection's summary and the metrics."""
-        log: logging.LoggerAdapter[logging.Logger] = self._session.log
-        shown = sequence_set[:60] + (b"..." if len(sequence_set) > 60 else b"")
-        rollback, duplicates, retries = "", 0, 0
-        if move is not None:
-            result = move.rollback_result
+        rollback, duplicates, retries, flags, detail = "", 0, 0, "", ""
+        level = logging.INFO
+        if state is not None:
+            result = state.rollback_result
             rollback = result.value if result is not None else ""
-            duplicates, retries = move.duplicates, move.expunge_retries
-        line = (
-            f"{kind.decode()} {shown.decode('ascii', 'replace')}: policy={policy} outcome={outcome}"
-            + (f" rollback={rollback}" if rollback else "")
-            + (f" expunge_retries={retries}" if retries else "")
-        )
-        flags, level = "", logging.INFO
-        if move is not None and move.flags_result is not None:  # guarded: the copies' flags
-            result_, detail = move.flags_result
-            flags = result_.value
-            line += f" flags={flags}" + (f" ({detail})" if detail else "")
-            if result_ in (Result.LOST, Result.UNKNOWN):
-                level = logging.WARNING
-        log.log(level, "%s", line)
-        if move is not None and move.duplicates:
-            log.warning("MOVE left messages in both mailboxes: %s", move.reply.decode())
+            duplicates, retries = state.duplicates, state.expunge_retries
+            if state.flags_result is not None:  # guarded: the copies' flags
+                flags_result, detail = state.flags_result
+                flags = flags_result.value
+                if flags_result in (Result.LOST, Result.UNKNOWN):
+                    level = logging.WARNING
+        log: logging.LoggerAdapter[logging.Logger] = self._session.log
+        if log.isEnabledFor(level):  # the line is built only to be logged
+            shown = sequence_set[:60] + (b"..." if len(sequence_set) > 60 else b"")
+            line = (
+                f"{kind.decode()} {shown.decode('ascii', 'replace')}: "
+                f"policy={policy} outcome={outcome}"
+                + (f" rollback={rollback}" if rollback else "")
+                + (f" expunge_retries={retries}" if retries else "")
+                + (f" flags={flags}" + (f" ({detail})" if detail else "") if flags else "")
+            )
+            log.log(level, "%s", line)
+        if duplicates and state is not None:
+            log.warning("MOVE left messages in both mailboxes: %s", state.reply.decode())
         moves = self._session.counters.moves
         key = f"{policy}-{outcome}"
         moves[key] = moves.get(key, 0) + 1

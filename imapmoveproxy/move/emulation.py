@@ -189,12 +189,11 @@ class MoveEmulation:
         :meth:`on_untagged`."""
         self.state.counts.shown_expunges(count)
 
-    def answers(self, tag: bytes) -> bool:
-        """Whether a tagged reply with ``tag`` is for this MOVE: one of the proxy's commands, or
-        the client's MOVE forwarded under the client's tag."""
+    def forwarded(self, tag: bytes) -> bool:
+        """Whether a tagged reply with ``tag`` answers the client's MOVE, sent to the upstream
+        under the client's tag (the proxy's own commands are known by the channel's table)."""
         state = self.state
-        mine = self._channel.owner(tag) is self
-        return mine or (state.step is Step.FORWARD and tag == state.request.tag)
+        return state.step is Step.FORWARD and tag == state.request.tag
 
     # ------------------------------------------------------------------ events in
 

@@ -78,7 +78,7 @@ _BEFORE_POLICY: dict[Step | Then, StepFunction] = {Step.CAPABILITY: preflight.be
 _EMULATED: dict[Step | Then, StepFunction] = {
     Step.RIGHTS: preflight.check_rights,
     Step.PREFETCH: listing.after_prefetch,
-    Step.COPY: listing.after_copy,  # then the policy's first step (``after_copy`` below)
+    Step.COPY: listing.after_copy,  # which goes on to the policy's after_copy
     Step.CHECK: recovery.after_check,
     Then.NEXT_CHUNK: listing.next_chunk,
     Then.CHUNK_DONE: recovery.chunk_done,

@@ -151,7 +151,8 @@ class MoveRunner:
     def step(self, commands: list[UpstreamCommand]) -> None:
         """Send the running MOVE's next commands; finish it if it is answered."""
         session, move = self._session, self.running
-        session.channel.send(commands)
+        if commands:
+            session.channel.send(commands)
         if move is None:
             return
         if session.credentials is None and (move.rollback_request or move.flag_request):

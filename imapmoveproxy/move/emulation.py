@@ -122,7 +122,7 @@ class MoveEmulation:
     """One client MOVE from the moment earlier commands have completed to its tagged reply:
     its state (:attr:`state`), and what connects it to the session."""
 
-    __slots__ = ("_channel", "_emit", "_log", "state")
+    __slots__ = ("_awaited", "_channel", "_emit", "_log", "state")
 
     def __init__(
         self,
@@ -156,6 +156,7 @@ class MoveEmulation:
         self._channel = channel  # the proxy's commands on the upstream connection
         self._emit = emit  # to the client
         self._log = log  # the connection's
+        self._awaited = 0  # commands of the current step still awaiting their tagged reply
 
     # ------------------------------------------------------------------ what the session asks
 
@@ -270,7 +271,8 @@ class MoveEmulation:
             state.final_code = reply.code
         elif not ok and step not in _UNFAILING and state.failure is None:
             state.failure = Failure(step, reply.status, reply.code, reply.text)
-        if self._channel.awaiting(self):
+        self._awaited -= 1
+        if self._awaited:
             return []
         if step is Step.CAPABILITY:
             state.caps = caps or NO_CAPABILITIES  # none: no UIDPLUS
@@ -337,6 +339,7 @@ class MoveEmulation:
                 elif role is Role.COPY:
                     state.copy_tag = tag
             tagged.append([tag + b" " + first, *rest])
+        self._awaited += len(tagged)
         return tagged
 
     def _finish(self, reply: Reply) -> None:

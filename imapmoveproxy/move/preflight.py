@@ -50,11 +50,12 @@ def begin(state: MoveState) -> Next:
 def check_rights(state: MoveState) -> Next:
     """Refuse before touching anything if the rights on the source forbid flagging or
     expunging (RFC 4314; an RFC 2086 server has a single "d" right for both)."""
-    rights = (state.rights or b"").lower()
-    rfc4314 = any(name.startswith(b"RIGHTS=") for name in state.caps.names)
-    needed = (b"t", b"e") if rfc4314 else (b"d",)
-    if state.rights is not None and not all(right in rights for right in needed):
-        return Reply(Outcome.NO_PERMISSION, b"NO", b"NOPERM", replies.NO_PERMISSION % state.rights)
+    rights = state.rights
+    if rights is not None:
+        rfc4314 = any(name.startswith(b"RIGHTS=") for name in state.caps.names)
+        needed = (b"t", b"e") if rfc4314 else (b"d",)
+        if not all(right in rights.lower() for right in needed):
+            return Reply(Outcome.NO_PERMISSION, b"NO", b"NOPERM", replies.NO_PERMISSION % rights)
     request = state.request
     sizes = [set_size(request.sequence_set), state.counts.exists]
     size = min((size for size in sizes if size is not None), default=None)

@@ -38,6 +38,7 @@ __all__ = [
     "cpu_seconds",
     "find_free_port",
     "median",
+    "minor_faults",
     "percentile",
     "raise_nofile",
     "rss_kib",
@@ -100,6 +101,14 @@ def cpu_seconds(pid: int) -> float:
     fields = text[text.rindex(")") + 2 :].split()
     # fields[0] is field 3 (state): utime is field 14, stime field 15.
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults of ``pid`` so far (minflt, field 10 of /proc/PID/stat): pages the
+    kernel had to map, and zero, because the process's allocator gave memory back and took it
+    again."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return int(text[text.rindex(")") + 2 :].split()[7])
 
 
 def rss_kib(pid: int) -> int:

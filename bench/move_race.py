@@ -1,4 +1,4 @@
-"""The guarantee table of README "Running several replicas": concurrent MOVEs of the same mail.
+"""Concurrent MOVEs of the same mail (the table in docs/deployment.md, "Running several replicas").
 
 Four sessions of one user each run ``UID MOVE 1:* Archive`` three times on an INBOX of 300
 messages, all starting together (a barrier), against: native Dovecot MOVE with no proxy; one

@@ -11,8 +11,8 @@ Session-scoped servers (one instance each per test session, stopped at session e
 * ``imap4d``: GNU Mailutils imap4d (neither MOVE nor UIDPLUS).
 * ``uw_mbox``, ``uw_mix``: UW-IMAP imapd 2007f (UIDPLUS, no MOVE; a
   :class:`servers.UwImapServer`, built from ../shared/servers on first use) with mbox folders,
-  or with mix folders and INBOX (folders made by ``seed()``/``create()``; a plain CREATE still
-  makes an mbox file).  Users are real Unix users, deleted when the server stops.
+  or built with mix as its default format (every CREATE makes a mix folder, the first APPEND a
+  mix INBOX).  Users are real Unix users, deleted when the server stops.
 * ``cyrus_legacy``: Cyrus IMAP 3.6 with MOVE (and XMOVE) hidden by ``suppress_capabilities``;
   ``cyrus_native``: the same with MOVE advertised (tests/compat/cyrus.py; unpacked by
   tests/compat/install-extracted-servers.sh, as they conflict with Dovecot's packages).
@@ -138,8 +138,9 @@ def uw_mbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UwImapServer]:
 
 @pytest.fixture(scope="session")
 def uw_mix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UwImapServer]:
-    """UW-IMAP imapd 2007f with a mix INBOX and mix folders (made by ``seed()``/``create()``;
-    several sessions may have a mix folder open read-write)."""
+    """UW-IMAP imapd 2007f built with mix as the format of new mailboxes: every folder (a plain
+    CREATE, by ``seed()`` or any client) and INBOX (at its first APPEND) is mix; several
+    sessions may have a mix folder open read-write, and APPEND to it gets APPENDUID."""
     root = tmp_path_factory.mktemp("uw-mix")
     yield from _serve(lambda: UwImapServer(root, fmt="mix"))
 

@@ -28,7 +28,8 @@ Three implementations are supported:
 
 * UW-IMAP imapd 2007f (:class:`UwImapServer`, UIDPLUS, no MOVE), built once from
   ``../shared/servers/uw-imap-2007f.tar.gz`` (or ``$UW_IMAP_TARBALL``) into
-  ``build/uw-imap-2007f`` and served by ``socat``; ``fmt="mbox"`` or ``fmt="mix"`` folders.
+  ``build/uw-imap-2007f`` (mbox, UW's default format) or ``build/uw-imap-2007f-mix`` (built
+  with mix as the format of new mailboxes) and served by ``socat``.
   Users are real Unix users (``useradd``/``userdel``), homes under ``<root>/home``; the INBOX
   spool of the mbox variant is ``build/uw-imap-2007f/spool`` (compiled in).  Raw client
   traffic of every connection is recorded by a relaying ``socat -r``.
@@ -379,7 +380,7 @@ class ImapServer:
         imap = self.connect(user)
         try:
             if mailbox.upper() != "INBOX":
-                typ, data = imap.create(quote_mailbox(self.mailbox_name(mailbox)))
+                typ, data = imap.create(quote_mailbox(mailbox))
                 if typ != "OK" and not _already_exists(data):
                     raise ServerError(f"CREATE {mailbox!r} failed: {typ} {data!r}")
             flag_list = "(" + " ".join(flags) + ")" if flags else None
@@ -400,10 +401,6 @@ class ImapServer:
         finally:
             with contextlib.suppress(Exception):
                 imap.logout()
-
-    def mailbox_name(self, name: str) -> str:
-        """The name that CREATEs folder ``name`` in the server's default format."""
-        return name
 
     def capabilities(self, user: str | None = None) -> tuple[list[str], list[str]]:
         """Return (pre-login, post-login) CAPABILITY lists (logs in as a new user if None)."""
@@ -881,6 +878,14 @@ UW_IMAP_VERSION = "2007f"
 UW_IMAP_TARBALL_ENV = "UW_IMAP_TARBALL"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 UW_IMAP_BUILD_DIR = _REPO_ROOT / "build" / f"uw-imap-{UW_IMAP_VERSION}"
+UW_IMAP_MIX_BUILD_DIR = _REPO_ROOT / "build" / f"uw-imap-{UW_IMAP_VERSION}-mix"
+UwFormat = Literal["mbox", "mix"]
+# The make variables (in SPECIALS, after MAILSPOOL) that set each format as the default for new
+# and for zero-byte mailboxes: mbox is UW's own default (unixproto).
+_UW_FORMAT_SPECIALS: dict[str, tuple[str, ...]] = {
+    "mbox": (),
+    "mix": ("CREATEPROTO=mixproto", "EMPTYPROTO=mixproto"),
+}
 _UW_BUILD_TOOLS = ("gcc", "make", "tar")
 _UW_BUILD_TIMEOUT = 900.0
 # Characters socat would take for its own syntax in an EXEC: address (or sh in the wrapper).
@@ -895,26 +900,41 @@ def uw_imap_tarball() -> Path:
     return _REPO_ROOT.parent / "shared" / "servers" / f"uw-imap-{UW_IMAP_VERSION}.tar.gz"
 
 
-def build_uw_imapd(build_dir: Path = UW_IMAP_BUILD_DIR) -> Path:
+def uw_imap_build_dir(fmt: UwFormat) -> Path:
+    """The cached build of the imapd whose new mailboxes are ``fmt``: :data:`UW_IMAP_BUILD_DIR`
+    (mbox) or :data:`UW_IMAP_MIX_BUILD_DIR` (mix)."""
+    return UW_IMAP_MIX_BUILD_DIR if fmt == "mix" else UW_IMAP_BUILD_DIR
+
+
+def build_uw_imapd(build_dir: Path | None = None, *, fmt: UwFormat = "mbox") -> Path:
     """Return ``<build_dir>/imapd``, building it from :func:`uw_imap_tarball` if it is missing.
 
     ``make slx SSLTYPE=none`` (shadow passwords + crypt(3), plaintext LOGIN allowed), with the
-    INBOX spool compiled in as ``<build_dir>/spool`` (mode 1777, as UW demands).  The binary is
-    cached: it is rebuilt only if it is missing, or if it was built for another spool path (the
-    repository moved).  An exclusive ``flock`` on ``<build_dir>/.lock`` keeps concurrent pytest
-    processes from building at the same time.  Raises ServerNotInstalled if a build tool or the
-    tarball is missing, ServerError if the build fails (the tail of ``build.log`` is in it).
+    INBOX spool compiled in as ``<build_dir>/spool`` (mode 1777, as UW demands).  ``fmt`` is the
+    format of the mailboxes a plain CREATE (or an APPEND to a missing INBOX) makes: ``mbox``,
+    UW's default, or ``mix`` (``CREATEPROTO=mixproto EMPTYPROTO=mixproto``).  ``build_dir``
+    defaults to :func:`uw_imap_build_dir`: one build per format.  The binary is cached: it is
+    rebuilt only if it is missing, or if ``<build_dir>/imapd.spool`` records another spool path
+    (the repository moved) or format.  An exclusive ``flock`` on ``<build_dir>/.lock`` keeps
+    concurrent pytest processes from building at the same time.  Raises ServerNotInstalled if
+    a build tool or the tarball is missing, ServerError if the build fails (the tail of
+    ``build.log`` is in it).
     """
-    build_dir = Path(build_dir).resolve()
+    if fmt not in _UW_FORMAT_SPECIALS:
+        raise ValueError(f"unknown UW-IMAP mailbox format {fmt!r}")
+    build_dir = Path(build_dir or uw_imap_build_dir(fmt)).resolve()
     binary = build_dir / "imapd"
     spool = build_dir / "spool"
     stamp = build_dir / "imapd.spool"
-    if _uw_build_current(binary, stamp, spool):
+    specials = (f"MAILSPOOL={spool}", *_UW_FORMAT_SPECIALS[fmt])
+    # What imapd.spool records: the spool path, then the format's make variables, one a line.
+    record = "".join(f"{line}\n" for line in (str(spool), *_UW_FORMAT_SPECIALS[fmt]))
+    if _uw_build_current(binary, stamp, record):
         return binary
     build_dir.mkdir(parents=True, exist_ok=True)
     with (build_dir / ".lock").open("a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-        if _uw_build_current(binary, stamp, spool):  # another process built it meanwhile
+        if _uw_build_current(binary, stamp, record):  # another process built it meanwhile
             return binary
         tarball = uw_imap_tarball()
         if not tarball.is_file():
@@ -935,7 +955,7 @@ def build_uw_imapd(build_dir: Path = UW_IMAP_BUILD_DIR) -> Path:
             steps = [
                 [tools["tar"], "-xzf", str(tarball), "-C", str(src), "--strip-components=1"],
                 # The build asks whether to build without SSL: answer "y" on its stdin.
-                [tools["make"], "slx", "SSLTYPE=none", f"SPECIALS=MAILSPOOL={spool}"],
+                [tools["make"], "slx", "SSLTYPE=none", f"SPECIALS={' '.join(specials)}"],
             ]
             for step in steps:
                 log.write(f"=== {' '.join(step)}\n".encode())
@@ -959,16 +979,16 @@ def build_uw_imapd(build_dir: Path = UW_IMAP_BUILD_DIR) -> Path:
         shutil.copy2(built, tmp)
         tmp.chmod(0o755)
         tmp.replace(binary)
-        stamp.write_text(f"{spool}\n")
+        stamp.write_text(record)
         with log_path.open("a") as log:
             log.write(f"=== built in {time.monotonic() - started:.1f} s\n")
         shutil.rmtree(src, ignore_errors=True)
     return binary
 
 
-def _uw_build_current(binary: Path, stamp: Path, spool: Path) -> bool:
+def _uw_build_current(binary: Path, stamp: Path, record: str) -> bool:
     try:
-        return os.access(binary, os.X_OK) and stamp.read_text().strip() == str(spool)
+        return os.access(binary, os.X_OK) and stamp.read_text() == record
     except OSError:
         return False
 
@@ -976,18 +996,21 @@ def _uw_build_current(binary: Path, stamp: Path, spool: Path) -> bool:
 class UwImapServer(ImapServer):
     """UW-IMAP imapd 2007f (UIDPLUS, no MOVE), served by ``socat`` on 127.0.0.1.
 
-    * Binary: :func:`build_uw_imapd` (built once into ``<repo>/build/uw-imap-2007f``).
+    * Binary: :func:`build_uw_imapd`, one build per format, built once into
+      ``<repo>/build/uw-imap-2007f`` (mbox) or ``<repo>/build/uw-imap-2007f-mix`` (mix).
     * Users are real Unix users (``uwt`` + lower-case letters/digits, at most 32 characters)
       created by :meth:`new_user` with ``useradd``, home ``<root>/home/<user>``, password
       :attr:`password` set with ``chpasswd``.  They are deleted (``userdel``) when the server
       stops, and at interpreter exit at the latest.  imapd switches to the user after LOGIN.
-    * ``fmt="mbox"``: every folder is a traditional mbox file in the home directory; INBOX is
-      ``<build>/spool/<user>``.  A second read-write SELECT of a mailbox ends the session that
-      had it open (``* BYE Killed (lost mailbox lock)``).
-    * ``fmt="mix"``: INBOX (``~/INBOX``) and the folders made by :meth:`create` / :meth:`seed`
-      are mix directories (made with ``CREATE "#driver.mix/<name>"``; UW then finds an existing
-      folder's format by itself, so plain names work afterwards).  A plain ``CREATE`` -- e.g.
-      by the proxy -- still makes an mbox file, and COPY to a missing folder gets TRYCREATE.
+    * ``fmt="mbox"``: UW's default build; every folder is a traditional mbox file in the home
+      directory; INBOX is ``<build>/spool/<user>``.  A second read-write SELECT of a mailbox ends
+      the session that had it open (``* BYE Killed (lost mailbox lock)``).
+    * ``fmt="mix"``: an imapd built with mix as its default format (``CREATEPROTO=mixproto
+      EMPTYPROTO=mixproto``), as an operator running UW with mix configures it: every plain
+      ``CREATE`` -- by :meth:`seed`/:meth:`create`, the proxy, any client -- makes a mix
+      directory in the home directory, and the first APPEND to INBOX makes ``~/INBOX`` a mix
+      directory (the spool stays unused).  Several sessions can have a mix folder open
+      read-write.  COPY to a missing folder gets TRYCREATE in both formats.
     * :meth:`received_bytes`: each connection runs ``socat -r <file> STDIO EXEC:imapd`` (a
       wrapper script), which records every byte the client sent, LOGIN and pre-login
       commands included, into ``<root>/raw/<time>-<pid>.in``.
@@ -1007,10 +1030,10 @@ class UwImapServer(ImapServer):
         self,
         root: Path,
         *,
-        fmt: Literal["mbox", "mix"] = "mbox",
+        fmt: UwFormat = "mbox",
         name: str | None = None,
         password: str = DEFAULT_PASSWORD,
-        build_dir: Path = UW_IMAP_BUILD_DIR,
+        build_dir: Path | None = None,
     ) -> None:
         if fmt not in ("mbox", "mix"):
             raise ValueError(f"unknown UW-IMAP mailbox format {fmt!r}")
@@ -1018,7 +1041,7 @@ class UwImapServer(ImapServer):
             raise ValueError("the password must not contain ':' or a newline (chpasswd)")
         super().__init__(root, name=name or f"uw-imap-{fmt}", password=password)
         self.fmt = fmt
-        self.build_dir = Path(build_dir).resolve()
+        self.build_dir = Path(build_dir or uw_imap_build_dir(fmt)).resolve()
         self.spool_dir = self.build_dir / "spool"
         self.home_dir = self.root / "home"
         self.raw_dir = self.root / "raw"
@@ -1032,7 +1055,7 @@ class UwImapServer(ImapServer):
     def _prepare(self) -> None:
         for tool in ("socat", "useradd", "userdel", "chpasswd"):
             find_binary(tool)
-        self.imapd = build_uw_imapd(self.build_dir)
+        self.imapd = build_uw_imapd(self.build_dir, fmt=self.fmt)
         for path in (self.imapd, self.wrapper_path, self.raw_dir):
             if _SOCAT_UNSAFE.search(str(path)):
                 raise ServerError(f"{self.name}: unusable characters in the path {path}")
@@ -1091,8 +1114,6 @@ exec socat -t 0.1 -r "{self.raw_dir}/$(date +%s.%N)-$$.in" STDIO EXEC:{self.imap
         entry = pwd.getpwnam(user)
         home.mkdir(mode=0o700)
         os.chown(home, entry.pw_uid, entry.pw_gid)
-        if self.fmt == "mix":
-            self._create_via_imap(user, "INBOX")
 
     def _delete_user(self, user: str) -> None:
         _delete_unix_user(user)
@@ -1100,36 +1121,27 @@ exec socat -t 0.1 -r "{self.raw_dir}/$(date +%s.%N)-$$.in" STDIO EXEC:{self.imap
 
     # -- mailboxes ------------------------------------------------------------------------------
 
-    def mailbox_name(self, name: str) -> str:
-        """The name that CREATEs ``name`` in :attr:`fmt` (``#driver.mix/`` for mix): :meth:`seed`
-        uses it."""
-        return f"#driver.mix/{name}" if self.fmt == "mix" else name
-
     def create(self, user: str, name: str) -> None:
-        """CREATE folder ``name`` of ``user`` in :attr:`fmt` (no error if it already exists).
+        """CREATE folder ``name`` of ``user`` (in :attr:`fmt`; no error if it already exists).
 
-        Use plain ``name`` afterwards: UW recognises an existing folder's format.
+        INBOX is left alone: the first APPEND makes it (the spool file, or ``~/INBOX`` for mix).
         """
         if name.upper() == "INBOX":
-            return  # the spool file (mbox) or ~/INBOX (mix, made by new_user())
-        self._create_via_imap(user, name)
-
-    def _create_via_imap(self, user: str, name: str) -> None:
+            return
         imap = self.connect(user)
         try:
-            typ, data = imap.create(quote_mailbox(self.mailbox_name(name)))
+            typ, data = imap.create(quote_mailbox(name))
             if typ != "OK" and not _already_exists(data):
-                raise ServerError(f"CREATE {self.mailbox_name(name)!r} failed: {typ} {data!r}")
+                raise ServerError(f"CREATE {name!r} failed: {typ} {data!r}")
         finally:
             with contextlib.suppress(Exception):
                 imap.logout()
 
     def mailbox_path(self, user: str, name: str) -> Path:
         """Where folder ``name`` of ``user`` lives on disk (file: mbox, directory: mix)."""
-        if name.upper() == "INBOX":
-            mix_inbox = self.home_dir / user / "INBOX"
-            return mix_inbox if mix_inbox.is_dir() else self.spool_dir / user
-        return self.home_dir / user / name
+        if name.upper() == "INBOX" and self.fmt == "mbox":
+            return self.spool_dir / user
+        return self.home_dir / user / ("INBOX" if name.upper() == "INBOX" else name)
 
     # -- observation ----------------------------------------------------------------------------
 

@@ -267,6 +267,27 @@ def test_guarded_move_restores_the_flags_imap4d_copy_drops(imap4d, tmp_path, chu
     assert contents(imap4d, user, "INBOX") == {"m2": True, "m4": True}
 
 
+def test_the_flags_are_back_before_the_tagged_ok(imap4d, guarded_proxy):
+    """A client that moves flagged messages and at once looks at the target sees them with
+    their flags, as after a native MOVE: the second session restores them before the tagged OK
+    (it used to do so after it, and the client saw them unread and unflagged)."""
+    user = prepare(imap4d)
+    with RawClient(guarded_proxy.address) as client:
+        client.login(user, imap4d.password)
+        client.command(b"s", b"SELECT INBOX")
+        client.command(b"f", b"STORE 1,3 +FLAGS.SILENT (\\Seen \\Flagged)")
+        moved = client.command(b"m", b"MOVE 1,3 Trash")
+        assert moved[-1] == b"m OK Move completed.\r\n", moved
+        client.command(b"t", b"SELECT Trash")
+        fetched = client.command(b"g", b"FETCH 1:* (FLAGS)")
+        client.logout()
+    flags = [re.search(rb"FLAGS \(([^)]*)\)", r) for r in fetched[:-1]]
+    assert [set(m.group(1).split()) - {b"\\Recent"} for m in flags if m] == [
+        {b"\\Seen", b"\\Flagged"},
+        {b"\\Seen", b"\\Flagged"},
+    ], fetched
+
+
 def test_guarded_move_into_the_selected_mailbox_stores_no_flags(imap4d, guarded_proxy):
     """The selected mailbox is only EXAMINEd: imap4d's two sessions would write their views of
     it over each other's (a second session that SELECTed it was seen wiping the \\Deleted that

@@ -371,7 +371,6 @@ def test_uw_mbox_folders_are_files(uw_mbox: UwImapServer) -> None:
     user = uw_mbox.new_user()
     uw_mbox.seed(user, "INBOX", [make_message("in")])
     uw_mbox.seed(user, "Archive", [make_message("one")])
-    assert uw_mbox.mailbox_name("Archive") == "Archive"
     inbox = uw_mbox.mailbox_path(user, "INBOX")
     assert inbox == uw_mbox.spool_dir / user
     assert inbox.is_file()
@@ -381,26 +380,40 @@ def test_uw_mbox_folders_are_files(uw_mbox: UwImapServer) -> None:
     assert archive.read_bytes().count(b"\nFrom ") + archive.read_bytes().startswith(b"From ") >= 1
 
 
+def test_uw_builds_one_imapd_per_format(uw_mbox: UwImapServer, uw_mix: UwImapServer) -> None:
+    assert uw_mbox.build_dir.name == "uw-imap-2007f"
+    assert uw_mix.build_dir.name == "uw-imap-2007f-mix"
+    assert uw_mbox.imapd == uw_mbox.build_dir / "imapd"
+    assert uw_mix.imapd == uw_mix.build_dir / "imapd"
+    assert (uw_mbox.build_dir / "imapd.spool").read_text() == f"{uw_mbox.spool_dir}\n"
+    assert (uw_mix.build_dir / "imapd.spool").read_text() == (
+        f"{uw_mix.spool_dir}\nCREATEPROTO=mixproto\nEMPTYPROTO=mixproto\n"
+    )
+
+
 def test_uw_mix_folders_are_directories(uw_mix: UwImapServer) -> None:
     user = uw_mix.new_user()
-    assert uw_mix.mailbox_name("Archive") == "#driver.mix/Archive"
+    home = uw_mix.home_dir / user
+    assert list(home.iterdir()) == []  # INBOX is made by its first APPEND
     uw_mix.seed(user, "INBOX", [make_message("in")])
     uw_mix.seed(user, "Archive", [make_message("one")])
-    for name in ("INBOX", "Archive"):
-        path = uw_mix.mailbox_path(user, name)
-        assert path == uw_mix.home_dir / user / name
-        assert (path / ".mixmeta").is_file(), name
-    assert not (uw_mix.spool_dir / user).exists()
     with _session(uw_mix, user) as session:
-        # Plain names reach the mix folders: UW finds an existing folder's format itself.
-        assert session.command("SELECT INBOX")[1].startswith(b"OK [READ-WRITE]")
-        _, tagged = session.command("UID COPY 1 Archive")
-        assert re.fullmatch(rb"OK \[COPYUID \d+ 1 2\] UID COPY completed", tagged), tagged
-        # A plain CREATE (what the proxy would send) still makes an mbox file.
+        # A plain CREATE, as the proxy or any client sends it, makes a mix folder too.
         assert session.command("CREATE Plain")[1] == b"OK CREATE completed"
-    assert uw_mix.mailbox_path(user, "Archive").is_dir()
-    assert uw_mix.mailbox_path(user, "Plain").is_file()
-    assert uw_mix.seed(user, "Archive", []) == 2
+        assert session.command("CREATE INBOX")[1] == b"NO Can't create INBOX"
+        assert session.command("SELECT INBOX")[1].startswith(b"OK [READ-WRITE]")
+        _, tagged = session.command("UID COPY 1 Plain")
+        assert re.fullmatch(rb"OK \[COPYUID \d+ 1 1\] UID COPY completed", tagged), tagged
+        # COPY to a missing folder: TRYCREATE, nothing created.
+        _, tagged = session.command("UID COPY 1 Missing")
+        assert tagged.startswith(b"NO [TRYCREATE]"), tagged
+    for name in ("INBOX", "Archive", "Plain"):
+        path = uw_mix.mailbox_path(user, name)
+        assert path == home / name
+        assert (path / ".mixmeta").is_file(), name
+    assert sorted(path.name for path in home.iterdir()) == ["Archive", "INBOX", "Plain"]
+    assert not (uw_mix.spool_dir / user).exists()
+    assert uw_mix.seed(user, "Plain", []) == 1
 
 
 def test_uw_mbox_second_select_kills_first_session(uw_mbox: UwImapServer) -> None:
@@ -432,6 +445,14 @@ def test_uw_mix_sessions_share_a_folder(uw_mix: UwImapServer) -> None:
         assert tagged.startswith(b"OK") and not any(b"EXPUNGE" in line for line in untagged)
         untagged, tagged = first.command("NOOP")
         assert b"* 1 EXPUNGE" in untagged and tagged == b"OK NOOP completed"
+    # An APPEND to a mix folder other sessions have open gets its APPENDUID (mbox: not).
+    with _session(uw_mix, user) as first, _session(uw_mix, user) as second:
+        assert first.command("SELECT Archive")[1].startswith(b"OK [READ-WRITE]")
+        message = make_message("three")
+        second.sock.sendall(b"a1 APPEND Archive {%d+}\r\n%s\r\n" % (len(message), message))
+        tagged = second.reader.readline()
+        assert re.fullmatch(rb"a1 OK \[APPENDUID \d+ 3\] APPEND completed\r\n", tagged), tagged
+        assert b"* 2 EXISTS" in first.command("NOOP")[0]
 
 
 def test_uw_mbox_copy_and_append_replies(uw_mbox: UwImapServer) -> None:

@@ -172,7 +172,7 @@ def test_the_same_movers_without_the_shared_lock_duplicate(dovecot_legacy, tmp_p
 
 
 def test_native_moves_of_the_same_messages_are_not_atomic(dovecot_native):
-    """The README's "Limits worth knowing": the same workload straight to Dovecot 2.3 with its
+    """docs/behaviour.md, "Limits worth knowing": the same workload straight to Dovecot 2.3 with its
     native MOVE leaves messages in several copies (nothing lost), while one proxy in front of
     legacy Dovecot, whose lock serialises the MOVEs, leaves each exactly once."""
     user, seeded = new_mailbox(dovecot_native)
@@ -194,8 +194,8 @@ def test_one_proxy_moves_the_same_messages_exactly_once(dovecot_legacy, tmp_path
 @pytest.mark.parametrize("policy", ["proceed", "refuse"])
 def test_redis_stopped_and_started_mid_run(dovecot_legacy, redis_server, tmp_path, policy):
     """While Redis is down a MOVE waits at most one connection attempt: with "proceed" it runs
-    under its own proxy's lock (the README: nothing lost, duplicates possible across proxies),
-    with "refuse" it gets NO [UNAVAILABLE] (nothing lost, nothing twice). Either way the
+    under its own proxy's lock (docs/behaviour.md: nothing lost, duplicates possible across
+    proxies), with "refuse" it gets NO [UNAVAILABLE] (nothing lost, nothing twice). Either way the
     failures are logged and every MOVE has its reply."""
     user, seeded = new_mailbox(dovecot_legacy)
     metrics_port = find_free_port()

@@ -9,7 +9,8 @@ Buffer = bytes | bytearray | memoryview
 # A piece of upstream bytes at least this long is queued for the client as it is (a view into
 # the received bytes) instead of being copied into the client's buffer: literal data, long runs
 # of plain responses. Only if it is at least a quarter of the buffer it views: a view keeps
-# that whole buffer alive, which may be a 1 MiB read, and the bytes queued are bounded.
+# that whole buffer alive (a reused read buffer is not read into again while a view into it is
+# queued: shell/connection.py ``Buffers``), and the bytes queued are bounded.
 NO_COPY = 8192
 
 

@@ -35,13 +35,12 @@ tagged OK's text.
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..wire import responses
 from ..wire.capabilities import Capabilities
 from ..wire.grammar import chunk_set, compress_uids
-from ..wire.responses import fetch_uid
 from .request import UpstreamCommand, astring_segments
 from .rollback import Credentials, Phase, SecondSession
 
@@ -49,12 +48,6 @@ from .rollback import Credentials, Phase, SecondSession
 # expunging.
 _NEVER = frozenset((b"\\recent", b"\\deleted"))
 _SYSTEM = frozenset((b"\\answered", b"\\flagged", b"\\seen", b"\\draft"))
-_FLAGS_RE = re.compile(rb"[ (]FLAGS \(([^)]*)\)", re.IGNORECASE)
-_DATE_RE = re.compile(rb'[ (]INTERNALDATE "([^"\r\n]*)"', re.IGNORECASE)
-_STATUS_RE = re.compile(rb"\* STATUS ", re.IGNORECASE)
-_STATUS_ITEM_RE = re.compile(rb"[ (](UIDNEXT|UIDVALIDITY|MESSAGES) (\d+)", re.IGNORECASE)
-_PERMANENT_RE = re.compile(rb"\* OK \[PERMANENTFLAGS \(([^)]*)\)", re.IGNORECASE)
-_FLAG_ATOM_RE = re.compile(rb"\\?[!#$&'+\-.0-9:;<=>?@A-Z^_`a-z|}~]+")
 
 
 class Result(enum.Enum):
@@ -64,11 +57,6 @@ class Result(enum.Enum):
     RESTORED = "restored"  # some copies lacked flags; they were added back
     LOST = "lost"  # some copies lack flags, and they were not (all) added back
     UNKNOWN = "unknown"  # the copies could not be checked (no second session, target changed)
-
-
-def _flags(line: bytes) -> frozenset[bytes] | None:
-    match = _FLAGS_RE.search(line)
-    return frozenset(match.group(1).split()) if match else None
 
 
 def _kept(flags: frozenset[bytes]) -> frozenset[bytes]:
@@ -128,19 +116,19 @@ class FlagRecorder:
 
         A MOVE runs alone (every earlier client command has completed), so a STATUS response
         answers its STATUS; unsolicited FETCH responses never carry INTERNALDATE."""
-        if self._status_asked and _STATUS_RE.match(line):
-            items = {name.upper(): value for name, value in _STATUS_ITEM_RE.findall(line)}
+        items = responses.status_counts(line) if self._status_asked else None
+        if items is not None:
             if b"UIDNEXT" in items:
                 self._uidnext = int(items[b"UIDNEXT"])
             self._uidvalidity = items.get(b"UIDVALIDITY", b"")
             self._messages = int(items[b"MESSAGES"]) if b"MESSAGES" in items else None
             return True
-        uid = fetch_uid(line)
-        date = _DATE_RE.search(line)
-        flags = _flags(line)
+        uid = responses.fetch_uid(line)
+        date = responses.internal_date(line)
+        flags = responses.flags(line)
         if uid is None or uid not in self._asked or date is None or flags is None:
             return False
-        self._seen[uid] = Copied(date.group(1), _kept(flags))
+        self._seen[uid] = Copied(date, _kept(flags))
         return True
 
     def request(self, mailbox: bytes, selected: bytes | None) -> FlagCheckRequest | None:
@@ -190,15 +178,16 @@ class FlagRestore(SecondSession):
         return Result.UNKNOWN, self.error or "the second session did not finish"
 
     def _untagged(self, line: bytes) -> None:
-        permanent = _PERMANENT_RE.match(line)
-        if permanent:
-            self._permanent = frozenset(permanent.group(1).lower().split())
+        permanent = responses.permanent_flags(line)
+        if permanent is not None:
+            self._permanent = permanent
             return
-        uid, date, flags = fetch_uid(line), _DATE_RE.search(line), _flags(line)
+        uid, flags = responses.fetch_uid(line), responses.flags(line)
+        date = responses.internal_date(line)
         if uid is None or flags is None:
             return
         if self._phase is Phase.FIND and date is not None and uid >= self.request.uidnext:
-            self._found[uid] = Copied(date.group(1), flags)
+            self._found[uid] = Copied(date, flags)
         elif self._phase is Phase.FLAG and uid in self._missing:
             lower = {flag.lower() for flag in flags}
             if all(flag.lower() in lower for flag in self._missing[uid]):
@@ -262,7 +251,7 @@ class FlagRestore(SecondSession):
         return frozenset(
             flag
             for flag in flags
-            if _FLAG_ATOM_RE.fullmatch(flag)
+            if responses.sendable_flag(flag)
             and flag.lower() not in _NEVER
             and (flag.lower() in permanent or (b"\\*" in permanent and flag[:1] != b"\\"))
         )

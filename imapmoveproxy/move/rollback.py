@@ -18,17 +18,9 @@ import enum
 from dataclasses import dataclass, field
 
 from ..wire import responses
-from ..wire.capabilities import Capabilities, find_list
-from ..wire.commands import CommandChannel
-from ..wire.framing import Framer, Line, LineTooLong
-from ..wire.grammar import (
-    SyntaxProblem,
-    chunk_set,
-    compress_uids,
-    line_body,
-    parse_astring,
-    parse_tagged,
-)
+from ..wire.capabilities import Capabilities
+from ..wire.conversation import Conversation, ConversationError, Reply
+from ..wire.grammar import SyntaxProblem, Tagged, chunk_set, compress_uids, line_body, parse_astring
 from .request import RollbackRequest, UpstreamCommand, astring_segments
 
 
@@ -101,7 +93,8 @@ class SecondSession:
     """Another upstream session of the client's user, sans-IO: logs in, selects ``mailbox``,
     checks that its UIDVALIDITY is still ``uidvalidity`` (unless that is None), then runs the
     subclass's steps (:meth:`_advance`, called once every command of a step has been answered
-    OK). Any NO, BAD, BYE or unexpected line ends it with :attr:`error` set."""
+    OK). Any NO, BAD, BYE or unexpected line ends it with :attr:`error` set. Its commands and
+    the server's responses go through a :class:`~..wire.conversation.Conversation`."""
 
     def __init__(self, mailbox: bytes, uidvalidity: bytes | None, credentials: Credentials) -> None:
         self.error: str | None = None
@@ -109,10 +102,7 @@ class SecondSession:
         self._mailbox = mailbox
         self._expected_validity = uidvalidity
         self._credentials = credentials
-        self._framer = Framer(1024 * 1024)
-        self._out = bytearray()
-        self._channel = CommandChannel(b"rb", self._out.extend)
-        self._caps = Capabilities(frozenset())
+        self._conversation = Conversation(b"rb")
         self._phase = Phase.GREETING
         self._validity = b""
         self._examine = False  # open the mailbox read-only
@@ -125,22 +115,23 @@ class SecondSession:
     def receive(self, data: bytes | bytearray) -> None:
         if self._phase is Phase.LOGOUT:
             return  # whatever it says, the end is the server closing the connection
-        self._framer.feed(data)
+        conversation = self._conversation
+        conversation.receive(data)
         while not self.done and self._phase is not Phase.LOGOUT:
             try:
-                event = self._framer.next_event()
-            except LineTooLong:
-                self._fail("overlong line from the mail server")
+                event = conversation.next_event()
+            except ConversationError as exc:
+                self._fail(str(exc))
                 return
             if event is None:
                 return
-            if type(event) is Line and event.first:
-                self._line(event.data)
+            if isinstance(event, Reply):
+                self._reply(event.tagged)
+            else:
+                self._response(event.line)
 
     def take_outgoing(self) -> bytes:
-        data = bytes(self._out)
-        self._out.clear()
-        return data
+        return self._conversation.take_outgoing()
 
     def connection_lost(self) -> None:
         """The server closed the connection: the end awaited after LOGOUT, or a failure."""
@@ -148,39 +139,27 @@ class SecondSession:
             self.error = "the mail server closed the connection"
         self.done = True
 
-    def _line(self, line: bytes) -> None:
-        caps = find_list(line)
-        if caps is not None:
-            self._caps = Capabilities.parse(line[caps[0] : caps[1]])
+    def _response(self, line: bytes) -> None:
         if self._phase is Phase.GREETING:
             if line[:5].upper() == b"* OK ":
-                self._send(Phase.LOGIN, [self._credentials.command(self._caps)])
+                self._send(Phase.LOGIN, [self._credentials.command(self._conversation.caps)])
             elif line[:10].upper() == b"* PREAUTH ":
                 self._select()
             else:
                 self._fail(f"greeting {line_body(line)[:80]!r}")
-            return
-        if line[:1] == b"+":
-            if not self._channel.continue_command():
-                self._fail("unexpected continuation request")
-            return
-        if line[:1] == b"*":
-            if line[2:5].upper() == b"BYE":
-                self._fail(f"the mail server said {line_body(line)[:80]!r}")
-                return
+        elif line[2:5].upper() == b"BYE":
+            self._fail(f"the mail server said {line_body(line)[:80]!r}")
+        else:
             validity = responses.uidvalidity(line)
             if validity is not None:
                 self._validity = validity
             self._untagged(line)
-            return
-        reply = parse_tagged(line)
-        if reply is None or self._channel.answered(reply.tag) is None:
-            self._fail(f"unexpected reply {line_body(line)[:80]!r}")
-            return
+
+    def _reply(self, reply: Tagged) -> None:
         if reply.status != b"OK":
             what = reply.text.decode("utf-8", "replace")[:200]
             self._fail(f"{self._phase.value} refused: {what}")
-        elif self._channel.awaiting(self):
+        elif self._conversation.awaiting(self):
             return
         elif self._phase is Phase.LOGIN:
             self._select()
@@ -199,13 +178,14 @@ class SecondSession:
 
     def _select(self) -> None:
         command = b"EXAMINE " if self._examine else b"SELECT "
-        self._send(Phase.SELECT, [astring_segments(command, [self._mailbox], self._caps)])
+        caps = self._conversation.caps
+        self._send(Phase.SELECT, [astring_segments(command, [self._mailbox], caps)])
 
     def _send(self, phase: Phase, commands: list[UpstreamCommand]) -> None:
         """Pipelined: each command's further segments wait for "+" (the few commands that
         have them are sent alone)."""
         self._phase = phase
-        self._channel.send([self._channel.own(command, self) for command in commands])
+        self._conversation.send(commands, self)
 
     def _fail(self, reason: str) -> None:
         self.error = reason
@@ -220,7 +200,7 @@ class SecondSession:
             self.done = True
             return
         self._phase = Phase.LOGOUT
-        self._channel.send([self._channel.own([b"LOGOUT\r\n"], self)])
+        self._conversation.send([[b"LOGOUT\r\n"]], self)
 
 
 class Rollback(SecondSession):

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 from socket import SO_RCVLOWAT, SOL_SOCKET
 from typing import TYPE_CHECKING
 
@@ -38,18 +39,18 @@ from .tasks import MoveTasks
 if TYPE_CHECKING:
     from .server import Proxy
 
-# Bytes asked of the kernel per read: large reads halve the per-byte cost of bulk relaying
-# (bench/), and memory is only taken while data is actually there. A reader asks for the large
-# size only after a read that filled the small one: a buffer of 1 MiB is allocated by mmap and
-# shrunk by mremap, three system calls per read that a round trip does not need.
-RECEIVE_SIZE = 1024 * 1024
-SMALL_RECEIVE = 64 * 1024  # below glibc's mmap threshold (128 KiB)
 # A plain socket in the middle of a big literal wakes its reader only once this much more of it
 # has come (SO_RCVLOWAT), never more than the literal still owes (so it always comes): bulk data
 # (a FETCH of messages, an APPEND) is relayed in fewer, larger pieces, and what relaying costs is
 # mostly Python's work per piece (bench/: CPU per GB relayed). Smaller literals and everything
 # else are read as soon as their first byte is there.
 BULK_PIECE = 256 * 1024
+# Bytes asked of the kernel per read: large reads cut the per-byte cost of bulk relaying
+# (bench/: reads of at most 256 KiB cost a fifth more CPU per GB than these). A reader asks for
+# the large size only after a read that filled the small one, or inside a big literal; a plain
+# socket's large reads go into reused buffers (:class:`Buffers`).
+RECEIVE_SIZE = 1024 * 1024
+SMALL_RECEIVE = 64 * 1024  # below glibc's mmap threshold (128 KiB)
 UNAVAILABLE = b"* BYE [UNAVAILABLE] Upstream server not available, try again later.\r\n"
 
 
@@ -158,8 +159,9 @@ class Connection:
         while data:
             self.upstream_heard = trio.current_time()
             session.receive_upstream(data)
-            self.after_session()
             size = self._upstream_reads.read_size(len(data), size)
+            data = b""  # a reused buffer is free again once its views have been written
+            self.after_session()
             # Backpressure: a client that does not read stops us reading the upstream. (Replies
             # held back behind the response being relayed do not count: only reading the rest
             # of that response releases them.)
@@ -204,8 +206,9 @@ class Connection:
             if session.line_pending:
                 self.line_started = min(self.line_started, trio.current_time())
             session.receive_client(data)
-            self.after_session()
             size = self._client_reads.read_size(len(data), size)
+            data = b""  # a reused buffer is free again once nothing refers to it
+            self.after_session()
             if session.starttls_requested and not await self._start_client_tls():
                 break
         self.client_gone = True
@@ -320,13 +323,74 @@ class Reads:
             self.mark = wanted
 
 
+class Buffers:
+    """The buffers that large reads of plain sockets go into, reused: relaying bulk data then
+    allocates nothing per read. (A new object per read made glibc grow and trim its heap, and
+    the kernel map and zero those pages again: thousands of page faults per big FETCH, a third
+    more CPU per GB, the most on a fresh process; bench/ reports the faults per MB.)
+
+    The bytes read are handed to the session as the buffer itself, cut to their length: the
+    framer reads them in place, and the session queues big pieces of upstream bytes for the
+    client as views into them, written later (:mod:`..engine.output`). So a buffer is handed
+    out again only once nothing at all refers to it any more: no view queued (a slow client
+    keeps them), no framer keeping the start of a line. When every buffer is held and there are
+    :attr:`most` of them, a read gets a new object of its own, as without the pool.
+
+    Held buffers are told apart by their reference count (every view holds one, through the
+    buffer it was made from), compared with that of a free buffer in the same place
+    (:data:`_FREE`), so no owner has to give a buffer back and none can forget to."""
+
+    __slots__ = ("_buffers", "most", "size")
+
+    def __init__(self, size: int = RECEIVE_SIZE, most: int = 8) -> None:
+        self.size = size
+        self.most = most  # 8 MiB: the reads that two bulk transfers to slow clients hold
+        self._buffers: list[bytearray] = []
+
+    def read(self, fd: int) -> bytes | bytearray:
+        """One read of up to :attr:`size` bytes from ``fd`` (os.read's errors)."""
+        buffer = self._free()
+        if buffer is None:
+            return os.read(fd, self.size)
+        got = os.readv(fd, (buffer,))
+        if got * 2 < len(buffer):
+            # A short read is copied (it is small), and the buffer stays free: CPython would
+            # reallocate a bytearray cut to less than half its size, and its growing back.
+            return bytes(memoryview(buffer)[:got])
+        del buffer[got:]  # in place: the memory stays (see above)
+        return buffer
+
+    def _free(self) -> bytearray | None:
+        buffers, size = self._buffers, self.size
+        for index in range(len(buffers)):
+            if _references(buffers, index) == _FREE:
+                buffer = buffers[index]
+                if len(buffer) < size:  # cut to its last read: its memory is still there
+                    buffer += _ZEROS[: size - len(buffer)]
+                return buffer
+        if len(buffers) < self.most:
+            buffers.append(bytearray(size))
+            return buffers[-1]
+        return None
+
+
+def _references(buffers: list[bytearray], index: int) -> int:
+    return sys.getrefcount(buffers[index])
+
+
+_FREE = _references([bytearray()], 0)  # the count of a buffer that only the pool refers to
+_ZEROS = memoryview(bytes(RECEIVE_SIZE))
+_BUFFERS = Buffers()
+
+
 async def _receive(stream: trio.abc.Stream, size: int = RECEIVE_SIZE) -> bytes | bytearray:
     """Bytes from ``stream``; b"" when the peer has gone.
 
     A plain socket is read as a round trip needs: wait until it is readable, then read once
     (trio's first reads, which find nothing while a reply is awaited, and its stream wrappers
     cost a system call and several microseconds per read; one coroutine frame less per waiting
-    reader is memory an idle connection keeps)."""
+    reader is memory an idle connection keeps). A large read goes into a reused buffer
+    (:class:`Buffers`), which the caller must not keep referring to once the session has it."""
     sock = plain_socket(stream)
     if sock is None:
         try:
@@ -337,7 +401,7 @@ async def _receive(stream: trio.abc.Stream, size: int = RECEIVE_SIZE) -> bytes |
     while True:
         await trio.lowlevel.wait_readable(sock)
         try:
-            return os.read(fd, size)
+            return _BUFFERS.read(fd) if size > SMALL_RECEIVE else os.read(fd, size)
         except BlockingIOError:  # readable, then not (another reader cannot exist here)
             continue
         except OSError:

@@ -19,7 +19,9 @@ import trio
 from ..move.copyflags import FlagCheckRequest, FlagRestore
 from ..move.request import RollbackRequest
 from ..move.rollback import Credentials, Rollback, SecondSession
+from ..wire.conversation import ConversationError
 from .locks import LockError
+from .serverlink import ServerLink
 from .tls import UpstreamUnavailable
 
 if TYPE_CHECKING:
@@ -133,33 +135,21 @@ class MoveTasks:
         connection = self._connection
         try:
             with trio.fail_after(connection.config.rollback_timeout):
-                await _drive(peer, *await connection.proxy.open_upstream(connection.addresses))
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError, UpstreamUnavailable) as exc:
+                stream, greeting = await connection.proxy.open_upstream(connection.addresses)
+                link = ServerLink(stream, peer, greeting=greeting)
+                try:
+                    await link.run(lambda: peer.done)
+                finally:
+                    await link.aclose()
+        except (
+            OSError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            UpstreamUnavailable,
+            ConversationError,
+        ) as exc:
             why = "the server did not end it" if peer.ending else exc or "timed out"
             return f"second session: {why}"
         finally:
             connection.upstream_heard = trio.current_time()  # the MOVE waits for its upstream
         return None
-
-
-async def _drive(peer: SecondSession, stream: trio.abc.Stream, greeting: bytes) -> None:
-    """Feed ``peer`` what ``stream`` sends, send what it answers, until it is done."""
-    try:
-        data: bytes | bytearray = greeting
-        for _ in range(100_000):  # bounded: the caller's timeout bounds it too
-            if not data:
-                try:
-                    data = await stream.receive_some(64 * 1024)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                if not data:
-                    peer.connection_lost()
-            peer.receive(data)
-            data = b""
-            outgoing = peer.take_outgoing()
-            if outgoing:
-                await stream.send_all(outgoing)
-            if peer.done:
-                return
-    finally:
-        await trio.aclose_forcefully(stream)

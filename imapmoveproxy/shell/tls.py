@@ -9,10 +9,10 @@ from pathlib import Path
 import trio
 
 from ..config import Config
-from ..wire.capabilities import Capabilities
-from ..wire.commands import CommandChannel
-from ..wire.framing import Framer, Line
-from ..wire.grammar import Tagged, line_body, parse_status, parse_tagged
+from ..wire import responses
+from ..wire.conversation import Conversation, ConversationError
+from ..wire.grammar import line_body, parse_status
+from .serverlink import ServerClient
 
 log = logging.getLogger(__name__)
 
@@ -84,20 +84,29 @@ async def open_upstream(
         return stream, b""
     if config.upstream_tls == "implicit":
         return await _handshake(stream, context, server_name), b""
-    setup = _Setup(stream, config.max_line_length)
-    greeting = await setup.reader.line()
-    if not greeting.startswith(b"* OK"):
-        raise UpstreamUnavailable(f"greeting {line_body(greeting)[:80]!r}")
-    caps = Capabilities.parse(_capability_code(greeting) or await setup.capabilities())
-    if b"STARTTLS" not in caps.names:
-        raise UpstreamUnavailable("the upstream does not offer STARTTLS")
-    _, reply = await setup.command(b"STARTTLS\r\n")
-    if reply.status != b"OK":
-        raise UpstreamUnavailable(f"STARTTLS refused: {reply.text[:80]!r}")
-    tls = await _handshake(stream, context, server_name)
-    caps_text = await setup.over(tls).capabilities()
+    setup = ServerClient(stream, Conversation(b"setup", config.max_line_length))
+    try:
+        greeting = (await setup.greeting()).line
+        if not greeting.startswith(b"* OK"):
+            raise UpstreamUnavailable(f"greeting {line_body(greeting)[:80]!r}")
+        if not setup.peer.caps.names:  # not in the greeting
+            await setup.command([b"CAPABILITY\r\n"])
+        if b"STARTTLS" not in setup.peer.caps.names:
+            raise UpstreamUnavailable("the upstream does not offer STARTTLS")
+        reply = (await setup.command([b"STARTTLS\r\n"])).tagged
+        if reply.status != b"OK":
+            raise UpstreamUnavailable(f"STARTTLS refused: {reply.text[:80]!r}")
+        tls = await _handshake(stream, context, server_name)
+        setup.over(tls)
+        listed = (await setup.command([b"CAPABILITY\r\n"])).untagged
+    except ConversationError as exc:
+        raise UpstreamUnavailable(f"{exc} during setup") from exc
+    names = b""  # as the upstream spells them
+    for response in listed:
+        if responses.is_capability(response.line):
+            names = line_body(response.line)[13:]
     _, _, text = parse_status(greeting, 2)
-    return tls, b"* OK [CAPABILITY " + caps_text + b"] " + text + b"\r\n"
+    return tls, b"* OK [CAPABILITY " + names + b"] " + text + b"\r\n"
 
 
 async def _handshake(stream: trio.abc.Stream, context: ssl.SSLContext, name: str) -> trio.SSLStream:
@@ -107,72 +116,3 @@ async def _handshake(stream: trio.abc.Stream, context: ssl.SSLContext, name: str
     except trio.BrokenResourceError as exc:
         raise UpstreamUnavailable(f"TLS handshake failed: {exc.__cause__ or exc}") from exc
     return tls
-
-
-def _capability_code(greeting: bytes) -> bytes | None:
-    _, code, _ = parse_status(greeting, 2)
-    if code is not None and code[:11].upper() == b"CAPABILITY ":
-        return code[11:]
-    return None
-
-
-class _Reader:
-    """Reads whole response lines off a stream (the few exchanges before the session starts)."""
-
-    def __init__(self, stream: trio.abc.Stream, max_line: int) -> None:
-        self._stream = stream
-        self._framer = Framer(max_line)
-
-    async def line(self) -> bytes:
-        for _ in range(10_000):  # bounded: the connect timeout bounds the time too
-            event = self._framer.next_event()
-            if isinstance(event, Line):
-                return event.data
-            if event is None:
-                data = await self._stream.receive_some(65536)
-                if not data:
-                    raise UpstreamUnavailable("connection closed during setup")
-                self._framer.feed(data)
-        raise UpstreamUnavailable("no response line during setup")
-
-
-class _Setup:
-    """The proxy's commands before the session starts (CAPABILITY, STARTTLS), on the same
-    kind of channel as all its others: tags it allocates, replies to tags nobody sent refused."""
-
-    def __init__(self, stream: trio.abc.Stream, max_line: int) -> None:
-        self._stream = stream
-        self._max_line = max_line
-        self.reader = _Reader(stream, max_line)
-        self._out = bytearray()
-        self._channel = CommandChannel(b"setup", self._out.extend)
-
-    def over(self, stream: trio.abc.Stream) -> _Setup:
-        """The same conversation over ``stream`` (the TLS layer, once negotiated)."""
-        self._stream, self.reader = stream, _Reader(stream, self._max_line)
-        return self
-
-    async def command(self, command: bytes) -> tuple[list[bytes], Tagged]:
-        """Send ``command`` (without a tag); its untagged responses and its tagged reply."""
-        self._channel.send([self._channel.own([command], self)])
-        await self._stream.send_all(bytes(self._out))
-        self._out.clear()
-        untagged: list[bytes] = []
-        for _ in range(1000):
-            line = await self.reader.line()
-            reply = parse_tagged(line) if line[:1] not in (b"*", b"+") else None
-            if reply is None:
-                untagged.append(line)
-            elif self._channel.answered(reply.tag) is None:
-                raise UpstreamUnavailable(f"reply to a tag nobody sent: {line[:80]!r}")
-            else:
-                return untagged, reply
-        raise UpstreamUnavailable("no tagged reply during setup")
-
-    async def capabilities(self) -> bytes:
-        untagged, _ = await self.command(b"CAPABILITY\r\n")
-        names = b""
-        for line in untagged:
-            if line[:13].upper() == b"* CAPABILITY ":
-                names = line_body(line)[13:]
-        return names

@@ -76,15 +76,20 @@ class Framer:
     """Incremental splitter of one direction of an IMAP connection, in time linear in its input.
 
     Like h11's ``ReceiveBuffer``: the bytes received sit in one buffer that grows in place (a
-    bytearray once bytes are left over; the caller's own ``bytes`` while nothing is), its
-    consumed prefix is dropped only once it outweighs the rest, and :meth:`feed` notes where the
-    last line end lies, so a partial line is never searched again as more of it arrives. A line
-    that cannot end within ``max_line`` bytes is refused as soon as that is certain, without
-    buffering the rest of it.
+    bytearray of the framer's own once bytes are left over; the caller's own bytes while nothing
+    is), its consumed prefix is dropped only once it outweighs the rest, and :meth:`feed` notes
+    where the last line end lies, so a partial line is never searched again as more of it
+    arrives. A line that cannot end within ``max_line`` bytes is refused as soon as that is
+    certain, without buffering the rest of it.
 
     Views handed out (:class:`Literal` chunks, :meth:`plain_run`) stay valid and unchanged for
     as long as the caller keeps them: a buffer with a view still alive is never resized (Python
     forbids that) but left to the view, and the framer goes on in a new one.
+
+    A caller's buffer is only read, never written to, and let go of as soon as all of it has
+    been handed out, or when the framer waits for the end of a line (the start it has is then
+    copied): a caller that reuses its buffers (the shell's reads) knows one is free again once
+    nothing refers to it, neither the framer nor a view.
     """
 
     __slots__ = (
@@ -93,12 +98,14 @@ class Framer:
         "_last_newline",
         "_literal_left",
         "_max_line",
+        "_own",
         "_pos",
         "_too_long",
     )
 
     def __init__(self, max_line: int = 65536) -> None:
         self._buf: bytes | bytearray = b""
+        self._own = False  # the buffer is the framer's own bytearray (not the caller's)
         self._pos = 0  # where the bytes not yet handed out begin
         self._last_newline = -1  # index of the last b"\n" in the buffer (-1: none)
         self._too_long = False  # a line was found to exceed max_line: its rest is not kept
@@ -145,7 +152,7 @@ class Framer:
         end = buf.rfind(b"\n", pos, min(first_stop(buf, pos), self._last_newline + 1)) + 1
         if end <= pos:
             return _NOTHING
-        self._pos = end
+        self._advance(end)
         return memoryview(buf)[pos:end]
 
     def cancel_literal(self) -> None:
@@ -154,6 +161,8 @@ class Framer:
         self._first = True
 
     def feed(self, data: bytes | bytearray) -> None:
+        """Bytes received, taken as they are (a bytearray is not copied: its owner must not
+        change it while the framer or a view handed out refers to it)."""
         if self._too_long:
             return  # the caller is ending the connection: nothing more is framed
         partial = len(self._buf) - self._pos  # the start of a line, if anything is left over
@@ -166,14 +175,15 @@ class Framer:
         buf, pos = self._buf, self._pos
         newline = data.rfind(b"\n")
         if pos == len(buf):  # nothing left over: take the caller's bytes as they are
-            self._buf = bytes(data)
+            self._buf, self._own = data, False
             self._pos = 0
             self._last_newline = newline
             return
-        if isinstance(buf, bytes) or pos > len(buf) - pos:
+        if not self._own or pos > len(buf) - pos:
             # Our own bytearray now, or drop a consumed prefix larger than what remains (each
             # byte is moved at most once per time it is consumed: linear overall).
             buf = bytearray(memoryview(buf)[pos:])
+            self._own = True
             self._last_newline -= pos
             self._pos = pos = 0
         try:
@@ -192,7 +202,7 @@ class Framer:
         room = self._max_line - partial  # bytes of data that may still belong to this line
         if data.find(b"\n", 0, max(room, 0)) < 0:
             self._too_long = True
-            self._buf, self._pos, self._last_newline = b"", 0, -1
+            self._buf, self._own, self._pos, self._last_newline = b"", False, 0, -1
 
     def next_event(self) -> Event | None:
         buf = self._buf
@@ -203,17 +213,19 @@ class Framer:
                 return None
             take = min(available, self._literal_left)
             self._literal_left -= take
-            self._pos = pos + take
+            self._advance(pos + take)
             return Literal(memoryview(buf)[pos : pos + take], self._literal_left == 0)
         if self._last_newline < pos:  # no line end received yet
             if self._too_long or len(buf) - pos > self._max_line:
                 raise LineTooLong(f"line longer than {self._max_line} bytes")
+            if isinstance(buf, bytearray) and not self._own:  # the caller's, maybe reused
+                self._buf, self._pos, self._last_newline = bytes(memoryview(buf)[pos:]), 0, -1
             return None
         end = buf.find(b"\n", pos, self._last_newline + 1)
         if end + 1 - pos > self._max_line:
             raise LineTooLong(f"line longer than {self._max_line} bytes")
         line = bytes(memoryview(buf)[pos : end + 1])
-        self._pos = end + 1
+        self._advance(end + 1)
         first = self._first
         marker = literal_marker(line) if line.endswith(b"}\r\n") or line.endswith(b"}\n") else None
         if marker is None:
@@ -223,3 +235,10 @@ class Framer:
         self._first = False
         self._literal_left = size
         return Line(line, first, size, sync)
+
+    def _advance(self, end: int) -> None:
+        """The bytes before ``end`` have been handed out; all of them: let go of the buffer."""
+        if end < len(self._buf):
+            self._pos = end
+        else:
+            self._buf, self._own, self._pos, self._last_newline = b"", False, 0, -1

@@ -55,6 +55,12 @@ def first_stop(buf: bytes | bytearray, start: int) -> int:
 
 # ---------------------------------------------------------------------- one response line
 
+
+def _group(match: re.Match[bytes] | None) -> bytes | None:
+    """A pattern's first group, if it matched."""
+    return match.group(1) if match else None
+
+
 _EXPUNGED_RE = re.compile(rb"\* (\d+) EXPUNGED\r?\n$", re.IGNORECASE)
 _UIDVALIDITY_RE = re.compile(rb"\* OK \[UIDVALIDITY (\d+)\]", re.IGNORECASE)
 _COUNT_RE = re.compile(rb"\* (\d+) (EXISTS|RECENT)\r?\n$", re.IGNORECASE)
@@ -74,14 +80,12 @@ _ANY_FETCH_UID_RE = re.compile(rb"\* \d+ FETCH \(.*UID (\d+)", re.IGNORECASE)
 
 def expunged_number(line: bytes) -> bytes | None:
     """The message number of imap4d's non-standard ``* n EXPUNGED`` (None: not one)."""
-    match = _EXPUNGED_RE.match(line)
-    return match.group(1) if match else None
+    return _group(_EXPUNGED_RE.match(line))
 
 
 def uidvalidity(line: bytes) -> bytes | None:
     """The UIDVALIDITY a ``* OK [UIDVALIDITY n]`` response gives."""
-    match = _UIDVALIDITY_RE.match(line)
-    return match.group(1) if match else None
+    return _group(_UIDVALIDITY_RE.match(line))
 
 
 def count(line: bytes) -> tuple[int, bool] | None:
@@ -97,8 +101,7 @@ def is_search(line: bytes) -> bool:
 
 def search_tag(line: bytes) -> bytes | None:
     """The command tag an ESEARCH response names (None for a plain SEARCH response)."""
-    match = _ESEARCH_TAG_RE.match(line)
-    return match.group(1) if match else None
+    return _group(_ESEARCH_TAG_RE.match(line))
 
 
 def search_set(line: bytes) -> NumberSet:
@@ -155,3 +158,61 @@ def expunge_count(line: bytes) -> int:
         return 1
     match = _VANISHED_RE.match(line)
     return NumberSet.parse(match.group(1)).size if match else 0
+
+
+# ---------------------------------------------------------------------- what a response holds
+
+_FLAGS_RE = re.compile(rb"[ (]FLAGS \(([^)]*)\)", re.IGNORECASE)
+_DATE_RE = re.compile(rb'[ (]INTERNALDATE "([^"\r\n]*)"', re.IGNORECASE)
+_STATUS_RE = re.compile(rb"\* STATUS ", re.IGNORECASE)
+_STATUS_ITEM_RE = re.compile(rb"[ (](UIDNEXT|UIDVALIDITY|MESSAGES) (\d+)", re.IGNORECASE)
+_PERMANENT_RE = re.compile(rb"\* OK \[PERMANENTFLAGS \(([^)]*)\)", re.IGNORECASE)
+_FLAG_ATOM_RE = re.compile(rb"\\?[!#$&'+\-.0-9:;<=>?@A-Z^_`a-z|}~]+")
+_NAMESPACE_RE = re.compile(rb'\* NAMESPACE \(\("((?:[^"\\]|\\.)*)" (?:"((?:[^"\\]|\\.)*)"|NIL)')
+_SUBJECT_RE = re.compile(rb"Subject: ([^\r\n]*)", re.IGNORECASE)
+_REMOVAL_RE = re.compile(rb"\* (?:\d+ EXPUNGE(?:\r?\n)?$|VANISHED )", re.IGNORECASE)
+
+
+def flags(line: bytes) -> frozenset[bytes] | None:
+    """The FLAGS item of a FETCH response (None: it has none)."""
+    match = _FLAGS_RE.search(line)
+    return frozenset(match.group(1).split()) if match else None
+
+
+def internal_date(line: bytes) -> bytes | None:
+    """The INTERNALDATE item of a FETCH response, unquoted."""
+    return _group(_DATE_RE.search(line))
+
+
+def status_counts(line: bytes) -> dict[bytes, bytes] | None:
+    """UIDNEXT, UIDVALIDITY and MESSAGES (upper-cased names) of a STATUS response, those it
+    gives (None: not a STATUS response)."""
+    if not _STATUS_RE.match(line):
+        return None
+    return {name.upper(): value for name, value in _STATUS_ITEM_RE.findall(line)}
+
+
+def permanent_flags(line: bytes) -> frozenset[bytes] | None:
+    """The flags of a ``* OK [PERMANENTFLAGS (...)]`` response, lower-cased."""
+    match = _PERMANENT_RE.match(line)
+    return frozenset(match.group(1).lower().split()) if match else None
+
+
+def sendable_flag(flag: bytes) -> bool:
+    """Whether a flag as a response named it can be sent back as it is, an atom."""
+    return _FLAG_ATOM_RE.fullmatch(flag) is not None
+
+
+def personal_namespace(line: bytes) -> bytes | None:
+    """The prefix of the first personal namespace a NAMESPACE response names."""
+    return _group(_NAMESPACE_RE.match(line))
+
+
+def subject(response: bytes) -> bytes | None:
+    """The Subject header field's value in a FETCH response of header fields."""
+    return _group(_SUBJECT_RE.search(response))
+
+
+def removes(line: bytes) -> bool:
+    """An EXPUNGE or a VANISHED response (with its terminator or without)."""
+    return _REMOVAL_RE.match(line) is not None

@@ -3,7 +3,8 @@
 MOVE is a barrier: the collected MOVE waits until every earlier command has its tagged reply
 (:attr:`MoveRunner.ready`); the caller then takes the source mailbox's lock and starts it. While
 it runs, the :class:`~..move.emulation.MoveEmulation` gets the upstream responses; a second
-session, if it asks for one, is the caller's to run.
+session, if it asks for one, is the caller's to run. Once it is answered, its state
+(:class:`~..move.state.MoveState`) gives the log line and the metrics.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 from ..move.copyflags import FlagCheckRequest, FlagRecorder, Result
 from ..move.emulation import MoveEmulation
 from ..move.request import MoveRequest, RollbackRequest, UpstreamCommand
+from ..move.state import MoveState, Outcome
 from ..wire.capabilities import Capabilities
 
 if TYPE_CHECKING:
@@ -149,7 +151,8 @@ class MoveRunner:
     def step(self, commands: list[UpstreamCommand]) -> None:
         """Send the running MOVE's next commands; finish it if it is answered."""
         session, move = self._session, self.running
-        session.channel.send(commands)
+        if commands:
+            session.channel.send(commands)
         if move is None:
             return
         if session.credentials is None and (move.rollback_request or move.flag_request):
@@ -162,11 +165,13 @@ class MoveRunner:
         if not move.done:
             return
         self.running = None
-        session.mailbox.rights = move.rights if move.outcome == "moved" else None
-        session.mailbox.recent = move.recent  # it may have shown a RECENT held back
-        policy = move.policy.value if move.policy else "none"
-        kind = b"UID MOVE" if move.request.uid else b"MOVE"
-        self._count(kind, move.request.sequence_set, policy, move.outcome, move)
+        state = move.state
+        moved = state.outcome is Outcome.MOVED
+        session.mailbox.rights = state.rights if moved else None
+        session.mailbox.recent = state.counts.recent  # it may have shown a RECENT held back
+        policy = state.policy.value if state.policy else "none"
+        kind = b"UID MOVE" if state.request.uid else b"MOVE"
+        self._count(kind, state.request.sequence_set, policy, state.outcome_name(), state)
         session.after_move()
 
     def take_finished(self) -> list[FinishedMove]:
@@ -180,29 +185,33 @@ class MoveRunner:
         sequence_set: bytes,
         policy: str,
         outcome: str,
-        move: MoveEmulation | None = None,
+        state: MoveState | None = None,
     ) -> None:
         """Log a MOVE answered, and count it for the connection's summary and the metrics."""
+        rollback, duplicates, retries, flags, detail = "", 0, 0, "", ""
+        level = logging.INFO
+        if state is not None:
+            result = state.rollback_result
+            rollback = result.value if result is not None else ""
+            duplicates, retries = state.duplicates, state.expunge_retries
+            if state.flags_result is not None:  # guarded: the copies' flags
+                flags_result, detail = state.flags_result
+                flags = flags_result.value
+                if flags_result in (Result.LOST, Result.UNKNOWN):
+                    level = logging.WARNING
         log: logging.LoggerAdapter[logging.Logger] = self._session.log
-        shown = sequence_set[:60] + (b"..." if len(sequence_set) > 60 else b"")
-        rollback, duplicates, retries = (
-            (move.rollback, move.duplicates, move.expunge_retries) if move else ("", 0, 0)
-        )
-        line = (
-            f"{kind.decode()} {shown.decode('ascii', 'replace')}: policy={policy} outcome={outcome}"
-            + (f" rollback={rollback}" if rollback else "")
-            + (f" expunge_retries={retries}" if retries else "")
-        )
-        flags, level = "", logging.INFO
-        if move is not None and move.flags_result is not None:  # guarded: the copies' flags
-            result, detail = move.flags_result
-            flags = result.value
-            line += f" flags={flags}" + (f" ({detail})" if detail else "")
-            if result in (Result.LOST, Result.UNKNOWN):
-                level = logging.WARNING
-        log.log(level, "%s", line)
-        if move is not None and move.duplicates:
-            log.warning("MOVE left messages in both mailboxes: %s", move.reply.decode())
+        if log.isEnabledFor(level):  # the line is built only to be logged
+            shown = sequence_set[:60] + (b"..." if len(sequence_set) > 60 else b"")
+            line = (
+                f"{kind.decode()} {shown.decode('ascii', 'replace')}: "
+                f"policy={policy} outcome={outcome}"
+                + (f" rollback={rollback}" if rollback else "")
+                + (f" expunge_retries={retries}" if retries else "")
+                + (f" flags={flags}" + (f" ({detail})" if detail else "") if flags else "")
+            )
+            log.log(level, "%s", line)
+        if duplicates and state is not None:
+            log.warning("MOVE left messages in both mailboxes: %s", state.reply.decode())
         moves = self._session.counters.moves
         key = f"{policy}-{outcome}"
         moves[key] = moves.get(key, 0) + 1

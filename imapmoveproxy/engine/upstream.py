@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..move.emulation import MoveEmulation
 from ..wire import capabilities, responses
 from ..wire.framing import Line
 from ..wire.grammar import Tagged, code_name, parse_tagged
@@ -93,21 +92,20 @@ class UpstreamResponses:
             session.output.to_client += line
             return True
         reply = parse_tagged(line)
-        if reply is None or not self._expects(reply.tag):
-            # A reply the proxy cannot place: everything after it may be out of step, and a
-            # MOVE built on it could lose mail. End the connection rather than guess.
-            what = "malformed line" if reply is None else "reply to a tag nobody sent"
-            session.log.warning("%s from upstream: %r", what, line[:100])
-            session.close(f"upstream protocol error ({what})", b"The mail server misbehaved.")
-            return False
-        if session.channel.owner(reply.tag) is ID:
-            session.channel.answered(reply.tag)
-            return False
+        if reply is None:
+            return self._misplaced(line, "malformed line")
         move = session.moves.running
-        if move is not None and move.answers(reply.tag):
-            return self._move_reply(move, reply, line)
-        if session.channel.answered(reply.tag) is not None:  # of a MOVE answered already
-            return False
+        owner = session.channel.answered(reply.tag)  # its command leaves the channel's table
+        if owner is not None:  # one of the proxy's own commands
+            if move is not None and owner is move:
+                session.moves.step(move.on_tagged(reply, session.caps))
+            return False  # the proxy's ID, or a command of a MOVE answered already
+        if move is not None and move.forwarded(reply.tag):  # the client's MOVE, sent on as it was
+            session.output.to_client += line
+            session.moves.step(move.on_tagged(reply, session.caps))
+            return True
+        if reply.tag not in session.inflight:
+            return self._misplaced(line, "reply to a tag nobody sent")
         self._complete(reply)
         if reply.code is not None:
             name = code_name(reply.code)
@@ -145,24 +143,13 @@ class UpstreamResponses:
         session.output.to_client += line
         return True
 
-    def _move_reply(self, move: MoveEmulation, reply: Tagged, line: bytes) -> bool:
+    def _misplaced(self, line: bytes, what: str) -> bool:
+        """A reply the proxy cannot place: everything after it may be out of step, and a MOVE
+        built on it could lose mail. End the connection rather than guess."""
         session = self._session
-        # None: the client's own MOVE, sent on as it was under the client's tag
-        forwarded = session.channel.answered(reply.tag) is None
-        if forwarded:
-            session.output.to_client += line
-        session.moves.step(move.on_tagged(reply, session.caps))
-        return forwarded
-
-    def _expects(self, tag: bytes) -> bool:
-        """Whether a tagged reply with ``tag`` answers a command someone sent."""
-        session = self._session
-        move = session.moves.running
-        return (
-            tag in session.inflight
-            or session.channel.owner(tag) is not None
-            or (move is not None and move.answers(tag))
-        )
+        session.log.warning("%s from upstream: %r", what, line[:100])
+        session.close(f"upstream protocol error ({what})", b"The mail server misbehaved.")
+        return False
 
     def _complete(self, reply: Tagged) -> None:
         session = self._session

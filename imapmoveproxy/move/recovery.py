@@ -3,152 +3,135 @@
 Step 4 of the emulation (:mod:`.emulation`): once the proxy's own ``\\Deleted`` flags are cleared
 (the policy's undo), ``UID FETCH uids (UID FLAGS)`` lists which moved messages are still in the
 source; the copies of those not flagged ``\\Deleted`` are handed to a second session
-(:class:`RollbackRequest`); then the client's tagged reply says what happened to every message.
+(:class:`.request.RollbackRequest`); then the client's tagged reply says what happened to every
+message.
+
+Functions over :class:`.state.MoveState`; :mod:`.emulation` runs them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from ..wire.grammar import Tagged, compress_uids
+from ..wire.grammar import compress_uids
 from . import replies
-from .request import Policy, RollbackRequest, UpstreamCommand
-from .steps import Step
+from .request import Policy, RollbackRequest
+from .state import (
+    Failure,
+    MoveState,
+    Next,
+    Outcome,
+    Reply,
+    RollbackResult,
+    Send,
+    Step,
+    Then,
+    per_set,
+)
 
-if TYPE_CHECKING:
-    from .emulation import MoveEmulation
+
+def _not_expunged(remaining: set[int]) -> Failure:
+    left = b",".join(compress_uids(list(remaining)))
+    return Failure(Step.EXPUNGE, b"NO", None, b"UIDs " + left + b" were not expunged")
 
 
-OUTSIDE = "set-check"  # the step named when the upstream names messages outside the set
+def chunk_done(state: MoveState) -> Next:
+    """The chunk's steps are over: the next chunk, or the tagged reply."""
+    remaining = state.chunk.remaining
+    if state.policy is Policy.GUARDED and remaining and state.failure is None:
+        state.failure = _not_expunged(remaining)
+    if state.failure is None and state.left:
+        return Then.NEXT_CHUNK
+    return report(state)
 
 
-class Recovery:
-    """Where the messages of a chunk are after a failure, and the MOVE's tagged reply."""
+def refuse_outside(state: MoveState) -> Next:
+    """The upstream named messages the client did not: flag and expunge nothing; remove
+    the copies a COPY made, through the check and the second session."""
+    outside, chunk = state.set_check.outside, state.chunk
+    text = f"the server named {outside}, outside the set".encode()
+    state.failure = Failure(Step.SET_CHECK, b"NO", b"SERVERBUG", text)
+    if chunk.targets:  # copied: find which are still in the source, remove the copies
+        state.total = state.total or len(chunk.targets)
+        chunk.moving = set(chunk.targets)
+        return check(state)
+    copied = chunk.copied is not None and chunk.copied.status == b"OK"
+    return Reply(Outcome.FAILED, b"NO", b"SERVERBUG", replies.outside(outside, copied))
 
-    def __init__(self, move: MoveEmulation) -> None:
-        self._move = move
-        self.targets: dict[int, int] = {}  # source UID -> UID of its copy (COPYUID)
-        self.target_validity = b""  # UIDVALIDITY of the target, from COPYUID
-        self.remaining: set[int] = set()  # moved messages still in the source after EXPUNGE
-        self.flagged: set[int] = set()  # moved messages carrying \\Deleted after the unflag
-        self.checked = True  # whether ``remaining`` is known for sure
-        self.removed: set[int] = set()  # of those, the ones whose copies were removed
-        self.vanished: set[int] = set()  # of those, the ones whose copies had left the target
-        self.request: RollbackRequest | None = None  # waiting for a second session
-        self._error = ""  # why the second session failed
 
-    def new_chunk(self) -> None:
-        self.targets, self.remaining = {}, set()
+def check(state: MoveState) -> Send:
+    """List which moved messages are still in the source, and whether flagged."""
+    chunk = state.chunk
+    chunk.remaining, chunk.flagged = set(), set()
+    return Send(Step.CHECK, per_set(state, b"UID FETCH %s (UID FLAGS)\r\n", chunk.moving))
 
-    def chunk_done(self) -> list[UpstreamCommand]:
-        """The chunk's steps are over: the next chunk, or the tagged reply."""
-        move = self._move
-        if move.policy is Policy.GUARDED and self.remaining and move.failure is None:
-            left = b",".join(compress_uids(list(self.remaining)))
-            move.failure = Tagged(b"", b"NO", None, b"UIDs " + left + b" were not expunged")
-            move.failed_step = "expunge"
-        if move.failure is None and move.listing.left:
-            return move.listing.next_chunk()
-        return self.report()
 
-    def refuse_outside(self) -> list[UpstreamCommand]:
-        """The upstream named messages the client did not: flag and expunge nothing; remove
-        the copies a COPY made, through the check and the second session."""
-        move = self._move
-        request, outside = move.request, move.set_check.outside
-        move.log.warning(
-            "%sMOVE %s: the server named messages outside the set (%s): MOVE refused",
-            "UID " * request.uid, request.sequence_set[:60].decode(), outside,
-        )  # fmt: skip
-        text = f"the server named {outside}, outside the set".encode()
-        move.failure, move.failed_step = Tagged(b"", b"NO", b"SERVERBUG", text), OUTSIDE
-        if self.targets:  # copied: find which are still in the source, remove the copies
-            move.total = move.total or len(self.targets)
-            move.moving = set(self.targets)
-            return self.check()
-        copied = move.copy_result is not None and move.copy_result.status == b"OK"
-        move.outcome = f"{OUTSIDE}-failed"
-        move.finish(b"NO", b"SERVERBUG", replies.outside(outside, copied))
-        return []
+def after_check(state: MoveState) -> Next:
+    chunk = state.chunk
+    chunk.remaining &= chunk.moving
+    if not state.checked:
+        return report(state)
+    outside = state.failure is not None and state.failure.step is Step.SET_CHECK
+    if not chunk.remaining and not outside:  # everything moved after all
+        state.failure = None
+        return chunk_done(state)
+    if state.failure is None:
+        state.failure = _not_expunged(chunk.remaining)
+    # Those still flagged \Deleted (the user's own, or an unflag failed) stay in both: any
+    # session's EXPUNGE may remove them from the source at any moment.
+    removable = sorted((chunk.remaining - chunk.flagged) & set(chunk.targets))
+    if not removable:
+        state.rollback_result = RollbackResult.IMPOSSIBLE
+        return report(state)
+    state.rollback = RollbackRequest(
+        state.request.mailbox,
+        chunk.target_validity,
+        tuple(chunk.targets[uid] for uid in removable),
+        tuple(removable),
+    )
+    return Send(Step.ROLLBACK, [])  # waits for the second session (:func:`rolled_back`)
 
-    def check(self) -> list[UpstreamCommand]:
-        """List which moved messages are still in the source, and whether flagged."""
-        move = self._move
-        self.remaining, self.flagged = set(), set()
-        return move.send(Step.CHECK, move.per_set(b"UID FETCH %s (UID FLAGS)\r\n", move.moving))
 
-    def after_check(self) -> list[UpstreamCommand]:
-        move = self._move
-        self.remaining &= move.moving
-        if not self.checked:
-            return self.report()
-        if not self.remaining and move.failed_step != OUTSIDE:  # everything moved after all
-            move.failure = None
-            return self.chunk_done()
-        if move.failure is None:
-            left = b",".join(compress_uids(list(self.remaining)))
-            move.failure = Tagged(b"", b"NO", None, b"UIDs " + left + b" were not expunged")
-            move.failed_step = "expunge"
-        # Those still flagged \Deleted (the user's own, or an unflag failed) stay in both: any
-        # session's EXPUNGE may remove them from the source at any moment.
-        removable = sorted((self.remaining - self.flagged) & set(self.targets))
-        if not removable:
-            move.rollback = "impossible"
-            return self.report()
-        move.step = Step.ROLLBACK
-        self.request = RollbackRequest(
-            move.request.mailbox,
-            self.target_validity,
-            tuple(self.targets[uid] for uid in removable),
-            tuple(removable),
+def rolled_back(
+    state: MoveState, error: str | None, attempted: bool, missing: frozenset[int]
+) -> Next:
+    """The second session removed the copies of :attr:`.MoveState.rollback` (``error`` is
+    None), failed to, or could not be ``attempted`` (no credentials). ``missing``: copies it
+    found gone from the target already (another session moved or deleted them)."""
+    request = state.rollback
+    assert request is not None
+    if error is None:
+        state.rollback_result = RollbackResult.DONE
+        pairs = zip(request.sources, request.uids, strict=True)
+        state.vanished = {source for source, copy in pairs if copy in missing}
+        state.removed = set(request.sources) - state.vanished
+    else:
+        state.rollback_result = RollbackResult.FAILED if attempted else RollbackResult.IMPOSSIBLE
+        state.rollback_error = error
+    state.rollback = None
+    return report(state)
+
+
+def report(state: MoveState) -> Reply:
+    """The MOVE's tagged reply: moved, or what failed and where every message is."""
+    failure = state.failure
+    if failure is None:
+        return Reply(Outcome.MOVED, b"OK", state.final_code, replies.MOVED)
+    step = failure.step.value
+    reason = failure.text.decode("utf-8", "replace")
+    chunk = state.chunk
+    if failure.step is Step.RESTORE:  # moved; only the \Deleted flags of others were not put back
+        return Reply(Outcome.FAILED, b"OK", None, replies.restore_failed(chunk.foreign, reason))
+    left = chunk.remaining - state.removed
+    if state.policy is Policy.GUARDED:
+        where = replies.UNDONE if state.step is Step.UNDO else replies.LISTED_LEFT
+    elif not state.checked:
+        where = replies.UNCHECKED
+    elif left:
+        state.duplicates = len(left)
+        both = left - state.vanished
+        where = replies.duplicates(both, chunk.targets, state.rollback_error, state.vanished)
+    else:
+        moved = state.moved + len(chunk.moving) - len(chunk.remaining)
+        return Reply(
+            Outcome.FAILED, b"NO", failure.code, replies.failed(step, reason, moved, state.total)
         )
-        return []
-
-    def on_rollback(
-        self, error: str | None, *, attempted: bool = True, missing: frozenset[int] = frozenset()
-    ) -> list[UpstreamCommand]:
-        """The second session removed the copies of :attr:`request` (``error`` is None),
-        failed to, or could not be ``attempted`` (no credentials). ``missing``: copies it found
-        gone from the target already (another session moved or deleted them)."""
-        move, request = self._move, self.request
-        assert move.step is Step.ROLLBACK and request is not None
-        if error is None:
-            move.rollback = "done"
-            pairs = zip(request.sources, request.uids, strict=True)
-            self.vanished = {source for source, copy in pairs if copy in missing}
-            self.removed = set(request.sources) - self.vanished
-        else:
-            move.rollback = "failed" if attempted else "impossible"
-            self._error = error
-        self.request = None
-        return self.report()
-
-    def report(self) -> list[UpstreamCommand]:
-        """The MOVE's tagged reply: moved, or what failed and where every message is."""
-        move = self._move
-        failure = move.failure
-        if failure is None:
-            move.outcome = "moved"
-            move.finish(b"OK", move.final_code, replies.MOVED)
-            return []
-        step = move.failed_step
-        move.outcome = f"{step}-failed"
-        reason = failure.text.decode("utf-8", "replace")
-        if step == "restore":  # moved; only the \Deleted flags of others were not put back
-            move.finish(b"OK", None, replies.restore_failed(move.foreign, reason))
-            return []
-        left = self.remaining - self.removed
-        if move.policy is Policy.GUARDED:
-            state = replies.UNDONE if move.step is Step.UNDO else replies.LISTED_LEFT
-        elif not self.checked:
-            state = replies.UNCHECKED
-        elif left:
-            move.duplicates = len(left)
-            both = left - self.vanished
-            state = replies.duplicates(both, self.targets, self._error, self.vanished)
-        else:
-            moved = move.moved + len(move.moving) - len(self.remaining)
-            move.finish(b"NO", failure.code, replies.failed(step, reason, moved, move.total))
-            return []
-        move.finish(b"NO", failure.code, replies.incomplete(step, reason, state))
-        return []
+    return Reply(Outcome.FAILED, b"NO", failure.code, replies.incomplete(step, reason, where))

@@ -204,7 +204,8 @@ def mailbox(dovecot_legacy: ImapServer, request: pytest.FixtureRequest) -> str:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print the fault matrix's table of faults and outcomes (tests/test_fault_matrix.py)."""
+    """Print the fault matrix's table of faults and outcomes
+    (tests/integration/test_fault_matrix.py)."""
     module = sys.modules.get("test_fault_matrix")
     rows = getattr(module, "FAULT_TABLE", [])
     if not rows:

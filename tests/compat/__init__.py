@@ -1,1 +1,2 @@
-"""Helpers for the compatibility matrix (tests/test_compat_*.py): real clients, real servers."""
+"""Helpers for the compatibility matrix (tests/compatibility/test_compat_*.py): real clients,
+real servers."""

@@ -1,1 +1,2 @@
-"""Helpers for tests/test_container.py: build and run the image with buildah, no Docker engine."""
+"""Helpers for tests/deployment/test_container.py: build and run the image with buildah, no
+Docker engine."""

@@ -14,7 +14,7 @@ from imapmoveproxy.move.state import Failure, MoveState, Outcome, Reply, Send, S
 from imapmoveproxy.wire.capabilities import Capabilities
 from imapmoveproxy.wire.grammar import NumberSet
 
-MOVE = Path(__file__).resolve().parent.parent / "imapmoveproxy" / "move"
+MOVE = Path(__file__).resolve().parents[2] / "imapmoveproxy" / "move"
 
 
 def _state(uid_set: bytes = b"1:*", chunk_limit: int = 3) -> MoveState:

@@ -1,7 +1,7 @@
 """The second session that removes a failed MOVE's copies, driven with scripted server replies.
 
-tests/test_fault_matrix.py runs it against a real Dovecot; here each refusal is produced on
-demand, which a real server cannot be made to do at every step.
+tests/integration/test_fault_matrix.py runs it against a real Dovecot; here each refusal is
+produced on demand, which a real server cannot be made to do at every step.
 
 Once past LOGIN it ends only when the server closes the connection after its LOGOUT (an mbox
 server writes the session's view of the mailbox as the session ends): the tests call

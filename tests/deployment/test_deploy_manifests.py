@@ -25,7 +25,7 @@ from servers import DOVECOT_LEGACY_CAPABILITY
 
 from imapmoveproxy.config import Config, build
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 COMPOSE = ROOT / "compose.yaml"
 PRESTOP_MARGIN = 5  # seconds of grace beyond preStop + drain_timeout, at least

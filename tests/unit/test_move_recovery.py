@@ -1,6 +1,6 @@
 """After a MOVE failed half-way (imapmoveproxy/move/recovery.py): the flags undone, the
 check of what is left, the copies handed to a second session, and the reply that names what is
-where. Driven by tests/driver.py; tests/test_rollback.py drives the second session itself."""
+where. Driven by tests/driver.py; tests/unit/test_rollback.py drives the second session itself."""
 
 from __future__ import annotations
 

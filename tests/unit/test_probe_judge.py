@@ -1,8 +1,8 @@
 """The probe's judgement (imapmoveproxy/probe/judge.py): what it saw in, findings out, no server.
 
-tests/test_probe.py runs the whole probe against every server of the matrix; here the cases no
-real server produces on demand (a COPYUID after the EXPUNGEs, a leaked \\Deleted, missing
-EXPUNGEs, wrong messages moved).
+tests/integration/test_probe.py runs the whole probe against every server of the matrix; here
+the cases no real server produces on demand (a COPYUID after the EXPUNGEs, a leaked
+\\Deleted, missing EXPUNGEs, wrong messages moved).
 """
 
 from __future__ import annotations

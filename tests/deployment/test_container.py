@@ -30,7 +30,7 @@ from container import dockerfile
 from harness import RawClient, venv_tool
 from servers import HOST, ImapServer, find_free_port, make_message
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = dockerfile.DOCKERFILE
 HEALTHCHECK = ROOT / "deploy" / "healthcheck.py"
 CONFIG_IN_IMAGE = "/etc/imapmoveproxy/config.toml"

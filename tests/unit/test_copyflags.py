@@ -1,8 +1,8 @@
 """The flag check after a guarded MOVE, driven with scripted server replies.
 
-tests/test_guarded_imap4d.py runs it against real imap4d (flags restored) and Dovecot (flags
-kept); here the cases a real server cannot be made to produce on demand: copies that do not
-match, flags the target does not keep, a STORE that does not take.
+tests/integration/test_guarded_imap4d.py runs it against real imap4d (flags restored) and
+Dovecot (flags kept); here the cases a real server cannot be made to produce on demand:
+copies that do not match, flags the target does not keep, a STORE that does not take.
 """
 
 from __future__ import annotations

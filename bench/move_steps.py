@@ -59,6 +59,7 @@ def _session(session_class: type) -> object:
 
 def measure(repeats: int) -> list[list[float]]:
     """Seconds per step, ``repeats`` times, of the code this interpreter imports."""
+    from imapmoveproxy.engine.effects import MoveReady
     from imapmoveproxy.engine.session import Session
 
     times: list[list[float]] = [[] for _ in STEPS]
@@ -70,13 +71,13 @@ def measure(repeats: int) -> list[list[float]]:
             start = time.perf_counter()
             if peer == "client":
                 session.receive_client(data)
-                if session.move_ready:  # the shell takes the lock at once and starts it
-                    session.start_move()
             else:
                 session.receive_upstream(data)
+            # The shell takes the lock at once and starts a MOVE announced ready.
+            if any(type(effect) is MoveReady for effect in session.take_effects()):
+                session.start_move()
             shown += bytes(session.take_to_client())
             sent.append(bytes(session.take_to_upstream()))
-            session.take_finished_moves()
             times[index].append(time.perf_counter() - start)
         gc.enable()
         if round_ == 0:

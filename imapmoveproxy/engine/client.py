@@ -191,7 +191,7 @@ class ClientInput:
             self._reject(line, tag + b" BAD Finish the other commands before STARTTLS.\r\n")
         else:
             session.output.reply(tag + b" OK Begin TLS negotiation now.\r\n")
-            session.starttls_requested = True
+            session.request_tls()
             # Whatever the client sent after STARTTLS in plaintext is thrown away (RFC 9051
             # §6.2.1): it could have been injected by a man in the middle.
             self.framer = Framer(session.settings.max_line)

@@ -1,23 +1,25 @@
 """A session's MOVEs: from the collected command to its tagged reply, and what is counted.
 
 MOVE is a barrier: the collected MOVE waits until every earlier command has its tagged reply
-(:attr:`MoveRunner.ready`); the caller then takes the source mailbox's lock and starts it. While
-it runs, the :class:`~..move.emulation.MoveEmulation` gets the upstream responses; a second
-session, if it asks for one, is the caller's to run. Once it is answered, its state
-(:class:`~..move.state.MoveState`) gives the log line and the metrics.
+(:meth:`MoveRunner.announce` then queues :class:`.effects.MoveReady`); the caller then takes the
+source mailbox's lock and starts it. While it runs, the :class:`~..move.emulation.MoveEmulation`
+gets the upstream responses; a second session, if it asks for one, is queued for the caller to
+run (:class:`.effects.RunRollback`, :class:`.effects.CheckFlags`). Once it is answered, its state
+(:class:`~..move.state.MoveState`) gives the log line and the metrics
+(:class:`.effects.MoveFinished`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..move.copyflags import FlagCheckRequest, FlagRecorder, Result
+from ..move.copyflags import FlagRecorder, Result
 from ..move.emulation import MoveEmulation
-from ..move.request import MoveRequest, RollbackRequest, UpstreamCommand
+from ..move.request import MoveRequest, UpstreamCommand
 from ..move.state import MoveState, Outcome
 from ..wire.capabilities import Capabilities
+from .effects import CheckFlags, FinishedMove, MoveFinished, MoveReady, RunRollback
 
 if TYPE_CHECKING:
     from .session import Session
@@ -26,36 +28,17 @@ if TYPE_CHECKING:
 LOCK_REFUSALS = {b"INUSE": "lock-timeout", b"UNAVAILABLE": "lock-unavailable"}
 
 
-@dataclass(slots=True, frozen=True)
-class FinishedMove:
-    """A MOVE answered, for the metrics."""
-
-    policy: str
-    outcome: str
-    rollback: str = ""  # "", "done", "failed", "impossible"
-    duplicates: int = 0  # messages left in both mailboxes
-    expunge_retries: int = 0  # UID EXPUNGEs that removed too few and were tried once more
-    flags: str = ""  # guarded: what became of the copies' flags (copyflags.Result), if checked
-
-
 class MoveRunner:
     """The MOVE waiting for earlier commands, the one running, and those answered."""
 
-    __slots__ = ("_finished", "_second_taken", "_session", "running", "waiting")
+    __slots__ = ("_announced", "_second_taken", "_session", "running", "waiting")
 
     def __init__(self, session: Session) -> None:
         self._session = session
         self.waiting: MoveRequest | None = None  # collected, not started
         self.running: MoveEmulation | None = None
+        self._announced = False  # the waiting MOVE's MoveReady was queued
         self._second_taken = False  # the running MOVE's second session was handed out
-        self._finished: list[FinishedMove] = []
-
-    @property
-    def idle(self) -> bool:
-        """No MOVE waits or runs, and none has left anything for the caller (metrics): most
-        commands' path, which then has nothing to ask of the MOVE tasks."""
-        waiting, running = self.waiting, self.running
-        return waiting is None and running is None and not self._finished
 
     @property
     def waits_for_upstream(self) -> bool:
@@ -64,19 +47,25 @@ class MoveRunner:
         running = self.running
         return running is not None and not running.waits_for_second_session
 
-    @property
-    def ready(self) -> bool:
-        """The waiting MOVE waits only for :meth:`start`: every earlier command has completed."""
-        return self.waiting is not None and not self._session.inflight.count and not self.running
+    def announce(self) -> None:
+        """Queue :class:`.effects.MoveReady` once the waiting MOVE waits only for :meth:`start`:
+        every earlier command has completed."""
+        if self.waiting is None or self._announced:
+            return
+        session = self._session
+        if not session.inflight.count and self.running is None:
+            self._announced = True
+            session.queue(MoveReady(session.mailbox.uidvalidity))
 
     def collected(self, request: MoveRequest) -> None:
         self.waiting = request
+        self._announced = False
 
     def start(self) -> None:
         """Begin the waiting MOVE."""
         session, request = self._session, self.waiting
         assert request is not None
-        self.waiting = None
+        self.waiting, self._announced = None, False
         if not session.authenticated:  # as a native server answers a MOVE before login
             bad = b" BAD Error in IMAP command received by server.\r\n"
             session.output.reply(request.tag + bad)
@@ -103,7 +92,7 @@ class MoveRunner:
         """Answer the waiting MOVE with a tagged NO instead of starting it."""
         request = self.waiting
         assert request is not None
-        self.waiting = None
+        self.waiting, self._announced = None, False
         self._session.output.reply(request.tag + b" NO [" + code + b"] " + text + b"\r\n")
         kind = b"UID MOVE" if request.uid else b"MOVE"
         self._count(kind, request.sequence_set, "none", LOCK_REFUSALS.get(code, "lock-refused"))
@@ -115,15 +104,6 @@ class MoveRunner:
         policy = "native" if caps.native_move else "refused"
         self._count(name, b"".join(arguments.split(b" ", 2)[1:2]), policy, "forwarded")
 
-    def take_rollback(self) -> RollbackRequest | None:
-        """The second session the running MOVE asks for, once (only with credentials to
-        replay: without, :meth:`step` has answered it already)."""
-        move = self.running
-        if move is None or move.rollback_request is None or self._second_taken:
-            return None
-        self._second_taken = True
-        return move.rollback_request
-
     def rollback_finished(self, error: str | None, missing: frozenset[int]) -> None:
         move = self.running
         assert move is not None and self._second_taken
@@ -132,17 +112,8 @@ class MoveRunner:
             self._session.log.warning("rollback of a failed MOVE failed: %s", error)
         self.step(move.on_rollback(error, missing=missing))
 
-    def take_flag_check(self) -> FlagCheckRequest | None:
-        """The copies' flags the running MOVE asks a second session to check, once (only with
-        credentials to replay: without, :meth:`step` has answered it already)."""
-        move = self.running
-        if move is None or move.flag_request is None or self._second_taken:
-            return None
-        self._second_taken = True
-        return move.flag_request
-
     def flags_checked(self, result: Result, detail: str) -> None:
-        """The second session of :meth:`take_flag_check` ended: the MOVE's tagged reply."""
+        """The second session of :class:`.effects.CheckFlags` ended: the MOVE's tagged reply."""
         move = self.running
         assert move is not None and self._second_taken
         self._second_taken = False
@@ -163,6 +134,15 @@ class MoveRunner:
             else:
                 move.on_flags(Result.UNKNOWN, reason)
         if not move.done:
+            credentials = session.credentials
+            if self._second_taken or credentials is None:
+                return
+            if move.rollback_request is not None:
+                self._second_taken = True
+                session.queue(RunRollback(move.rollback_request, credentials))
+            elif move.flag_request is not None:
+                self._second_taken = True
+                session.queue(CheckFlags(move.flag_request, credentials))
             return
         self.running = None
         state = move.state
@@ -173,11 +153,6 @@ class MoveRunner:
         kind = b"UID MOVE" if state.request.uid else b"MOVE"
         self._count(kind, state.request.sequence_set, policy, state.outcome_name(), state)
         session.after_move()
-
-    def take_finished(self) -> list[FinishedMove]:
-        """Every MOVE answered since the last call."""
-        moves, self._finished = self._finished, []
-        return moves
 
     def _count(
         self,
@@ -215,4 +190,5 @@ class MoveRunner:
         moves = self._session.counters.moves
         key = f"{policy}-{outcome}"
         moves[key] = moves.get(key, 0) + 1
-        self._finished.append(FinishedMove(policy, outcome, rollback, duplicates, retries, flags))
+        finished = FinishedMove(policy, outcome, rollback, duplicates, retries, flags)
+        self._session.queue(MoveFinished(finished))

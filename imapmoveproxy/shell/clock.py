@@ -60,7 +60,7 @@ class Supervisor:
         gone_since = math.inf
         while True:
             now = trio.current_time()
-            if session.close_reason is not None or connection.upstream_gone:
+            if connection.close_reason is not None or connection.upstream_gone:
                 closing_since = min(closing_since, now)
                 done = connection.delivered_to_client or connection.client_gone
                 if done or now >= closing_since + CLOSE_GRACE:
@@ -90,7 +90,7 @@ class Supervisor:
             if session.line_pending and closing_since == gone_since == math.inf:
                 # (closing or gone: the line's passed deadline would wake it again and again)
                 deadline = min(deadline, connection.line_started + config.line_timeout)
-            if session.move_waits_for_upstream and session.close_reason is None:
+            if session.move_waits_for_upstream and connection.close_reason is None:
                 stall = connection.upstream_heard + config.move_step_timeout
                 if now >= stall:
                     session.move_stalled()
@@ -110,7 +110,7 @@ class Supervisor:
         connection = self._connection
         session = connection.session
         return (
-            session.close_reason is not None or connection.upstream_gone,
+            connection.close_reason is not None or connection.upstream_gone,
             connection.client_gone,
             session.authenticated,
             session.line_pending and connection.line_started < math.inf,

@@ -169,7 +169,7 @@ class Session:
         """Whether the session looks at the client's next command now. Not while a MOVE holds
         back the client's later commands, nor while the output of earlier ones waits for a
         peer that does not read it: the client's bytes then wait in the framer (bounded by
-        :attr:`client_buffered`, which the caller checks before reading more)."""
+        :meth:`room_for_client`, which the caller checks before reading more)."""
         return (
             self.upstream.greeted  # the proxy's ID, if any, must precede the client's first
             and not self.moving
@@ -177,9 +177,29 @@ class Session:
             and not self._shutting_down
             and not self._tls_pending
             and self.client.held is None
-            and self.output.pending_to_client < self.settings.backlog
-            and len(self.output.to_upstream) < self.settings.backlog
+            and self.output_has_room()
         )
+
+    # The backpressure rule, in one place: the session looks at client commands, and the caller
+    # reads the client, only while the output for either peer is under the backlog; the caller
+    # reads the upstream while the bytes ready for the client are (never waiting for the upstream
+    # writer: a server that stops reading while it writes must always be read from).
+
+    def output_has_room(self) -> bool:
+        """The bytes queued for the client and for the upstream are under the backlog."""
+        output, backlog = self.output, self.settings.backlog
+        return output.pending_to_client < backlog and output.pending_to_upstream < backlog
+
+    def room_for_client(self) -> bool:
+        """The caller may read more client bytes: those not looked at yet and the output are
+        under the backlog."""
+        return self.client.framer.buffered < self.settings.backlog and self.output_has_room()
+
+    def room_for_upstream(self) -> bool:
+        """The caller may read more upstream bytes: those ready for the client are under the
+        backlog (replies held back behind the response being relayed do not count: only
+        reading the rest of that response releases them)."""
+        return self.output.ready_to_client < self.settings.backlog
 
     @property
     def client_buffered(self) -> int:

@@ -173,11 +173,9 @@ class Connection:
             size = self._upstream_reads.read_size(len(data), size)
             data = b""  # a reused buffer is free again once its views have been written
             self.after_session()
-            # Backpressure: a client that does not read stops us reading the upstream. (Replies
-            # held back behind the response being relayed do not count: only reading the rest
-            # of that response releases them.)
-            if not self._room_for_upstream():
-                await self.changed.until(self._room_for_upstream)
+            # Backpressure: a client that does not read stops us reading the upstream.
+            if not session.room_for_upstream():
+                await self.changed.until(session.room_for_upstream)
             data = await _receive(self.upstream, size)
         session.upstream_closed()  # after LOGOUT's BYE, or it dropped us
         self.upstream_gone = True
@@ -190,25 +188,13 @@ class Connection:
             return greeting or await _receive(self.upstream)
         return None
 
-    def _room_for_upstream(self) -> bool:
-        return self.session.output.ready_to_client < self.session.settings.backlog
-
-    def _room_for_client(self) -> bool:
-        session = self.session
-        backlog = session.settings.backlog
-        return (
-            session.client_buffered < backlog
-            and session.output.pending_to_upstream < backlog
-            and session.output.pending_to_client < backlog
-        )
-
     async def _read_client(self) -> None:
         session = self.session
         size = SMALL_RECEIVE
         while True:
-            if not self._room_for_client():
+            if not session.room_for_client():
                 self.line_started = math.inf  # not read meanwhile: the client is not late
-                await self.changed.until(self._room_for_client)
+                await self.changed.until(session.room_for_client)
             data = await _receive(self.client, size)
             if not data:
                 break

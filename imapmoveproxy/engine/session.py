@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from ..move.copyflags import Result
 from ..move.rollback import Credentials
 from ..wire.capabilities import Capabilities
-from ..wire.framing import Framer, Line, LineTooLong, Literal
+from ..wire.framing import Framer
 from ..wire.proxyproto import Endpoint
 from .channel import upstream_channel
 from .client import ClientInput
@@ -121,10 +121,17 @@ class Session:
         self.credentials: Credentials | None = None  # for a rollback's second session
         self.mailbox = SelectedMailbox()
         self.inflight = CommandsInFlight()
-        self.client = ClientInput(self)
-        self.upstream = UpstreamResponses(self)
         self.moves = MoveRunner(self)
         self.offer = Offer(self)  # the capabilities the proxy adds; whether it executes MOVE
+        # Each helper gets the parts it uses, and the session only as its narrow host.
+        settings, output, inflight = self.settings, self.output, self.inflight
+        counters, logger = self.counters, self.log
+        moves, offer = self.moves, self.offer
+        self.client = ClientInput(self, settings, output, inflight, moves, offer, counters, logger)
+        self.upstream = UpstreamResponses(
+            self, self.upstream_framer, output, self.channel, inflight, self.mailbox, moves,
+            self.client, offer, counters, settings, logger, addresses,
+        )  # fmt: skip
         self._shutting_down = False
 
     # ------------------------------------------------------------------ bytes in and out
@@ -305,19 +312,21 @@ class Session:
         if self._shutting_down:
             self.close("proxy shutting down", SHUTDOWN_BYE, logging.INFO)
 
+    def upstream_capabilities(self, caps: Capabilities | None) -> None:
+        """The upstream listed its capabilities (None: they change, with the authentication
+        state, and are unknown until it lists them again)."""
+        self.caps = caps
+
+    def logged_in(self, credentials: Credentials | None) -> None:
+        """The upstream accepted a login (``credentials``: those to replay for a second
+        session, if captured), or greeted with PREAUTH."""
+        self.authenticated = True
+        self.credentials = credentials
+
     def request_tls(self) -> None:
         """The client's STARTTLS had its OK: the caller starts TLS once that is delivered."""
         self._tls_pending = True
         self.queue(StartTls())
-
-    def next_event(self, framer: Framer, reason: str, bye: bytes) -> Line | Literal | None:
-        """The framer's next event; None if it needs more bytes, or if the line it holds is too
-        long (then the connection ends with ``reason``)."""
-        try:
-            return framer.next_event()
-        except LineTooLong:
-            self.close(reason, bye)
-            return None
 
     def close(self, reason: str, bye: bytes, level: int = logging.WARNING) -> None:
         """End the connection: log ``reason``, and tell the client ``* BYE <bye>``."""

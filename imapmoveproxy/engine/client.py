@@ -24,7 +24,7 @@ from .output import Output
 if TYPE_CHECKING:
     from .moves import MoveRunner
     from .offer import Offer
-    from .session import Counters, SessionSettings
+    from .settings import Counters, SessionSettings
 
 MOVE_COMMANDS = (b"MOVE", b"UID MOVE")
 # Cyrus's older name for MOVE, which it executes even when MOVE is hidden: where the proxy

@@ -12,29 +12,67 @@ run (:class:`.effects.RunRollback`, :class:`.effects.CheckFlags`). Once it is an
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..move.copyflags import FlagRecorder, Result
 from ..move.emulation import MoveEmulation
 from ..move.request import MoveRequest, UpstreamCommand
+from ..move.rollback import Credentials
 from ..move.state import MoveState, Outcome
 from ..wire.capabilities import Capabilities
-from .effects import CheckFlags, FinishedMove, MoveFinished, MoveReady, RunRollback
+from ..wire.commands import CommandChannel
+from .effects import CheckFlags, Effect, FinishedMove, MoveFinished, MoveReady, RunRollback
+from .inflight import CommandsInFlight
+from .mailbox import SelectedMailbox
+from .output import Output
 
 if TYPE_CHECKING:
-    from .session import Session
+    from .settings import Counters, SessionSettings
 
 # The outcome counted for a MOVE refused because its lock could not be had, by response code.
 LOCK_REFUSALS = {b"INUSE": "lock-timeout", b"UNAVAILABLE": "lock-unavailable"}
 
 
+class MoveHost(Protocol):
+    """What the MOVEs need of their session beyond its parts: the state they read, the effects
+    they queue for the caller, and the end of a MOVE."""
+
+    @property
+    def authenticated(self) -> bool: ...
+
+    @property
+    def caps(self) -> Capabilities | None: ...
+
+    @property
+    def credentials(self) -> Credentials | None: ...
+
+    def queue(self, effect: Effect) -> None: ...
+
+    def after_move(self) -> None: ...
+
+
 class MoveRunner:
     """The MOVE waiting for earlier commands, the one running, and those answered."""
 
-    __slots__ = ("_announced", "_second_taken", "_session", "running", "waiting")
+    __slots__ = (
+        "_announced", "_channel", "_counters", "_host", "_inflight", "_log", "_mailbox",
+        "_output", "_second_taken", "_settings", "running", "waiting",
+    )  # fmt: skip
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    def __init__(
+        self,
+        host: MoveHost,
+        settings: SessionSettings,
+        output: Output,
+        channel: CommandChannel,
+        inflight: CommandsInFlight,
+        mailbox: SelectedMailbox,
+        counters: Counters,
+        log: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self._host, self._settings = host, settings
+        self._output, self._channel, self._inflight = output, channel, inflight
+        self._mailbox, self._counters, self._log = mailbox, counters, log
         self.waiting: MoveRequest | None = None  # collected, not started
         self.running: MoveEmulation | None = None
         self._announced = False  # the waiting MOVE's MoveReady was queued
@@ -52,10 +90,9 @@ class MoveRunner:
         every earlier command has completed."""
         if self.waiting is None or self._announced:
             return
-        session = self._session
-        if not session.inflight.count and self.running is None:
+        if not self._inflight.count and self.running is None:
             self._announced = True
-            session.queue(MoveReady(session.mailbox.uidvalidity))
+            self._host.queue(MoveReady(self._mailbox.uidvalidity))
 
     def collected(self, request: MoveRequest) -> None:
         self.waiting = request
@@ -63,20 +100,20 @@ class MoveRunner:
 
     def start(self) -> None:
         """Begin the waiting MOVE."""
-        session, request = self._session, self.waiting
+        host, request = self._host, self.waiting
         assert request is not None
         self.waiting, self._announced = None, False
-        if not session.authenticated:  # as a native server answers a MOVE before login
+        if not host.authenticated:  # as a native server answers a MOVE before login
             bad = b" BAD Error in IMAP command received by server.\r\n"
-            session.output.reply(request.tag + bad)
+            self._output.reply(request.tag + bad)
             return
-        mailbox, settings = session.mailbox, session.settings
+        mailbox, settings = self._mailbox, self._settings
         self.running = MoveEmulation(
             request,
             read_only=mailbox.read_only,
             guarded=settings.guarded,
-            channel=session.channel,
-            emit=session.output.reply,
+            channel=self._channel,
+            emit=self._output.reply,
             max_set_bytes=settings.max_set_bytes,
             chunk_size=settings.chunk_size,
             source=mailbox.name,
@@ -84,19 +121,19 @@ class MoveRunner:
             exists=mailbox.exists,
             recent=mailbox.recent,
             flags=FlagRecorder() if settings.guarded else None,
-            log=session.log,
+            log=self._log,
         )
-        self.step(self.running.start(session.caps))
+        self.step(self.running.start(host.caps))
 
     def refuse(self, code: bytes, text: bytes) -> None:
         """Answer the waiting MOVE with a tagged NO instead of starting it."""
         request = self.waiting
         assert request is not None
         self.waiting, self._announced = None, False
-        self._session.output.reply(request.tag + b" NO [" + code + b"] " + text + b"\r\n")
+        self._output.reply(request.tag + b" NO [" + code + b"] " + text + b"\r\n")
         kind = b"UID MOVE" if request.uid else b"MOVE"
         self._count(kind, request.sequence_set, "none", LOCK_REFUSALS.get(code, "lock-refused"))
-        self._session.after_move()
+        self._host.after_move()
 
     def forwarded(self, name: bytes, arguments: bytes, caps: Capabilities | None) -> None:
         """A MOVE the upstream executes itself (it has MOVE, or no UIDPLUS and "refuse")."""
@@ -109,7 +146,7 @@ class MoveRunner:
         assert move is not None and self._second_taken
         self._second_taken = False
         if error is not None:
-            self._session.log.warning("rollback of a failed MOVE failed: %s", error)
+            self._log.warning("rollback of a failed MOVE failed: %s", error)
         self.step(move.on_rollback(error, missing=missing))
 
     def flags_checked(self, result: Result, detail: str) -> None:
@@ -121,38 +158,38 @@ class MoveRunner:
 
     def step(self, commands: list[UpstreamCommand]) -> None:
         """Send the running MOVE's next commands; finish it if it is answered."""
-        session, move = self._session, self.running
+        host, move = self._host, self.running
         if commands:
-            session.channel.send(commands)
+            self._channel.send(commands)
         if move is None:
             return
-        if session.credentials is None and (move.rollback_request or move.flag_request):
-            off = session.settings.rollback == "off"
+        if host.credentials is None and (move.rollback_request or move.flag_request):
+            off = self._settings.rollback == "off"
             reason = "second sessions are off" if off else "no login to replay for a second session"
             if move.rollback_request is not None:
-                session.channel.send(move.on_rollback(reason, attempted=False))
+                self._channel.send(move.on_rollback(reason, attempted=False))
             else:
                 move.on_flags(Result.UNKNOWN, reason)
         if not move.done:
-            credentials = session.credentials
+            credentials = host.credentials
             if self._second_taken or credentials is None:
                 return
             if move.rollback_request is not None:
                 self._second_taken = True
-                session.queue(RunRollback(move.rollback_request, credentials))
+                host.queue(RunRollback(move.rollback_request, credentials))
             elif move.flag_request is not None:
                 self._second_taken = True
-                session.queue(CheckFlags(move.flag_request, credentials))
+                host.queue(CheckFlags(move.flag_request, credentials))
             return
         self.running = None
         state = move.state
         moved = state.outcome is Outcome.MOVED
-        session.mailbox.rights = state.rights if moved else None
-        session.mailbox.recent = state.counts.recent  # it may have shown a RECENT held back
+        self._mailbox.rights = state.rights if moved else None
+        self._mailbox.recent = state.counts.recent  # it may have shown a RECENT held back
         policy = state.policy.value if state.policy else "none"
         kind = b"UID MOVE" if state.request.uid else b"MOVE"
         self._count(kind, state.request.sequence_set, policy, state.outcome_name(), state)
-        session.after_move()
+        host.after_move()
 
     def _count(
         self,
@@ -174,7 +211,7 @@ class MoveRunner:
                 flags = flags_result.value
                 if flags_result in (Result.LOST, Result.UNKNOWN):
                     level = logging.WARNING
-        log: logging.LoggerAdapter[logging.Logger] = self._session.log
+        log = self._log
         if log.isEnabledFor(level):  # the line is built only to be logged
             shown = sequence_set[:60] + (b"..." if len(sequence_set) > 60 else b"")
             line = (
@@ -187,8 +224,8 @@ class MoveRunner:
             log.log(level, "%s", line)
         if duplicates and state is not None:
             log.warning("MOVE left messages in both mailboxes: %s", state.reply.decode())
-        moves = self._session.counters.moves
+        moves = self._counters.moves
         key = f"{policy}-{outcome}"
         moves[key] = moves.get(key, 0) + 1
         finished = FinishedMove(policy, outcome, rollback, duplicates, retries, flags)
-        self._session.queue(MoveFinished(finished))
+        self._host.queue(MoveFinished(finished))

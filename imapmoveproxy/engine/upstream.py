@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .client import ClientInput
     from .moves import MoveRunner
     from .offer import Offer
-    from .session import Counters, SessionSettings
+    from .settings import Counters, SessionSettings
 
 
 class UpstreamHost(Protocol):

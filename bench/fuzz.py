@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 
+from imapmoveproxy.engine.effects import MoveReady
 from imapmoveproxy.engine.session import Session, SessionSettings
 
 PIECES = [
@@ -50,7 +51,7 @@ def run(data: bytes, rng: random.Random) -> None:
         step = rng.randint(1, 64)
         session.receive_client(data[position : position + step])
         position += step
-        if session.move_ready:
+        if any(type(effect) is MoveReady for effect in session.take_effects()):
             session.start_move()
         sent = bytes(session.take_to_upstream())
         tags = {line.split(b" ", 1)[0] for line in sent.split(b"\r\n") if b" " in line}

@@ -9,7 +9,7 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .engine.moves import FinishedMove
+from .engine.effects import FinishedMove
 
 log = logging.getLogger(__name__)
 

@@ -10,15 +10,28 @@ proxy's commands is built from the command's text: ``driver.tagged(b"UID STORE",
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 from imapmoveproxy.engine.channel import TAG_PREFIX
+from imapmoveproxy.engine.effects import (
+    CheckFlags,
+    Effect,
+    FinishedMove,
+    MoveFinished,
+    MoveReady,
+    RunRollback,
+)
 from imapmoveproxy.engine.session import Session, SessionSettings
+from imapmoveproxy.move.copyflags import FlagCheckRequest
+from imapmoveproxy.move.request import RollbackRequest
+from imapmoveproxy.move.rollback import Credentials
 from imapmoveproxy.wire.proxyproto import Endpoint
 
 GREETING = b"* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ AUTH=PLAIN] ready\r\n"
 CAPS = (
     b"IMAP4rev1 LITERAL+ UIDPLUS CONDSTORE QRESYNC ESEARCH COMPRESS=DEFLATE AUTH=SCRAM-SHA-1-PLUS"
 )
+E = TypeVar("E", bound=Effect)
 _PROXY_TAG_RE = re.compile(rb"(?m)^" + re.escape(TAG_PREFIX) + rb"\d+ ")
 _TAGGED_RE = re.compile(rb"(?m)^(" + re.escape(TAG_PREFIX) + rb"\d+) (?:OK|NO|BAD)\b")
 
@@ -46,6 +59,7 @@ class Driver:
         self.client_saw = b""
         self.commands: list[bytes] = []  # the proxy's own commands, with their tags, in order
         self.answered: set[bytes] = set()  # their tags that the upstream has answered
+        self.effects: list[Effect] = []  # the session's effects, not taken by the test yet
 
     # ------------------------------------------------------------------ bytes in and out
 
@@ -62,7 +76,7 @@ class Driver:
 
     def sent(self) -> bytes:
         """What the proxy sent upstream since the last call, its own tags stripped."""
-        if self.session.move_ready and not self.lock_by_hand:
+        if not self.lock_by_hand and self.take(MoveReady):
             self.session.start_move()
         self.client_saw += bytes(self.session.take_to_client())
         data = bytes(self.session.take_to_upstream())
@@ -77,6 +91,34 @@ class Driver:
         self.client_saw += bytes(self.session.take_to_client())
         seen, self.client_saw = self.client_saw, b""
         return seen
+
+    # ------------------------------------------------------------------ the session's effects
+
+    def take(self, kind: type[E]) -> list[E]:
+        """The effects of ``kind`` the session has queued and the test has not taken yet."""
+        self.effects += self.session.take_effects()
+        taken = [effect for effect in self.effects if isinstance(effect, kind)]
+        self.effects = [effect for effect in self.effects if not isinstance(effect, kind)]
+        return taken
+
+    def move_ready(self) -> bool:
+        """Whether a MOVE was announced ready since the last look (``lock_by_hand``)."""
+        return bool(self.take(MoveReady))
+
+    def take_rollback(self) -> tuple[RollbackRequest, Credentials] | None:
+        """The rollback the session asked for, if any (there is at most one at a time)."""
+        for effect in self.take(RunRollback):
+            return effect.request, effect.credentials
+        return None
+
+    def take_flag_check(self) -> tuple[FlagCheckRequest, Credentials] | None:
+        """The flag check the session asked for, if any (there is at most one at a time)."""
+        for effect in self.take(CheckFlags):
+            return effect.request, effect.credentials
+        return None
+
+    def take_finished_moves(self) -> list[FinishedMove]:
+        return [effect.move for effect in self.take(MoveFinished)]
 
     # ------------------------------------------------------------------ the proxy's commands
 

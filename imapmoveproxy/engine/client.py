@@ -10,16 +10,21 @@ a literal) goes where the command went: :class:`Mode`.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, Protocol
 
 from ..move.request import MoveRequest, parse_move
 from ..move.rollback import Credentials
-from ..wire.framing import Framer, Line, Literal
+from ..wire.capabilities import Capabilities
+from ..wire.framing import Framer, Line, LineTooLong, Literal
 from ..wire.grammar import CommandStart, is_tag, line_body, parse_command_start, strip_x_fields
-from .inflight import AUTH_COMMANDS, CredentialCapture
+from .inflight import AUTH_COMMANDS, CommandsInFlight, CredentialCapture
+from .output import Output
 
 if TYPE_CHECKING:
-    from .session import Session
+    from .moves import MoveRunner
+    from .offer import Offer
+    from .settings import Counters, SessionSettings
 
 MOVE_COMMANDS = (b"MOVE", b"UID MOVE")
 # Cyrus's older name for MOVE, which it executes even when MOVE is hidden: where the proxy
@@ -75,17 +80,49 @@ class MoveCollector:
         self._lines, self._literal, self._literals = [], bytearray(), 0
 
 
+class ClientHost(Protocol):
+    """What the client's commands need of their session beyond its parts: the state they
+    read, the state they change (each through a method of the session), the end of the
+    connection."""
+
+    @property
+    def tls(self) -> bool: ...
+
+    @property
+    def caps(self) -> Capabilities | None: ...
+
+    @property
+    def wants_client_data(self) -> bool: ...
+
+    def upstream_capabilities(self, caps: Capabilities | None) -> None: ...
+
+    def request_tls(self) -> None: ...
+
+    def close(self, reason: str, bye: bytes, level: int = logging.WARNING) -> None: ...
+
+
 class ClientInput:
     """Reads the client's commands and decides, for each, where it goes."""
 
     __slots__ = (
-        "_capture", "_collector", "_data_idle", "_data_tag", "_forwarding", "_invalid",
-        "_literal_tag", "_mode", "_session", "framer", "held",
+        "_capture", "_collector", "_counters", "_data_idle", "_data_tag", "_forwarding", "_host",
+        "_inflight", "_invalid", "_literal_tag", "_log", "_mode", "_moves", "_offer", "_output",
+        "_settings", "framer", "held",
     )  # fmt: skip
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        settings = session.settings
+    def __init__(
+        self,
+        host: ClientHost,
+        settings: SessionSettings,
+        output: Output,
+        inflight: CommandsInFlight,
+        moves: MoveRunner,
+        offer: Offer,
+        counters: Counters,
+        log: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self._host, self._settings, self._output, self._inflight = host, settings, output, inflight
+        self._moves, self._offer, self._counters, self._log = moves, offer, counters, log
         self.framer = Framer(settings.max_line)
         self._mode = Mode.FORWARD
         self._collector = MoveCollector(settings.max_mailbox_literal)
@@ -100,9 +137,13 @@ class ClientInput:
 
     def process(self) -> None:
         """Look at the client's commands while the session wants them."""
-        session = self._session
-        while not self.framer.exhausted and session.wants_client_data:
-            event = session.next_event(self.framer, "client line too long", b"Line too long.")
+        host = self._host
+        while not self.framer.exhausted and host.wants_client_data:
+            try:
+                event = self.framer.next_event()
+            except LineTooLong:
+                host.close("client line too long", b"Line too long.")
+                return
             if event is None:
                 return
             if isinstance(event, Literal):
@@ -127,10 +168,9 @@ class ClientInput:
         self._literal_tag = None
 
     def _command(self, line: Line) -> None:
-        session = self._session
         self._capture.cut_short()
         if self._data_tag is not None:  # an AUTHENTICATE response or IDLE's DONE: data
-            session.output.to_upstream += line.data
+            self._output.to_upstream += line.data
             self._keep(self._capture.data_line(line.data))
             if self._data_idle:
                 self._data_tag = None
@@ -140,15 +180,15 @@ class ClientInput:
             self._invalid_command(line)
             return
         self._invalid = 0
-        if session.inflight.in_doubt(start):
+        if self._inflight.in_doubt(start):
             self.held = line  # looked at again once the other command with its tag completes
             return
         name, tag = start.name, start.tag
-        session.counters.commands += 1
-        if name in EMULATED_COMMANDS and session.offer.executes_move():
+        self._counters.commands += 1
+        if name in EMULATED_COMMANDS and self._offer.executes_move():
             self._collect_move(line)
         elif name in MOVE_COMMANDS:  # the upstream has MOVE, or no UIDPLUS and "refuse"
-            session.moves.forwarded(name, line.data[start.args_offset :], session.caps)
+            self._moves.forwarded(name, line.data[start.args_offset :], self._host.caps)
             self._forward(line, start)
         elif name == b"COMPRESS":
             self._reject(line, tag + b" NO COMPRESS is not available through this proxy.\r\n")
@@ -156,8 +196,8 @@ class ClientInput:
             self._starttls(line, tag)
         elif name == b"ID":  # with or without the proxy's own ID before it
             self._client_id(line, start)
-        elif name in AUTH_COMMANDS and session.settings.require_tls and not session.tls:
-            session.log.info("%s before STARTTLS refused", name.decode())
+        elif name in AUTH_COMMANDS and self._settings.require_tls and not self._host.tls:
+            self._log.info("%s before STARTTLS refused", name.decode())
             self._reject(line, tag + b" NO [PRIVACYREQUIRED] Use STARTTLS first.\r\n")
         else:
             self._forward(line, start)
@@ -165,11 +205,11 @@ class ClientInput:
     def _invalid_command(self, line: Line) -> None:
         self._invalid += 1
         if self._invalid >= _MAX_INVALID:
-            self._session.close("too many invalid commands", b"Too many invalid IMAP commands.")
+            self._host.close("too many invalid commands", b"Too many invalid IMAP commands.")
             return
         tag = line.data.split(b" ", 1)[0]
         tag = tag if is_tag(tag) and b"\n" not in tag else b"*"
-        self._session.log.debug("bad command line from client")
+        self._log.debug("bad command line from client")
         self._reject(line, tag + b" BAD Error in IMAP command received by server.\r\n")
 
     def _release_held(self) -> None:
@@ -178,23 +218,22 @@ class ClientInput:
             return
         start = parse_command_start(line.data)
         assert start is not None  # held only after it parsed
-        if not self._session.inflight.in_doubt(start):
+        if not self._inflight.in_doubt(start):
             self.held = None
             self._command(line)
 
     def _starttls(self, line: Line, tag: bytes) -> None:
-        session = self._session
-        if not session.settings.tls_offered or session.tls:
-            state = "already active" if session.tls else "not available through this proxy"
+        if not self._settings.tls_offered or self._host.tls:
+            state = "already active" if self._host.tls else "not available through this proxy"
             self._reject(line, tag + b" BAD STARTTLS " + state.encode() + b".\r\n")
-        elif session.inflight.count or line.literal is not None:
+        elif self._inflight.count or line.literal is not None:
             self._reject(line, tag + b" BAD Finish the other commands before STARTTLS.\r\n")
         else:
-            session.output.reply(tag + b" OK Begin TLS negotiation now.\r\n")
-            session.starttls_requested = True
+            self._output.reply(tag + b" OK Begin TLS negotiation now.\r\n")
+            self._host.request_tls()
             # Whatever the client sent after STARTTLS in plaintext is thrown away (RFC 9051
             # §6.2.1): it could have been injected by a man in the middle.
-            self.framer = Framer(session.settings.max_line)
+            self.framer = Framer(self._settings.max_line)
 
     def _client_id(self, line: Line, start: CommandStart) -> None:
         """The client's own ID goes on without any x- field it tried to set: a server that
@@ -210,15 +249,14 @@ class ClientInput:
         self._forward(Line(new_line, True), start)
 
     def _forward(self, line: Line, start: CommandStart) -> None:
-        session = self._session
         self._mode = Mode.FORWARD
         self._forwarding = start.tag
         self._note_literal(line)
-        session.output.to_upstream += line.data
-        session.inflight.sent(line, start)
+        self._output.to_upstream += line.data
+        self._inflight.sent(line, start)
         if start.name in AUTH_COMMANDS:
-            session.caps = None  # the capabilities change with the authentication state
-            if session.settings.rollback != "off":
+            self._host.upstream_capabilities(None)  # unknown: they change when authenticated
+            if self._settings.rollback != "off":
                 self._keep(self._capture.command(line, start))
         if start.name in _DATA_COMMANDS:
             self._data_tag = start.tag
@@ -227,7 +265,7 @@ class ClientInput:
     def _fragment(self, data: bytes | memoryview, line: Line | None = None) -> None:
         """A literal chunk, or a line continuing a command after a literal."""
         if self._mode is Mode.FORWARD:
-            self._session.output.to_upstream += data
+            self._output.to_upstream += data
             if line is not None:
                 self._note_literal(line)
             self._keep(self._capture.fragment(data, line))
@@ -248,26 +286,25 @@ class ClientInput:
     def _keep(self, captured: tuple[bytes, Credentials] | None) -> None:
         """Credentials captured for the login in flight under their tag."""
         if captured is not None:
-            self._session.inflight.logs_in_with(*captured)
+            self._inflight.logs_in_with(*captured)
 
     def _collect_move(self, line: Line) -> None:
-        session = self._session
         self._mode = Mode.COLLECT
         if not self._collector.line(line):
             tag = self._collector.tag
             self._collector.clear()
-            session.log.info("MOVE from client with an oversized or extra literal refused")
+            self._log.info("MOVE from client with an oversized or extra literal refused")
             self._reject(line, tag + b" BAD Mailbox name too long or malformed.\r\n")
         elif line.literal is not None:
             if line.sync:
-                session.output.reply(b"+ Ready for literal data\r\n")
+                self._output.reply(b"+ Ready for literal data\r\n")
         else:
             self._mode = Mode.FORWARD
-            session.moves.collected(self._collector.request())
+            self._moves.collected(self._collector.request())
 
     def _reject(self, line: Line, reply: bytes) -> None:
         """Answer a command the proxy will not forward and skip whatever else belongs to it."""
-        self._session.output.reply(reply)
+        self._output.reply(reply)
         self._skip_rest(line)
 
     def _skip_rest(self, line: Line) -> None:

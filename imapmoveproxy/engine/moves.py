@@ -1,61 +1,82 @@
 """A session's MOVEs: from the collected command to its tagged reply, and what is counted.
 
 MOVE is a barrier: the collected MOVE waits until every earlier command has its tagged reply
-(:attr:`MoveRunner.ready`); the caller then takes the source mailbox's lock and starts it. While
-it runs, the :class:`~..move.emulation.MoveEmulation` gets the upstream responses; a second
-session, if it asks for one, is the caller's to run. Once it is answered, its state
-(:class:`~..move.state.MoveState`) gives the log line and the metrics.
+(:meth:`MoveRunner.announce` then queues :class:`.effects.MoveReady`); the caller then takes the
+source mailbox's lock and starts it. While it runs, the :class:`~..move.emulation.MoveEmulation`
+gets the upstream responses; a second session, if it asks for one, is queued for the caller to
+run (:class:`.effects.RunRollback`, :class:`.effects.CheckFlags`). Once it is answered, its state
+(:class:`~..move.state.MoveState`) gives the log line and the metrics
+(:class:`.effects.MoveFinished`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from ..move.copyflags import FlagCheckRequest, FlagRecorder, Result
+from ..move.copyflags import FlagRecorder, Result
 from ..move.emulation import MoveEmulation
-from ..move.request import MoveRequest, RollbackRequest, UpstreamCommand
+from ..move.request import MoveRequest, UpstreamCommand
+from ..move.rollback import Credentials
 from ..move.state import MoveState, Outcome
 from ..wire.capabilities import Capabilities
+from ..wire.commands import CommandChannel
+from .effects import CheckFlags, Effect, FinishedMove, MoveFinished, MoveReady, RunRollback
+from .inflight import CommandsInFlight
+from .mailbox import SelectedMailbox
+from .output import Output
 
 if TYPE_CHECKING:
-    from .session import Session
+    from .settings import Counters, SessionSettings
 
 # The outcome counted for a MOVE refused because its lock could not be had, by response code.
 LOCK_REFUSALS = {b"INUSE": "lock-timeout", b"UNAVAILABLE": "lock-unavailable"}
 
 
-@dataclass(slots=True, frozen=True)
-class FinishedMove:
-    """A MOVE answered, for the metrics."""
+class MoveHost(Protocol):
+    """What the MOVEs need of their session beyond its parts: the state they read, the effects
+    they queue for the caller, and the end of a MOVE."""
 
-    policy: str
-    outcome: str
-    rollback: str = ""  # "", "done", "failed", "impossible"
-    duplicates: int = 0  # messages left in both mailboxes
-    expunge_retries: int = 0  # UID EXPUNGEs that removed too few and were tried once more
-    flags: str = ""  # guarded: what became of the copies' flags (copyflags.Result), if checked
+    @property
+    def authenticated(self) -> bool: ...
+
+    @property
+    def caps(self) -> Capabilities | None: ...
+
+    @property
+    def credentials(self) -> Credentials | None: ...
+
+    def queue(self, effect: Effect) -> None: ...
+
+    def after_move(self) -> None: ...
 
 
 class MoveRunner:
     """The MOVE waiting for earlier commands, the one running, and those answered."""
 
-    __slots__ = ("_finished", "_second_taken", "_session", "running", "waiting")
+    __slots__ = (
+        "_announced", "_channel", "_counters", "_host", "_inflight", "_log", "_mailbox",
+        "_output", "_second_taken", "_settings", "running", "waiting",
+    )  # fmt: skip
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    def __init__(
+        self,
+        host: MoveHost,
+        settings: SessionSettings,
+        output: Output,
+        channel: CommandChannel,
+        inflight: CommandsInFlight,
+        mailbox: SelectedMailbox,
+        counters: Counters,
+        log: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self._host, self._settings = host, settings
+        self._output, self._channel, self._inflight = output, channel, inflight
+        self._mailbox, self._counters, self._log = mailbox, counters, log
         self.waiting: MoveRequest | None = None  # collected, not started
         self.running: MoveEmulation | None = None
+        self._announced = False  # the waiting MOVE's MoveReady was queued
         self._second_taken = False  # the running MOVE's second session was handed out
-        self._finished: list[FinishedMove] = []
-
-    @property
-    def idle(self) -> bool:
-        """No MOVE waits or runs, and none has left anything for the caller (metrics): most
-        commands' path, which then has nothing to ask of the MOVE tasks."""
-        waiting, running = self.waiting, self.running
-        return waiting is None and running is None and not self._finished
 
     @property
     def waits_for_upstream(self) -> bool:
@@ -64,30 +85,35 @@ class MoveRunner:
         running = self.running
         return running is not None and not running.waits_for_second_session
 
-    @property
-    def ready(self) -> bool:
-        """The waiting MOVE waits only for :meth:`start`: every earlier command has completed."""
-        return self.waiting is not None and not self._session.inflight.count and not self.running
+    def announce(self) -> None:
+        """Queue :class:`.effects.MoveReady` once the waiting MOVE waits only for :meth:`start`:
+        every earlier command has completed."""
+        if self.waiting is None or self._announced:
+            return
+        if not self._inflight.count and self.running is None:
+            self._announced = True
+            self._host.queue(MoveReady(self._mailbox.uidvalidity))
 
     def collected(self, request: MoveRequest) -> None:
         self.waiting = request
+        self._announced = False
 
     def start(self) -> None:
         """Begin the waiting MOVE."""
-        session, request = self._session, self.waiting
+        host, request = self._host, self.waiting
         assert request is not None
-        self.waiting = None
-        if not session.authenticated:  # as a native server answers a MOVE before login
+        self.waiting, self._announced = None, False
+        if not host.authenticated:  # as a native server answers a MOVE before login
             bad = b" BAD Error in IMAP command received by server.\r\n"
-            session.output.reply(request.tag + bad)
+            self._output.reply(request.tag + bad)
             return
-        mailbox, settings = session.mailbox, session.settings
+        mailbox, settings = self._mailbox, self._settings
         self.running = MoveEmulation(
             request,
             read_only=mailbox.read_only,
             guarded=settings.guarded,
-            channel=session.channel,
-            emit=session.output.reply,
+            channel=self._channel,
+            emit=self._output.reply,
             max_set_bytes=settings.max_set_bytes,
             chunk_size=settings.chunk_size,
             source=mailbox.name,
@@ -95,19 +121,19 @@ class MoveRunner:
             exists=mailbox.exists,
             recent=mailbox.recent,
             flags=FlagRecorder() if settings.guarded else None,
-            log=session.log,
+            log=self._log,
         )
-        self.step(self.running.start(session.caps))
+        self.step(self.running.start(host.caps))
 
     def refuse(self, code: bytes, text: bytes) -> None:
         """Answer the waiting MOVE with a tagged NO instead of starting it."""
         request = self.waiting
         assert request is not None
-        self.waiting = None
-        self._session.output.reply(request.tag + b" NO [" + code + b"] " + text + b"\r\n")
+        self.waiting, self._announced = None, False
+        self._output.reply(request.tag + b" NO [" + code + b"] " + text + b"\r\n")
         kind = b"UID MOVE" if request.uid else b"MOVE"
         self._count(kind, request.sequence_set, "none", LOCK_REFUSALS.get(code, "lock-refused"))
-        self._session.after_move()
+        self._host.after_move()
 
     def forwarded(self, name: bytes, arguments: bytes, caps: Capabilities | None) -> None:
         """A MOVE the upstream executes itself (it has MOVE, or no UIDPLUS and "refuse")."""
@@ -115,34 +141,16 @@ class MoveRunner:
         policy = "native" if caps.native_move else "refused"
         self._count(name, b"".join(arguments.split(b" ", 2)[1:2]), policy, "forwarded")
 
-    def take_rollback(self) -> RollbackRequest | None:
-        """The second session the running MOVE asks for, once (only with credentials to
-        replay: without, :meth:`step` has answered it already)."""
-        move = self.running
-        if move is None or move.rollback_request is None or self._second_taken:
-            return None
-        self._second_taken = True
-        return move.rollback_request
-
     def rollback_finished(self, error: str | None, missing: frozenset[int]) -> None:
         move = self.running
         assert move is not None and self._second_taken
         self._second_taken = False
         if error is not None:
-            self._session.log.warning("rollback of a failed MOVE failed: %s", error)
+            self._log.warning("rollback of a failed MOVE failed: %s", error)
         self.step(move.on_rollback(error, missing=missing))
 
-    def take_flag_check(self) -> FlagCheckRequest | None:
-        """The copies' flags the running MOVE asks a second session to check, once (only with
-        credentials to replay: without, :meth:`step` has answered it already)."""
-        move = self.running
-        if move is None or move.flag_request is None or self._second_taken:
-            return None
-        self._second_taken = True
-        return move.flag_request
-
     def flags_checked(self, result: Result, detail: str) -> None:
-        """The second session of :meth:`take_flag_check` ended: the MOVE's tagged reply."""
+        """The second session of :class:`.effects.CheckFlags` ended: the MOVE's tagged reply."""
         move = self.running
         assert move is not None and self._second_taken
         self._second_taken = False
@@ -150,34 +158,38 @@ class MoveRunner:
 
     def step(self, commands: list[UpstreamCommand]) -> None:
         """Send the running MOVE's next commands; finish it if it is answered."""
-        session, move = self._session, self.running
+        host, move = self._host, self.running
         if commands:
-            session.channel.send(commands)
+            self._channel.send(commands)
         if move is None:
             return
-        if session.credentials is None and (move.rollback_request or move.flag_request):
-            off = session.settings.rollback == "off"
+        if host.credentials is None and (move.rollback_request or move.flag_request):
+            off = self._settings.rollback == "off"
             reason = "second sessions are off" if off else "no login to replay for a second session"
             if move.rollback_request is not None:
-                session.channel.send(move.on_rollback(reason, attempted=False))
+                self._channel.send(move.on_rollback(reason, attempted=False))
             else:
                 move.on_flags(Result.UNKNOWN, reason)
         if not move.done:
+            credentials = host.credentials
+            if self._second_taken or credentials is None:
+                return
+            if move.rollback_request is not None:
+                self._second_taken = True
+                host.queue(RunRollback(move.rollback_request, credentials))
+            elif move.flag_request is not None:
+                self._second_taken = True
+                host.queue(CheckFlags(move.flag_request, credentials))
             return
         self.running = None
         state = move.state
         moved = state.outcome is Outcome.MOVED
-        session.mailbox.rights = state.rights if moved else None
-        session.mailbox.recent = state.counts.recent  # it may have shown a RECENT held back
+        self._mailbox.rights = state.rights if moved else None
+        self._mailbox.recent = state.counts.recent  # it may have shown a RECENT held back
         policy = state.policy.value if state.policy else "none"
         kind = b"UID MOVE" if state.request.uid else b"MOVE"
         self._count(kind, state.request.sequence_set, policy, state.outcome_name(), state)
-        session.after_move()
-
-    def take_finished(self) -> list[FinishedMove]:
-        """Every MOVE answered since the last call."""
-        moves, self._finished = self._finished, []
-        return moves
+        host.after_move()
 
     def _count(
         self,
@@ -199,7 +211,7 @@ class MoveRunner:
                 flags = flags_result.value
                 if flags_result in (Result.LOST, Result.UNKNOWN):
                     level = logging.WARNING
-        log: logging.LoggerAdapter[logging.Logger] = self._session.log
+        log = self._log
         if log.isEnabledFor(level):  # the line is built only to be logged
             shown = sequence_set[:60] + (b"..." if len(sequence_set) > 60 else b"")
             line = (
@@ -212,7 +224,8 @@ class MoveRunner:
             log.log(level, "%s", line)
         if duplicates and state is not None:
             log.warning("MOVE left messages in both mailboxes: %s", state.reply.decode())
-        moves = self._session.counters.moves
+        moves = self._counters.moves
         key = f"{policy}-{outcome}"
         moves[key] = moves.get(key, 0) + 1
-        self._finished.append(FinishedMove(policy, outcome, rollback, duplicates, retries, flags))
+        finished = FinishedMove(policy, outcome, rollback, duplicates, retries, flags)
+        self._host.queue(MoveFinished(finished))

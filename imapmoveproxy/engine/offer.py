@@ -7,38 +7,49 @@ a certificate. Whether a client's MOVE is executed by the proxy follows from the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..move.request import policy_for
 from ..wire.capabilities import Capabilities
 
 if TYPE_CHECKING:
-    from .session import Session
+    from .settings import SessionSettings
+
+
+class OfferHost(Protocol):
+    """What the offer reads of its session: the upstream's capabilities, and whether the
+    client's connection is encrypted."""
+
+    @property
+    def caps(self) -> Capabilities | None: ...
+
+    @property
+    def tls(self) -> bool: ...
 
 
 class Offer:
     """The capabilities one session adds, and whether it executes MOVE itself."""
 
-    __slots__ = ("_session",)
+    __slots__ = ("_host", "_settings")
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    def __init__(self, host: OfferHost, settings: SessionSettings) -> None:
+        self._host = host
+        self._settings = settings
 
     def executes_move(self) -> bool:
         """Whether a client MOVE is executed by the proxy (not known yet: collected anyway)."""
-        caps = self._session.caps
+        caps = self._host.caps
         return caps is None or self._emulates(caps)
 
     def additions(self, caps: Capabilities) -> list[bytes]:
         """What the proxy adds to the upstream's capability list ``caps``."""
-        session = self._session
-        settings = session.settings
+        settings = self._settings
         added = [b"MOVE"] if self._emulates(caps) else []
-        if settings.tls_offered and not session.tls:
+        if settings.tls_offered and not self._host.tls:
             added.append(b"STARTTLS")
             if settings.require_tls:
                 added.append(b"LOGINDISABLED")
         return added
 
     def _emulates(self, caps: Capabilities) -> bool:
-        return policy_for(caps, self._session.settings.guarded).emulated
+        return policy_for(caps, self._settings.guarded).emulated

@@ -25,76 +25,47 @@ has been queued for the client.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
-from ..move.copyflags import FlagCheckRequest, Result
-from ..move.request import RollbackRequest
+from ..move.copyflags import Result
 from ..move.rollback import Credentials
 from ..wire.capabilities import Capabilities
-from ..wire.framing import Framer, Line, LineTooLong, Literal
+from ..wire.framing import Framer
 from ..wire.proxyproto import Endpoint
 from .channel import upstream_channel
 from .client import ClientInput
+from .effects import Close, Effect, StartTls
 from .inflight import CommandsInFlight
 from .mailbox import SelectedMailbox
-from .moves import FinishedMove, MoveRunner
+from .moves import MoveRunner
 from .offer import Offer
 from .output import Output
+from .settings import Counters, SessionSettings
 from .upstream import UpstreamResponses
+
+__all__ = ["SHUTDOWN_BYE", "Counters", "Session", "SessionSettings"]
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_BYE = b"[UNAVAILABLE] Server shutting down, please reconnect."
 
 
-@dataclass(slots=True, frozen=True)
-class SessionSettings:
-    max_line: int = 65536  # longest command line accepted from the client
-    # Upstream lines are long when they list many messages (SEARCH of 100,000 UIDs is ~600 KB).
-    max_upstream_line: int = 16 * 1024 * 1024
-    max_mailbox_literal: int = 4096  # longest mailbox name a MOVE may carry as a literal
-    max_set_bytes: int = 8192  # longest UID set the proxy puts in one upstream command
-    guarded: bool = False  # emulate MOVE without UIDPLUS too (the "guarded" policy)
-    tls_offered: bool = False  # the proxy has a certificate: STARTTLS on plain connections
-    require_tls: bool = False  # no LOGIN/AUTHENTICATE before TLS
-    forward_id: bool = False  # tell an upstream with ID the client's address (x-originating-ip)
-    chunk_size: int = 1000  # most messages one COPY of a MOVE takes (0: no limit)
-    # Credentials for the second session that removes the copies of a failed MOVE: "client"
-    # (those of the client's LOGIN or AUTHENTICATE PLAIN), "master" (rollback_master's, for the
-    # client's user) or "off".
-    rollback: str = "client"
-    rollback_master: tuple[bytes, bytes] = (b"", b"")  # (login, password)
-    # Bytes the session lets wait for either peer before it stops reading client commands: the
-    # caller stops reading from a side whose output it has not been able to deliver (backpressure).
-    backlog: int = 256 * 1024
-
-
-@dataclass(slots=True)
-class Counters:
-    bytes_from_client: int = 0
-    bytes_from_upstream: int = 0
-    commands: int = 0
-    moves: dict[str, int] = field(default_factory=dict)
-    expunged_rewritten: int = 0  # imap4d's "* n EXPUNGED" relayed as "* n EXPUNGE"
-
-
 class Session:
     """The protocol state of one client connection and its upstream connection.
 
     The caller feeds it bytes (:meth:`receive_client`, :meth:`receive_upstream`), sends what it
-    queues (:meth:`take_to_client`, :meth:`take_to_upstream`), and acts on what it asks for:
-    a MOVE ready to start under its mailbox's lock (:attr:`move_ready`), a second session
-    (:meth:`take_rollback`), TLS with the client (:attr:`starttls_requested`), the end of the
-    connection (:attr:`close_reason`). The work is shared by :class:`ClientInput` (the
+    queues (:meth:`take_to_client`, :meth:`take_to_upstream`), and acts on the effects it
+    queues as things happen (:meth:`take_effects`, :mod:`.effects`): TLS with the client, a
+    MOVE ready to start under its mailbox's lock, a second session, a MOVE answered, the end of
+    the connection. The work is shared by :class:`ClientInput` (the
     client's commands), :class:`UpstreamResponses` (the upstream's responses),
     :class:`MoveRunner` (MOVEs) and :class:`CommandsInFlight` (what a tagged reply answers).
     """
 
     __slots__ = (
-        "_shutting_down", "addresses", "authenticated", "caps", "channel", "client",
-        "close_reason", "conn_id", "counters", "credentials", "inflight", "log",
-        "mailbox", "moves", "offer", "output", "settings", "starttls_requested", "tls",
-        "upstream", "upstream_framer",
+        "_effects", "_shutting_down", "_tls_pending", "addresses", "authenticated", "caps",
+        "channel", "client", "close_reason", "conn_id", "counters", "credentials", "inflight",
+        "log", "mailbox", "moves", "offer", "output", "settings", "tls", "upstream",
+        "upstream_framer",
     )  # fmt: skip
 
     def __init__(
@@ -107,7 +78,8 @@ class Session:
         self.settings = settings or SessionSettings()
         self.conn_id = conn_id
         self.tls = tls  # the client's connection is encrypted
-        self.starttls_requested = False  # the caller must now start TLS with the client
+        self._tls_pending = False  # StartTls queued, the handshake not done yet
+        self._effects: list[Effect] = []  # for the caller: take_effects()
         self.addresses = addresses  # the client's and the address it connected to
         self.counters = Counters()
         self.close_reason: str | None = None  # set when the connection must end
@@ -120,10 +92,19 @@ class Session:
         self.credentials: Credentials | None = None  # for a rollback's second session
         self.mailbox = SelectedMailbox()
         self.inflight = CommandsInFlight()
-        self.client = ClientInput(self)
-        self.upstream = UpstreamResponses(self)
-        self.moves = MoveRunner(self)
-        self.offer = Offer(self)  # the capabilities the proxy adds; whether it executes MOVE
+        # Each helper gets the parts it uses, and the session only as its narrow host.
+        settings, output, inflight = self.settings, self.output, self.inflight
+        counters, logger = self.counters, self.log
+        self.moves = MoveRunner(
+            self, settings, output, self.channel, inflight, self.mailbox, counters, logger
+        )
+        self.offer = Offer(self, settings)  # what the proxy adds; whether it executes MOVE
+        moves, offer = self.moves, self.offer
+        self.client = ClientInput(self, settings, output, inflight, moves, offer, counters, logger)
+        self.upstream = UpstreamResponses(
+            self, self.upstream_framer, output, self.channel, inflight, self.mailbox, moves,
+            self.client, offer, counters, settings, logger, addresses,
+        )  # fmt: skip
         self._shutting_down = False
 
     # ------------------------------------------------------------------ bytes in and out
@@ -132,6 +113,7 @@ class Session:
         self.counters.bytes_from_client += len(data)
         self.client.framer.feed(data)
         self.client.process()
+        self.moves.announce()
 
     def receive_upstream(self, data: bytes | bytearray) -> None:
         self.counters.bytes_from_upstream += len(data)
@@ -149,23 +131,55 @@ class Session:
         """Output has been delivered: look at client commands held back by the backlog."""
         if not self.moving:
             self.client.process()
+        self.moves.announce()
+
+    def take_effects(self) -> list[Effect]:
+        """What the caller must now do (:mod:`.effects`), in the order it arose; each once."""
+        effects = self._effects
+        if effects:
+            self._effects = []
+        return effects
+
+    def queue(self, effect: Effect) -> None:
+        """Ask the caller for ``effect`` (:meth:`take_effects`)."""
+        self._effects.append(effect)
 
     @property
     def wants_client_data(self) -> bool:
         """Whether the session looks at the client's next command now. Not while a MOVE holds
         back the client's later commands, nor while the output of earlier ones waits for a
         peer that does not read it: the client's bytes then wait in the framer (bounded by
-        :attr:`client_buffered`, which the caller checks before reading more)."""
+        :meth:`room_for_client`, which the caller checks before reading more)."""
         return (
             self.upstream.greeted  # the proxy's ID, if any, must precede the client's first
             and not self.moving
             and self.close_reason is None
             and not self._shutting_down
-            and not self.starttls_requested
+            and not self._tls_pending
             and self.client.held is None
-            and self.output.pending_to_client < self.settings.backlog
-            and len(self.output.to_upstream) < self.settings.backlog
+            and self.output_has_room()
         )
+
+    # The backpressure rule, in one place: the session looks at client commands, and the caller
+    # reads the client, only while the output for either peer is under the backlog; the caller
+    # reads the upstream while the bytes ready for the client are (never waiting for the upstream
+    # writer: a server that stops reading while it writes must always be read from).
+
+    def output_has_room(self) -> bool:
+        """The bytes queued for the client and for the upstream are under the backlog."""
+        output, backlog = self.output, self.settings.backlog
+        return output.pending_to_client < backlog and output.pending_to_upstream < backlog
+
+    def room_for_client(self) -> bool:
+        """The caller may read more client bytes: those not looked at yet and the output are
+        under the backlog."""
+        return self.client.framer.buffered < self.settings.backlog and self.output_has_room()
+
+    def room_for_upstream(self) -> bool:
+        """The caller may read more upstream bytes: those ready for the client are under the
+        backlog (replies held back behind the response being relayed do not count: only
+        reading the rest of that response releases them)."""
+        return self.output.ready_to_client < self.settings.backlog
 
     @property
     def client_buffered(self) -> int:
@@ -190,9 +204,9 @@ class Session:
     # ------------------------------------------------------------------ events from the caller
 
     def tls_established(self) -> None:
-        """The TLS handshake the session asked for with :attr:`starttls_requested` is done."""
+        """The TLS handshake the session asked for with :class:`.effects.StartTls` is done."""
         self.tls = True
-        self.starttls_requested = False
+        self._tls_pending = False
 
     def login_timed_out(self) -> None:
         """The client did not authenticate in the time allowed: end the connection."""
@@ -219,28 +233,6 @@ class Session:
     # ------------------------------------------------------------------ MOVE
 
     @property
-    def move_news(self) -> bool:
-        """A MOVE waits or runs, or one answered has left work for the caller (its metrics):
-        otherwise none of the MOVE calls below has anything."""
-        return not self.moves.idle
-
-    @property
-    def move_ready(self) -> bool:
-        """A MOVE waits only for :meth:`start_move`: every earlier command has completed.
-
-        The caller first takes the lock for :attr:`move_key`, so that two connections never
-        emulate MOVEs out of the same mailbox at once: both COPYs could succeed before either
-        expunges, leaving a message in two targets (a native MOVE does no better: Dovecot 2.3,
-        four sessions moving the same messages, left each of them four times).
-        """
-        return self.moves.ready
-
-    @property
-    def move_key(self) -> bytes:
-        """Identifies the selected mailbox (its UIDVALIDITY) for serialising MOVEs."""
-        return self.mailbox.uidvalidity
-
-    @property
     def move_running(self) -> bool:
         """A MOVE has been started and has not had its tagged reply yet."""
         return self.moves.running is not None
@@ -257,12 +249,12 @@ class Session:
         return self.moves.waits_for_upstream
 
     def start_move(self) -> None:
-        """Begin the MOVE that :attr:`move_ready` announced."""
+        """Begin the MOVE that :class:`.effects.MoveReady` announced."""
         self.moves.start()
         self.resume()  # if answered at once (bad syntax, read-only, no rights...)
 
     def refuse_move(self, code: bytes, text: bytes) -> None:
-        """Answer the MOVE that :attr:`move_ready` announced with a tagged NO instead of
+        """Answer the MOVE that :class:`.effects.MoveReady` announced with a tagged NO instead of
         starting it (its mailbox's lock could not be had), then go on with later commands."""
         self.moves.refuse(code, text)
         self.resume()
@@ -275,35 +267,14 @@ class Session:
             b"[UNAVAILABLE] The mail server stopped answering.",
         )
 
-    def take_rollback(self) -> tuple[RollbackRequest, Credentials] | None:
-        """A second session the caller must run now, reporting to :meth:`rollback_finished`."""
-        request = self.moves.take_rollback()
-        if request is None:
-            return None
-        assert self.credentials is not None  # without, MoveRunner.step answered the MOVE
-        return request, self.credentials
-
     def rollback_finished(self, error: str | None, missing: frozenset[int] = frozenset()) -> None:
-        """The second session of :meth:`take_rollback` ended (``error`` None: it succeeded;
+        """The second session of :class:`.effects.RunRollback` ended (``error`` None: it succeeded;
         ``missing``: the copies it found gone from the target already)."""
         self.moves.rollback_finished(error, missing)
         self.resume()  # commands the client pipelined behind the MOVE
 
-    def take_finished_moves(self) -> list[FinishedMove]:
-        """Every MOVE answered since the last call."""
-        return self.moves.take_finished()
-
-    def take_flag_check(self) -> tuple[FlagCheckRequest, Credentials] | None:
-        """A second session the caller must run now, before the MOVE's tagged OK, to check (and
-        restore) the flags of a guarded MOVE's copies; it reports to :meth:`flag_check_finished`."""
-        request = self.moves.take_flag_check()
-        if request is None:
-            return None
-        assert self.credentials is not None  # without, MoveRunner.step answered the MOVE
-        return request, self.credentials
-
     def flag_check_finished(self, result: Result, detail: str) -> None:
-        """The second session of :meth:`take_flag_check` ended: the MOVE is answered."""
+        """The second session of :class:`.effects.CheckFlags` ended: the MOVE is answered."""
         self.moves.flags_checked(result, detail)
         self.resume()  # commands the client pipelined behind the MOVE
 
@@ -314,17 +285,25 @@ class Session:
         if self._shutting_down:
             self.close("proxy shutting down", SHUTDOWN_BYE, logging.INFO)
 
-    def next_event(self, framer: Framer, reason: str, bye: bytes) -> Line | Literal | None:
-        """The framer's next event; None if it needs more bytes, or if the line it holds is too
-        long (then the connection ends with ``reason``)."""
-        try:
-            return framer.next_event()
-        except LineTooLong:
-            self.close(reason, bye)
-            return None
+    def upstream_capabilities(self, caps: Capabilities | None) -> None:
+        """The upstream listed its capabilities (None: they change, with the authentication
+        state, and are unknown until it lists them again)."""
+        self.caps = caps
+
+    def logged_in(self, credentials: Credentials | None) -> None:
+        """The upstream accepted a login (``credentials``: those to replay for a second
+        session, if captured), or greeted with PREAUTH."""
+        self.authenticated = True
+        self.credentials = credentials
+
+    def request_tls(self) -> None:
+        """The client's STARTTLS had its OK: the caller starts TLS once that is delivered."""
+        self._tls_pending = True
+        self.queue(StartTls())
 
     def close(self, reason: str, bye: bytes, level: int = logging.WARNING) -> None:
         """End the connection: log ``reason``, and tell the client ``* BYE <bye>``."""
         self.log.log(level, "closing connection: %s", reason)
         self.close_reason = reason
         self.output.reply(b"* BYE " + bye + b"\r\n")
+        self.queue(Close(reason))

@@ -30,6 +30,15 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..engine.effects import (
+    CheckFlags,
+    Close,
+    Effect,
+    MoveFinished,
+    MoveReady,
+    RunRollback,
+    StartTls,
+)
 from ..engine.session import Session
 from ..wire.proxyproto import Endpoint
 from .clock import CLOSE_GRACE, Supervisor
@@ -59,8 +68,8 @@ class Connection:
 
     __slots__ = (
         "_client_reads", "_clock", "_greeting", "_nursery", "_published", "_tasks",
-        "_to_client", "_to_upstream", "_upstream_reads", "addresses", "changed",
-        "client", "config", "line_started", "log", "proxy", "session", "upstream",
+        "_tls_due", "_to_client", "_to_upstream", "_upstream_reads", "addresses", "changed",
+        "client", "close_reason", "config", "line_started", "log", "proxy", "session", "upstream",
         "upstream_gone", "upstream_heard",
     )  # fmt: skip
 
@@ -87,6 +96,8 @@ class Connection:
         self._to_client = ToClient(client, session.output, self._client_sent)
         self._to_upstream = ToUpstream(upstream, session.output, self._upstream_sent)
         self.upstream_gone = False
+        self.close_reason: str | None = None  # the session's Close: the connection ends
+        self._tls_due = False  # the session's StartTls: the client reader does the handshake
         self.upstream_heard = trio.current_time()  # when upstream bytes last went or came
         self.line_started = math.inf  # when the client began the line it has not finished
         self._nursery: trio.Nursery | None = None
@@ -111,14 +122,14 @@ class Connection:
                 # The supervisor now ends the connection (:meth:`_supervise`).
         except Exception:  # a bug must cost one connection, never the proxy
             self.log.exception("internal error, closing the connection")
-            self.session.close_reason = "internal error"
+            self.session.close_reason = self.close_reason = "internal error"
             await bye_and_close(self.client, b"* BYE [SERVERBUG] Internal proxy error.\r\n")
         finally:
             self._nursery = None  # closed: shutdown() and rollbacks start nothing more
             self._tasks.release()
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
                 await trio.aclose_forcefully(self.upstream)
-                if self.session.close_reason and not self.client_gone:
+                if self.close_reason and not self.client_gone:
                     await _linger(self.client)  # let the client read its BYE
                 await trio.aclose_forcefully(self.client)
 
@@ -162,11 +173,9 @@ class Connection:
             size = self._upstream_reads.read_size(len(data), size)
             data = b""  # a reused buffer is free again once its views have been written
             self.after_session()
-            # Backpressure: a client that does not read stops us reading the upstream. (Replies
-            # held back behind the response being relayed do not count: only reading the rest
-            # of that response releases them.)
-            if not self._room_for_upstream():
-                await self.changed.until(self._room_for_upstream)
+            # Backpressure: a client that does not read stops us reading the upstream.
+            if not session.room_for_upstream():
+                await self.changed.until(session.room_for_upstream)
             data = await _receive(self.upstream, size)
         session.upstream_closed()  # after LOGOUT's BYE, or it dropped us
         self.upstream_gone = True
@@ -179,25 +188,13 @@ class Connection:
             return greeting or await _receive(self.upstream)
         return None
 
-    def _room_for_upstream(self) -> bool:
-        return self.session.output.ready_to_client < self.session.settings.backlog
-
-    def _room_for_client(self) -> bool:
-        session = self.session
-        backlog = session.settings.backlog
-        return (
-            session.client_buffered < backlog
-            and session.output.pending_to_upstream < backlog
-            and session.output.pending_to_client < backlog
-        )
-
     async def _read_client(self) -> None:
         session = self.session
         size = SMALL_RECEIVE
         while True:
-            if not self._room_for_client():
+            if not session.room_for_client():
                 self.line_started = math.inf  # not read meanwhile: the client is not late
-                await self.changed.until(self._room_for_client)
+                await self.changed.until(session.room_for_client)
             data = await _receive(self.client, size)
             if not data:
                 break
@@ -211,13 +208,14 @@ class Connection:
             size = self._client_reads.read_size(len(data), size)
             data = b""  # a reused buffer is free again once nothing refers to it
             self.after_session()
-            if session.starttls_requested and not await self._start_client_tls():
+            if self._tls_due and not await self._start_client_tls():
                 break
         self.client_gone = True
         self.after_session()
 
     async def _start_client_tls(self) -> bool:
         """STARTTLS from the client: once its OK has been sent, the handshake."""
+        self._tls_due = False
         await self.changed.until(lambda: self.delivered_to_client)
         async with self._to_client.lock:  # nothing may be sent to the client in between
             tls = await self.proxy.start_tls(self.client, self.log)
@@ -289,15 +287,38 @@ class Connection:
         # more, and the client's next command must wake its reader.
         self._upstream_reads.follow(session.upstream_literal_owed)
         self._client_reads.follow(session.client_literal_owed)
-        if session.move_news:
-            self._tasks.count_finished()
-            if nursery is not None and self._tasks.start_due(nursery):
-                self._write_now()  # the MOVE's first commands
+        while True:
+            effects = session.take_effects()
+            if effects:
+                self._act(effects, nursery)
+            if nursery is None or not self._tasks.start_due(nursery):
+                break
+            self._write_now()  # the MOVE's first commands
         if nursery is not None:
             self._to_client.kick(nursery, self.after_session)
             self._to_upstream.kick(nursery, self.after_session)
             self._clock.poke(nursery, self._supervise)
         self.changed.fire()
+
+    def _act(self, effects: list[Effect], nursery: trio.Nursery | None) -> None:
+        """Do what the session asks for (:mod:`..engine.effects`), in order."""
+        tasks = self._tasks
+        for effect in effects:
+            match effect:
+                case Close(reason):
+                    self.close_reason = reason
+                case StartTls():
+                    self._tls_due = True
+                case MoveFinished(move):
+                    tasks.finished(move)
+                case _ if nursery is None:
+                    pass  # the connection has ended: nothing more starts
+                case MoveReady(key):
+                    tasks.ready(key)
+                case RunRollback():
+                    tasks.rollback(nursery, effect)
+                case CheckFlags():
+                    tasks.check_flags(nursery, effect)
 
 
 class Reads:

@@ -1,6 +1,7 @@
 """The tasks a connection runs for its MOVEs, beside the tasks that move its bytes.
 
-* A MOVE the session says is ready starts under the source mailbox's lock (:mod:`.locks`),
+* A MOVE the session says is ready (:class:`..engine.effects.MoveReady`) starts under the
+  source mailbox's lock (:mod:`.locks`),
   held until the MOVE's tagged reply. A lock free in this process is taken and given back
   right there, by whoever ran the session; otherwise the MOVE task waits for it (a lock that
   cannot be had becomes the MOVE's tagged NO).
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..engine.effects import CheckFlags, FinishedMove, RunRollback
 from ..move.copyflags import FlagCheckRequest, FlagRestore
 from ..move.request import RollbackRequest
 from ..move.rollback import Credentials, Rollback, SecondSession
@@ -31,35 +33,41 @@ if TYPE_CHECKING:
 class MoveTasks:
     """Starts, for one connection, the tasks its session asks for."""
 
-    __slots__ = ("_connection", "_held", "_locking", "_started", "flag_checks")
+    __slots__ = ("_connection", "_held", "_locking", "_ready", "_started", "flag_checks")
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self._locking = False  # a task holds (or waits for) the mailbox lock for a MOVE
         self._held: bytes | None = None  # the lock taken at once for the running MOVE (no task)
+        self._ready: bytes | None = None  # the lock the MOVE announced ready waits for
         self.flag_checks = 0  # second sessions checking a MOVE's copies, still running
         self._started: float | None = None  # when the running MOVE began upstream
 
+    def ready(self, key: bytes) -> None:
+        """A MOVE waits only for the lock ``key`` (:meth:`start_due` starts it)."""
+        self._ready = key
+
+    def rollback(self, nursery: trio.Nursery, effect: RunRollback) -> None:
+        nursery.start_soon(self._rollback, effect.request, effect.credentials)
+
+    def check_flags(self, nursery: trio.Nursery, effect: CheckFlags) -> None:
+        self.flag_checks += 1
+        nursery.start_soon(self._check_flags, effect.request, effect.credentials)
+
     def start_due(self, nursery: trio.Nursery) -> bool:
-        """Start what the session now asks for; whether a MOVE was started right here."""
-        session = self._connection.session
-        self._release_when_done()
-        rollback = session.take_rollback()
-        if rollback is not None:
-            nursery.start_soon(self._rollback, *rollback)
-        check = session.take_flag_check()
-        if check is not None:
-            self.flag_checks += 1
-            nursery.start_soon(self._check_flags, *check)
-        if not session.move_ready or self._locking or self._held is not None:
+        """Start the MOVE announced ready once no other holds a lock; whether it was started
+        right here (its lock free in this process)."""
+        key = self._ready
+        if key is None or self._locking or self._held is not None:
             return False
-        if self._connection.proxy.locks.take_now(session.move_key):
-            self._held = session.move_key
+        self._ready = None
+        if self._connection.proxy.locks.take_now(key):
+            self._held = key
             self._begin()
             self._release_when_done()  # answered at once (bad syntax, read-only...)
             return True
         self._locking = True
-        nursery.start_soon(self._run_move)
+        nursery.start_soon(self._run_move, key)
         return False
 
     def release(self) -> None:
@@ -79,20 +87,20 @@ class MoveTasks:
         connection.upstream_heard = trio.current_time()
         connection.session.start_move()
 
-    def count_finished(self) -> None:
-        """Count the MOVEs answered since the last call, with the time the last one took."""
-        connection = self._connection
-        for move in connection.session.take_finished_moves():
-            started, self._started = self._started, None
-            elapsed = None if started is None else time.monotonic() - started
-            connection.proxy.metrics.move_done(move, elapsed)
+    def finished(self, move: FinishedMove) -> None:
+        """A MOVE was answered: give back its lock taken at once, and count it with the time
+        it took."""
+        self._release_when_done()
+        started, self._started = self._started, None
+        elapsed = None if started is None else time.monotonic() - started
+        self._connection.proxy.metrics.move_done(move, elapsed)
 
-    async def _run_move(self) -> None:
+    async def _run_move(self, key: bytes) -> None:
         """Hold the source mailbox's lock from the MOVE's start to its tagged reply."""
         connection = self._connection
         session = connection.session
         try:
-            async with connection.proxy.locks.hold(session.move_key):
+            async with connection.proxy.locks.hold(key):
                 self._begin()
                 connection.after_session()
                 await connection.changed.until(lambda: not session.move_running)

@@ -17,6 +17,7 @@ import trio.testing
 from driver import Driver, greeted, started
 
 from imapmoveproxy.config import Address, Config
+from imapmoveproxy.engine.effects import Close
 from imapmoveproxy.shell.clock import CLOSE_GRACE, Supervisor
 
 from .settle import settle
@@ -48,6 +49,7 @@ class Supervised:
         self.config = config
         self.log = logging.LoggerAdapter(logging.getLogger("test_clock"), {"conn": "t"})
         self.upstream_gone = False
+        self.close_reason: str | None = None  # the session's Close, as connection.py keeps it
         self.client_gone = False
         self.line_started = math.inf
         self.upstream_heard = trio.current_time()
@@ -65,6 +67,8 @@ class Supervised:
         return not self.session.output.pending_to_client
 
     def after_session(self) -> None:
+        for close in self.driver.take(Close):
+            self.close_reason = close.reason
         if self.client_reads:
             self.client_saw += self.driver.seen()
         self.clock.poke(self.nursery, self._supervise)

@@ -25,6 +25,6 @@ def test_move_pipelined_behind_login_is_not_sent_to_a_legacy_upstream():
     s = greeted(lock_by_hand=True)
     assert s.client(b"a LOGIN u p\r\nb MOVE 1 Trash\r\n") == b"a LOGIN u p\r\n"
     s.upstream(b"a OK [CAPABILITY IMAP4rev1 UIDPLUS] Logged in\r\n")
-    assert s.session.move_ready
+    assert s.move_ready()
     s.session.start_move()
     assert b"MOVE" not in s.sent()

@@ -48,7 +48,7 @@ def test_move_with_unknown_capabilities_asks_the_upstream_first():
     s.client(b"a LOGIN u p\r\n")
     s.upstream(b"a OK Logged in\r\n")  # no capability list after login
     s.client(b"b MOVE 1 Trash\r\n")
-    assert s.session.move_ready
+    assert s.move_ready()
     s.session.start_move()
     assert s.sent() == b"CAPABILITY\r\n"
     s.seen()

@@ -56,8 +56,8 @@ def test_guarded_move_clears_and_restores_other_deleted_flags():
     s.upstream(b"* 1 FETCH (UID 11)\r\n* 2 FETCH (UID 13)\r\n" + s.tagged(b"1:*", b"OK"))
     assert s.seen() == b"* 2 EXPUNGE\r\n"  # nothing of STATUS, FETCH; no tagged reply yet
     # the copy's \Seen is checked (and put back) by a second session before the tagged OK
-    check = s.session.take_flag_check()
-    assert check is not None and s.session.take_flag_check() is None  # handed out once
+    check = s.take_flag_check()
+    assert check is not None and s.take_flag_check() is None  # handed out once
     request, credentials = check
     assert request == FlagCheckRequest(
         b"Trash", b"9", 40, (Copied(b"1-Jan-2026 10:00:00 +0000", frozenset({b"\\Seen"})),), True
@@ -65,7 +65,7 @@ def test_guarded_move_clears_and_restores_other_deleted_flags():
     assert credentials.user == b"user"
     s.session.flag_check_finished(Result.RESTORED, "")
     assert s.seen() == b"c OK Move completed.\r\n"
-    assert s.session.take_finished_moves()[0].flags == "restored"
+    assert s.take_finished_moves()[0].flags == "restored"
 
 
 SEEN_12 = b'* 2 FETCH (UID 12 FLAGS (\\Seen) INTERNALDATE "1-Jan-2026 10:00:00 +0000")\r\n'
@@ -146,7 +146,7 @@ def test_flags_a_second_session_could_not_put_back_are_named_in_the_tagged_ok(ca
     assert s.client(b"d NOOP\r\n") == b""  # held behind the MOVE, which waits for the check
     assert s.seen() == b"* 2 EXPUNGE\r\n"
     assert not s.session.move_waits_for_upstream  # waits for the second session, not a reply
-    assert s.session.take_flag_check() is not None
+    assert s.take_flag_check() is not None
     with caplog.at_level(logging.INFO):
         s.session.flag_check_finished(Result.LOST, "the flags did not take on UIDs 40")
     assert s.sent() == b"d NOOP\r\n"
@@ -157,7 +157,7 @@ def test_flags_a_second_session_could_not_put_back_are_named_in_the_tagged_ok(ca
     (line,) = [record for record in caplog.records if "outcome=moved" in record.getMessage()]
     assert line.levelno == logging.WARNING
     assert line.getMessage().endswith(" flags=lost (the flags did not take on UIDs 40)")
-    (finished,) = s.session.take_finished_moves()
+    (finished,) = s.take_finished_moves()
     metrics = Metrics()
     metrics.move_done(finished, None)
     lost = {"result": "lost"}
@@ -167,7 +167,7 @@ def test_flags_a_second_session_could_not_put_back_are_named_in_the_tagged_ok(ca
 def test_flags_kept_by_the_copy_need_no_word_in_the_tagged_ok(caplog):
     s = guarded_script()
     guarded_moved(s)
-    s.session.take_flag_check()
+    s.take_flag_check()
     with caplog.at_level(logging.INFO):
         s.session.flag_check_finished(Result.KEPT, "")
     assert s.seen() == b"* 2 EXPUNGE\r\nc OK Move completed.\r\n"
@@ -189,10 +189,10 @@ def test_without_a_second_session_the_move_is_answered_at_once_flags_unknown(rol
         s.upstream(b"* 5 EXISTS\r\nb OK [READ-WRITE] Selected\r\n")
         s.seen()
     guarded_moved(s)
-    assert s.session.take_flag_check() is None
+    assert s.take_flag_check() is None
     assert s.seen() == (
         b"* 2 EXPUNGE\r\nc OK Move completed, but the moved messages may have lost their flags ("
         + why
         + b").\r\n"
     )
-    assert s.session.take_finished_moves()[0].flags == "unknown"
+    assert s.take_finished_moves()[0].flags == "unknown"

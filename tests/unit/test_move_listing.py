@@ -103,7 +103,7 @@ def test_copyuid_naming_uids_outside_the_set_ends_the_move_and_removes_the_copie
         b"* 1 FETCH (UID 5 FLAGS ())\r\n* 2 FETCH (UID 6 FLAGS ())\r\n"
         + script.tagged(b"UID FETCH", b"OK")
     )
-    rollback = script.session.take_rollback()
+    rollback = script.take_rollback()
     assert rollback is not None and rollback[0].uids == (20, 21)
     script.session.rollback_finished(None)
     script.sent()

@@ -55,7 +55,7 @@ def test_any_upstream_replies_give_one_answer_and_no_unconfirmed_removal(
     confirmed: set[int] = set()
     copy_ok = False
     for status, code, uid_set, extra in replies:
-        rollback = s.session.take_rollback()
+        rollback = s.take_rollback()
         if rollback is not None:  # the second session: removes only copies of confirmed ones
             request, _ = rollback
             assert set(request.sources) <= confirmed

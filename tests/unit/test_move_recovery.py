@@ -18,8 +18,8 @@ def test_failed_flagging_is_rolled_back_through_a_second_session(script: Driver)
     assert script.answer(b"-FLAGS", b"OK") == b"UID FETCH 10:11 (UID FLAGS)\r\n"
     script.upstream(b"* 1 FETCH (UID 10 FLAGS ())\r\n* 2 FETCH (UID 11 FLAGS (\\Deleted))\r\n")
     assert script.answer(b"UID FETCH", b"OK") == b""
-    rollback = script.session.take_rollback()
-    assert rollback is not None and script.session.take_rollback() is None  # handed out once
+    rollback = script.take_rollback()
+    assert rollback is not None and script.take_rollback() is None  # handed out once
     request, credentials = rollback
     # only the copy of 10: 11 carries \Deleted and may be expunged from the source any moment
     assert (request.mailbox, request.uidvalidity, request.uids) == (b"Trash", b"7", (20,))
@@ -33,7 +33,7 @@ def test_failed_flagging_is_rolled_back_through_a_second_session(script: Driver)
         b"them from the source failed (flag: Permission denied). UIDs 11 are in both mailboxes "
         b"(copies: UIDs 21); none was lost.\r\n"
     )
-    assert script.session.take_finished_moves()[0].rollback == "done"
+    assert script.take_finished_moves()[0].rollback == "done"
 
 
 def flagging_refused(script: Driver, status: bytes = b"NO [NOPERM] Permission denied") -> None:
@@ -49,7 +49,7 @@ def test_copies_gone_from_the_target_before_the_rollback_are_named(script: Drive
         b"* 1 FETCH (UID 10 FLAGS ())\r\n* 2 FETCH (UID 11 FLAGS ())\r\n"
         + script.tagged(b"UID FETCH", b"OK")
     )
-    request, _ = script.session.take_rollback() or pytest.fail("no rollback")
+    request, _ = script.take_rollback() or pytest.fail("no rollback")
     assert request.uids == (20, 21)
     script.session.rollback_finished(None, frozenset({21}))  # another session took 21 away
     script.client(b"")
@@ -59,7 +59,7 @@ def test_copies_gone_from_the_target_before_the_rollback_are_named(script: Drive
         b"the target before they could be removed (another session moved or deleted them), so "
         b"those messages may exist twice; none was lost.\r\n"
     )
-    assert script.session.take_finished_moves()[0].duplicates == 1
+    assert script.take_finished_moves()[0].duplicates == 1
 
 
 def test_partial_expunge_is_rolled_back_for_the_messages_left(script: Driver):
@@ -72,7 +72,7 @@ def test_partial_expunge_is_rolled_back_for_the_messages_left(script: Driver):
     assert sent == b"UID STORE 10:11 -FLAGS.SILENT (\\Deleted)\r\n"
     assert script.answer(b"-FLAGS", b"OK") == b"UID FETCH 10:11 (UID FLAGS)\r\n"
     script.upstream(b"* 1 FETCH (UID 11 FLAGS (\\Seen))\r\n" + script.tagged(b"UID FETCH", b"OK"))
-    request, _ = script.session.take_rollback() or pytest.fail("no rollback")
+    request, _ = script.take_rollback() or pytest.fail("no rollback")
     assert request.uids == (21,) and request.sources == (11,)
     assert script.client(b"d NOOP\r\n") == b""  # held behind the MOVE
     script.session.rollback_finished(None)
@@ -108,16 +108,16 @@ def test_without_a_working_second_session_the_duplicates_are_named(error: str | 
         + s.tagged(b"UID FETCH", b"OK")
     )
     if error:
-        s.session.take_rollback()
+        s.take_rollback()
         s.session.rollback_finished(error)
     else:
-        assert s.session.take_rollback() is None  # no credentials kept
+        assert s.take_rollback() is None  # no credentials kept
     s.client(b"")
     reply = s.seen()
     assert reply.startswith(b"c NO [NOPERM] MOVE incomplete:")
     assert b"UIDs 10:11 are in both mailboxes (copies: UIDs 20:21)" in reply
     assert b"none was lost" in reply
-    finished = s.session.take_finished_moves()[0]
+    finished = s.take_finished_moves()[0]
     assert (finished.rollback, finished.duplicates) == ("failed" if error else "impossible", 2)
 
 
@@ -125,5 +125,5 @@ def test_when_the_check_fails_nothing_is_removed_from_the_target(script: Driver)
     copied(script)
     flagging_refused(script, b"NO Denied")
     script.answer(b"UID FETCH", b"BAD Something")
-    assert script.session.take_rollback() is None
+    assert script.take_rollback() is None
     assert b"could not be checked" in script.seen()

@@ -166,7 +166,7 @@ def test_a_copy_that_matched_nothing_moves_nothing(script: Driver):
     sent = script.upstream(listed(script, copy, uid_set=b"5", found=b"ALL 5"))
     assert sent == b""  # no STORE, no EXPUNGE, no FETCH of a UID 0
     assert script.seen() == b"c OK No messages found.\r\n"
-    assert script.session.take_finished_moves()[0].outcome == "moved"
+    assert script.take_finished_moves()[0].outcome == "moved"
 
 
 def test_a_sequence_number_move_copies_the_uids_it_listed_whatever_the_noop_expunges(

@@ -115,6 +115,14 @@ async def advance(clock: trio.testing.MockClock, seconds: float) -> None:
     await settle()
 
 
+async def up_to(clock: trio.testing.MockClock, conn: Supervised, seconds: float) -> None:
+    """Move the clock ``seconds`` on: up to an instant before, nothing has been sent or ended."""
+    await advance(clock, seconds - EPSILON)
+    assert conn.byes() == []
+    assert conn.ended_at is None
+    await advance(clock, EPSILON)
+
+
 @pytest.fixture
 def clock(mock_clock: trio.testing.MockClock) -> trio.testing.MockClock:
     return mock_clock
@@ -129,10 +137,7 @@ async def test_login_deadline_ends_a_connection_that_never_logs_in(
     start = trio.current_time()
     conn = Supervised(greeted(), nursery)
     conn.after_session()  # as Connection.run does: not logged in, the login deadline is due
-    await advance(clock, CONFIG.login_timeout - EPSILON)
-    assert conn.byes() == []
-    assert conn.ended_at is None
-    await advance(clock, EPSILON)
+    await up_to(clock, conn, CONFIG.login_timeout)
     assert conn.byes() == [AUTOLOGOUT]
     assert conn.session.close_reason == "no login in time"
     assert conn.ended_at == pytest.approx(start + CONFIG.login_timeout)
@@ -182,9 +187,7 @@ async def test_a_line_left_unfinished_past_line_timeout_ends_the_connection(
     conn.client(b"s SEARCH TEXT ")
     await advance(clock, CONFIG.line_timeout / 2)
     conn.client(b"hello")  # a line that grows is still late
-    await advance(clock, CONFIG.line_timeout / 2 - EPSILON)
-    assert conn.byes() == []
-    await advance(clock, EPSILON)
+    await up_to(clock, conn, CONFIG.line_timeout / 2)
     assert conn.byes() == [LINE_LATE]
     assert conn.session.close_reason == "client line not finished in time"
     assert conn.ended_at == pytest.approx(start + CONFIG.line_timeout)
@@ -208,9 +211,7 @@ async def test_nothing_due_ends_the_supervisor_and_poke_starts_it_again(
     # A new unfinished line: poke() starts the supervisor again, with the line's own time.
     start = trio.current_time()
     conn.client(b"t NO")
-    await advance(clock, CONFIG.line_timeout - EPSILON)
-    assert conn.byes() == []
-    await advance(clock, EPSILON)
+    await up_to(clock, conn, CONFIG.line_timeout)
     assert conn.byes() == [LINE_LATE]
     assert conn.ended_at == pytest.approx(start + CONFIG.line_timeout)
 
@@ -246,9 +247,7 @@ async def test_a_move_step_unanswered_past_move_step_timeout_ends_the_connection
 ) -> None:
     start = trio.current_time()
     conn = _moving(nursery)
-    await advance(clock, CONFIG.move_step_timeout - EPSILON)
-    assert conn.byes() == []
-    await advance(clock, EPSILON)
+    await up_to(clock, conn, CONFIG.move_step_timeout)
     assert conn.byes() == [STALLED]
     assert conn.session.close_reason == "the mail server stopped answering during a MOVE"
     assert b"m OK" not in conn.client_saw
@@ -263,9 +262,7 @@ async def test_each_upstream_answer_gives_the_move_step_its_time_again(
     conn.upstream(conn.driver.tagged(b"NOOP", b"OK"))  # part of the answer: heard from
     assert conn.session.move_waits_for_upstream
     heard = trio.current_time()
-    await advance(clock, CONFIG.move_step_timeout - EPSILON)
-    assert conn.byes() == []
-    await advance(clock, EPSILON)
+    await up_to(clock, conn, CONFIG.move_step_timeout)
     assert conn.byes() == [STALLED]
     assert conn.ended_at == pytest.approx(heard + CONFIG.move_step_timeout)
 
@@ -293,9 +290,7 @@ async def test_a_client_gone_during_a_move_waits_drain_timeout_for_it(
     conn.client_leaves()
     await advance(clock, CONFIG.drain_timeout / 2)
     conn.upstream(conn.driver.tagged(b"NOOP", b"OK"))  # the MOVE goes on meanwhile
-    await advance(clock, CONFIG.drain_timeout / 2 - EPSILON)
-    assert conn.ended_at is None
-    await advance(clock, EPSILON)
+    await up_to(clock, conn, CONFIG.drain_timeout / 2)
     assert conn.ended_at == pytest.approx(gone + CONFIG.drain_timeout)
     assert "MOVE not finished within drain_timeout" in caplog.text
 
@@ -307,9 +302,7 @@ async def test_a_move_stalled_after_its_client_left_ends_before_drain_timeout(
     start = trio.current_time()
     conn = _moving(nursery, config)
     conn.client_leaves()
-    await advance(clock, config.move_step_timeout - EPSILON)
-    assert conn.ended_at is None
-    await advance(clock, EPSILON)
+    await up_to(clock, conn, config.move_step_timeout)
     assert conn.session.close_reason == "the mail server stopped answering during a MOVE"
     assert conn.ended_at == pytest.approx(start + config.move_step_timeout)
 
@@ -341,9 +334,7 @@ async def test_a_client_that_does_not_read_its_bye_has_close_grace(
     conn.upstream_gone = True
     conn.session.upstream_closed()
     conn.after_session()
-    await advance(clock, CLOSE_GRACE - EPSILON)
-    assert conn.ended_at is None
-    await advance(clock, EPSILON)
+    await up_to(clock, conn, CLOSE_GRACE)
     assert conn.ended_at == pytest.approx(closed + CLOSE_GRACE)
 
 

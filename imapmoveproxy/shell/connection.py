@@ -96,7 +96,8 @@ class Connection:
         self._to_client = ToClient(client, session.output, self._client_sent)
         self._to_upstream = ToUpstream(upstream, session.output, self._upstream_sent)
         self.upstream_gone = False
-        self.close_reason: str | None = None  # the session's Close: the connection ends
+        # why the connection ends: the session's Close, or an internal error of the proxy's
+        self.close_reason: str | None = None
         self._tls_due = False  # the session's StartTls: the client reader does the handshake
         self.upstream_heard = trio.current_time()  # when upstream bytes last went or came
         self.line_started = math.inf  # when the client began the line it has not finished
@@ -122,7 +123,7 @@ class Connection:
                 # The supervisor now ends the connection (:meth:`_supervise`).
         except Exception:  # a bug must cost one connection, never the proxy
             self.log.exception("internal error, closing the connection")
-            self.session.close_reason = self.close_reason = "internal error"
+            self.close_reason = "internal error"
             await bye_and_close(self.client, b"* BYE [SERVERBUG] Internal proxy error.\r\n")
         finally:
             self._nursery = None  # closed: shutdown() and rollbacks start nothing more

@@ -226,7 +226,7 @@ class Proxy:
             counters.bytes_from_upstream,
             counters.commands,
             moves,
-            f" reason={session.close_reason}" if session.close_reason else "",
+            f" reason={connection.close_reason}" if connection.close_reason else "",
         )
 
     async def start_tls(

@@ -120,3 +120,89 @@ def test_consecutive_moves_into_the_same_folders_keep_every_message_once_with_it
     assert {flags for _, flags in moved} == {"\\Flagged \\Seen"}
     assert _subjects_and_flags(server, user, "INBOX") == []
     assert _subjects_and_flags(server, user, work) == []
+
+
+PIPELINED_ROUNDS = 4
+
+
+def _appends(number: int) -> list[tuple[bytes, bytes]]:
+    """A round's APPENDs (one a 300 KB message) as (command line without literal, message)."""
+    appends = []
+    for i in range(BATCH):
+        body = "x" * 300_000 + "\r\n" if i == 0 else "Hello.\r\n"
+        message = make_message(f"p{number}m{i}", body)
+        appends.append((b"a%d%d APPEND INBOX (\\Seen \\Flagged) " % (number, i), message))
+    return appends
+
+
+def _pipelined_round(
+    client: RawClient, number: int, work: bytes, archive: bytes, literal_plus: bool
+) -> bytes:
+    """One round as one write: APPENDs (one big literal among them; sent one by one first on a
+    server without LITERAL+, where each literal waits for "+"), SELECT, MOVE, a command that
+    reuses the MOVE's tag while the MOVE is in flight, a FETCH of the target's flags, and a
+    second MOVE. Returns the bytes to write."""
+    data = b""
+    for command, message in _appends(number):
+        if literal_plus:
+            data += command + b"{%d+}\r\n" % len(message) + message + b"\r\n"
+        else:
+            client.send(command + b"{%d}\r\n" % len(message))
+            client.continuation()
+            client.send(message + b"\r\n")
+            assert client.read_until(command.split(b" ", 1)[0])[-1].split(b" ")[1] == b"OK"
+    data += b"s%d SELECT INBOX\r\n" % number
+    data += b"m MOVE 1:* " + work + b"\r\n"
+    data += b"m SELECT " + work + b"\r\n"  # the MOVE's tag, reused while the MOVE runs
+    data += b"f%d FETCH 1:* (FLAGS)\r\n" % number
+    data += b"n%d MOVE 1:* " % number + archive + b"\r\n"
+    return data
+
+
+@pytest.mark.parametrize("kind", list(CHAINS))
+def test_a_pipelining_client_that_reads_late_moves_every_message_once(
+    kind: str, request: pytest.FixtureRequest, tmp_path
+):
+    """As mbsync writes: four rounds of APPENDs (a 300 KB literal among them), SELECT, MOVE, a
+    command reusing the MOVE's tag, a FETCH and a second MOVE, all in one write, and nothing
+    read until all of it is written (the APPENDs go first, one by one, where the server has no
+    LITERAL+ and the client may not send a literal unasked). Every command succeeds in order;
+    the FETCH after each MOVE already shows the target's flags (the MOVE is a barrier, and on
+    imap4d its flags are back before its tagged OK); at the end Archive holds every message
+    once, flags kept. The client-view oracle checks every response."""
+    chain = CHAINS[kind]
+    server: ImapServer = request.getfixturevalue(chain.fixture)
+    user = server.new_user()
+    work, archive = (chain.prefix + "Work").encode(), (chain.prefix + "Archive").encode()
+    server.seed(user, work.decode(), [])
+    server.seed(user, archive.decode(), [])
+    expected = [f"p{n}m{i}" for n in range(PIPELINED_ROUNDS) for i in range(BATCH)]
+    last = b"n%d" % (PIPELINED_ROUNDS - 1)
+    with running_proxy(server.address, tmp_path / "proxy.log", *chain.proxy_args) as proxy:
+        with RawClient(proxy.address, timeout=60) as client:
+            capability = b"".join(client.login(user, server.password))
+            literal_plus = b"LITERAL+" in capability.upper()
+            script = b"".join(
+                _pipelined_round(client, n, work, archive, literal_plus)
+                for n in range(PIPELINED_ROUNDS)
+            )
+            client.send(script)
+            responses = client.read_until(last)
+            client.logout()
+        log = proxy.log_text()
+    tagged = [r for r in responses if not r.startswith((b"*", b"+"))]
+    assert all(b" OK " in r for r in tagged), tagged
+    tags = [r.split(b" ", 1)[0] for r in tagged]
+    appended = [b"a%d%d" % (0, i) for i in range(BATCH)] if literal_plus else []
+    per_round = [*appended, b"s0", b"m", b"m", b"f0", b"n0"]
+    assert tags[: len(per_round)] == per_round, tags
+    assert len(tags) == len(per_round) * PIPELINED_ROUNDS, tags
+    fetched = [r for r in responses if re.match(rb"\* \d+ FETCH \(FLAGS", r)]
+    assert len(fetched) == BATCH * PIPELINED_ROUNDS, fetched
+    assert all(b"\\Seen" in r and b"\\Flagged" in r for r in fetched), fetched
+    assert set(re.findall(r"MOVE 1:\*: policy=(\w+)", log)) == {chain.policy}, log
+    moved = _subjects_and_flags(server, user, archive.decode())
+    assert Counter(subject for subject, _ in moved) == Counter(expected)
+    assert {flags for _, flags in moved} == {"\\Flagged \\Seen"}
+    assert _subjects_and_flags(server, user, "INBOX") == []
+    assert _subjects_and_flags(server, user, work.decode()) == []

@@ -128,6 +128,12 @@ class MoveTasks:
             restore = FlagRestore(request, credentials, connection.config.max_set_bytes)
             error = await self._run_second(restore)
             result, detail = restore.outcome()
+            if error is not None and restore.ending:  # its work was done, the rest is not known
+                connection.log.warning(
+                    "%s: the server may still write its view of %r after the MOVE's reply",
+                    error,
+                    request.mailbox.decode("utf-8", "replace"),
+                )
             connection.session.flag_check_finished(result, "; ".join(filter(None, (detail, error))))
             connection.after_session()
         finally:

@@ -20,7 +20,9 @@ from harness import (
     InterceptingRelay,
     ProxyProcess,
     RawClient,
+    RelayAction,
     assert_counts_consistent,
+    message_ids,
     running_proxy,
 )
 from servers import HOST, ImapServer, find_free_port, make_message
@@ -286,6 +288,74 @@ def test_the_flags_are_back_before_the_tagged_ok(imap4d, guarded_proxy):
         {b"\\Seen", b"\\Flagged"},
         {b"\\Seen", b"\\Flagged"},
     ], fetched
+
+
+def test_a_flag_session_the_server_never_ends_holds_the_move_and_is_reported(
+    imap4d, tmp_path, monkeypatch
+):
+    """No real server keeps a session open after its LOGOUT: a relay in front of the real imap4d
+    answers the flag session's LOGOUT itself and never forwards it. The proxy waits for the
+    server to close that session (imap4d writes a session's view of the mbox file only as it
+    ends) until rollback_timeout, so the client's next command waits too; then it answers the
+    MOVE and warns that the server may still write the target. Nothing is lost or doubled."""
+    user = prepare(imap4d)
+    relay = InterceptingRelay(
+        imap4d.address, b" LOGOUT\r\n", 1,
+        action=RelayAction.ANSWER, reply=lambda tag: b"* BYE bye\r\n" + tag + b" OK\r\n",
+    )  # fmt: skip
+    monkeypatch.setenv("IMAPMOVEPROXY_ROLLBACK_TIMEOUT", "2")
+    extra = ("--no-uidplus", "guarded")
+    try:
+        with (
+            running_proxy(relay.address, tmp_path / "proxy.log", *extra) as proxy,
+            RawClient(proxy.address) as client,
+        ):
+            client.login(user, imap4d.password)
+            client.command(b"s", b"SELECT INBOX")
+            client.command(b"f", b"STORE 1 +FLAGS.SILENT (\\Seen \\Flagged)")
+            client.send(b"m MOVE 1 Trash\r\nn NOOP\r\n")  # the NOOP waits behind the MOVE
+            replies = client.read_until(b"n")
+            log = proxy.wait_for_log(r"MOVE 1: policy=guarded outcome=moved flags=restored").string
+            client.logout()
+    finally:
+        relay.close()
+    assert relay.hook_ran.is_set() and relay.matched.startswith(b"rb")  # the flag session's
+    tagged = [r for r in replies if r[:1] in (b"m", b"n")]
+    assert tagged == [b"m OK Move completed.\r\n", b"n OK NOOP Completed\r\n"], replies
+    warned = log.index("the server did not end it: the server may still write its view of")
+    assert warned < log.index("MOVE 1: policy=guarded outcome=moved")
+    assert contents(imap4d, user, "Trash") == {"m1": False}
+    assert contents(imap4d, user, "INBOX") == {"m2": True, "m3": False, "m4": True, "m5": False}
+
+
+def test_the_proxy_killed_while_its_flag_session_runs_loses_nothing(imap4d, tmp_path):
+    """SIGKILL to the proxy just as its flag session sends the STORE that restores the flags (a
+    relay in front of the real imap4d runs the kill, then forwards the STORE): the MOVE was
+    done, its flags may be lost, but every message is in exactly one mailbox, and the user's
+    own \\Deleted flags stay."""
+    user = prepare(imap4d)
+    proxies: list[ProxyProcess] = []
+    relay = InterceptingRelay(imap4d.address, b" +FLAGS (", 1, lambda: proxies[0].process.kill())
+    try:
+        with running_proxy(
+            relay.address, tmp_path / "proxy.log", "--no-uidplus", "guarded"
+        ) as proxy:
+            proxies.append(proxy)
+            with RawClient(proxy.address) as client:
+                client.login(user, imap4d.password)
+                client.command(b"s", b"SELECT INBOX")
+                client.command(b"f", b"STORE 1,3 +FLAGS.SILENT (\\Seen \\Flagged)")
+                client.send(b"m MOVE 1,3 Trash\r\n")
+                with pytest.raises((EOFError, ConnectionResetError)):
+                    client.read_until(b"m")
+            assert proxy.process.wait(timeout=10) != 0
+    finally:
+        relay.close()
+    assert relay.hook_ran.is_set()
+    everywhere = message_ids(imap4d, user, ("INBOX", "Trash"))
+    assert len(everywhere) == 5 and set(everywhere.values()) == {1}, everywhere
+    assert set(contents(imap4d, user, "Trash")) == {"m1", "m3"}
+    assert contents(imap4d, user, "INBOX") == {"m2": True, "m4": True, "m5": False}
 
 
 def test_guarded_move_into_the_selected_mailbox_stores_no_flags(imap4d, guarded_proxy):

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import RawClient, assert_counts_consistent, running_proxy
+from harness import InterceptingRelay, RawClient, assert_counts_consistent, running_proxy
 from servers import ImapServer, UwImapServer, make_message
 
 FORMATS = ["uw_mbox", "uw_mix"]
@@ -132,6 +132,40 @@ def test_a_stale_session_never_copies_what_another_moved(uw_mix, tmp_path, late)
     assert shown == [b"* 1 EXPUNGE\r\n", b"* 1 EXPUNGE\r\n", b"l OK No messages found.\r\n"]
     assert _subjects(server, user, "Archive") == Counter({"m1": 1, "m2": 1})
     assert _subjects(server, user, "Box") == Counter({"m3": 1})
+
+
+def test_messages_another_session_moves_during_the_sync_are_not_copied_again(uw_mix, tmp_path):
+    """A relay in front of the real UW holds the proxy's NOOP while another session (straight to
+    UW) copies m1 and m2 to Archive and expunges them: the NOOP then shows the client their
+    expunges, and the proxy's UID COPY takes only m3. Each message ends up in Archive once."""
+    server = uw_mix
+    user = _user(server, "Box", 3)
+
+    def move_two_away() -> None:
+        other = server.connect(user)
+        other.select("Box")
+        assert other.uid("COPY", "1:2", "Archive")[0] == "OK"
+        other.uid("STORE", "1:2", "+FLAGS.SILENT", "(\\Deleted)")
+        other.expunge()
+        other.logout()
+
+    relay = InterceptingRelay(server.address, b" NOOP\r\n", 1, move_two_away)
+    try:
+        with (
+            running_proxy(relay.address, tmp_path / "proxy.log") as proxy,
+            RawClient(proxy.address) as client,
+        ):
+            client.login(user, server.password)
+            assert b"* 3 EXISTS\r\n" in client.command(b"s", b"SELECT Box")
+            replies = client.command(b"m", b"UID MOVE 1:3 Archive")
+            client.logout()
+    finally:
+        relay.close()
+    assert relay.hook_ran.is_set()
+    assert replies[-1].startswith(b"m OK"), replies
+    assert sum(1 for r in replies if r.endswith(b" EXPUNGE\r\n")) == 3, replies
+    assert _subjects(server, user, "Archive") == Counter({"m1": 1, "m2": 1, "m3": 1})
+    assert _subjects(server, user, "Box") == Counter()
 
 
 def test_the_older_sessions_lost_mbox_lock_ends_its_client_with_a_bye(uw_mbox, tmp_path):

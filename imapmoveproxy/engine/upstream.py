@@ -105,21 +105,22 @@ class UpstreamResponses:
                 # Fast path: relay in one piece the run of untagged responses that need no look
                 # (a FETCH flood is ~100 bytes a line; one at a time would cost 4 µs each).
                 run = framer.plain_run(responses.first_stop)
-                if not run:  # the same for EXPUNGE responses: relayed, and counted
-                    run = framer.plain_run(responses.first_non_expunge)
-                    mailbox.expunged(bytes(run).count(b"\n"))
                 if run:
                     output.relay(run)
                     output.flush_deferred()
                     continue
-            elif move is not None and move.expunges_in_runs:
-                # The same for the EXPUNGE responses of a big MOVE: relayed, and counted.
+            if move is None or move.expunges_in_runs:
+                # The same for EXPUNGE responses (a big MOVE's, or another session's): relayed
+                # in one piece, and counted.
                 run = framer.plain_run(responses.first_non_expunge)
                 if run:
                     expunged = bytes(run).count(b"\n")
-                    move.expunged(expunged)
                     mailbox.expunged(expunged)
                     output.relay(run)
+                    if move is None:
+                        output.flush_deferred()
+                    else:
+                        move.expunged(expunged)
                     continue
             try:
                 event = framer.next_event()

@@ -160,6 +160,13 @@ class Framer:
         self._literal_left = 0
         self._first = True
 
+    def take_rest(self) -> bytes:
+        """The bytes received and not handed out, taken: the framer starts over empty (its
+        peer's stream changes there, as after COMPRESS)."""
+        rest = bytes(memoryview(self._buf)[self._pos :])
+        self._buf, self._own, self._pos, self._last_newline = b"", False, 0, -1
+        return rest
+
     def feed(self, data: bytes | bytearray) -> None:
         """Bytes received, taken as they are (a bytearray is not copied: its owner must not
         change it while the framer or a view handed out refers to it)."""

@@ -20,7 +20,9 @@ def test_login_capabilities_gain_move_and_lose_what_the_proxy_cannot_honour():
     login_ok = seen.split(b"\r\n")[1]
     assert login_ok.startswith(b"a OK [CAPABILITY IMAP4rev1 LITERAL+ UIDPLUS CONDSTORE")
     assert b" MOVE" in login_ok
-    assert b"COMPRESS" not in login_ok and b"-PLUS" not in login_ok
+    assert b"-PLUS" not in login_ok
+    # the upstream's COMPRESS is gone; the proxy's own is offered once logged in
+    assert login_ok.count(b"COMPRESS") == 1 and login_ok.endswith(b" COMPRESS=DEFLATE] Logged in")
 
 
 def test_upstream_with_native_move_is_passed_through_untouched():
@@ -65,8 +67,8 @@ def test_proxy_replies_never_land_inside_a_relayed_literal(script: Driver):
     script.client(b"d COMPRESS DEFLATE\r\n")
     script.upstream(b"world)\r\nc OK\r\n")
     assert script.seen() == (
-        b"* 1 FETCH (BODY[] {10}\r\nhelloworld)\r\nd NO COMPRESS is not available through this "
-        b"proxy.\r\nc OK\r\n"
+        b"* 1 FETCH (BODY[] {10}\r\nhelloworld)\r\nd BAD Finish the other commands before "
+        b"COMPRESS.\r\nc OK\r\n"
     )
 
 
@@ -91,8 +93,8 @@ def test_relayed_stream_is_the_same_however_the_upstream_splits_it(responses, cu
     """Fast path (runs of plain lines) and slow path together give the one right output."""
     stream = b"".join(responses)
     expected = stream.replace(
-        b"UIDPLUS COMPRESS=DEFLATE\r\n", b"UIDPLUS MOVE\r\n"
-    )  # the only rewrite
+        b"UIDPLUS COMPRESS=DEFLATE\r\n", b"UIDPLUS MOVE COMPRESS=DEFLATE\r\n"
+    )  # the only rewrite: the upstream's COMPRESS removed, the proxy's own added
     whole = started()
     whole.upstream(stream)
     assert whole.seen() == expected

@@ -248,9 +248,10 @@ def test_a_slow_reader_writing_a_flood_of_commands_cannot_grow_the_proxy(
     dovecot_legacy: ImapServer, proxy: ProxyProcess
 ):
     """While a 20 MB message is on its way to a client that reads it slowly, the client writes
-    24 MB of COMPRESS commands of an unknown mechanism (each answered NO by the proxy itself). The first engine read
-    them all and held the NOs back behind the message: memory grew with the flood. Now the
-    proxy stops reading the client; every command still gets its NO, in order."""
+    24 MB of COMPRESS commands of an unknown mechanism (each answered NO by the proxy itself).
+    The first engine read them all and held the NOs back behind the message: memory grew with
+    the flood. Now the proxy stops reading the client; every command still gets its NO, in
+    order."""
     user = dovecot_legacy.new_user()
     dovecot_legacy.seed(user, "INBOX", [big_message("twenty", 20 * MIB)])
     lines = 24 * MIB // len(b"c COMPRESS GZIP\r\n")

@@ -2,7 +2,7 @@
 
 MOVE wherever the proxy emulates it (the policy of :func:`..move.request.policy_for`), the
 proxy's own STARTTLS (with LOGINDISABLED when TLS is required) on a plain connection when it has
-a certificate, and COMPRESS=DEFLATE once the client has logged in, until it is in use. Whether
+a certificate, and COMPRESS=DEFLATE until it is in use (the command only after login). Whether
 a client's MOVE is executed by the proxy follows from the same policy.
 """
 
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 
 class OfferHost(Protocol):
-    """What the offer reads of its session: the upstream's capabilities, whether the client's
-    connection is encrypted or compressed, and whether the client has logged in."""
+    """What the offer reads of its session: the upstream's capabilities, and whether the
+    client's connection is encrypted or compressed."""
 
     @property
     def caps(self) -> Capabilities | None: ...
@@ -31,9 +31,6 @@ class OfferHost(Protocol):
 
     @property
     def compressed(self) -> bool: ...
-
-    @property
-    def authenticated(self) -> bool: ...
 
 
 class Offer:
@@ -63,9 +60,10 @@ class Offer:
         return added
 
     def compression_offered(self) -> bool:
-        """COMPRESS=DEFLATE: on, after login, until it is in use."""
-        host = self._host
-        return self._settings.compress and host.authenticated and not host.compressed
+        """COMPRESS=DEFLATE: on, until it is in use. Listed before login too, though the command
+        is valid only after it: servers such as imap4d list no capabilities in LOGIN's OK, and
+        clients such as mbsync then go by the list they had before login."""
+        return self._settings.compress and not self._host.compressed
 
     def _emulates(self, caps: Capabilities) -> bool:
         return policy_for(caps, self._settings.guarded).emulated

@@ -8,8 +8,12 @@ COMPRESS: its COMPRESS then gets NO.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import random
 import re
+import socket
+import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,3 +182,33 @@ def test_a_line_bomb_ends_the_connection_with_bounded_memory(
         growth = (front.memory_kib("VmHWM") - before) / 1024
     assert growth < 8, f"proxy peak memory grew by {growth:.0f} MiB"
     assert "client line too long" in front.log_text()
+
+
+def test_a_client_gone_while_compressed_output_is_written_ends_only_its_connection(
+    server: ImapServer, front: ProxyProcess
+):
+    """A compressed client resets its connection in the middle of a 4 MB FETCH of mail that
+    does not compress: the proxy's write fails, the connection ends (the client's stream is
+    cut in the middle of a deflate block: nothing more can be said on it), and a new compressed
+    session is served."""
+    user = server.new_user()
+    noise = base64.encodebytes(random.Random(4978).randbytes(3 * MIB)).replace(b"\n", b"\r\n")
+    server.seed(user, "INBOX", [make_message("noise", noise.decode())])
+    gone = CompressedClient(front.address, oracle=False)  # its FETCH is never read whole
+    gone.login(user, server.password)
+    gone.compress()
+    gone.command(b"s", b"SELECT INBOX")
+    port = gone.sock.getsockname()[1]
+    gone.send(b"f FETCH 1 BODY[]\r\n")
+    gone._fill()  # the FETCH has begun
+    gone.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    gone.close()  # a reset, with megabytes still to send it
+    front.wait_for_log(rf"closed client=[^ ]*:{port}\b")
+    with CompressedClient(front.address, timeout=60) as client:  # imap4d: the mbox lock
+        client.login(user, server.password)
+        client.compress()
+        client.command(b"s", b"SELECT INBOX")
+        fetched = client.command(b"f", b"FETCH 1 BODY[]")
+        assert noise[:1000] in fetched[0], fetched[0][:300]
+        assert fetched[-1].startswith(b"f OK"), fetched[-1]
+        client.logout()

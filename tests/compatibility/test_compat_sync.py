@@ -261,17 +261,19 @@ def test_offlineimap(
 # ------------------------------------------------------------------------- mbsync, compressed
 
 COMPRESSED_MESSAGES = 2000
+_BOOKKEEPING = re.compile(rb"(?mi)^(?:X-TUID|Status|X-Status|X-UID|X-IMAPbase): [^\n]*\n")
 
 
 def _maildir_contents(mail: Path) -> list[tuple[str, str, bytes]]:
     """(folder, Maildir flags, message) of every message under ``mail``, sorted: what a user
-    has, whatever the file names (mbsync puts times and UIDs in them) and mbsync's own random
-    X-TUID header."""
+    has, whatever the file names (mbsync puts times and UIDs in them) and the headers of
+    mbsync's and imap4d's bookkeeping (imap4d's Status: changes once a session has seen the
+    message)."""
     found = []
     for path in mail.rglob("*"):
         if path.is_file() and path.parent.name in ("cur", "new"):
             flags = path.name.rpartition(":2,")[2] if ":2," in path.name else ""
-            message = re.sub(rb"(?m)^X-TUID: \S+\n", b"", path.read_bytes())
+            message = _BOOKKEEPING.sub(b"", path.read_bytes())
             found.append((str(path.parent.parent.relative_to(mail)), flags, message))
     return sorted(found)
 

@@ -8,6 +8,8 @@ import zlib
 
 import pytest
 from driver import Driver, greeted, listed, started
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imapmoveproxy.engine.effects import Close
 from imapmoveproxy.engine.session import SessionSettings
@@ -234,3 +236,48 @@ def test_inflater_hands_out_bounded_pieces():
         pieces.append(piece)
     assert not inflater.pending
     assert b"".join(pieces) == data
+
+
+COMMANDS = [
+    b"a NOOP\r\n",
+    b"b UID FETCH 1:* (FLAGS)\r\n",
+    b"c APPEND INBOX {5+}\r\nhello\r\n",
+    b"d SEARCH UNSEEN\r\n",
+    b'e LIST "" "*"\r\n',
+]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.sampled_from(COMMANDS), min_size=1, max_size=12),
+    st.lists(st.integers(min_value=1, max_value=400), max_size=10),
+    st.sampled_from([zlib.Z_SYNC_FLUSH, zlib.Z_PARTIAL_FLUSH, zlib.Z_FULL_FLUSH]),
+)
+def test_the_upstream_gets_the_same_however_the_client_flushes_and_the_stream_is_cut(
+    commands: list[bytes], cuts: list[int], flush: int
+):
+    """Each command flushed (sync, partial or full), the compressed stream then cut anywhere:
+    the upstream gets exactly the commands, as from a plain client."""
+    c = compressed()
+    stream = b"".join(c.deflate(command, flush) for command in commands)
+    pieces, start = [], 0
+    for cut in sorted(set(cuts)):
+        pieces.append(stream[start:cut])
+        start = cut
+    pieces.append(stream[start:])
+    sent = b"".join(c.driver.client(piece) for piece in pieces if piece)
+    assert sent == b"".join(commands)
+
+
+def test_compress_waits_while_an_unsolicited_response_is_being_relayed():
+    """The OK must be the last plain byte: it cannot wait behind a response in the middle of a
+    literal (whose rest would then be compressed after a plain start)."""
+    s = started()
+    s.upstream(b"* 1 FETCH (BODY[] {10}\r\nhello")  # unsolicited, half of it here
+    s.client(b"d COMPRESS DEFLATE\r\n")
+    s.upstream(b"world)\r\n")
+    assert s.seen() == (
+        b"* 1 FETCH (BODY[] {10}\r\nhelloworld)\r\n"
+        b"d BAD Finish the other commands before COMPRESS.\r\n"
+    )
+    assert s.client(b"e NOOP\r\n") == b"e NOOP\r\n"  # still plain

@@ -7,7 +7,7 @@ from __future__ import annotations
 import zlib
 
 import pytest
-from driver import Driver, greeted, listed, started
+from driver import CUTS, Driver, cut, greeted, listed, started
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -250,7 +250,7 @@ COMMANDS = [
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(st.sampled_from(COMMANDS), min_size=1, max_size=12),
-    st.lists(st.integers(min_value=1, max_value=400), max_size=10),
+    CUTS,
     st.sampled_from([zlib.Z_SYNC_FLUSH, zlib.Z_PARTIAL_FLUSH, zlib.Z_FULL_FLUSH]),
 )
 def test_the_upstream_gets_the_same_however_the_client_flushes_and_the_stream_is_cut(
@@ -260,12 +260,7 @@ def test_the_upstream_gets_the_same_however_the_client_flushes_and_the_stream_is
     the upstream gets exactly the commands, as from a plain client."""
     c = compressed()
     stream = b"".join(c.deflate(command, flush) for command in commands)
-    pieces, start = [], 0
-    for cut in sorted(set(cuts)):
-        pieces.append(stream[start:cut])
-        start = cut
-    pieces.append(stream[start:])
-    sent = b"".join(c.driver.client(piece) for piece in pieces if piece)
+    sent = b"".join(c.driver.client(piece) for piece in cut(stream, cuts))
     assert sent == b"".join(commands)
 
 

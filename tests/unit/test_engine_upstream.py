@@ -5,7 +5,7 @@ cannot place, overlong lines. Driven by tests/driver.py."""
 from __future__ import annotations
 
 import pytest
-from driver import GREETING, Driver, logged_in, started
+from driver import CUTS, GREETING, Driver, cut, logged_in, started
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -88,7 +88,7 @@ RESPONSES = [
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.sampled_from(RESPONSES), min_size=1, max_size=30),
-    st.lists(st.integers(min_value=1, max_value=200), max_size=15),
+    CUTS,
 )
 def test_relayed_stream_is_the_same_however_the_upstream_splits_it(responses, cuts):
     """Fast path (runs of plain lines) and slow path together give the one right output."""
@@ -99,13 +99,8 @@ def test_relayed_stream_is_the_same_however_the_upstream_splits_it(responses, cu
     whole = started()
     whole.upstream(stream)
     assert whole.seen() == expected
-    pieces, start = [], 0
-    for cut in sorted(set(cuts)):
-        pieces.append(stream[start:cut])
-        start = cut
-    pieces.append(stream[start:])
     split = started()
-    for piece in pieces:
+    for piece in cut(stream, cuts):
         split.upstream(piece)
     assert split.seen() == expected
 

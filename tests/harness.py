@@ -45,6 +45,8 @@ class ProxyProcess:
             "--upstream", f"{upstream[0]}:{upstream[1]}",
             "--log-level", "debug", *extra,
         ]  # fmt: skip
+        if "--journal" not in extra:  # each proxy its own (a SQLite journal is one process's)
+            command += ["--journal", str(log_path.with_name(f"journal-{self.port}.sqlite"))]
         env = {**os.environ, "PYTHONPATH": str(code)}
         self.process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=code

@@ -20,6 +20,7 @@ from ..engine.session import SHUTDOWN_BYE, Session, SessionSettings
 from ..metrics import Metrics, serve_http
 from ..wire.proxyproto import V2_MAX, Endpoint, ProxyHeader, ProxyHeaderError, build_v2, parse
 from .connection import UNAVAILABLE, Connection, bye_and_close
+from .journal import JournalKeeper
 from .locks import make_move_locks
 from .readiness import UpstreamReadiness
 from .tls import Certificates, UpstreamUnavailable, open_upstream, upstream_context
@@ -42,6 +43,7 @@ def session_settings(config: Config, *, tls_offered: bool) -> SessionSettings:
         forward_id=config.upstream_id and not config.upstream_proxy_protocol,
         chunk_size=config.move_chunk_size,
         rollback=config.rollback,
+        journal=config.journal_location != "off",
         rollback_master=(
             (config.rollback_master_user or "").encode(),
             (config.rollback_master_password or "").encode(),
@@ -65,6 +67,7 @@ class Proxy:
         self.metrics = Metrics()
         self.metrics.before_scrape.append(self._publish_counts)
         self.locks = make_move_locks(config, self.metrics)
+        self.journal = JournalKeeper(config, self.metrics)
         self._draining = False
         self._readiness = UpstreamReadiness(config.upstream, config.connect_timeout)
         self._setting_up = 0  # connections accepted and not yet closed
@@ -85,7 +88,11 @@ class Proxy:
         plain = await self._listen(self.config.listen, "plain")
         implicit = await self._listen(self.config.listen_tls, "TLS")
         http = await self._listen(self.config.metrics, "metrics")
-        async with self.locks.running(), trio.open_nursery() as connections:
+        async with (
+            self.locks.running(),
+            self.journal.running(),
+            trio.open_nursery() as connections,
+        ):
             if http:  # in the outer nursery: /readyz says "draining" while MOVEs finish
                 connections.start_soon(serve_http, http, self.metrics, _alive, self._ready)
             with trio.CancelScope() as accepting:

@@ -5,6 +5,9 @@
   held until the MOVE's tagged reply. A lock free in this process is taken and given back
   right there, by whoever ran the session; otherwise the MOVE task waits for it (a lock that
   cannot be had becomes the MOVE's tagged NO).
+* The journal (:mod:`.journal`): a MOVE's entry written before the MOVE goes on; at login, the
+  user's unfinished entries handed to the session under their mailboxes' locks, and what the
+  recovery did with them settled once it is over.
 * Second sessions of the client's user, each over a new upstream connection bounded by
   ``rollback_timeout``, while the MOVE waits for them: the rollback that removes a failed
   MOVE's copies, and the check that restores the flags a server's COPY lost (guarded MOVEs).
@@ -12,12 +15,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
 import trio
 
 from ..engine.effects import CheckFlags, FinishedMove, RunRollback
+from ..journal.entry import Entry
 from ..move.copyflags import FlagCheckRequest, FlagRestore
 from ..move.request import RollbackRequest
 from ..move.rollback import Credentials, Rollback, SecondSession
@@ -110,6 +115,40 @@ class MoveTasks:
         finally:
             self._locking = False
         connection.after_session()  # the commands pipelined behind, a next MOVE among them
+
+    async def record(self, entry: Entry) -> None:
+        """Write a MOVE's journal entry; the MOVE goes on once it is durable."""
+        connection = self._connection
+        durable = await connection.proxy.journal.record(entry)
+        connection.session.move_recorded(durable)
+        connection.after_session()
+
+    async def resume(self, user: bytes) -> None:
+        """Hand the session the user's unfinished entries, each source mailbox's lock held
+        until the recovery is over (a MOVE still running elsewhere holds its lock: its entry
+        is gone once the lock is had), then settle them."""
+        connection = self._connection
+        session, journal, locks = connection.session, connection.proxy.journal, None
+        entries = await journal.pending(user)
+        keys = sorted({entry.source_validity for entry in entries})
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                for key in keys:
+                    await stack.enter_async_context(connection.proxy.locks.hold(key))
+                locks = keys
+            except LockError as exc:
+                connection.log.warning("journal recovery postponed: %s", type(exc).__name__)
+            if locks:
+                entries = [e for e in await journal.pending(user) if e.source_validity in locks]
+            session.resume_entries(entries if locks else [])
+            connection.after_session()
+            if not locks or not entries:
+                return
+            await connection.changed.until(
+                lambda: session.resumes.running is None or session.close_reason is not None
+            )
+            verdicts, session.resumes.verdicts = session.resumes.verdicts, []
+            await journal.settle(verdicts, session.conn_id)
 
     async def _rollback(self, request: RollbackRequest, credentials: Credentials) -> None:
         """Run the second session that removes a failed MOVE's copies."""

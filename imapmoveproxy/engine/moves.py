@@ -180,9 +180,16 @@ class MoveRunner:
         """Queue the journal entry for the phase the MOVE waits for."""
         phase, chunk, entry = state.record, state.chunk, self._entry
         if phase is Phase.COPIED and entry is not None:
+            seen = state.flags.seen if state.flags is not None else {}
+            originals = {
+                uid: (copied.date, tuple(sorted(copied.flags)))
+                for uid, copied in seen.items()
+                if uid in chunk.moving
+            }
             entry = entry.copied(
-                frozenset(chunk.already_deleted), dict(chunk.targets), chunk.target_validity
-            )
+                frozenset(chunk.already_deleted), dict(chunk.targets), chunk.target_validity,
+                originals,
+            )  # fmt: skip
         else:
             host, mailbox = self._host, self._mailbox
             assert host.user is not None and mailbox.name is not None and chunk.uids is not None

@@ -50,6 +50,8 @@ class Entry:
     phase: Phase = Phase.INTENT
     user_deleted: frozenset[int] = frozenset()  # COPIED: flagged \Deleted by the user before
     copies: dict[int, int] = field(default_factory=dict)  # COPIED: source UID -> copy (COPYUID)
+    # COPIED, guarded: source UID -> (INTERNALDATE, flags) before the COPY (imap4d's drops them)
+    originals: dict[int, tuple[bytes, tuple[bytes, ...]]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -68,6 +70,10 @@ class Entry:
                 "phase": self.phase.value,
                 "user_deleted": _set_text(self.user_deleted),
                 "copies": [[source, copy] for source, copy in sorted(self.copies.items())],
+                "originals": [
+                    [uid, date.decode("latin-1"), [flag.decode("latin-1") for flag in flags]]
+                    for uid, (date, flags) in sorted(self.originals.items())
+                ],
             },
             separators=(",", ":"),
         )
@@ -93,6 +99,13 @@ class Entry:
                 phase=Phase(data["phase"]),
                 user_deleted=frozenset(_uid_set(data["user_deleted"])),
                 copies={_int(source): _int(copy) for source, copy in data["copies"]},
+                originals={
+                    _int(uid): (
+                        _str(date).encode("latin-1"),
+                        tuple(_str(flag).encode("latin-1") for flag in flags),
+                    )
+                    for uid, date, flags in data["originals"]
+                },
             )
         except Unreadable:
             raise
@@ -100,13 +113,17 @@ class Entry:
             raise Unreadable(f"unreadable entry: {exc}") from exc
 
     def copied(
-        self, user_deleted: frozenset[int], copies: dict[int, int], validity: bytes
+        self,
+        user_deleted: frozenset[int],
+        copies: dict[int, int],
+        validity: bytes,
+        originals: dict[int, tuple[bytes, tuple[bytes, ...]]],
     ) -> Entry:
         """This entry once its COPY had its OK (``validity``: the target's, from COPYUID)."""
         return Entry(
             self.id, self.user, self.policy, self.source, self.source_validity, self.uids,
             self.target, validity or self.target_validity, self.target_uidnext, self.created,
-            Phase.COPIED, user_deleted, copies,
+            Phase.COPIED, user_deleted, copies, originals,
         )  # fmt: skip
 
     def describe(self) -> dict[str, object]:
@@ -118,7 +135,7 @@ class Entry:
 
 _FIELDS = {
     "id", "user", "policy", "source", "source_validity", "uids", "target", "target_validity",
-    "target_uidnext", "created", "phase", "user_deleted", "copies",
+    "target_uidnext", "created", "phase", "user_deleted", "copies", "originals",
 }  # fmt: skip
 
 

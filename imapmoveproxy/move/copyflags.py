@@ -129,6 +129,11 @@ class FlagRecorder:
         self._seen[uid] = Copied(date, _kept(flags))
         return True
 
+    @property
+    def seen(self) -> dict[int, Copied]:
+        """The messages noted so far, by UID in the source."""
+        return self._seen
+
     def request(self, mailbox: bytes, selected: bytes | None) -> FlagCheckRequest | None:
         """What a second session should check once the MOVE has moved everything it listed
         (``selected``: the client's selected mailbox, if known); None if no moved message

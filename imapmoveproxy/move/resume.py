@@ -7,11 +7,12 @@ session of the user writes the mailboxes meanwhile), under each source mailbox's
 each entry:
 
 1. ``SELECT`` the source (its UIDVALIDITY must be the recorded one), ``UID FETCH`` the chunk's
-   originals ``(UID FLAGS RFC822.SIZE INTERNALDATE)``.
+   originals ``(UID FLAGS INTERNALDATE)``.
 2. ``SELECT`` the target (the same check, unless it was empty), ``UID FETCH`` every message from
    the recorded UIDNEXT on. A copy is the one COPYUID named, or else the first unpaired new
-   message with the original's INTERNALDATE and size, in UID order (COPY keeps both, and copies
-   in UID order). Flags a copy lacks (imap4d's COPY drops them all) are added back.
+   message with the original's INTERNALDATE, in UID order (COPY keeps it, and copies in UID
+   order: :mod:`.copyflags` pairs them the same way). Flags a copy lacks (imap4d's COPY drops
+   them all) are added back.
 3. Every original still there whose copy is there is flagged and expunged (``UID EXPUNGE``, or
    without UIDPLUS the guarded way: other messages' ``\\Deleted`` set aside around ``EXPUNGE``);
    an original whose copy is gone keeps (or gets back) its flags, ``\\Deleted`` only if the user
@@ -37,7 +38,7 @@ from ..wire.capabilities import Capabilities
 from ..wire.grammar import Tagged, chunk_set, compress_uids
 from .request import UpstreamCommand, astring_segments
 
-ITEMS = b" (UID FLAGS RFC822.SIZE INTERNALDATE)\r\n"
+ITEMS = b" (UID FLAGS INTERNALDATE)\r\n"
 _NEVER = frozenset((b"\\recent", b"\\deleted"))
 
 
@@ -64,7 +65,6 @@ class Verdict:
 class Message:
     uid: int
     flags: frozenset[bytes]
-    size: int | None
     date: bytes | None
 
 
@@ -152,7 +152,12 @@ class Resume:
         if not _ok(answers):
             return kept("the target's new messages could not be fetched")
         found = {m.uid: m for m in _messages(lines) if m.uid >= first}
-        copies = _pair(entry, originals, found)
+        known = {  # as recorded (guarded), or as they are if still there
+            uid: Message(uid, frozenset(flags), date)
+            for uid, (date, flags) in entry.originals.items()
+        }
+        known.update(originals)
+        copies = _pair(entry, known, found)
         present = set(originals)
         with_copy = present & set(copies)
 
@@ -167,7 +172,7 @@ class Resume:
                 return kept("the copies could not be removed")
             return Verdict(entry, Outcome.UNDONE, detail=f"{len(targets)} copies removed")
 
-        restore = yield from self._restore_flags(originals, found, copies, with_copy)
+        restore = yield from self._restore_flags(known, found, copies)
 
         problem = yield from self._select(entry.source, entry.source_validity)
         if problem:
@@ -179,6 +184,8 @@ class Resume:
                 if not _ok(answers):
                     return kept("the originals' flags could not be put back")
         if not with_copy:
+            if entry.phase is Phase.COPIED and not present and copies:
+                return Verdict(entry, Outcome.FINISHED, detail="expunged before the proxy died")
             return Verdict(entry, Outcome.NOTHING)
         if self._caps.uidplus:
             answers = yield self._each(b"UID STORE %s +FLAGS.SILENT (\\Deleted)\r\n", with_copy)
@@ -200,7 +207,9 @@ class Resume:
         if reply.status != b"OK":
             return "cannot be selected"
         now = next(filter(None, map(responses.uidvalidity, lines)), None)
-        if validity and now != validity:
+        counts = (responses.count(line) for line in lines)
+        empty = (0, True) in counts  # imap4d renews an empty mailbox's UIDVALIDITY at each look
+        if validity and now != validity and not empty:
             return f"UIDVALIDITY changed ({validity.decode()} -> {(now or b'?').decode()})"
         return ""
 
@@ -209,11 +218,10 @@ class Resume:
         originals: dict[int, Message],
         found: dict[int, Message],
         copies: dict[int, int],
-        with_copy: set[int],
     ) -> Generator[list[UpstreamCommand], Answers, str]:
         """Add to the copies (the target selected) the flags their originals carry."""
         groups: dict[frozenset[bytes], list[int]] = {}
-        for uid in with_copy:
+        for uid in copies.keys() & originals.keys():  # the flags known, recorded or seen
             has = {flag.lower() for flag in found[copies[uid]].flags}
             lacking = frozenset(
                 flag
@@ -256,7 +264,7 @@ class Resume:
     # ------------------------------------------------------------------ commands
 
     def _mailbox_command(self, verb: bytes, mailbox: bytes) -> UpstreamCommand:
-        return astring_segments(verb.rstrip(), [mailbox], self._caps)
+        return astring_segments(verb, [mailbox], self._caps)
 
     def _fetch(self, uids: Iterable[int]) -> list[UpstreamCommand]:
         return self._each(b"UID FETCH %s" + ITEMS.replace(b"%", b"%%"), uids)
@@ -276,13 +284,15 @@ def _messages(lines: list[bytes]) -> list[Message]:
         uid = responses.fetch_uid(line)
         flags = responses.flags(line)
         if uid is not None and flags is not None:
-            found.append(Message(uid, flags, responses.size(line), responses.internal_date(line)))
+            found.append(Message(uid, flags, responses.internal_date(line)))
     return found
 
 
 def _pair(entry: Entry, originals: dict[int, Message], found: dict[int, Message]) -> dict[int, int]:
     """Each original's copy among the target's new messages: the one COPYUID named, or the
-    first unpaired one with the same INTERNALDATE and size, in UID order."""
+    first unpaired one with the same INTERNALDATE, in UID order. (Not the size: imap4d counts
+    its Status header in it, which a copy lacks. Not the Message-ID: it sits in the header,
+    which a server may only send as a literal.)"""
     if entry.copies:
         return {source: copy for source, copy in entry.copies.items() if copy in found}
     pairs: dict[int, int] = {}
@@ -291,7 +301,7 @@ def _pair(entry: Entry, originals: dict[int, Message], found: dict[int, Message]
         original = originals[uid]
         for index, copy in enumerate(free):
             candidate = found[copy]
-            if (candidate.date, candidate.size) == (original.date, original.size):
+            if candidate.date == original.date:
                 pairs[uid] = copy
                 del free[index]
                 break

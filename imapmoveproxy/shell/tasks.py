@@ -145,7 +145,7 @@ class MoveTasks:
             if not locks or not entries:
                 return
             await connection.changed.until(
-                lambda: session.resumes.running is None or session.close_reason is not None
+                lambda: not session.resumes.busy or session.close_reason is not None
             )
             verdicts, session.resumes.verdicts = session.resumes.verdicts, []
             await journal.settle(verdicts, session.conn_id)

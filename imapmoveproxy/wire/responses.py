@@ -166,7 +166,6 @@ def expunge_count(line: bytes) -> int:
 # ---------------------------------------------------------------------- what a response holds
 
 _FLAGS_RE = re.compile(rb"[ (]FLAGS \(([^)]*)\)", re.IGNORECASE)
-_SIZE_RE = re.compile(rb"[ (]RFC822\.SIZE (\d+)", re.IGNORECASE)
 _DATE_RE = re.compile(rb'[ (]INTERNALDATE "([^"\r\n]*)"', re.IGNORECASE)
 _STATUS_RE = re.compile(rb"\* STATUS ", re.IGNORECASE)
 _STATUS_ITEM_RE = re.compile(rb"[ (](UIDNEXT|UIDVALIDITY|MESSAGES) (\d+)", re.IGNORECASE)
@@ -186,12 +185,6 @@ def flags(line: bytes) -> frozenset[bytes] | None:
 def internal_date(line: bytes) -> bytes | None:
     """The INTERNALDATE item of a FETCH response, unquoted."""
     return _group(_DATE_RE.search(line))
-
-
-def size(line: bytes) -> int | None:
-    """The RFC822.SIZE item of a FETCH response."""
-    found = _group(_SIZE_RE.search(line))
-    return None if found is None else int(found)
 
 
 def status_counts(line: bytes) -> dict[bytes, bytes] | None:

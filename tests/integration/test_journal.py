@@ -1,0 +1,153 @@
+"""The proxy killed (SIGKILL) in the middle of a MOVE: the journal finishes it at the user's next
+login, on a proxy started again on the same journal (or another replica sharing it).
+
+Each test moves messages through a real server, kills the proxy at one step of the MOVE (with
+:class:`killswitch.KillSwitch`, a relay between the proxy and the real server), checks on the
+server that the MOVE really was cut there (the messages in both mailboxes), starts a proxy again,
+logs the same user in, and checks on the server: every message exactly once, in the target,
+flags kept, none left ``\\Deleted``. Then the client retries its MOVE, as a client whose
+connection dropped does: nothing is copied a second time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from harness import ProxyProcess, RawClient
+from killswitch import KillSwitch
+from servers import ImapServer, make_message
+
+
+@dataclasses.dataclass(frozen=True)
+class Server:
+    fixture: str
+    proxy_args: tuple[str, ...] = ()
+
+
+SERVERS = {
+    "dovecot-uidplus": Server("dovecot_legacy"),
+    "imap4d-guarded": Server("imap4d", ("--no-uidplus", "guarded")),
+    "uw-mbox": Server("uw_mbox"),
+    "uw-mix": Server("uw_mix"),
+}
+FLAGGED = 3  # of the messages moved, the first ones carry \Flagged as well as \Seen
+
+
+def _state(server: ImapServer, user: str, mailbox: str) -> list[tuple[str, frozenset[str]]]:
+    """(subject, flags but \\Recent) of every message of ``mailbox``, read on the server."""
+    with RawClient(server.address, oracle=False) as client:
+        client.login(user, server.password)
+        selected = client.command(b"s", b"EXAMINE " + mailbox.encode())
+        assert selected[-1].startswith(b"s OK"), selected
+        if any(re.match(rb"\* 0 EXISTS", reply) for reply in selected):
+            client.logout()
+            return []
+        replies = client.command(b"f", b"FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        client.logout()
+    found = []
+    for reply in replies[:-1]:
+        subject = re.search(rb"Subject: (\S+)", reply, re.IGNORECASE)
+        flags = re.search(rb"FLAGS \(([^)]*)\)", reply)
+        if subject and flags:
+            kept = frozenset(flags.group(1).decode().split()) - {"\\Recent"}
+            found.append((subject.group(1).decode(), kept))
+    return found
+
+
+def _seed(server: ImapServer, user: str, count: int) -> set[str]:
+    subjects = [f"j{i}" for i in range(count)]
+    server.seed(user, "Archive", [])
+    server.seed(
+        user, "INBOX", [make_message(s) for s in subjects[:FLAGGED]], flags=["\\Seen", "\\Flagged"]
+    )
+    server.seed(user, "INBOX", [make_message(s) for s in subjects[FLAGGED:]], flags=["\\Seen"])
+    return set(subjects)
+
+
+def _expected_flags(subject: str) -> frozenset[str]:
+    index = int(subject[1:])
+    return frozenset({"\\Seen", "\\Flagged"} if index < FLAGGED else {"\\Seen"})
+
+
+def _move_until_killed(proxy: ProxyProcess, user: str, password: str, command: bytes) -> None:
+    """Log in, SELECT INBOX, send the MOVE; the proxy dies before its tagged reply."""
+    with RawClient(proxy.address, oracle=False) as client:  # its view ends with the connection
+        client.login(user, password)
+        selected = client.command(b"s", b"SELECT INBOX")
+        assert selected[-1].startswith(b"s OK"), selected
+        client.send(b"m " + command + b"\r\n")
+        with pytest.raises((ConnectionError, EOFError, OSError)):
+            client.read_until(b"m")
+    proxy.process.wait(10)
+
+
+def _assert_moved_once(server: ImapServer, user: str, subjects: set[str]) -> None:
+    archive = _state(server, user, "Archive")
+    inbox = _state(server, user, "INBOX")
+    counts = Counter(subject for subject, _ in archive)
+    assert {s for s, n in counts.items() if n > 1} == set(), f"duplicated: {archive}"
+    assert subjects - set(counts) == set(), f"not in Archive: {archive} / INBOX {inbox}"
+    assert [s for s, _ in inbox if s in subjects] == [], f"still in INBOX: {inbox}"
+    wrong = {s: flags for s, flags in archive if flags != _expected_flags(s)}
+    assert wrong == {}, "flags not kept (or \\Deleted left)"
+
+
+@pytest.mark.parametrize("point", ["copy", "store", "expunge"])
+@pytest.mark.parametrize("kind", list(SERVERS))
+def test_a_move_cut_by_the_proxys_death_is_finished_at_the_next_login(
+    kind: str, point: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Killed after the COPY's OK, after the STORE's OK, or with the EXPUNGE sent: the next
+    login through a proxy on the same journal finds the 6 messages once each, in Archive, with
+    their flags; the client's retried MOVE copies nothing again."""
+    spec = SERVERS[kind]
+    server: ImapServer = request.getfixturevalue(spec.fixture)
+    user = server.new_user()
+    subjects = _seed(server, user, 6)
+    journal = tmp_path / "journal.sqlite"
+    args = (*spec.proxy_args, "--journal", str(journal))
+    proxies: list[ProxyProcess] = []
+    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
+        # Both proxies reach the server through the relay: the journal is the upstream's.
+        proxies.append(ProxyProcess(switch.address, tmp_path / "first.log", *args))
+        switch.arm(point)
+        try:
+            _move_until_killed(proxies[0], user, server.password, b"UID MOVE 1:* Archive")
+        finally:
+            proxies[0].stop()
+        assert switch.fired.is_set(), proxies[0].log_text()
+        archive = _state(server, user, "Archive")
+        inbox = _state(server, user, "INBOX")
+        if point != "expunge":  # cut there: every message in both mailboxes
+            assert len(archive) == 6 and len(inbox) == 6, (archive, inbox)
+        assert json.loads(_journal_bodies(journal)[0])["user"] == user
+        second = ProxyProcess(switch.address, tmp_path / "second.log", *args)
+        try:
+            with RawClient(second.address) as client:
+                client.login(user, server.password)  # held until the recovery is over
+                selected = client.command(b"s", b"SELECT INBOX")
+                assert selected[-1].startswith(b"s OK"), selected
+                # The client's retry: the originals are gone; the server's own answer to a COPY
+                # of nothing (imap4d: "NO Mailbox is empty"), and nothing copied again.
+                retried = client.command(b"r", b"UID MOVE 1:6 Archive")
+                assert not re.search(rb"COPYUID|EXPUNGE", b"".join(retried)), retried
+                client.logout()
+            log = second.log_text()
+        finally:
+            second.stop()
+    # With the EXPUNGE sent, the server may have run it before the proxy died.
+    done = "finished" + ("" if point == "expunge" else ", 6 moved")
+    assert re.search(r"journal recovery of MOVE \w+ .*: " + done, log), log
+    _assert_moved_once(server, user, subjects)
+    assert _journal_bodies(journal) == []
+
+
+def _journal_bodies(path: Path) -> list[str]:
+    with sqlite3.connect(path) as db:
+        return [body for (body,) in db.execute("SELECT body FROM moves")]

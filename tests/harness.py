@@ -17,10 +17,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError
 
 import clientview
 from clientview import ClientView
@@ -499,3 +501,19 @@ def assert_counts_consistent(responses: list[bytes], exists: int) -> None:
             exists -= 1
         else:
             assert number <= exists, (response, exists, responses)
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    selector = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    pattern = re.escape(name + (f"{{{selector}}}" if labels else "")) + r" ([0-9.e+]+)$"
+    match = re.search(pattern, text, re.M)
+    assert match, f"{name} {labels} not in metrics"
+    return float(match.group(1))

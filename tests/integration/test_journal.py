@@ -15,13 +15,15 @@ import dataclasses
 import json
 import re
 import sqlite3
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from harness import ProxyProcess, RawClient
+from harness import ROOT, ProxyProcess, RawClient, http_get, metric
 from killswitch import KillSwitch
-from servers import ImapServer, make_message
+from servers import HOST, ImapServer, find_free_port, make_message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,3 +153,85 @@ def test_a_move_cut_by_the_proxys_death_is_finished_at_the_next_login(
 def _journal_bodies(path: Path) -> list[str]:
     with sqlite3.connect(path) as db:
         return [body for (body,) in db.execute("SELECT body FROM moves")]
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imapmoveproxy", "journal", *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=30,
+    )  # fmt: skip
+
+
+def test_a_changed_uidvalidity_leaves_both_mailboxes_alone_and_the_entry_for_an_operator(
+    dovecot_legacy: ImapServer, tmp_path: Path
+) -> None:
+    """The source is deleted and created again between the proxy's death and the next login:
+    its UIDs name other messages now. Nothing is touched, the entry stays, the metric and a
+    WARNING say so, ``imapmoveproxy journal list`` shows it and ``drop`` removes it."""
+    server = dovecot_legacy
+    user = server.new_user()
+    server.seed(user, "Archive", [])
+    server.seed(user, "Work", [make_message(f"w{i}") for i in range(4)], flags=["\\Seen"])
+    journal = tmp_path / "journal.sqlite"
+    metrics_port = find_free_port()
+    proxies: list[ProxyProcess] = []
+    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
+        upstream = f"{switch.address[0]}:{switch.address[1]}"
+        settings = ("--upstream", upstream, "--journal", str(journal))
+        proxies.append(ProxyProcess(switch.address, tmp_path / "first.log", *settings[2:]))
+        switch.arm("copy")
+        with RawClient(proxies[0].address, oracle=False) as client:
+            client.login(user, server.password)
+            assert client.command(b"s", b"SELECT Work")[-1].startswith(b"s OK")
+            client.send(b"m UID MOVE 1:* Archive\r\n")
+            with pytest.raises((ConnectionError, EOFError, OSError)):
+                client.read_until(b"m")
+        proxies[0].stop()
+        with RawClient(server.address, oracle=False) as client:  # the user, on another device
+            client.login(user, server.password)
+            assert client.command(b"d", b"DELETE Work")[-1].startswith(b"d OK")
+            assert client.command(b"c", b"CREATE Work")[-1].startswith(b"c OK")
+            client.logout()
+        server.seed(user, "Work", [make_message(f"new{i}") for i in range(4)])
+        second = ProxyProcess(
+            switch.address, tmp_path / "second.log", *settings[2:],
+            "--metrics", f"{HOST}:{metrics_port}",
+        )  # fmt: skip
+        try:
+            with RawClient(second.address) as client:
+                client.login(user, server.password)
+                client.logout()
+            _, text = http_get(metrics_port, "/metrics")
+            log = second.log_text()
+        finally:
+            second.stop()
+    assert metric(text, "imapmoveproxy_journal_recoveries_total", outcome="kept") == 1
+    assert re.search(r"WARNING .*journal recovery of MOVE .*: kept \(source UIDVALIDITY", log)
+    assert sorted(s for s, _ in _state(server, user, "Work")) == [f"new{i}" for i in range(4)]
+    assert sorted(s for s, _ in _state(server, user, "Archive")) == [f"w{i}" for i in range(4)]
+    listed = _run_cli(*settings, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = json.loads(listed.stdout)
+    assert (entry["user"], entry["source"], entry["uids"]) == (user, "Work", "1:4")
+    assert _run_cli(*settings, "drop", entry["id"]).returncode == 0
+    assert _run_cli(*settings, "list").stdout.strip() == "no unfinished MOVEs"
+
+
+def test_the_journal_holds_no_credential(dovecot_legacy: ImapServer, tmp_path: Path) -> None:
+    """The user's password appears nowhere in the SQLite file (nor its WAL), whatever the
+    phase: a MOVE is cut after its COPY, and the file read as bytes."""
+    server = dovecot_legacy
+    user = server.new_user()
+    _seed(server, user, 3)
+    journal = tmp_path / "journal.sqlite"
+    proxies: list[ProxyProcess] = []
+    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
+        proxies.append(ProxyProcess(switch.address, tmp_path / "p.log", "--journal", str(journal)))
+        switch.arm("store")
+        try:
+            _move_until_killed(proxies[0], user, server.password, b"UID MOVE 1:* Archive")
+        finally:
+            proxies[0].stop()
+    stored = b"".join(path.read_bytes() for path in tmp_path.glob("journal.sqlite*"))
+    assert user.encode() in stored  # the entry is there...
+    assert server.password.encode() not in stored  # ...and no password with it

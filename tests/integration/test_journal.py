@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import re
 import sqlite3
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 from harness import ROOT, ProxyProcess, RawClient, http_get, metric
 from killswitch import KillSwitch
-from servers import HOST, ImapServer, find_free_port, make_message
+from servers import HOST, ImapServer, RedisServer, find_free_port, make_message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +39,13 @@ SERVERS = {
     "uw-mbox": Server("uw_mbox"),
     "uw-mix": Server("uw_mix"),
 }
+BIG = 120.0  # seconds a client waits for thousands of messages, on a busy machine
 FLAGGED = 3  # of the messages moved, the first ones carry \Flagged as well as \Seen
 
 
 def _state(server: ImapServer, user: str, mailbox: str) -> list[tuple[str, frozenset[str]]]:
     """(subject, flags but \\Recent) of every message of ``mailbox``, read on the server."""
-    with RawClient(server.address, oracle=False) as client:
+    with RawClient(server.address, BIG, oracle=False) as client:
         client.login(user, server.password)
         selected = client.command(b"s", b"EXAMINE " + mailbox.encode())
         assert selected[-1].startswith(b"s OK"), selected
@@ -235,3 +237,88 @@ def test_the_journal_holds_no_credential(dovecot_legacy: ImapServer, tmp_path: P
     stored = b"".join(path.read_bytes() for path in tmp_path.glob("journal.sqlite*"))
     assert user.encode() in stored  # the entry is there...
     assert server.password.encode() not in stored  # ...and no password with it
+
+
+def test_replicas_sharing_redis_finish_a_move_one_of_them_died_in(
+    dovecot_legacy: ImapServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Two replicas with the shared MOVE lock in Redis (the journal lives there too, by
+    default): one is killed after the STORE's OK, the user logs in on the other, which finishes
+    the MOVE. Redis holds no password meanwhile, and no journal key afterwards."""
+    server = dovecot_legacy
+    user = server.new_user()
+    subjects = _seed(server, user, 5)
+    shared = ("--move-lock", redis_server.url, "--journal", "auto")  # auto: Redis, with the lock
+    proxies: list[ProxyProcess] = []
+    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
+        proxies.append(ProxyProcess(switch.address, tmp_path / "a.log", *shared))
+        other = ProxyProcess(switch.address, tmp_path / "b.log", *shared)
+        try:
+            switch.arm("store")
+            try:
+                _move_until_killed(proxies[0], user, server.password, b"UID MOVE 1:* Archive")
+            finally:
+                proxies[0].stop()
+            keys = redis_server.cli("KEYS", "imapmoveproxy:journal:*").split()
+            assert len(keys) == 3, keys  # the entry, the user's index, the upstream's index
+            (entry_key,) = [key for key in keys if ":e:" in key]
+            body = redis_server.cli("GET", entry_key)
+            assert user in body and server.password not in body, body
+            assert json.loads(body)["phase"] == "copied"
+            with RawClient(other.address) as client:
+                client.login(user, server.password)
+                client.logout()
+            log = other.log_text()
+        finally:
+            other.stop()
+    assert re.search(r"journal recovery of MOVE \w+ .*: finished, 5 moved", log), log
+    _assert_moved_once(server, user, subjects)
+    assert redis_server.cli("KEYS", "imapmoveproxy:journal:*") == ""
+
+
+def test_a_5000_message_move_in_chunks_killed_at_random_moments_loses_and_duplicates_nothing(
+    dovecot_legacy: ImapServer, tmp_path: Path
+) -> None:
+    """5,000 messages moved INBOX -> Archive and back in chunks of 1,000, the proxy killed at
+    a random command of each MOVE (seeded: the same moments every run); each time the next
+    login finishes the chunk that was cut and the client's retry moves the rest. Every
+    message ends up once, in INBOX, with its flags."""
+    server = dovecot_legacy
+    user = server.new_user()
+    subjects = _seed(server, user, 5000)
+    journal = tmp_path / "journal.sqlite"
+    moments = random.Random(23).sample(range(3, 19), 2)  # of ~20 commands per MOVE
+    proxies: list[ProxyProcess] = []
+    with KillSwitch(server.address, lambda: proxies[-1].process.kill()) as switch:
+        for leg, (source, target) in enumerate([(b"INBOX", b"Archive"), (b"Archive", b"INBOX")]):
+            proxies.append(
+                ProxyProcess(switch.address, tmp_path / f"{leg}.log", "--journal", str(journal))
+            )
+            switch.arm("nth", moments[leg])
+            with RawClient(proxies[-1].address, BIG, oracle=False) as client:
+                client.login(user, server.password)
+                assert client.command(b"s", b"SELECT " + source)[-1].startswith(b"s OK")
+                client.send(b"m UID MOVE 1:* " + target + b"\r\n")
+                with pytest.raises((ConnectionError, EOFError, OSError)):
+                    client.read_until(b"m")
+            proxies[-1].process.wait(10)
+            proxies[-1].stop()
+            assert switch.fired.is_set()
+            again = ProxyProcess(
+                switch.address, tmp_path / f"{leg}-again.log", "--journal", str(journal)
+            )
+            try:
+                with RawClient(again.address, BIG) as client:
+                    client.login(user, server.password)
+                    assert client.command(b"s", b"SELECT " + source)[-1].startswith(b"s OK")
+                    retried = client.command(b"r", b"UID MOVE 1:* " + target)
+                    assert retried[-1].startswith(b"r OK"), retried[-1]
+                    client.logout()
+            finally:
+                again.stop()
+    inbox = _state(server, user, "INBOX")
+    counts = Counter(subject for subject, _ in inbox)
+    assert {s for s, n in counts.items() if n > 1} == set(), "duplicated"
+    assert subjects - set(counts) == set(), "lost"
+    assert _state(server, user, "Archive") == []
+    assert {s: f for s, f in inbox if f != _expected_flags(s)} == {}

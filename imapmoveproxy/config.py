@@ -83,6 +83,7 @@ class Config:
     # file DEFAULT_JOURNAL), "off", a SQLite file's path, or a redis:// URL.
     journal: str = "auto"
     journal_unavailable: str = "proceed"
+    journal_fsync: bool = True  # SQLite: each entry on disk before the MOVE goes on
 
     @property
     def journal_location(self) -> str:
@@ -234,6 +235,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "move_lock_unavailable": _choice(MOVE_LOCK_UNAVAILABLE),
     "journal": _journal,
     "journal_unavailable": _choice(JOURNAL_UNAVAILABLE),
+    "journal_fsync": _bool,
 }
 assert set(_PARSERS) == {f.name for f in fields(Config)}
 
@@ -302,6 +304,13 @@ def argument_parser() -> argparse.ArgumentParser:
         help="MOVE when the lock service is unreachable",
     )
     add("--journal", help='where MOVEs are recorded: "auto", "off", a SQLite path, redis://...')
+    add(
+        "--journal-no-fsync",
+        dest="journal_fsync",
+        action="store_false",
+        default=None,
+        help="SQLite journal: survive the process's death, not the machine's (faster)",
+    )
     add(
         "--journal-unavailable",
         choices=JOURNAL_UNAVAILABLE,

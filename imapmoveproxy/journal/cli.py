@@ -44,7 +44,7 @@ def main(argv: list[str], environ: Mapping[str, str]) -> int:
         return 2
     journal = open_journal(config.journal_location, str(config.upstream))
     if journal is None:
-        print("imapmoveproxy: the journal is off (journal = \"off\")", file=sys.stderr)
+        print('imapmoveproxy: the journal is off (journal = "off")', file=sys.stderr)
         return 2
 
     async def run() -> int:

@@ -7,8 +7,10 @@ Every store is namespaced by the upstream's address, as the MOVE locks are, and 
 :class:`JournalError`; what then happens to a MOVE is the ``journal_unavailable`` setting's call.
 
 * :class:`SqliteJournal`: stdlib ``sqlite3`` in WAL mode with ``synchronous=FULL``: a commit is
-  on disk (the WAL fsynced) before :meth:`put` returns, so an entry survives the process, the
-  pod and the node. Calls run in a worker thread, one at a time.
+  on disk (the WAL fsynced) before :meth:`put` returns, so an entry survives the process and
+  the machine. With ``journal_fsync = false``, ``synchronous=NORMAL``: a commit is in the WAL
+  file, which survives the process's death (SIGKILL, OOM, a container restarted) but not the
+  machine's. Calls run in a worker thread, one at a time.
 * :class:`RedisJournal`: an entry is one key, indexed by user and by namespace, written by one
   Lua script (all or nothing). It is as durable as the Redis server is configured to be
   (``appendonly yes`` with ``appendfsync everysec`` or ``always``).
@@ -69,8 +71,9 @@ class SqliteJournal:
         "user TEXT NOT NULL, created REAL NOT NULL, body TEXT NOT NULL)"
     )
 
-    def __init__(self, path: Path, namespace: str) -> None:
+    def __init__(self, path: Path, namespace: str, fsync: bool = True) -> None:
         self.path = path
+        self._synchronous = "FULL" if fsync else "NORMAL"
         self.description = f"SQLite {path}"
         self._namespace = namespace
         self._db: sqlite3.Connection | None = None
@@ -90,7 +93,7 @@ class SqliteJournal:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
+                db.execute(f"PRAGMA synchronous={self._synchronous}")
                 db.execute("PRAGMA busy_timeout=5000")
                 db.execute(self._SCHEMA)
             except (OSError, sqlite3.Error) as exc:
@@ -230,11 +233,11 @@ def _created(entry: Entry | Unreadable) -> float:
     return entry.created if isinstance(entry, Entry) else 0.0
 
 
-def open_journal(location: str, namespace: str) -> Journal | None:
+def open_journal(location: str, namespace: str, fsync: bool = True) -> Journal | None:
     """The journal at ``location`` (a SQLite path or a redis:// URL; see
     :attr:`..config.Config.journal_location`), or None for "off"."""
     if location == "off":
         return None
     if "://" in location:
         return RedisJournal(location, namespace)
-    return SqliteJournal(Path(location), namespace)
+    return SqliteJournal(Path(location), namespace, fsync)

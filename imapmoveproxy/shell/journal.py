@@ -36,7 +36,9 @@ class JournalKeeper:
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
         location = config.journal_location
-        self._store: Journal | None = open_journal(location, str(config.upstream))
+        self._store: Journal | None = open_journal(
+            location, str(config.upstream), config.journal_fsync
+        )
         self._proceed = config.journal_unavailable == "proceed"
         self._metrics = metrics
         self._warned_at: float | None = None

@@ -36,7 +36,12 @@ class ProxyProcess:
     comes from ``code`` (another checkout, for the benchmarks' comparisons of two versions)."""
 
     def __init__(
-        self, upstream: tuple[str, int], log_path: Path, *extra: str, code: Path = ROOT
+        self,
+        upstream: tuple[str, int],
+        log_path: Path,
+        *extra: str,
+        code: Path = ROOT,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = find_free_port()
         self.log_path = log_path
@@ -49,9 +54,9 @@ class ProxyProcess:
         ]  # fmt: skip
         if "--journal" not in extra:  # each proxy its own (a SQLite journal is one process's)
             command += ["--journal", str(log_path.with_name(f"journal-{self.port}.sqlite"))]
-        env = {**os.environ, "PYTHONPATH": str(code)}
+        environ = {**os.environ, **(env or {}), "PYTHONPATH": str(code)}
         self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=code
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=environ, cwd=code
         )
         # Ready once every listener accepts: the plain one, and the implicit-TLS one if any
         # (opened after the plain one).

@@ -35,8 +35,11 @@ from dataclasses import dataclass
 from ..journal.entry import Entry, Phase
 from ..wire import responses
 from ..wire.capabilities import Capabilities
-from ..wire.grammar import Tagged, chunk_set, compress_uids
+from ..wire.conversation import Conversation, ConversationError
+from ..wire.conversation import Reply as ConversationReply
+from ..wire.grammar import Tagged, chunk_set, compress_uids, line_body
 from .request import UpstreamCommand, astring_segments
+from .rollback import Credentials
 
 ITEMS = b" (UID FLAGS INTERNALDATE)\r\n"
 _NEVER = frozenset((b"\\recent", b"\\deleted"))
@@ -306,3 +309,77 @@ def _pair(entry: Entry, originals: dict[int, Message], found: dict[int, Message]
                 del free[index]
                 break
     return pairs
+
+
+class ResumeSession:
+    """A :class:`Resume` in a session of its own, for entries whose user is not logging in: log
+    in as the user (a master login: ``rollback = "master"``), recover, log out; over only once
+    the server has closed the connection (mbox servers write a session's view at its end).
+    Sans-IO, driven by :class:`..shell.serverlink.ServerLink`; :attr:`verdicts` once
+    :attr:`done`, :attr:`error` if the session itself failed."""
+
+    def __init__(self, entries: list[Entry], credentials: Credentials, max_set_bytes: int) -> None:
+        self.done = False
+        self.error: str | None = None
+        self.ending = False  # LOGOUT sent
+        self._entries, self._credentials, self._max = entries, credentials, max_set_bytes
+        self._conversation = Conversation(b"jr")
+        self._resume: Resume | None = None
+        self._greeted = False
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        return self._resume.verdicts if self._resume is not None else []
+
+    def receive(self, data: bytes | bytearray) -> None:
+        conversation = self._conversation
+        conversation.receive(data)
+        while not self.done and not self.ending:
+            try:
+                event = conversation.next_event()
+            except ConversationError as exc:
+                self._end(str(exc))
+                return
+            if event is None:
+                return
+            if isinstance(event, ConversationReply):
+                self._reply(event.tagged)
+            elif not self._greeted:
+                self._greeted = True
+                if event.line[:5].upper() != b"* OK ":
+                    self._end(f"greeting {line_body(event.line)[:80]!r}")
+                    return
+                login = self._credentials.command(conversation.caps)
+                conversation.send([login, [b"CAPABILITY\r\n"]], self)
+            elif self._resume is not None:
+                self._resume.on_untagged(event.line)
+
+    def take_outgoing(self) -> bytes:
+        return self._conversation.take_outgoing()
+
+    def connection_lost(self) -> None:
+        if not self.ending and not self.done:
+            self.error = "the mail server closed the connection"
+        self.done = True
+
+    def _reply(self, reply: Tagged) -> None:
+        resume = self._resume
+        if resume is None:  # the login, or the CAPABILITY after it
+            if reply.status != b"OK":
+                self._end(f"login refused: {reply.text.decode('utf-8', 'replace')[:200]}")
+            elif not self._conversation.awaiting(self):
+                resume = self._resume = Resume(self._entries, self._conversation.caps, self._max)
+                self._send(resume.start())
+            return
+        self._send(resume.on_tagged(reply))
+
+    def _send(self, commands: list[UpstreamCommand]) -> None:
+        if commands:
+            self._conversation.send(commands, self)
+        elif self._resume is not None and self._resume.done:
+            self._end(None)
+
+    def _end(self, error: str | None) -> None:
+        self.error = error
+        self.ending = True
+        self._conversation.send([[b"LOGOUT\r\n"]], self)

@@ -19,11 +19,15 @@ import trio
 
 from ..journal.entry import Entry, Unreadable
 from ..journal.store import Journal, JournalError, SqliteJournal, open_journal
-from ..move.resume import Verdict
+from ..move.resume import ResumeSession, Verdict
+from ..move.rollback import Credentials
+from .locks import LockError
+from .tasks import run_second_session
 
 if TYPE_CHECKING:
     from ..config import Config
     from ..metrics import Metrics
+    from .server import Proxy
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +136,18 @@ class JournalKeeper:
             if not verdict.kept:
                 await self.forget(entry.id)
 
+    async def unfinished(self) -> list[Entry]:
+        """This upstream's readable entries."""
+        try:
+            listed = await self._call().listing()
+        except JournalError as exc:
+            self._failed("cannot read the journal", exc)
+            return []
+        return [
+            entry for space, (_, entry) in listed
+            if space == self._namespace and isinstance(entry, Entry)
+        ]  # fmt: skip
+
     def _call(self) -> Journal:
         store = self._store
         assert store is not None
@@ -160,3 +176,45 @@ class JournalKeeper:
                     self._metrics.journal_pending.set(len(listed))
                     self._metrics.journal_oldest.set(max(ages, default=0.0))
             await trio.sleep(GAUGE_INTERVAL)
+
+
+SWEEP_INTERVAL = 300.0  # seconds between two looks at the journal (rollback = "master")
+
+
+async def sweep(proxy: Proxy) -> None:
+    """With master credentials (``rollback = "master"``): finish the journal's unfinished
+    entries without waiting for their users' next login, at start-up and every
+    ``SWEEP_INTERVAL`` seconds. A user with a session on this proxy is left to it (the next
+    login), and each user's entries are finished under their mailboxes' locks, as at login: an
+    entry of a MOVE running on another replica is gone once its lock is had."""
+    keeper = proxy.journal
+    while True:
+        users = {entry.user for entry in await keeper.unfinished()}
+        for user in sorted(users - proxy.users_connected()):
+            await _sweep_user(proxy, user)
+        await trio.sleep(SWEEP_INTERVAL)
+
+
+async def _sweep_user(proxy: Proxy, user: bytes) -> None:
+    config, keeper = proxy.config, proxy.journal
+    login = (config.rollback_master_user or "").encode()
+    credentials = Credentials(user, login, (config.rollback_master_password or "").encode(), True)
+    async with contextlib.AsyncExitStack() as stack:
+        entries = await keeper.pending(user)
+        keys = sorted({entry.source_validity for entry in entries})
+        try:
+            for key in keys:
+                await stack.enter_async_context(proxy.locks.hold(key))
+        except LockError:
+            return  # a MOVE holds one of them: the next sweep
+        entries = [entry for entry in await keeper.pending(user) if entry.source_validity in keys]
+        if not entries:
+            return
+        session = ResumeSession(entries, credentials, config.max_set_bytes)
+        error = await run_second_session(proxy, session, None, config.rollback_timeout)
+        if error or session.error:
+            log.warning(
+                "journal recovery of %s without a login: %s",
+                user.decode("latin-1"), error or session.error,
+            )  # fmt: skip
+        await keeper.settle(session.verdicts, "sweep")

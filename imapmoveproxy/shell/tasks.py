@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -27,12 +27,14 @@ from ..move.copyflags import FlagCheckRequest, FlagRestore
 from ..move.request import RollbackRequest
 from ..move.rollback import Credentials, Rollback, SecondSession
 from ..wire.conversation import ConversationError
+from ..wire.proxyproto import Endpoint
 from .locks import LockError
-from .serverlink import ServerLink
+from .serverlink import Peer, ServerLink
 from .tls import UpstreamUnavailable
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .server import Proxy
 
 
 class MoveTasks:
@@ -180,29 +182,47 @@ class MoveTasks:
             connection.changed.fire()
 
     async def _run_second(self, peer: SecondSession) -> str | None:
-        """Drive ``peer`` over a new upstream connection, bounded by ``rollback_timeout``;
-        what went wrong with the connection, if anything did. A session that has done its work
-        and only waits for the server to close the connection (:attr:`SecondSession.ending`)
-        and does not see it in time is a failure too: an mbox server may write its view of a
-        mailbox after that, over the client's session's changes."""
+        """Drive ``peer`` (:func:`run_second_session`), bounded by ``rollback_timeout``."""
         connection = self._connection
         try:
-            with trio.fail_after(connection.config.rollback_timeout):
-                stream, greeting = await connection.proxy.open_upstream(connection.addresses)
-                link = ServerLink(stream, peer, greeting=greeting)
-                try:
-                    await link.run(lambda: peer.done)
-                finally:
-                    await link.aclose()
-        except (
-            OSError,
-            trio.TooSlowError,
-            trio.BrokenResourceError,
-            UpstreamUnavailable,
-            ConversationError,
-        ) as exc:
-            why = "the server did not end it" if peer.ending else exc or "timed out"
-            return f"second session: {why}"
+            return await run_second_session(
+                connection.proxy, peer, connection.addresses, connection.config.rollback_timeout
+            )
         finally:
             connection.upstream_heard = trio.current_time()  # the MOVE waits for its upstream
-        return None
+
+
+class SecondPeer(Peer, Protocol):
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def ending(self) -> bool: ...
+
+
+async def run_second_session(
+    proxy: Proxy, peer: SecondPeer, addresses: tuple[Endpoint, Endpoint] | None, timeout: float
+) -> str | None:
+    """Drive ``peer`` over a new upstream connection (for the client at ``addresses``; None:
+    the proxy's own), bounded by ``timeout``; what went wrong with the connection, if anything
+    did. A session that has done its work and only waits for the server to close the connection
+    (``peer.ending``) and does not see it in time is a failure too: an mbox server may write its
+    view of a mailbox after that."""
+    try:
+        with trio.fail_after(timeout):
+            stream, greeting = await proxy.open_upstream(addresses)
+            link = ServerLink(stream, peer, greeting=greeting)
+            try:
+                await link.run(lambda: peer.done)
+            finally:
+                await link.aclose()
+    except (
+        OSError,
+        trio.TooSlowError,
+        trio.BrokenResourceError,
+        UpstreamUnavailable,
+        ConversationError,
+    ) as exc:
+        why = "the server did not end it" if peer.ending else exc or "timed out"
+        return f"second session: {why}"
+    return None

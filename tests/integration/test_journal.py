@@ -24,7 +24,14 @@ from pathlib import Path
 import pytest
 from harness import ROOT, ProxyProcess, RawClient, http_get, metric
 from killswitch import KillSwitch
-from servers import HOST, ImapServer, RedisServer, find_free_port, make_message
+from servers import (
+    HOST,
+    DovecotAclServer,
+    ImapServer,
+    RedisServer,
+    find_free_port,
+    make_message,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,3 +329,36 @@ def test_a_5000_message_move_in_chunks_killed_at_random_moments_loses_and_duplic
     assert subjects - set(counts) == set(), "lost"
     assert _state(server, user, "Archive") == []
     assert {s: f for s, f in inbox if f != _expected_flags(s)} == {}
+
+
+def test_with_master_credentials_a_proxy_finishes_a_move_at_start_up_without_a_login(
+    dovecot_acl: DovecotAclServer, tmp_path: Path
+) -> None:
+    """rollback = "master": the proxy started again on the journal finishes the MOVE its
+    predecessor died in right away, logged in as the user through the master login; the user
+    never logs in."""
+    server = dovecot_acl
+    user = server.new_user()
+    subjects = _seed(server, user, 4)
+    journal = tmp_path / "journal.sqlite"
+    master = ("--rollback", "master", "--journal", str(journal))
+    env = {
+        "IMAPMOVEPROXY_ROLLBACK_MASTER_USER": server.master_user,
+        "IMAPMOVEPROXY_ROLLBACK_MASTER_PASSWORD": server.master_password,
+    }
+    proxies: list[ProxyProcess] = []
+    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
+        proxies.append(ProxyProcess(switch.address, tmp_path / "first.log", *master, env=env))
+        switch.arm("copy")
+        try:
+            _move_until_killed(proxies[0], user, server.password, b"UID MOVE 1:* Archive")
+        finally:
+            proxies[0].stop()
+        second = ProxyProcess(switch.address, tmp_path / "second.log", *master, env=env)
+        try:
+            second.wait_for_log(r"journal recovery of MOVE \w+ .*: finished, 4 moved", timeout=30)
+        finally:
+            second.stop()
+    assert f"Master user logging in as {user}" in server.log_text()
+    _assert_moved_once(server, user, subjects)
+    assert _journal_bodies(journal) == []

@@ -522,3 +522,27 @@ def metric(text: str, name: str, **labels: str) -> float:
     match = re.search(pattern, text, re.M)
     assert match, f"{name} {labels} not in metrics"
     return float(match.group(1))
+
+
+def subjects_and_flags(
+    server: ImapServer, user: str, mailbox: str, timeout: float = 10.0
+) -> list[tuple[str, frozenset[str]]]:
+    """(subject, flags but \\Recent) of every message of ``mailbox``, read on the server itself
+    (``timeout``: for each response, enough for thousands of messages on a busy machine)."""
+    with RawClient(server.address, timeout, oracle=False) as client:  # straight to the server
+        client.login(user, server.password)
+        selected = client.command(b"s", b"EXAMINE " + mailbox.encode())
+        assert selected[-1].startswith(b"s OK"), selected
+        if any(re.match(rb"\* 0 EXISTS", reply) for reply in selected):
+            client.logout()
+            return []
+        replies = client.command(b"f", b"FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        client.logout()
+    found = []
+    for reply in replies[:-1]:
+        subject = re.search(rb"Subject: (\S+)", reply, re.IGNORECASE)
+        flags = re.search(rb"FLAGS \(([^)]*)\)", reply)
+        assert subject and flags, reply
+        kept = frozenset(flags.group(1).decode().split()) - {"\\Recent"}
+        found.append((subject.group(1).decode(), kept))
+    return found

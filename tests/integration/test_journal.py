@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from harness import ROOT, ProxyProcess, RawClient, http_get, metric
+from harness import ROOT, ProxyProcess, RawClient, http_get, metric, subjects_and_flags
 from killswitch import KillSwitch
 from servers import (
     HOST,
@@ -51,24 +51,7 @@ FLAGGED = 3  # of the messages moved, the first ones carry \Flagged as well as \
 
 
 def _state(server: ImapServer, user: str, mailbox: str) -> list[tuple[str, frozenset[str]]]:
-    """(subject, flags but \\Recent) of every message of ``mailbox``, read on the server."""
-    with RawClient(server.address, BIG, oracle=False) as client:
-        client.login(user, server.password)
-        selected = client.command(b"s", b"EXAMINE " + mailbox.encode())
-        assert selected[-1].startswith(b"s OK"), selected
-        if any(re.match(rb"\* 0 EXISTS", reply) for reply in selected):
-            client.logout()
-            return []
-        replies = client.command(b"f", b"FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-        client.logout()
-    found = []
-    for reply in replies[:-1]:
-        subject = re.search(rb"Subject: (\S+)", reply, re.IGNORECASE)
-        flags = re.search(rb"FLAGS \(([^)]*)\)", reply)
-        if subject and flags:
-            kept = frozenset(flags.group(1).decode().split()) - {"\\Recent"}
-            found.append((subject.group(1).decode(), kept))
-    return found
+    return subjects_and_flags(server, user, mailbox, BIG)
 
 
 def _seed(server: ImapServer, user: str, count: int) -> set[str]:

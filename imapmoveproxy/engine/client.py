@@ -94,6 +94,9 @@ class ClientHost(Protocol):
     @property
     def wants_client_data(self) -> bool: ...
 
+    @property
+    def login_settling(self) -> bool: ...
+
     def upstream_capabilities(self, caps: Capabilities | None) -> None: ...
 
     def request_tls(self) -> None: ...
@@ -163,6 +166,10 @@ class ClientInput:
             self._data_tag = None
         self._release_held()
 
+    def retry_held(self) -> None:
+        """Look again at the command held back, if it may go now."""
+        self._release_held()
+
     def continued(self) -> None:
         """The server's ``+`` for the client: it may send its literal now."""
         self._literal_tag = None
@@ -180,8 +187,11 @@ class ClientInput:
             self._invalid_command(line)
             return
         self._invalid = 0
-        if self._inflight.in_doubt(start):
-            self.held = line  # looked at again once the other command with its tag completes
+        if self._inflight.in_doubt(start) or self._host.login_settling:
+            # Looked at again once the other command with its tag completes, or (with a
+            # journal) once the login's reply has gone to the client: the journal's recovery
+            # runs on this very connection in between.
+            self.held = line
             return
         name, tag = start.name, start.tag
         self._counters.commands += 1
@@ -218,7 +228,7 @@ class ClientInput:
             return
         start = parse_command_start(line.data)
         assert start is not None  # held only after it parsed
-        if not self._inflight.in_doubt(start):
+        if not self._inflight.in_doubt(start) and not self._host.login_settling:
             self.held = None
             self._command(line)
 

@@ -63,8 +63,18 @@ class ResumeRunner:
 
     @property
     def busy(self) -> bool:
-        """The client's login reply is held: its session waits."""
-        return self.held is not None
+        """The client's login reply is about to be held, or held: its session waits."""
+        return self.held is not None or self._user is not None
+
+    @property
+    def recovering(self) -> bool:
+        """Every upstream response is the recovery's now (its CAPABILITY, or itself)."""
+        return self.running is not None or bool(self._entries)
+
+    def on_untagged(self, line: bytes) -> None:
+        """An untagged response while :attr:`recovering`: never the client's."""
+        if self.running is not None:
+            self.running.on_untagged(line)
 
     def logged_in(self, user: bytes | None) -> None:
         """The server accepted a login of ``user`` (None: not known): its reply comes next."""

@@ -134,6 +134,7 @@ class Session:
     def resume(self) -> None:
         """Output has been delivered: look at client commands held back by the backlog."""
         if not self.moving:
+            self.client.retry_held()
             self.client.process()
         self.moves.announce()
 
@@ -164,6 +165,12 @@ class Session:
             and self.resumes.held is None
             and self.output_has_room()
         )
+
+    @property
+    def login_settling(self) -> bool:
+        """With a journal, a login is in flight or its reply held back: commands after it wait,
+        as the journal's recovery may run on this connection before the reply goes on."""
+        return self.settings.journal and (self.inflight.logging_in or self.resumes.busy)
 
     # The backpressure rule, in one place: the session looks at client commands, and the caller
     # reads the client, only while the output for either peer is under the backlog; the caller

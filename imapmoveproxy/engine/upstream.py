@@ -105,7 +105,7 @@ class UpstreamResponses:
         # a response the BYE waits behind.
         while (host.close_reason is None or output.deferred) and not framer.exhausted:
             move = moves.running
-            resuming = self._resumes.running is not None  # every response is the recovery's
+            resuming = self._resumes.recovering  # every response is the recovery's
             if move is None and not resuming and self.greeted and not channel.awaiting(ID):
                 # Fast path: relay in one piece the run of untagged responses that need no look
                 # (a FETCH flood is ~100 bytes a line; one at a time would cost 4 µs each).
@@ -201,9 +201,8 @@ class UpstreamResponses:
             self._counters.expunged_rewritten += 1
         if line[2:5].upper() == b"BYE":
             self.said_bye = True
-        resume = self._resumes.running
-        if resume is not None:
-            resume.on_untagged(line)
+        if self._resumes.recovering:
+            self._resumes.on_untagged(line)
             return False
         if b"[" in line or line[2:13].upper() == b"CAPABILITY ":
             line = self._capabilities(line)

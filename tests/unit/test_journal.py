@@ -174,3 +174,29 @@ def test_recovery_touches_nothing_when_the_target_was_recreated():
     (verdict,) = resume.verdicts
     assert verdict.kept and "UIDVALIDITY changed (9 -> 99)" in verdict.detail
     assert sent[-2:] == [b"EXAMINE INBOX\r\n", b"CLOSE\r\n"]  # nothing left selected
+
+
+def test_commands_pipelined_after_a_login_wait_for_its_reply_and_the_recovery():
+    """``a LOGIN`` and ``b SELECT INBOX`` in one write: the SELECT goes upstream only once the
+    client has its login's OK, after the recovery that runs on this very connection (its own
+    SELECTs would otherwise change what the client's SELECT selected)."""
+    driver = Driver(SessionSettings(journal=True))
+    driver.upstream(GREETING)
+    driver.seen()
+    assert driver.client(b"a LOGIN user pass\r\nb SELECT INBOX\r\n") == b"a LOGIN user pass\r\n"
+    assert driver.upstream(b"a OK Logged in\r\n") == b""
+    entry = ENTRY.copied(frozenset(), {10: 30}, b"9", {})
+    driver.session.resume_entries([Entry.from_json(entry.to_json().replace("j\\u00f6rg", "user"))])
+    assert driver.sent() == b"CAPABILITY\r\n"  # the recovery's: the SELECT still waits
+    assert driver.seen() == b""
+    sent = driver.upstream(
+        b"* CAPABILITY IMAP4rev1 UIDPLUS\r\n" + driver.tagged(b"CAPABILITY", b"OK")
+    )
+    assert sent == b"SELECT INBOX\r\n"  # the recovery's own
+    sent = driver.upstream(driver.tagged(b"SELECT INBOX", b"NO [NONEXISTENT] gone"))
+    assert sent == b"EXAMINE INBOX\r\n"  # kept for an operator; nothing left selected
+    assert driver.answer(b"EXAMINE", b"OK") == b"CLOSE\r\n"
+    assert driver.answer(b"CLOSE", b"OK") == b"b SELECT INBOX\r\n"  # only now
+    assert driver.seen() == b"a OK Logged in\r\n"
+    (verdict,) = driver.session.resumes.verdicts
+    assert verdict.kept

@@ -177,9 +177,22 @@ class MoveRunner:
         self.step(move.recorded(durable))
 
     def _record(self, state: MoveState) -> None:
-        """Queue the journal entry for the phase the MOVE waits for."""
+        """Queue the journal entry for the phase the MOVE waits for. A COPY sent without an
+        intent (its listing found nothing, and the server's COPY is left to answer) that copied
+        something after all (mail arrived meanwhile) is recorded from its COPYUID on."""
         phase, chunk, entry = state.record, state.chunk, self._entry
-        if phase is Phase.COPIED and entry is not None:
+        if phase is Phase.INTENT or entry is None:
+            host, mailbox = self._host, self._mailbox
+            assert host.user is not None and mailbox.name is not None
+            assert state.policy is not None and mailbox.uidvalidity is not None
+            uids = chunk.uids if chunk.uids is not None else sorted(chunk.moving)
+            entry = Entry(
+                entry.id if entry is not None else secrets.token_hex(8),
+                host.user, state.policy.value, mailbox.name, mailbox.uidvalidity,
+                tuple(uids), state.request.mailbox, state.target_validity,
+                state.target_uidnext, time.time(),
+            )  # fmt: skip
+        if phase is Phase.COPIED:
             seen = state.flags.seen if state.flags is not None else {}
             originals = {
                 uid: (copied.date, tuple(sorted(copied.flags)))
@@ -189,16 +202,6 @@ class MoveRunner:
             entry = entry.copied(
                 frozenset(chunk.already_deleted), dict(chunk.targets), chunk.target_validity,
                 originals,
-            )  # fmt: skip
-        else:
-            host, mailbox = self._host, self._mailbox
-            assert host.user is not None and mailbox.name is not None and chunk.uids is not None
-            assert state.policy is not None and mailbox.uidvalidity is not None
-            entry = Entry(
-                entry.id if entry is not None else secrets.token_hex(8),
-                host.user, state.policy.value, mailbox.name, mailbox.uidvalidity,
-                tuple(chunk.uids), state.request.mailbox, state.target_validity,
-                state.target_uidnext, time.time(),
             )  # fmt: skip
         self._entry, self._recording = entry, True
         self._host.queue(RecordMove(entry))

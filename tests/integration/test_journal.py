@@ -238,7 +238,9 @@ def test_replicas_sharing_redis_finish_a_move_one_of_them_died_in(
     server = dovecot_legacy
     user = server.new_user()
     subjects = _seed(server, user, 5)
-    shared = ("--move-lock", redis_server.url, "--journal", "auto")  # auto: Redis, with the lock
+    # auto: the journal in Redis, with the lock. The dead replica's lease on the mailbox
+    # outlives it by up to move_lock_lease: the login on the other waits for it.
+    shared = ("--move-lock", redis_server.url, "--journal", "auto", "--move-lock-lease", "2")
     proxies: list[ProxyProcess] = []
     with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
         proxies.append(ProxyProcess(switch.address, tmp_path / "a.log", *shared))
@@ -255,7 +257,7 @@ def test_replicas_sharing_redis_finish_a_move_one_of_them_died_in(
             body = redis_server.cli("GET", entry_key)
             assert user in body and server.password not in body, body
             assert json.loads(body)["phase"] == "copied"
-            with RawClient(other.address) as client:
+            with RawClient(other.address, BIG) as client:
                 client.login(user, server.password)
                 client.logout()
             log = other.log_text()

@@ -200,3 +200,25 @@ def test_commands_pipelined_after_a_login_wait_for_its_reply_and_the_recovery():
     assert driver.seen() == b"a OK Logged in\r\n"
     (verdict,) = driver.session.resumes.verdicts
     assert verdict.kept
+
+
+def test_a_copy_sent_without_an_intent_that_copied_something_is_recorded_before_its_store():
+    """The listing finds nothing, so the server's own COPY answers (as for a set naming no
+    message); mail arrived meanwhile and the COPY copied it: recorded from its COPYUID before
+    anything is flagged."""
+    script = journaled()
+    script.client(b"c UID MOVE 10:12 Archive\r\n")
+    sent = script.upstream(
+        script.tagged(b"NOOP", b"OK") + script.esearch(b"UID 10:12\r\n")
+        + script.tagged(b"UID 10:12\r\n", b"OK") + script.tagged(b"DELETED", b"OK")
+        + b"* STATUS Archive (UIDNEXT 30 UIDVALIDITY 9 MESSAGES 4)\r\n"
+        + script.tagged(b"STATUS", b"OK")
+    )  # fmt: skip
+    assert b"UID COPY 10:12 Archive\r\n" in sent and not script.take(RecordMove)
+    listed = script.esearch(b"UID 10:12\r\n", b"ALL 11") + script.tagged(b"UID 10:12\r\n", b"OK")
+    listed += script.tagged(b"DELETED", b"OK")
+    assert script.upstream(listed + script.tagged(b"COPY", b"OK [COPYUID 9 11 30] Done")) == b""
+    (copied,) = [effect.entry for effect in script.take(RecordMove)]
+    assert (copied.uids, copied.copies, copied.phase) == ((11,), {11: 30}, Phase.COPIED)
+    script.session.move_recorded(True)
+    assert script.sent() == b"UID STORE 11 +FLAGS.SILENT (\\Deleted)\r\n"

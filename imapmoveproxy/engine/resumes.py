@@ -6,8 +6,9 @@ on, the tagged OK is held back and :class:`.effects.LookupJournal` queued. The c
 user's entries, takes each source mailbox's MOVE lock, and hands the entries over
 (:meth:`ResumeRunner.entries`); with none, the OK goes to the client at once. Otherwise a
 :class:`~..move.resume.Resume` runs on the client's own upstream connection: its commands under
-the proxy's tags, every upstream response meanwhile its own. Then the OK goes on, and the
-verdicts (:attr:`ResumeRunner.verdicts`) tell the caller which entries to remove.
+the proxy's tags, every upstream response meanwhile its own. Its verdicts
+(:attr:`ResumeRunner.verdicts`) tell the caller which entries to remove; once it has, the OK
+goes on (:meth:`ResumeRunner.settled`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class ResumeRunner:
 
     __slots__ = (
         "_channel", "_entries", "_host", "_log", "_output", "_settings", "_user", "held",
-        "running", "verdicts",
+        "running", "settling", "verdicts",
     )  # fmt: skip
 
     def __init__(
@@ -60,6 +61,7 @@ class ResumeRunner:
         self.held: bytes | None = None  # the login's tagged OK, for the client afterwards
         self.running: Resume | None = None
         self.verdicts: list[Verdict] = []
+        self.settling = False  # the recovery is over; its verdicts wait to be settled
 
     @property
     def busy(self) -> bool:
@@ -125,9 +127,14 @@ class ResumeRunner:
             channel = self._channel
             channel.send([channel.own(command, running) for command in commands])
             return
-        if running.done:
+        if running.done:  # the caller settles the journal, then :meth:`settled`
             self.verdicts, self.running = running.verdicts, None
-            self._release()
+            self.settling = True
+
+    def settled(self) -> None:
+        """The journal has what the recovery did: the login's OK goes to the client."""
+        self.settling = False
+        self._release()
 
     def _release(self) -> None:
         held, self.held = self.held, None

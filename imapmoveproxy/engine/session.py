@@ -297,6 +297,11 @@ class Session:
         self.resumes.entries(entries)
         self.resume()
 
+    def resume_settled(self) -> None:
+        """The journal has the recovery's verdicts: the login's reply goes to the client."""
+        self.resumes.settled()
+        self.resume()
+
     def flag_check_finished(self, result: Result, detail: str) -> None:
         """The second session of :class:`.effects.CheckFlags` ended: the MOVE is answered."""
         self.moves.flags_checked(result, detail)

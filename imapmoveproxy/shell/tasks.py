@@ -147,10 +147,12 @@ class MoveTasks:
             if not locks or not entries:
                 return
             await connection.changed.until(
-                lambda: not session.resumes.busy or session.close_reason is not None
+                lambda: session.resumes.settling or session.close_reason is not None
             )
             verdicts, session.resumes.verdicts = session.resumes.verdicts, []
             await journal.settle(verdicts, session.conn_id)
+            session.resume_settled()
+            connection.after_session()
 
     async def _rollback(self, request: RollbackRequest, credentials: Credentials) -> None:
         """Run the second session that removes a failed MOVE's copies."""

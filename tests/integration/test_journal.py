@@ -18,6 +18,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -347,3 +348,86 @@ def test_with_master_credentials_a_proxy_finishes_a_move_at_start_up_without_a_l
     assert f"Master user logging in as {user}" in server.log_text()
     _assert_moved_once(server, user, subjects)
     assert _journal_bodies(journal) == []
+
+
+def test_two_retries_racing_the_recovery_duplicate_nothing(
+    dovecot_legacy: ImapServer, tmp_path: Path
+) -> None:
+    """After the proxy's death, the client reconnects twice at once (two devices, or a client
+    that retries on a second connection) and each retries the MOVE: one login recovers, the
+    other waits for the mailbox's lock, finds the entry gone, and both MOVEs then find the
+    originals gone. Every message once."""
+    server = dovecot_legacy
+    user = server.new_user()
+    subjects = _seed(server, user, 8)
+    journal = tmp_path / "journal.sqlite"
+    proxies: list[ProxyProcess] = []
+    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
+        proxies.append(
+            ProxyProcess(switch.address, tmp_path / "first.log", "--journal", str(journal))
+        )
+        switch.arm("store")
+        try:
+            _move_until_killed(proxies[0], user, server.password, b"UID MOVE 1:* Archive")
+        finally:
+            proxies[0].stop()
+        second = ProxyProcess(switch.address, tmp_path / "second.log", "--journal", str(journal))
+        replies: list[bytes] = []
+        errors: list[BaseException] = []
+
+        def retry() -> None:
+            try:
+                with RawClient(second.address, BIG) as client:
+                    client.login(user, server.password)
+                    assert client.command(b"s", b"SELECT INBOX")[-1].startswith(b"s OK")
+                    replies.append(client.command(b"r", b"UID MOVE 1:8 Archive")[-1])
+                    client.logout()
+            except BaseException as exc:  # reported below, in the test's thread
+                errors.append(exc)
+
+        try:
+            threads = [threading.Thread(target=retry) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+            log = second.log_text()
+        finally:
+            second.stop()
+    assert errors == [] and len(replies) == 2, (errors, replies)
+    assert len(re.findall(r"journal recovery of MOVE", log)) == 1, log
+    _assert_moved_once(server, user, subjects)
+
+
+@pytest.mark.parametrize("policy", ["proceed", "refuse"])
+def test_a_journal_that_cannot_be_written_moves_anyway_or_refuses_by_policy(
+    dovecot_legacy: ImapServer, tmp_path: Path, policy: str
+) -> None:
+    """The journal's directory cannot be created: under "proceed" the MOVE runs unrecorded and
+    the error is counted and logged; under "refuse" it gets NO [UNAVAILABLE], nothing moved."""
+    server = dovecot_legacy
+    user = server.new_user()
+    subjects = _seed(server, user, 3)
+    metrics_port = find_free_port()
+    args = ("--journal", "/proc/imapmoveproxy/journal.sqlite", "--journal-unavailable", policy)
+    proxy = ProxyProcess(
+        server.address, tmp_path / "p.log", *args, "--metrics", f"{HOST}:{metrics_port}"
+    )
+    try:
+        with RawClient(proxy.address) as client:
+            client.login(user, server.password)
+            assert client.command(b"s", b"SELECT INBOX")[-1].startswith(b"s OK")
+            reply = client.command(b"m", b"UID MOVE 1:* Archive")[-1]
+            client.logout()
+        _, text = http_get(metrics_port, "/metrics")
+        proxy.wait_for_log(r"WARNING - imapmoveproxy.shell.journal: cannot use the journal: .*\(MOVEs")
+    finally:
+        proxy.stop()
+    assert metric(text, "imapmoveproxy_journal_errors_total") >= 1
+    if policy == "proceed":
+        assert reply.startswith(b"m OK"), reply
+        _assert_moved_once(server, user, subjects)
+    else:
+        assert reply.startswith(b"m NO [UNAVAILABLE]"), reply
+        assert sorted(s for s, _ in _state(server, user, "INBOX")) == sorted(subjects)
+        assert _state(server, user, "Archive") == []

@@ -10,9 +10,8 @@ import sys
 
 import trio
 
-from . import probe
+from . import journal_cli, probe
 from .config import ConfigError, from_arguments
-from .journal import cli as journal_cli
 from .shell.server import Proxy
 
 

@@ -191,11 +191,13 @@ async def sweep(proxy: Proxy) -> None:
     while True:
         users = {entry.user for entry in await keeper.unfinished()}
         for user in sorted(users - proxy.users_connected()):
-            await _sweep_user(proxy, user)
+            await finish_user(proxy, user)
         await trio.sleep(SWEEP_INTERVAL)
 
 
-async def _sweep_user(proxy: Proxy, user: bytes) -> None:
+async def finish_user(proxy: Proxy, user: bytes) -> list[Verdict]:
+    """Recover ``user``'s entries through the master login, under their mailboxes' locks;
+    what became of each."""
     config, keeper = proxy.config, proxy.journal
     login = (config.rollback_master_user or "").encode()
     credentials = Credentials(user, login, (config.rollback_master_password or "").encode(), True)
@@ -205,11 +207,12 @@ async def _sweep_user(proxy: Proxy, user: bytes) -> None:
         try:
             for key in keys:
                 await stack.enter_async_context(proxy.locks.hold(key))
-        except LockError:
-            return  # a MOVE holds one of them: the next sweep
+        except LockError as exc:  # a MOVE holds one of them: the next sweep
+            log.info("journal recovery of %s postponed: %r", user.decode("latin-1"), exc)
+            return []
         entries = [entry for entry in await keeper.pending(user) if entry.source_validity in keys]
         if not entries:
-            return
+            return []
         session = ResumeSession(entries, credentials, config.max_set_bytes)
         error = await run_second_session(proxy, session, None, config.rollback_timeout)
         if error or session.error:
@@ -218,3 +221,4 @@ async def _sweep_user(proxy: Proxy, user: bytes) -> None:
                 user.decode("latin-1"), error or session.error,
             )  # fmt: skip
         await keeper.settle(session.verdicts, "sweep")
+        return session.verdicts

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import re
 import sqlite3
@@ -148,10 +149,10 @@ def _journal_bodies(path: Path) -> list[str]:
         return [body for (body,) in db.execute("SELECT body FROM moves")]
 
 
-def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "imapmoveproxy", "journal", *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=30,
+        capture_output=True, text=True, cwd=ROOT, timeout=60, env={**os.environ, **(env or {})},
     )  # fmt: skip
 
 
@@ -420,7 +421,9 @@ def test_a_journal_that_cannot_be_written_moves_anyway_or_refuses_by_policy(
             reply = client.command(b"m", b"UID MOVE 1:* Archive")[-1]
             client.logout()
         _, text = http_get(metrics_port, "/metrics")
-        proxy.wait_for_log(r"WARNING - imapmoveproxy.shell.journal: cannot use the journal: .*\(MOVEs")
+        proxy.wait_for_log(
+            r"WARNING - imapmoveproxy.shell.journal: cannot use the journal: .*\(MOVEs"
+        )
     finally:
         proxy.stop()
     assert metric(text, "imapmoveproxy_journal_errors_total") >= 1
@@ -431,3 +434,34 @@ def test_a_journal_that_cannot_be_written_moves_anyway_or_refuses_by_policy(
         assert reply.startswith(b"m NO [UNAVAILABLE]"), reply
         assert sorted(s for s, _ in _state(server, user, "INBOX")) == sorted(subjects)
         assert _state(server, user, "Archive") == []
+
+
+def test_an_operator_finishes_an_entry_by_hand_with_master_credentials(
+    dovecot_acl: DovecotAclServer, tmp_path: Path
+) -> None:
+    """The proxy is down; ``imapmoveproxy journal ... finish ID`` recovers the entry now, as
+    the user's next login would."""
+    server = dovecot_acl
+    user = server.new_user()
+    subjects = _seed(server, user, 3)
+    journal = tmp_path / "journal.sqlite"
+    proxies: list[ProxyProcess] = []
+    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
+        proxies.append(ProxyProcess(switch.address, tmp_path / "p.log", "--journal", str(journal)))
+        switch.arm("store")
+        try:
+            _move_until_killed(proxies[0], user, server.password, b"UID MOVE 1:* Archive")
+        finally:
+            proxies[0].stop()
+        upstream = f"{switch.address[0]}:{switch.address[1]}"
+        settings = ("--upstream", upstream, "--journal", str(journal), "--rollback", "master")
+        env = {
+            "IMAPMOVEPROXY_ROLLBACK_MASTER_USER": server.master_user,
+            "IMAPMOVEPROXY_ROLLBACK_MASTER_PASSWORD": server.master_password,
+        }
+        (entry,) = json.loads(_run_cli(*settings, "list", "--json", env=env).stdout)
+        finished = _run_cli(*settings, "finish", entry["id"], env=env)
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.startswith(f"{entry['id']}: finished"), finished.stdout
+    _assert_moved_once(server, user, subjects)
+    assert _journal_bodies(journal) == []

@@ -1,12 +1,16 @@
 """``imapmoveproxy journal``: what an operator sees of the journal and does with an entry.
 
     imapmoveproxy journal [--config FILE | settings...] list [--json]
+    imapmoveproxy journal [--config FILE | settings...] finish ID
     imapmoveproxy journal [--config FILE | settings...] drop ID
 
 The journal is the one the settings name (``journal``, ``move_lock``, ``upstream``), as the
 proxy would open it; it may be running meanwhile. ``list`` shows every unfinished entry (a MOVE
-running right now shows as well, for as long as it runs); ``drop`` removes one the operator has
-dealt with by hand, after which no login will finish it.
+running right now shows as well, for as long as it runs); ``finish`` recovers the entries of
+that entry's user now, as their next login would, through the master login (``rollback =
+"master"``), under the mailboxes' MOVE locks (a SQLite journal is the running proxy's: stop it
+first); ``drop`` removes one the operator has dealt with by hand, after which no login will
+finish it.
 """
 
 from __future__ import annotations
@@ -18,15 +22,18 @@ from collections.abc import Mapping
 
 import trio
 
-from ..config import ConfigError, from_arguments
-from .entry import Entry
-from .store import JournalError, Stored, open_journal
+from .config import ConfigError, from_arguments
+from .journal.entry import Entry
+from .journal.store import JournalError, Stored, open_journal
+from .shell.journal import finish_user
+from .shell.server import Proxy
 
-USAGE = "usage: imapmoveproxy journal [--config FILE] {list [--json] | drop ID}"
+USAGE = "usage: imapmoveproxy journal [--config FILE] {list [--json] | finish ID | drop ID}"
+ACTIONS = ("list", "finish", "drop")
 
 
 def main(argv: list[str], environ: Mapping[str, str]) -> int:
-    action = next((word for word in argv if word in ("list", "drop")), None)
+    action = next((word for word in argv if word in ACTIONS), None)
     if action is None:
         print(USAGE, file=sys.stderr)
         return 2
@@ -34,7 +41,7 @@ def main(argv: list[str], environ: Mapping[str, str]) -> int:
     settings, rest = argv[:position], argv[position + 1 :]
     as_json = "--json" in rest
     rest = [word for word in rest if word != "--json"]
-    if (action == "drop") != (len(rest) == 1) or (action == "list" and rest):
+    if (action != "list") != (len(rest) == 1) or (action == "list" and rest):
         print(USAGE, file=sys.stderr)
         return 2
     try:
@@ -46,6 +53,11 @@ def main(argv: list[str], environ: Mapping[str, str]) -> int:
     if journal is None:
         print('imapmoveproxy: the journal is off (journal = "off")', file=sys.stderr)
         return 2
+    if action == "finish":
+        if config.rollback != "master":
+            print('imapmoveproxy: finish needs rollback = "master"', file=sys.stderr)
+            return 2
+        return trio.run(_finish, Proxy(config), rest[0])
 
     async def run() -> int:
         async with journal.running():
@@ -90,3 +102,15 @@ def _table(listed: list[tuple[str, Stored]]) -> str:
             f"{len(entry.uids)} messages  {entry.phase.value}  {age}s old"
         )
     return "\n".join(lines)
+
+
+async def _finish(proxy: Proxy, entry_id: str) -> int:
+    async with proxy.locks.running(), proxy.journal.running():
+        entry = next((e for e in await proxy.journal.unfinished() if e.id == entry_id), None)
+        if entry is None:
+            print(f"imapmoveproxy: no readable entry {entry_id} of this upstream", file=sys.stderr)
+            return 1
+        verdicts = await finish_user(proxy, entry.user)
+    for verdict in verdicts:
+        print(f"{verdict.entry.id}: {verdict.outcome.value} {verdict.detail}".rstrip())
+    return 0 if verdicts and not any(verdict.kept for verdict in verdicts) else 1

@@ -179,8 +179,14 @@ class MoveRunner:
     def _record(self, state: MoveState) -> None:
         """Queue the journal entry for the phase the MOVE waits for. A COPY sent without an
         intent (its listing found nothing, and the server's COPY is left to answer) that copied
-        something after all (mail arrived meanwhile) is recorded from its COPYUID on."""
+        something after all (mail arrived meanwhile) is recorded from its COPYUID on. Under
+        the guarded policy the entry carries every message's INTERNALDATE and flags noted so
+        far, earlier chunks' too: their copies' flags are restored only after the last chunk."""
         phase, chunk, entry = state.record, state.chunk, self._entry
+        seen = state.flags.seen if state.flags is not None else {}
+        originals = {
+            uid: (copied.date, tuple(sorted(copied.flags))) for uid, copied in seen.items()
+        }
         if phase is Phase.INTENT or entry is None:
             host, mailbox = self._host, self._mailbox
             assert host.user is not None and mailbox.name is not None
@@ -190,15 +196,9 @@ class MoveRunner:
                 entry.id if entry is not None else secrets.token_hex(8),
                 host.user, state.policy.value, mailbox.name, mailbox.uidvalidity,
                 tuple(uids), state.request.mailbox, state.target_validity,
-                state.target_uidnext, time.time(),
+                state.target_uidnext, time.time(), originals=originals,
             )  # fmt: skip
         if phase is Phase.COPIED:
-            seen = state.flags.seen if state.flags is not None else {}
-            originals = {
-                uid: (copied.date, tuple(sorted(copied.flags)))
-                for uid, copied in seen.items()
-                if uid in chunk.moving
-            }
             entry = entry.copied(
                 frozenset(chunk.already_deleted), dict(chunk.targets), chunk.target_validity,
                 originals,

@@ -50,7 +50,8 @@ class Entry:
     phase: Phase = Phase.INTENT
     user_deleted: frozenset[int] = frozenset()  # COPIED: flagged \Deleted by the user before
     copies: dict[int, int] = field(default_factory=dict)  # COPIED: source UID -> copy (COPYUID)
-    # COPIED, guarded: source UID -> (INTERNALDATE, flags) before the COPY (imap4d's drops them)
+    # guarded: source UID -> (INTERNALDATE, flags) before the COPY (imap4d's drops them), for
+    # this chunk and the MOVE's earlier ones
     originals: dict[int, tuple[bytes, tuple[bytes, ...]]] = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -10,7 +10,7 @@ import sys
 
 import trio
 
-from . import probe
+from . import journal_cli, probe
 from .config import ConfigError, from_arguments
 from .shell.server import Proxy
 
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["probe"]:
         return probe.main(argv[1:], os.environ)
+    if argv[:1] == ["journal"]:
+        return journal_cli.main(argv[1:], os.environ)
     try:
         config, check_only = from_arguments(argv, os.environ)
     except ConfigError as exc:

@@ -19,6 +19,8 @@ UPSTREAM_TLS_MODES = ("none", "starttls", "implicit")
 LOG_FORMATS = ("text", "json")
 ROLLBACK_MODES = ("client", "master", "off")
 MOVE_LOCK_UNAVAILABLE = ("proceed", "refuse")
+JOURNAL_UNAVAILABLE = ("proceed", "refuse")
+DEFAULT_JOURNAL = "/var/lib/imapmoveproxy/journal.sqlite"
 ENV_PREFIX = "IMAPMOVEPROXY_"
 
 
@@ -78,6 +80,18 @@ class Config:
     move_lock_timeout: float = 60.0
     move_lock_lease: float = 10.0
     move_lock_unavailable: str = "proceed"
+    # Where MOVEs in progress are recorded: "auto" (Redis/Valkey with move_lock, else the SQLite
+    # file DEFAULT_JOURNAL), "off", a SQLite file's path, or a redis:// URL.
+    journal: str = "auto"
+    journal_unavailable: str = "proceed"
+    journal_fsync: bool = True  # SQLite: each entry on disk before the MOVE goes on
+
+    @property
+    def journal_location(self) -> str:
+        """The journal's SQLite path or Redis URL; "off" if there is none."""
+        if self.journal != "auto":
+            return self.journal
+        return self.move_lock if self.move_lock is not None else DEFAULT_JOURNAL
 
 
 def parse_address(key: str, value: object) -> Address:
@@ -161,6 +175,13 @@ def _lock_url(key: str, value: object) -> str:
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def _journal(key: str, value: object) -> str:
+    text = _text(key, value)
+    if text in ("auto", "off") or urlsplit(text).scheme == "":
+        return text
+    return _lock_url(key, text)
+
+
 def _networks(key: str, value: object) -> tuple[IPNetwork, ...]:
     """A list of networks ("10.0.0.0/8"), or one comma-separated string of them."""
     items = value.split(",") if isinstance(value, str) else value
@@ -214,6 +235,9 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "move_lock_timeout": _number(float, 0.0),
     "move_lock_lease": _number(float, 1.0),
     "move_lock_unavailable": _choice(MOVE_LOCK_UNAVAILABLE),
+    "journal": _journal,
+    "journal_unavailable": _choice(JOURNAL_UNAVAILABLE),
+    "journal_fsync": _bool,
 }
 assert set(_PARSERS) == {f.name for f in fields(Config)}
 
@@ -280,6 +304,19 @@ def argument_parser() -> argparse.ArgumentParser:
         "--move-lock-unavailable",
         choices=MOVE_LOCK_UNAVAILABLE,
         help="MOVE when the lock service is unreachable",
+    )
+    add("--journal", help='where MOVEs are recorded: "auto", "off", a SQLite path, redis://...')
+    add(
+        "--journal-no-fsync",
+        dest="journal_fsync",
+        action="store_false",
+        default=None,
+        help="SQLite journal: survive the process's death, not the machine's (faster)",
+    )
+    add(
+        "--journal-unavailable",
+        choices=JOURNAL_UNAVAILABLE,
+        help="MOVE when the journal cannot be written",
     )
     add("--tls-cert", help="certificate chain (PEM) shown to clients")
     add("--tls-key", help="private key (PEM) of --tls-cert")

@@ -96,6 +96,9 @@ class ClientHost(Protocol):
     def wants_client_data(self) -> bool: ...
 
     @property
+    def login_settling(self) -> bool: ...
+
+    @property
     def authenticated(self) -> bool: ...
 
     @property
@@ -172,6 +175,10 @@ class ClientInput:
             self._data_tag = None
         self._release_held()
 
+    def retry_held(self) -> None:
+        """Look again at the command held back, if it may go now."""
+        self._release_held()
+
     def continued(self) -> None:
         """The server's ``+`` for the client: it may send its literal now."""
         self._literal_tag = None
@@ -189,8 +196,11 @@ class ClientInput:
             self._invalid_command(line)
             return
         self._invalid = 0
-        if self._inflight.in_doubt(start):
-            self.held = line  # looked at again once the other command with its tag completes
+        if self._inflight.in_doubt(start) or self._host.login_settling:
+            # Looked at again once the other command with its tag completes, or (with a
+            # journal) once the login's reply has gone to the client: the journal's recovery
+            # runs on this very connection in between.
+            self.held = line
             return
         name, tag = start.name, start.tag
         self._counters.commands += 1
@@ -227,7 +237,7 @@ class ClientInput:
             return
         start = parse_command_start(line.data)
         assert start is not None  # held only after it parsed
-        if not self._inflight.in_doubt(start):
+        if not self._inflight.in_doubt(start) and not self._host.login_settling:
             self.held = None
             self._command(line)
 
@@ -289,7 +299,7 @@ class ClientInput:
         self._inflight.sent(line, start)
         if start.name in AUTH_COMMANDS:
             self._host.upstream_capabilities(None)  # unknown: they change when authenticated
-            if self._settings.rollback != "off":
+            if self._settings.rollback != "off" or self._settings.journal:
                 self._keep(self._capture.command(line, start))
         if start.name in _DATA_COMMANDS:
             self._data_tag = start.tag

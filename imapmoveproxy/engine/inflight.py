@@ -47,6 +47,11 @@ class CommandsInFlight:
     def __contains__(self, tag: bytes) -> bool:
         return tag in self._by_tag
 
+    @property
+    def logging_in(self) -> bool:
+        """A LOGIN or AUTHENTICATE is in flight."""
+        return bool(self._logins)
+
     def in_doubt(self, start: CommandStart) -> bool:
         """Whether a reply to this command could not be told apart from one to a command in
         flight (then it must wait): after ``a NOOP`` and ``a LOGIN`` pipelined, the NOOP's

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 
+from ..journal.entry import Entry
 from ..move.copyflags import Result
 from ..move.rollback import Credentials
 from ..wire.capabilities import Capabilities
@@ -42,6 +43,7 @@ from .mailbox import SelectedMailbox
 from .moves import MoveRunner
 from .offer import Offer
 from .output import Output
+from .resumes import ResumeRunner
 from .settings import Counters, SessionSettings
 from .upstream import UpstreamResponses
 
@@ -68,8 +70,8 @@ class Session:
     __slots__ = (
         "_effects", "_inflater", "_shutting_down", "_tls_pending", "addresses", "authenticated",
         "caps", "channel", "client", "close_reason", "conn_id", "counters", "credentials",
-        "inflight", "log", "mailbox", "moves", "offer", "output", "settings", "tls", "upstream",
-        "upstream_framer",
+        "inflight", "log", "mailbox", "moves", "offer", "output", "resumes", "settings", "tls",
+        "upstream", "upstream_framer", "user",
     )  # fmt: skip
 
     def __init__(
@@ -94,6 +96,7 @@ class Session:
         self.caps: Capabilities | None = None  # the upstream's; None: unknown in this state
         self.authenticated = False
         self.credentials: Credentials | None = None  # for a rollback's second session
+        self.user: bytes | None = None  # whose login the server accepted, if known
         self.mailbox = SelectedMailbox()
         self.inflight = CommandsInFlight()
         # Each helper gets the parts it uses, and the session only as its narrow host.
@@ -102,12 +105,13 @@ class Session:
         self.moves = MoveRunner(
             self, settings, output, self.channel, inflight, self.mailbox, counters, logger
         )
+        self.resumes = ResumeRunner(self, settings, output, self.channel, logger)
         self.offer = Offer(self, settings)  # what the proxy adds; whether it executes MOVE
         moves, offer = self.moves, self.offer
         self.client = ClientInput(self, settings, output, inflight, moves, offer, counters, logger)
         self.upstream = UpstreamResponses(
             self, self.upstream_framer, output, self.channel, inflight, self.mailbox, moves,
-            self.client, offer, counters, settings, logger, addresses,
+            self.resumes, self.client, offer, counters, settings, logger, addresses,
         )  # fmt: skip
         self._shutting_down = False
         self._inflater: Inflater | None = None  # COMPRESS=DEFLATE: the client's bytes inflated
@@ -161,6 +165,7 @@ class Session:
     def resume(self) -> None:
         """Output has been delivered: look at client commands held back by the backlog."""
         if not self.moving:
+            self.client.retry_held()
             self._client_commands()
         self.moves.announce()
 
@@ -188,8 +193,15 @@ class Session:
             and not self._shutting_down
             and not self._tls_pending
             and self.client.held is None
+            and self.resumes.held is None
             and self.output_has_room()
         )
+
+    @property
+    def login_settling(self) -> bool:
+        """With a journal, a login is in flight or its reply held back: commands after it wait,
+        as the journal's recovery may run on this connection before the reply goes on."""
+        return self.settings.journal and (self.inflight.logging_in or self.resumes.busy)
 
     # The backpressure rule, in one place: the session looks at client commands, and the caller
     # reads the client, only while the output for either peer is under the backlog; the caller
@@ -311,6 +323,23 @@ class Session:
         self.moves.rollback_finished(error, missing)
         self.resume()  # commands the client pipelined behind the MOVE
 
+    def move_recorded(self, durable: bool) -> None:
+        """The journal entry :class:`.effects.RecordMove` asked for is durable (``durable``), or
+        cannot be and the MOVE may not go on without it."""
+        self.moves.recorded(durable)
+        self.resume()
+
+    def resume_entries(self, entries: list[Entry]) -> None:
+        """The unfinished journal entries :class:`.effects.LookupJournal` asked for, their
+        mailboxes' locks held: finish them, then the client's login reply goes on."""
+        self.resumes.entries(entries)
+        self.resume()
+
+    def resume_settled(self) -> None:
+        """The journal has the recovery's verdicts: the login's reply goes to the client."""
+        self.resumes.settled()
+        self.resume()
+
     def flag_check_finished(self, result: Result, detail: str) -> None:
         """The second session of :class:`.effects.CheckFlags` ended: the MOVE is answered."""
         self.moves.flags_checked(result, detail)
@@ -332,7 +361,9 @@ class Session:
         """The upstream accepted a login (``credentials``: those to replay for a second
         session, if captured), or greeted with PREAUTH."""
         self.authenticated = True
-        self.credentials = credentials
+        self.user = credentials.user if credentials is not None else None
+        self.credentials = credentials if self.settings.rollback != "off" else None
+        self.resumes.logged_in(self.user)
 
     @property
     def compressed(self) -> bool:

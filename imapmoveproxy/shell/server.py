@@ -18,8 +18,17 @@ import trio
 from ..config import Address, Config
 from ..engine.session import SHUTDOWN_BYE, Session, SessionSettings
 from ..metrics import Metrics, serve_http
-from ..wire.proxyproto import V2_MAX, Endpoint, ProxyHeader, ProxyHeaderError, build_v2, parse
+from ..wire.proxyproto import (
+    V2_LOCAL,
+    V2_MAX,
+    Endpoint,
+    ProxyHeader,
+    ProxyHeaderError,
+    build_v2,
+    parse,
+)
 from .connection import UNAVAILABLE, Connection, bye_and_close
+from .journal import JournalKeeper, sweep
 from .locks import make_move_locks
 from .readiness import UpstreamReadiness
 from .tls import Certificates, UpstreamUnavailable, open_upstream, upstream_context
@@ -43,6 +52,7 @@ def session_settings(config: Config, *, tls_offered: bool) -> SessionSettings:
         compress=config.compress,
         chunk_size=config.move_chunk_size,
         rollback=config.rollback,
+        journal=config.journal_location != "off",
         rollback_master=(
             (config.rollback_master_user or "").encode(),
             (config.rollback_master_password or "").encode(),
@@ -66,11 +76,16 @@ class Proxy:
         self.metrics = Metrics()
         self.metrics.before_scrape.append(self._publish_counts)
         self.locks = make_move_locks(config, self.metrics)
+        self.journal = JournalKeeper(config, self.metrics)
         self._draining = False
         self._readiness = UpstreamReadiness(config.upstream, config.connect_timeout)
         self._setting_up = 0  # connections accepted and not yet closed
         self._per_address: dict[str, int] = {}  # the same, by the address they come from
         self._settings = session_settings(config, tls_offered=self._certificates is not None)
+
+    def users_connected(self) -> set[bytes]:
+        """The users logged in through this proxy right now."""
+        return {user for c in self._connections if (user := c.session.user) is not None}
 
     def _publish_counts(self) -> None:
         for connection in self._connections:
@@ -86,7 +101,13 @@ class Proxy:
         plain = await self._listen(self.config.listen, "plain")
         implicit = await self._listen(self.config.listen_tls, "TLS")
         http = await self._listen(self.config.metrics, "metrics")
-        async with self.locks.running(), trio.open_nursery() as connections:
+        async with (
+            self.locks.running(),
+            self.journal.running(),
+            trio.open_nursery() as connections,
+        ):
+            if self.config.rollback == "master" and self.journal.on:
+                connections.start_soon(sweep, self)
             if http:  # in the outer nursery: /readyz says "draining" while MOVEs finish
                 connections.start_soon(serve_http, http, self.metrics, _alive, self._ready)
             with trio.CancelScope() as accepting:
@@ -293,11 +314,13 @@ class Proxy:
             return None
 
     async def open_upstream(
-        self, addresses: tuple[Endpoint, Endpoint]
+        self, addresses: tuple[Endpoint, Endpoint] | None
     ) -> tuple[trio.abc.Stream, bytes]:
-        """A new upstream connection for the client at ``addresses`` (with the PROXY header
-        if configured); the greeting, if it has been read already."""
-        preamble = build_v2(*addresses) if self.config.upstream_proxy_protocol else b""
+        """A new upstream connection for the client at ``addresses`` (None: for the proxy
+        itself), with the PROXY header if configured; the greeting, if it has been read already."""
+        preamble = b""
+        if self.config.upstream_proxy_protocol:
+            preamble = V2_LOCAL if addresses is None else build_v2(*addresses)
         return await open_upstream(self.config, self._upstream_tls, preamble)
 
 

@@ -84,7 +84,7 @@ class Probe:
         """A direct session with the upstream, opened the way the proxy opens one."""
         loopback = ("127.0.0.1", 0)
         with trio.fail_after(self.config.connect_timeout):
-            stream, greeting = await self.proxy.open_upstream((loopback, loopback))
+            stream, greeting = await self.proxy.backends[""].open((loopback, loopback))
         return Session(stream, self.timeout, greeting)
 
     def _describe(self, caps: Capabilities, when: str) -> None:
@@ -106,6 +106,7 @@ def argument_parser() -> argparse.ArgumentParser:
         "2 will not work.",
     )
     add_upstream_arguments(parser)
+    parser.add_argument("--backend", help="with backends configured: the one to probe")
     add = parser.add_argument
     add("--user", help="log in as USER and run the self-test")
     add(
@@ -126,11 +127,20 @@ def argument_parser() -> argparse.ArgumentParser:
 
 def probe_config(args: dict[str, object], environ: Mapping[str, str]) -> Config:
     """The proxy's configuration for the upstream, listening on 127.0.0.1 port 0 only."""
+    backend = args.pop("backend")
     values = merged_values(args, environ)
     for key in _CLIENT_SIDE:
         values.pop(key, None)
     values["listen"] = "127.0.0.1:0"
-    return build(values)
+    config = build(values)
+    if not config.backends:
+        if backend is not None:
+            raise ConfigError("--backend: only with backends in the configuration")
+        return config
+    if backend not in config.backends:
+        names = ", ".join(config.backends)
+        raise ConfigError(f"--backend: required with backends, one of: {names}")
+    return config.backends[str(backend)]
 
 
 def _password(path: Path | None, environ: Mapping[str, str]) -> str | None:

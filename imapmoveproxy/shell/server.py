@@ -16,37 +16,19 @@ import time
 import trio
 
 from ..config import Address, Config
-from ..engine.session import SHUTDOWN_BYE, Session, SessionSettings
+from ..engine.session import SHUTDOWN_BYE, Session
 from ..metrics import Metrics, serve_http
-from ..wire.proxyproto import V2_MAX, Endpoint, ProxyHeader, ProxyHeaderError, build_v2, parse
+from ..wire.proxyproto import V2_MAX, Endpoint, ProxyHeader, ProxyHeaderError, parse
+from .backends import Backend, backends
 from .connection import UNAVAILABLE, Connection, bye_and_close
 from .locks import make_move_locks
 from .readiness import UpstreamReadiness
-from .tls import Certificates, UpstreamUnavailable, open_upstream, upstream_context
+from .tls import Certificates, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
 SHUTTING_DOWN = b"* BYE " + SHUTDOWN_BYE + b"\r\n"
 TOO_MANY = b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n"
-
-
-def session_settings(config: Config, *, tls_offered: bool) -> SessionSettings:
-    """What each connection's session needs of the configuration."""
-    return SessionSettings(
-        max_line=config.max_line_length,
-        max_mailbox_literal=config.max_mailbox_literal,
-        max_set_bytes=config.max_set_bytes,
-        guarded=config.no_uidplus == "guarded",
-        tls_offered=tls_offered,
-        require_tls=config.require_tls,
-        forward_id=config.upstream_id and not config.upstream_proxy_protocol,
-        chunk_size=config.move_chunk_size,
-        rollback=config.rollback,
-        rollback_master=(
-            (config.rollback_master_user or "").encode(),
-            (config.rollback_master_password or "").encode(),
-        ),
-    )
 
 
 class Proxy:
@@ -61,15 +43,17 @@ class Proxy:
             if config.tls_cert and config.tls_key
             else None
         )
-        self._upstream_tls = upstream_context(config)
         self.metrics = Metrics()
         self.metrics.before_scrape.append(self._publish_counts)
         self.locks = make_move_locks(config, self.metrics)
         self._draining = False
-        self._readiness = UpstreamReadiness(config.upstream, config.connect_timeout)
+        # Routing mode: ready while not draining (one backend down is that backend's users').
+        self._readiness = (
+            UpstreamReadiness(config.upstream, config.connect_timeout) if config.upstream else None
+        )
         self._setting_up = 0  # connections accepted and not yet closed
         self._per_address: dict[str, int] = {}  # the same, by the address they come from
-        self._settings = session_settings(config, tls_offered=self._certificates is not None)
+        self.backends = backends(config, tls_offered=self._certificates is not None)
 
     def _publish_counts(self) -> None:
         for connection in self._connections:
@@ -114,7 +98,8 @@ class Proxy:
         listeners = await trio.open_tcp_listeners(address.port, host=address.host)
         for listener in listeners:
             where = listener.socket.getsockname()[:2]
-            log.info("listening (%s) on %s, upstream %s", kind, where, self.config.upstream)
+            upstreams = ", ".join(str(backend) for backend in self.backends.values())
+            log.info("listening (%s) on %s, upstream %s", kind, where, upstreams)
         return listeners
 
     async def _accept(
@@ -131,7 +116,7 @@ class Proxy:
 
     async def _ready(self) -> bool:
         """Ready for clients: not draining, and the upstream accepts connections."""
-        return not self._draining and await self._readiness.check()
+        return not self._draining and (self._readiness is None or await self._readiness.check())
 
     async def _drain(self, connections: trio.Nursery) -> None:
         """Let MOVEs in flight finish, tell every other client BYE, within drain_timeout."""
@@ -196,7 +181,8 @@ class Proxy:
                 metrics.rejected.labels("tls_handshake").inc()
                 return None
             client = tls_stream
-        opened = await self._connect(client, conn_log, _format(addresses[0]), addresses)
+        backend = self.backends[""]
+        opened = await self._connect(backend, client, conn_log, _format(addresses[0]), addresses)
         if opened is None:
             metrics.rejected.labels("upstream_unavailable").inc()
             return None
@@ -206,8 +192,8 @@ class Proxy:
             await trio.aclose_forcefully(upstream)
             await bye_and_close(client, SHUTTING_DOWN)
             return None
-        session = Session(self._settings, conn_id, tls=tls, addresses=addresses)
-        return Connection(client, upstream, session, self, greeting, addresses, conn_log)
+        session = Session(backend.settings, conn_id, tls=tls, addresses=addresses)
+        return Connection(client, upstream, session, self, backend, greeting, addresses, conn_log)
 
     def _closed(self, connection: Connection, duration: float) -> None:
         """Count and log a connection that has ended."""
@@ -220,7 +206,7 @@ class Proxy:
             "commands=%d moves=%s%s",
             _format(connection.addresses[0]),
             " tls" if session.tls else "",
-            self.config.upstream,
+            connection.backend,
             duration,
             counters.bytes_from_client,
             counters.bytes_from_upstream,
@@ -271,33 +257,25 @@ class Proxy:
 
     async def _connect(
         self,
+        backend: Backend,
         client: trio.abc.Stream,
         conn_log: logging.LoggerAdapter,
         peer: str,
         addresses: tuple[Endpoint, Endpoint],
     ) -> tuple[trio.abc.Stream, bytes] | None:
-        upstream = self.config.upstream
         started = time.monotonic()
         try:
-            with trio.fail_after(self.config.connect_timeout):
-                opened = await self.open_upstream(addresses)
+            with trio.fail_after(backend.config.connect_timeout):
+                opened = await backend.open(addresses)
             self.metrics.upstream_seconds.observe(time.monotonic() - started)
             return opened
         except (OSError, trio.TooSlowError, UpstreamUnavailable) as exc:
             self.metrics.upstream_errors.inc()
             conn_log.warning(
-                "client=%s upstream %s unavailable: %s", peer, upstream, exc or "timed out"
+                "client=%s upstream %s unavailable: %s", peer, backend, exc or "timed out"
             )
             await bye_and_close(client, UNAVAILABLE)
             return None
-
-    async def open_upstream(
-        self, addresses: tuple[Endpoint, Endpoint]
-    ) -> tuple[trio.abc.Stream, bytes]:
-        """A new upstream connection for the client at ``addresses`` (with the PROXY header
-        if configured); the greeting, if it has been read already."""
-        preamble = build_v2(*addresses) if self.config.upstream_proxy_protocol else b""
-        return await open_upstream(self.config, self._upstream_tls, preamble)
 
 
 def _endpoint(stream: trio.SocketStream, remote: bool) -> Endpoint:

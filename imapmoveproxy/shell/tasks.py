@@ -149,7 +149,7 @@ class MoveTasks:
         connection = self._connection
         try:
             with trio.fail_after(connection.config.rollback_timeout):
-                stream, greeting = await connection.proxy.open_upstream(connection.addresses)
+                stream, greeting = await connection.backend.open(connection.addresses)
                 link = ServerLink(stream, peer, greeting=greeting)
                 try:
                     await link.run(lambda: peer.done)

@@ -32,6 +32,13 @@ class Metrics:
         self.rejected = counter(
             "connections_rejected", "Client connections ended before proxying, by reason", "reason"
         )
+        self.logins = counter(
+            "routed_logins",
+            'Logins in routing mode by backend ("" when none was reached) and result (ok, '
+            "refused: by the backend or the lookup, unavailable: lookup or backend failed)",
+            "backend",
+            "result",
+        )
         self.bytes = counter("bytes", "Bytes relayed, by direction", "direction")
         self.bytes_from_client = self.bytes.labels("client_to_upstream")
         self.bytes_from_upstream = self.bytes.labels("upstream_to_client")

@@ -30,11 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class ProxyProcess:
-    """``python -m imapmoveproxy`` listening on 127.0.0.1, in front of ``upstream``; its code
-    comes from ``code`` (another checkout, for the benchmarks' comparisons of two versions)."""
+    """``python -m imapmoveproxy`` listening on 127.0.0.1, in front of ``upstream`` (None: the
+    backends of the ``--config`` in ``extra``); its code comes from ``code`` (another checkout,
+    for the benchmarks' comparisons of two versions)."""
 
     def __init__(
-        self, upstream: tuple[str, int], log_path: Path, *extra: str, code: Path = ROOT
+        self, upstream: tuple[str, int] | None, log_path: Path, *extra: str, code: Path = ROOT
     ) -> None:
         self.port = find_free_port()
         self.log_path = log_path
@@ -42,7 +43,7 @@ class ProxyProcess:
         command = [
             sys.executable, "-m", "imapmoveproxy",
             "--listen", f"{HOST}:{self.port}",
-            "--upstream", f"{upstream[0]}:{upstream[1]}",
+            *(["--upstream", f"{upstream[0]}:{upstream[1]}"] if upstream else []),
             "--log-level", "debug", *extra,
         ]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(code)}
@@ -103,7 +104,9 @@ class ProxyProcess:
 
 
 @contextlib.contextmanager
-def running_proxy(upstream: tuple[str, int], log_path: Path, *extra: str) -> Iterator[ProxyProcess]:
+def running_proxy(
+    upstream: tuple[str, int] | None, log_path: Path, *extra: str
+) -> Iterator[ProxyProcess]:
     proxy = ProxyProcess(upstream, log_path, *extra)
     try:
         yield proxy

@@ -188,6 +188,8 @@ class Connection:
     async def _upstream_greeting(self) -> bytes | bytearray | None:
         """The upstream's first bytes (None: none in time)."""
         greeting, self._greeting = self._greeting, b""  # not kept for the connection's life
+        if self.session.upstream.greeted:  # routing mode: the proxy has logged in already
+            return await _receive(self.upstream)
         with trio.move_on_after(self.config.connect_timeout):
             return greeting or await _receive(self.upstream)
         return None

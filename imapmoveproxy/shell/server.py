@@ -12,10 +12,11 @@ import itertools
 import logging
 import signal
 import time
+from collections.abc import Callable
 
 import trio
 
-from ..config import Address, Config
+from ..config import Address, Config, ConfigError
 from ..engine.session import SHUTDOWN_BYE, Session
 from ..metrics import Metrics, serve_http
 from ..wire.proxyproto import V2_MAX, Endpoint, ProxyHeader, ProxyHeaderError, parse
@@ -23,6 +24,7 @@ from .backends import Backend, backends
 from .connection import UNAVAILABLE, Connection, bye_and_close
 from .locks import make_move_locks
 from .readiness import UpstreamReadiness
+from .routing import Router, log_in
 from .tls import Certificates, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
@@ -34,11 +36,12 @@ TOO_MANY = b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n"
 class Proxy:
     """Accepts clients and gives each its own upstream connection."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, reload: Callable[[], Config] | None = None) -> None:
         self.config = config
+        self._reload = reload  # the configuration anew, for SIGHUP (routing mode's routes)
         self._ids = itertools.count(1)
         self._connections: set[Connection] = set()
-        self._certificates = (
+        self.certificates = (
             Certificates(config.tls_cert, config.tls_key)
             if config.tls_cert and config.tls_key
             else None
@@ -53,7 +56,12 @@ class Proxy:
         )
         self._setting_up = 0  # connections accepted and not yet closed
         self._per_address: dict[str, int] = {}  # the same, by the address they come from
-        self.backends = backends(config, tls_offered=self._certificates is not None)
+        tls_offered = self.certificates is not None
+        # Routing mode: the proxy takes the login and connects the user's backend.
+        self.router = Router(config, tls_offered=tls_offered) if config.backends else None
+        self.backends = (
+            self.router.backends if self.router else backends(config, tls_offered=tls_offered)
+        )
 
     def _publish_counts(self) -> None:
         for connection in self._connections:
@@ -82,8 +90,9 @@ class Proxy:
                     with trio.open_signal_receiver(*signals) as received:
                         async for signum in received:
                             if signum == signal.SIGHUP:
-                                if self._certificates is not None:
-                                    self._certificates.reload()
+                                if self.certificates is not None:
+                                    self.certificates.reload()
+                                self._reload_routes()
                                 continue
                             log.info("%s: draining", signal.Signals(signum).name)
                             self._draining = True
@@ -91,6 +100,25 @@ class Proxy:
             for listener in plain + implicit:
                 await listener.aclose()
             await self._drain(connections)
+        if self.router is not None:
+            await self.router.aclose()
+
+    def _reload_routes(self) -> None:
+        """SIGHUP in routing mode: the backends and routes anew from the configuration; every
+        connection keeps the backend it has (a failed reload keeps the routes there are)."""
+        if self.router is None or self._reload is None:
+            return
+        try:
+            config = self._reload()
+        except ConfigError as exc:
+            log.error("routes not reloaded, keeping the previous ones: %s", exc)
+            return
+        if not config.backends:
+            log.error("routes not reloaded: leaving routing mode needs a restart")
+            return
+        self.router.reload(config)
+        self.backends = self.router.backends
+        log.info("routes reloaded: backends %s", ", ".join(config.backends))
 
     async def _listen(self, address: Address | None, kind: str) -> list[trio.SocketListener]:
         if address is None:
@@ -181,6 +209,18 @@ class Proxy:
                 metrics.rejected.labels("tls_handshake").inc()
                 return None
             client = tls_stream
+        if self.router is not None:
+            routed = await log_in(self, client, addresses, tls, conn_id, conn_log)
+            if routed is None:
+                metrics.rejected.labels("no_login").inc()
+                await trio.aclose_forcefully(client)
+                return None
+            if self._draining:
+                routed.session.shutdown()  # tell it to come back, with the BYE the others get
+            return Connection(
+                routed.client, routed.upstream, routed.session, self, routed.backend, b"",
+                addresses, conn_log,
+            )  # fmt: skip
         backend = self.backends[""]
         opened = await self._connect(backend, client, conn_log, _format(addresses[0]), addresses)
         if opened is None:
@@ -219,8 +259,8 @@ class Proxy:
         self, stream: trio.abc.Stream, conn_log: logging.LoggerAdapter
     ) -> trio.SSLStream | None:
         """Server-side TLS handshake with a client, bounded in time; None if it failed."""
-        assert self._certificates is not None
-        tls = trio.SSLStream(stream, self._certificates.context, server_side=True)
+        assert self.certificates is not None
+        tls = trio.SSLStream(stream, self.certificates.context, server_side=True)
         with trio.move_on_after(self.config.tls_handshake_timeout) as timer:
             try:
                 await tls.do_handshake()

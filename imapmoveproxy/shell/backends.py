@@ -53,7 +53,7 @@ class Backend:
         self.lock_prefix = f"{self.address}:".encode() if name else b""
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.address})" if self.name else str(self.address)
+        return f"{self.name}@{self.address}" if self.name else str(self.address)
 
     async def open(self, addresses: tuple[Endpoint, Endpoint]) -> tuple[trio.abc.Stream, bytes]:
         """A new connection for the client at ``addresses`` (with the PROXY header if

@@ -59,6 +59,7 @@ _CACHE_SIZE = 10_000  # lookup answers kept
 _FAILURES_KEPT = 10_000  # client addresses whose failed logins are remembered
 _FAILURE_MEMORY = 300.0  # seconds a failed login slows the next ones from its address
 _MOST_DELAYS = 8  # failures that each add login_failure_delay
+_MAX_STEPS = 100_000  # reads and replies before login (login_timeout bounds them too)
 
 
 @dataclass(slots=True, frozen=True)
@@ -77,6 +78,8 @@ class Router:
         self._cache: OrderedDict[bytes, tuple[float, Routed]] = OrderedDict()
         self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._http: httpx.AsyncClient | None = None
+        for name in ("httpx", "httpcore"):  # a line per request otherwise; the proxy logs its own
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.reload(config)
 
     def reload(self, config: Config) -> None:
@@ -189,6 +192,20 @@ async def log_in(
 ) -> Opened | None:
     """The not-authenticated state with the client, until a backend accepts its login (None:
     the client left, failed too often or ran out of time; the caller closes its connection)."""
+    try:
+        return await _converse(proxy, client, addresses, tls, conn_id, conn_log)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):  # the client has gone
+        return None
+
+
+async def _converse(
+    proxy: Proxy,
+    client: trio.abc.Stream,
+    addresses: tuple[Endpoint, Endpoint],
+    tls: bool,
+    conn_id: str,
+    conn_log: logging.LoggerAdapter,
+) -> Opened | None:
     router = proxy.router
     assert router is not None
     config = router.config
@@ -196,7 +213,7 @@ async def log_in(
     pre = PreLogin(settings, conn_log, tls=tls, attempts=config.login_attempts)
     attempt = 0
     with trio.move_on_after(config.login_timeout):
-        while True:
+        for _ in range(_MAX_STEPS):
             await client.send_all(pre.take_output())
             effects = pre.take_effects()
             for effect in effects:
@@ -219,10 +236,7 @@ async def log_in(
                 pre.refused(done.reply, final=done.final)
             if effects:
                 continue
-            try:
-                data = await client.receive_some(64 * 1024)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return None
+            data = await client.receive_some(64 * 1024)
             if not data:
                 return None
             pre.receive(data)

@@ -299,6 +299,19 @@ def test_lookup_routes_renames_and_refuses(
     imap.login("alias-of-imap4d-user", PASSWORD)  # Auth-User: logged in as the real name
     assert inbox_subjects(imap) == [b"Subject: imap4d 1", b"Subject: imap4d 2"]
     imap.logout()
+    # A second login within route_cache_ttl: the lookup is not asked again; a wrong password
+    # is never answered from the cache.
+    asked = len(auth_service.requests)
+    imap = imaplib.IMAP4(*lookup_proxy.address)
+    imap.login(native, PASSWORD)
+    imap.logout()
+    assert len(auth_service.requests) == asked
+    imap = imaplib.IMAP4(*lookup_proxy.address)
+    with pytest.raises(imaplib.IMAP4.error, match="Invalid login or password"):
+        imap.login(native, "wrong")
+    assert len(auth_service.requests) == asked + 1
+    lookup_proxy.wait_for_log(r"closed client=.* upstream=native@")
+    assert PASSWORD not in lookup_proxy.log_text()  # at debug level too
 
 
 def test_lookup_outside_the_allowed_set_down_or_slow_is_unavailable(

@@ -119,3 +119,12 @@ def test_routing_configuration_errors(change, message):
 def test_routes_need_backends():
     with pytest.raises(ConfigError, match="routes: needs backends"):
         build({"listen": "127.0.0.1:1", "upstream": "10.0.0.1:143", "routes": {"*": "x"}})
+
+
+def test_failed_logins_slow_their_own_address_only_up_to_a_bound():
+    from imapmoveproxy.shell.routing import Router
+
+    router = Router(build({**ROUTED, "login_failure_delay": 0.5}), tls_offered=False)
+    delays = [router.failure_delay("192.0.2.1") for _ in range(10)]
+    assert delays == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.0, 4.0]
+    assert router.failure_delay("192.0.2.2") == 0.5

@@ -27,18 +27,11 @@ import httpx
 import trio
 
 from ..config import Config
+from ..engine import routes
 from ..engine.channel import id_command
 from ..engine.effects import Close, StartTls
 from ..engine.prelogin import PreLogin, RouteLogin
-from ..engine.routes import (
-    UNAVAILABLE,
-    BadAnswer,
-    Refused,
-    Routed,
-    lookup_answer,
-    lookup_headers,
-    static_route,
-)
+from ..engine.routes import Refused, Routed
 from ..engine.session import Session
 from ..move.rollback import Credentials
 from ..wire import responses
@@ -101,7 +94,7 @@ class Router:
         """The backend for this login, or why not."""
         user = credentials.login.decode("utf-8", "replace")
         if self.config.route_lookup is None:
-            name = static_route(self.config.routes, user)
+            name = routes.static_route(self.config.routes, user)
             if name is None:
                 conn_log.info("login of %r refused: no route", user)
                 return Refused(b"NO [AUTHENTICATIONFAILED] Authentication failed.")
@@ -132,15 +125,15 @@ class Router:
             return cached[1]
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=config.route_lookup_timeout)
-        headers = lookup_headers(credentials.login, credentials.password, attempt, client_ip)
+        headers = routes.lookup_headers(credentials.login, credentials.password, attempt, client_ip)
         try:
             with trio.fail_after(config.route_lookup_timeout):
                 response = await self._http.get(config.route_lookup, headers=headers)
-            answer = lookup_answer(response.headers, self._addresses)
-        except (httpx.HTTPError, trio.TooSlowError, BadAnswer) as exc:
+            answer = routes.lookup_answer(response.headers, self._addresses)
+        except (httpx.HTTPError, trio.TooSlowError, routes.BadAnswer) as exc:
             why = str(exc) or type(exc).__name__
             conn_log.warning("route lookup failed: %s", why)
-            return Refused(UNAVAILABLE)
+            return Refused(routes.UNAVAILABLE)
         if isinstance(answer, Routed) and config.route_cache_ttl > 0:
             self._cache[key] = (now + config.route_cache_ttl, answer)
             self._cache.move_to_end(key)
@@ -192,58 +185,51 @@ async def log_in(
 ) -> Opened | None:
     """The not-authenticated state with the client, until a backend accepts its login (None:
     the client left, failed too often or ran out of time; the caller closes its connection)."""
-    try:
-        return await _converse(proxy, client, addresses, tls, conn_id, conn_log)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):  # the client has gone
-        return None
-
-
-async def _converse(
-    proxy: Proxy,
-    client: trio.abc.Stream,
-    addresses: tuple[Endpoint, Endpoint],
-    tls: bool,
-    conn_id: str,
-    conn_log: logging.LoggerAdapter,
-) -> Opened | None:
     router = proxy.router
     assert router is not None
     config = router.config
     settings = session_settings(config, tls_offered=proxy.certificates is not None)
     pre = PreLogin(settings, conn_log, tls=tls, attempts=config.login_attempts)
     attempt = 0
-    with trio.move_on_after(config.login_timeout):
-        for _ in range(_MAX_STEPS):
-            await client.send_all(pre.take_output())
-            effects = pre.take_effects()
-            for effect in effects:
-                if isinstance(effect, Close):
-                    return None
-                if isinstance(effect, StartTls):
-                    secured = await proxy.start_tls(client, conn_log)
-                    if secured is None:
+    try:
+        with trio.move_on_after(config.login_timeout):
+            for _ in range(_MAX_STEPS):
+                await client.send_all(pre.take_output())
+                effects = pre.take_effects()
+                for effect in effects:
+                    if isinstance(effect, Close):
                         return None
-                    client = secured
-                    pre.tls_established()
+                    if isinstance(effect, StartTls):
+                        secured = await proxy.start_tls(client, conn_log)
+                        if secured is None:
+                            return None
+                        client = secured
+                        pre.tls_established()
+                        continue
+                    attempt += 1
+                    done = await _route(router, proxy, effect, attempt, addresses, conn_log)
+                    if isinstance(done, _LoggedIn):
+                        backend = done.destination.backend
+                        session = Session(
+                            backend.settings, conn_id, tls=pre.tls, addresses=addresses
+                        )
+                        session.routed(
+                            done.reply, done.destination.credentials, pre.rest(), done.rest
+                        )
+                        return Opened(client, backend, done.stream, session)
+                    pre.refused(done.reply, final=done.final)
+                if effects:
                     continue
-                attempt += 1
-                done = await _route(router, proxy, effect, attempt, addresses, conn_log)
-                if isinstance(done, _LoggedIn):
-                    backend = done.destination.backend
-                    session = Session(backend.settings, conn_id, tls=pre.tls, addresses=addresses)
-                    session.routed(done.reply, done.destination.credentials, pre.rest(), done.rest)
-                    return Opened(client, backend, done.stream, session)
-                pre.refused(done.reply, final=done.final)
-            if effects:
-                continue
-            data = await client.receive_some(64 * 1024)
-            if not data:
-                return None
-            pre.receive(data)
-    pre.timed_out()
-    with trio.move_on_after(1.0):  # the BYE, if the client reads it
-        await client.send_all(pre.take_output())
-    return None
+                data = await client.receive_some(64 * 1024)
+                if not data:
+                    return None
+                pre.receive(data)
+        pre.timed_out()
+        with trio.move_on_after(1.0):  # the BYE, if the client reads it
+            await client.send_all(pre.take_output())
+        return None
+    except (trio.BrokenResourceError, trio.ClosedResourceError):  # the client has gone
+        return None
 
 
 async def _route(
@@ -259,7 +245,7 @@ async def _route(
     logins = proxy.metrics.logins
     found = await router.route(login.credentials, attempt, client_ip, conn_log)
     if isinstance(found, Refused):
-        unavailable = found.reply == UNAVAILABLE
+        unavailable = found.reply == routes.UNAVAILABLE
         logins.labels("", "unavailable" if unavailable else "refused").inc()
         if not unavailable:
             await trio.sleep(max(found.wait, router.failure_delay(client_ip)))

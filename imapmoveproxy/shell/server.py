@@ -55,6 +55,7 @@ class Proxy:
             UpstreamReadiness(config.upstream, config.connect_timeout) if config.upstream else None
         )
         self._setting_up = 0  # connections accepted and not yet closed
+        self._logging_in: set[trio.CancelScope] = set()  # routing mode: clients not logged in
         self._per_address: dict[str, int] = {}  # the same, by the address they come from
         tls_offered = self.certificates is not None
         # Routing mode: the proxy takes the login and connects the user's backend.
@@ -150,6 +151,8 @@ class Proxy:
         """Let MOVEs in flight finish, tell every other client BYE, within drain_timeout."""
         for connection in list(self._connections):
             connection.shutdown()
+        for login in list(self._logging_in):  # nothing to finish there: they go at once
+            login.cancel()
         with trio.move_on_after(self.config.drain_timeout) as timer:
             while self._setting_up:  # also those still connecting to the upstream
                 await trio.sleep(0.05)
@@ -210,7 +213,16 @@ class Proxy:
                 return None
             client = tls_stream
         if self.router is not None:
-            routed = await log_in(self, client, addresses, tls, conn_id, conn_log)
+            with trio.CancelScope() as login:
+                self._logging_in.add(login)
+                try:
+                    routed = await log_in(self, client, addresses, tls, conn_id, conn_log)
+                finally:
+                    self._logging_in.discard(login)
+            if login.cancelled_caught:  # the drain began
+                metrics.rejected.labels("draining").inc()
+                await trio.aclose_forcefully(client)
+                return None
             if routed is None:
                 metrics.rejected.labels("no_login").inc()
                 await trio.aclose_forcefully(client)

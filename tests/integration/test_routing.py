@@ -426,3 +426,12 @@ def test_migration_copy_reroute_reconnect_native_move(
         b"UID MOVE 1 Archive", b"", 1
     )  # both clients' MOVEs reached the new server as MOVEs
     assert not MOVE_COMMAND.search(dovecot_legacy.received_bytes(user))  # emulated there
+
+
+def test_sigterm_ends_clients_not_logged_in_at_once_and_tells_the_others_bye(static_proxy, users):
+    with RawClient(static_proxy.address) as waiting, RawClient(static_proxy.address) as working:
+        assert working.login(users["legacy"], PASSWORD)[-1].startswith(b"L1 OK")
+        static_proxy.process.send_signal(signal.SIGTERM)
+        assert working._read_response().startswith(b"* BYE [UNAVAILABLE]")
+        assert waiting.sock.recv(100) == b""  # closed, not kept for drain_timeout (30 s)
+    assert static_proxy.process.wait(10) == 0

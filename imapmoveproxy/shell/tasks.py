@@ -93,7 +93,7 @@ class MoveTasks:
         self._release_when_done()
         started, self._started = self._started, None
         elapsed = None if started is None else time.monotonic() - started
-        self._connection.proxy.metrics.move_done(move, elapsed)
+        self._connection.proxy.metrics.move_done(move, elapsed, self._connection.backend.name)
 
     async def _run_move(self, key: bytes) -> None:
         """Hold the source mailbox's lock from the MOVE's start to its tagged reply."""

@@ -16,6 +16,7 @@ import re
 import signal
 import ssl
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,11 @@ def users(dovecot_legacy, dovecot_native, imap4d) -> dict[str, str]:
 def static_proxy(dovecot_legacy, dovecot_native, imap4d, users, tmp_path):
     routes = {users["native"]: "native", "@test": "imap4d", "*": "legacy"}
     config = write_config(tmp_path / "routing.toml", dovecot_legacy, dovecot_native, imap4d, routes)
-    with running_proxy(None, tmp_path / "proxy.log", "--config", str(config)) as proxy:
+    metrics = f"{HOST}:{find_free_port()}"
+    with running_proxy(
+        None, tmp_path / "proxy.log", "--config", str(config), "--metrics", metrics
+    ) as proxy:
+        proxy.metrics_url = f"http://{metrics}/metrics"
         yield proxy
 
 
@@ -129,6 +134,12 @@ def test_static_table_routes_each_user_and_moves_as_its_backend_allows(
     assert b"UID MOVE 1 Trash" in dovecot_native.received_bytes(users["native"])
     assert not MOVE_COMMAND.search(dovecot_legacy.received_bytes(users["legacy"]))
     static_proxy.wait_for_log(r"logged in to backend native")
+    with urllib.request.urlopen(static_proxy.metrics_url, timeout=10) as response:
+        exposition = response.read().decode()
+    for backend, outcome in (("legacy", "moved"), ("native", "forwarded"), ("imap4d", "moved")):
+        moves = f'imapmoveproxy_backend_moves_total{{backend="{backend}",outcome="{outcome}"}} 1.0'
+        logins = f'imapmoveproxy_routed_logins_total{{backend="{backend}",result="ok"}} 1.0'
+        assert moves in exposition and logins in exposition, exposition
 
 
 def test_login_forms_and_pre_login_commands(static_proxy, users):

@@ -24,7 +24,7 @@ from pathlib import Path
 import imapclient
 import pytest
 import trustme
-from harness import RawClient, running_proxy
+from harness import InterceptingRelay, RawClient, RelayAction, running_proxy
 from servers import DEFAULT_PASSWORD, HOST, ImapServer, find_free_port, make_message
 
 PASSWORD = DEFAULT_PASSWORD
@@ -446,3 +446,40 @@ def test_sigterm_ends_clients_not_logged_in_at_once_and_tells_the_others_bye(sta
         assert working._read_response().startswith(b"* BYE [UNAVAILABLE]")
         assert waiting.sock.recv(100) == b""  # closed, not kept for drain_timeout (30 s)
     assert static_proxy.process.wait(10) == 0
+
+
+class _Relayed:
+    """The legacy Dovecot's address as a relay in front of it gives it (for write_config)."""
+
+    def __init__(self, relay: InterceptingRelay) -> None:
+        self.address = relay.address
+
+
+def test_a_failed_move_is_rolled_back_with_the_routed_login(
+    dovecot_legacy, dovecot_native, imap4d, tmp_path
+):
+    """The legacy backend behind a relay that answers the MOVE's STORE with NO itself (no real
+    server fails a STORE on demand): the rollback's second session reaches the user's backend
+    (through the relay, as its configured address) and logs in with what the client logged in
+    with at the proxy; the copy it made is removed."""
+    user = seeded_user(dovecot_legacy, "legacy")
+    relay = InterceptingRelay(
+        dovecot_legacy.address, b"+FLAGS.SILENT (\\Deleted)", 1,
+        action=RelayAction.ANSWER, reply=lambda tag: tag + b" NO [NOPERM] injected\r\n",
+    )  # fmt: skip
+    try:
+        path = write_config(
+            tmp_path / "r.toml", _Relayed(relay), dovecot_native, imap4d, {"*": "legacy"}
+        )
+        with running_proxy(None, tmp_path / "proxy.log", "--config", str(path)) as proxy:
+            imap = imaplib.IMAP4(*proxy.address)
+            imap.login(user, PASSWORD)
+            imap.select("INBOX")
+            typ, data = imap.uid("MOVE", "1", "Trash")
+            assert typ == "NO" and b"0 of 1 messages were moved" in data[0], data
+            imap.logout()
+            proxy.wait_for_log(r"rollback=done")
+        assert relay.hook_ran.is_set()
+    finally:
+        relay.close()
+    assert (count(dovecot_legacy, user, "INBOX"), count(dovecot_legacy, user, "Trash")) == (2, 0)

@@ -300,6 +300,7 @@ class InterceptingRelay:
         self._reply = reply
         self.hook_ran = threading.Event()
         self.matched = b""  # the command line the action was taken on
+        self.received = b""  # what the proxy sent through the relay, all connections together
         self.connections = 0  # accepted so far
         self._listener = socket.create_server((HOST, 0))
         self._listener.settimeout(0.2)
@@ -338,6 +339,8 @@ class InterceptingRelay:
                 break
             if not data:
                 break
+            if watch:
+                self.received += data
             if watch and not self.hook_ran.is_set():
                 if self._action is not RelayAction.FORWARD:
                     at = self._nth(data, seen)

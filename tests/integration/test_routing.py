@@ -483,3 +483,27 @@ def test_a_failed_move_is_rolled_back_with_the_routed_login(
     finally:
         relay.close()
     assert (count(dovecot_legacy, user, "INBOX"), count(dovecot_legacy, user, "Trash")) == (2, 0)
+
+
+@pytest.mark.parametrize("upstream_id", [True, False])
+def test_the_client_address_goes_to_the_backend_by_id_only_where_allowed(
+    dovecot_legacy, dovecot_native, imap4d, tmp_path, upstream_id
+):
+    """What the proxy tells the backend before the login, seen by a relay in front of it (the
+    Dovecot's rawlog records sessions from their login on)."""
+    user = seeded_user(dovecot_legacy, "legacy")
+    relay = InterceptingRelay(dovecot_legacy.address, b"LOGIN", 1)
+    try:
+        extra = "" if upstream_id else "upstream_id = false"
+        path = write_config(
+            tmp_path / "r.toml", _Relayed(relay), dovecot_native, imap4d, {"*": "legacy"}, extra
+        )
+        with running_proxy(None, tmp_path / "proxy.log", "--config", str(path)) as proxy:
+            imap = imaplib.IMAP4(*proxy.address)
+            imap.login(user, PASSWORD)
+            imap.logout()
+        sent = relay.received
+    finally:
+        relay.close()
+    assert (b' ID ("x-originating-ip" "127.0.0.1" ' in sent) == upstream_id, sent
+    assert sent.index(b"LOGIN") > (sent.find(b" ID (") if upstream_id else -1)

@@ -91,8 +91,9 @@ class Router:
         client_ip: str,
         conn_log: logging.LoggerAdapter,
     ) -> Destination | Refused:
-        """The backend for this login, or why not."""
-        user = credentials.login.decode("utf-8", "replace")
+        """The backend for this login, or why not (the table routes by whose mailboxes: the
+        authorization identity of an AUTHENTICATE PLAIN, if it has one)."""
+        user = credentials.user.decode("utf-8", "replace")
         if self.config.route_lookup is None:
             name = routes.static_route(self.config.routes, user)
             if name is None:

@@ -204,18 +204,28 @@ def pki(tmp_path: Path) -> dict[str, Path]:
     return files
 
 
-def test_starttls_before_login(dovecot_legacy, dovecot_native, imap4d, users, pki, tmp_path):
+def test_implicit_tls_and_starttls_before_login(
+    dovecot_legacy, dovecot_native, imap4d, users, pki, tmp_path
+):
     routes = {"*": "native"}
     extra = f'tls_cert = "{pki["cert"]}"\ntls_key = "{pki["key"]}"'
     config = write_config(
         tmp_path / "r.toml", dovecot_legacy, dovecot_native, imap4d, routes, extra
     )
-    with running_proxy(None, tmp_path / "proxy.log", "--config", str(config)) as proxy:
+    tls_port = find_free_port()
+    listen_tls = ("--listen-tls", f"{HOST}:{tls_port}")
+    with running_proxy(None, tmp_path / "proxy.log", "--config", str(config), *listen_tls) as proxy:
+        context = ssl.create_default_context(cafile=str(pki["ca"]))
+        implicit = imaplib.IMAP4_SSL(HOST, tls_port, ssl_context=context)
+        assert "LOGINDISABLED" not in implicit.capabilities
+        implicit.login(users["native"], PASSWORD)
+        assert inbox_subjects(implicit) == [b"Subject: native 1", b"Subject: native 2"]
+        implicit.logout()
         imap = imaplib.IMAP4(*proxy.address)
         assert "LOGINDISABLED" in imap.capabilities and "STARTTLS" in imap.capabilities
         with pytest.raises(imaplib.IMAP4.error, match=r"PRIVACYREQUIRED|STARTTLS"):
             imap.login(users["native"], PASSWORD)
-        imap.starttls(ssl.create_default_context(cafile=str(pki["ca"])))
+        imap.starttls(context)
         assert "STARTTLS" not in imap.capabilities and "AUTH=PLAIN" in imap.capabilities
         imap.login(users["native"], PASSWORD)
         assert "STARTTLS" not in imap.capabilities

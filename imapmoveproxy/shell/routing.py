@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class Router:
     def __init__(self, config: Config, *, tls_offered: bool) -> None:
         self._tls_offered = tls_offered
         self._cache: OrderedDict[bytes, tuple[float, Routed]] = OrderedDict()
+        self._cache_secret = os.urandom(32)
         self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._http: httpx.AsyncClient | None = None
         for name in ("httpx", "httpcore"):  # a line per request otherwise; the proxy logs its own
@@ -119,7 +121,9 @@ class Router:
     ) -> Routed | Refused:
         config = self.config
         assert config.route_lookup is not None
-        key = hashlib.sha256(credentials.login + b"\0" + credentials.password).digest()
+        # Keyed by a secret of this process's: what is kept says nothing outside it.
+        secret = credentials.login + b"\0" + credentials.password
+        key = hashlib.blake2b(secret, key=self._cache_secret, digest_size=32).digest()
         now = time.monotonic()
         cached = self._cache.get(key)
         if cached is not None and cached[0] > now:

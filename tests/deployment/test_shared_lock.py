@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from harness import InterceptingRelay, ProxyProcess, RawClient, message_ids
+from harness import InterceptingRelay, ProxyProcess, RawClient, message_ids, running_proxy
 from servers import HOST, ImapServer, RedisServer, find_free_port, make_message
 from test_operations import http_get, metric
 
@@ -340,3 +340,32 @@ def test_move_lock_settings_from_file_environment_and_flags():
     with pytest.raises(ConfigError, match="move_lock_unavailable"):
         from_arguments(base, {"IMAPMOVEPROXY_MOVE_LOCK_UNAVAILABLE": "wait"})
     assert redacted("rediss://:secret@valkey:6380/1") == "rediss://:***@valkey:6380/1"
+
+
+def test_a_routing_proxy_shares_the_lock_of_a_proxy_in_front_of_the_same_server(
+    dovecot_legacy, redis_server, tmp_path
+):
+    """During a migration a routing proxy and a proxy with that server as its one upstream may
+    both move out of one mailbox: the routed MOVE's key is the one the other proxy takes (the
+    server's address and the mailbox's UIDVALIDITY), so it waits for it."""
+    user, seeded = new_mailbox(dovecot_legacy)
+    config = tmp_path / "routing.toml"
+    config.write_text(
+        f'[backends.old]\nupstream = "{HOST}:{dovecot_legacy.port}"\n[routes]\n"*" = "old"\n'
+    )
+    lock = ("--move-lock", redis_server.url, "--move-lock-timeout", "1")
+    with (
+        running_proxy(None, tmp_path / "routing.log", "--config", str(config), *lock) as proxy,
+        RawClient(proxy.address) as client,
+    ):
+        client.login(user, dovecot_legacy.password)
+        selected = b"".join(client.command(b"s", b"SELECT INBOX"))
+        uidvalidity = re.search(rb"\[UIDVALIDITY (\d+)\]", selected).group(1).decode()
+        key = f"imapmoveproxy:move:{HOST}:{dovecot_legacy.port}:{uidvalidity}"
+        assert redis_server.cli("SET", key, "the-other-proxy", "PX", "60000") == "OK"
+        reply = client.command(b"m", b"UID MOVE 1:* Archive")
+        assert reply[-1].startswith(b"m NO [INUSE]"), reply
+        redis_server.cli("DEL", key)
+        assert client.command(b"o", b"UID MOVE 1:* Archive")[-1].startswith(b"o OK")
+    assert set(copies(dovecot_legacy, user)) == seeded
+    assert redis_server.cli("KEYS", "imapmoveproxy:*") == ""

@@ -134,6 +134,8 @@ class Router:
         try:
             with trio.fail_after(config.route_lookup_timeout):
                 response = await self._http.get(config.route_lookup, headers=headers)
+            if response.status_code != 200:  # nginx reads the headers of a 200 only
+                raise routes.BadAnswer(f"HTTP status {response.status_code}")
             answer = routes.lookup_answer(response.headers, self._addresses)
         except (httpx.HTTPError, trio.TooSlowError, routes.BadAnswer) as exc:
             why = str(exc) or type(exc).__name__

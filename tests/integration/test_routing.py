@@ -259,9 +259,9 @@ def auth_service() -> Iterator[AuthService]:
             headers = {key: value for key, value in self.headers.items()}
             service.requests.append(headers)
             answer = service.answer(headers)
-            if answer.get("slow"):
+            if answer.pop("slow", None):
                 service.release.wait(30)  # longer than the proxy's route_lookup_timeout
-            self.send_response(200)
+            self.send_response(int(answer.pop("status", "200")))
             for key, value in answer.items():
                 self.send_header(key, value)
             self.send_header("Content-Length", "0")
@@ -343,6 +343,10 @@ def test_lookup_outside_the_allowed_set_down_or_slow_is_unavailable(
     def answer(headers: dict[str, str]) -> dict[str, str]:
         if headers["Auth-User"] == "slow":
             return {"slow": "1", "Auth-Status": "OK"}
+        if headers["Auth-User"] == "broken":  # the right answer, in an error page
+            host, port = dovecot_native.address
+            return {"status": "500", "Auth-Status": "OK", "Auth-Server": host,
+                    "Auth-Port": str(port)}  # fmt: skip
         return {"Auth-Status": "OK", "Auth-Server": HOST, "Auth-Port": str(outsider)}
 
     auth_service.answer = answer
@@ -351,6 +355,9 @@ def test_lookup_outside_the_allowed_set_down_or_slow_is_unavailable(
         assert reply.startswith(b"o1 NO [UNAVAILABLE]"), reply
         reply = client.command(b"o2", b'LOGIN "slow" "x"')[-1]
         assert reply.startswith(b"o2 NO [UNAVAILABLE]"), reply
+    with RawClient(lookup_proxy.address) as client:
+        reply = client.command(b"o3", f'LOGIN "broken" "{PASSWORD}"'.encode())[-1]
+        assert reply.startswith(b"o3 NO [UNAVAILABLE]"), reply
     lookup_proxy.wait_for_log(r"not a configured backend")
 
 

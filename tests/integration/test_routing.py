@@ -13,8 +13,10 @@ import base64
 import http.server
 import imaplib
 import re
+import shutil
 import signal
 import ssl
+import subprocess
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -403,11 +405,36 @@ def test_sighup_moves_a_user_while_its_old_session_keeps_working(
     assert count(dovecot_legacy, user, "Trash") == 1
 
 
+def copy_mailboxes(home: Path, user: str, old: ImapServer, new: ImapServer) -> None:
+    """Every mailbox of ``user``'s, with its messages and their flags, from ``old`` to ``new``
+    (mbsync, IMAP to IMAP: the kind of copy a migration makes)."""
+    mbsync = shutil.which("mbsync")
+    assert mbsync is not None, "mbsync not found: install the Debian package isync"
+    home.mkdir()
+    accounts = "".join(
+        f'IMAPAccount {name}\nHost {server.host}\nPort {server.port}\nUser "{user}"\n'
+        f'Pass "{PASSWORD}"\nSSLType None\nAuthMechs LOGIN\nTimeout 20\n\n'
+        f"IMAPStore {name}\nAccount {name}\n\n"
+        for name, server in (("old", old), ("new", new))
+    )
+    config = home / "mbsyncrc"
+    config.write_text(
+        accounts + "Channel migrate\nFar :old:\nNear :new:\nPatterns *\nCreate Near\n"
+        f"Sync Pull\nSyncState {home}/state-\n"
+    )
+    config.chmod(0o600)
+    done = subprocess.run(
+        [mbsync, "-c", str(config), "migrate"],
+        capture_output=True, text=True, timeout=120, check=False, env={"HOME": str(home)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_migration_copy_reroute_reconnect_native_move(
     dovecot_legacy, dovecot_native, imap4d, tmp_path
 ):
-    """A user's mail copied from the legacy server to the new one (the test's own copy), the
-    route changed, and the user's clients (imaplib, IMAPClient) MOVE natively on the new
+    """A user's mail copied from the legacy server to the new one (by mbsync), the route
+    changed, and the user's clients (imaplib, IMAPClient) MOVE natively on the new
     server; the proxy's emulation is used only on the old."""
     user = dovecot_legacy.new_user()
     dovecot_native.add_user(user)
@@ -421,19 +448,10 @@ def test_migration_copy_reroute_reconnect_native_move(
         before.select("INBOX")
         assert before.uid("MOVE", "1", "Archive")[0] == "OK"  # emulated on the old server
         before.logout()
-        # The copy: every mailbox's messages appended to the new server, flags kept.
-        source, target = dovecot_legacy.connect(user), dovecot_native.connect(user)
-        for mailbox in ("INBOX", "Archive"):
-            if mailbox != "INBOX":
-                target.create(mailbox)
-            source.select(mailbox, readonly=True)
-            _, data = source.fetch("1:*", "(FLAGS RFC822)")
-            for part in data:
-                if isinstance(part, tuple):
-                    flags = [f.decode() for f in imaplib.ParseFlags(part[0]) if f != b"\\Recent"]
-                    target.append(mailbox, f"({' '.join(flags)})", None, part[1])
-        source.logout()
-        target.logout()
+        # The copy, by a migration tool from Debian: mbsync, from the old server to the new.
+        copy_mailboxes(tmp_path / "mbsync", user, dovecot_legacy, dovecot_native)
+        assert count(dovecot_native, user, "INBOX") == 2
+        assert count(dovecot_native, user, "Archive") == 1
         write_config(path, dovecot_legacy, dovecot_native, imap4d, {user: "native", "*": "legacy"})
         proxy.process.send_signal(signal.SIGHUP)
         proxy.wait_for_log(r"routes reloaded")

@@ -545,3 +545,17 @@ def test_the_client_address_goes_to_the_backend_by_id_only_where_allowed(
     # greeting and its login's OK), then the client's own LOGOUT.
     commands = [line.split(b" ")[1] for line in sent.splitlines()]
     assert commands == [b"ID", b"LOGIN", b"LOGOUT"][0 if upstream_id else 1 :], sent
+
+
+def test_a_client_that_never_logs_in_is_told_bye(dovecot_legacy, dovecot_native, imap4d, tmp_path):
+    config = write_config(
+        tmp_path / "r.toml", dovecot_legacy, dovecot_native, imap4d, {"*": "legacy"},
+        "login_timeout = 1.0",
+    )  # fmt: skip
+    with (
+        running_proxy(None, tmp_path / "proxy.log", "--config", str(config)) as proxy,
+        RawClient(proxy.address) as client,
+    ):
+        assert client.command(b"n", b"NOOP")[-1].startswith(b"n OK")
+        assert client._read_response() == b"* BYE Autologout: no login in time.\r\n"
+        assert client.sock.recv(100) == b""

@@ -41,7 +41,8 @@ ARG PROXY_UID=10143
 RUN groupadd --system --gid "${PROXY_UID}" imapmoveproxy \
     && useradd --system --no-log-init --uid "${PROXY_UID}" --gid "${PROXY_UID}" \
         --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin imapmoveproxy \
-    && mkdir -p /etc/imapmoveproxy
+    && mkdir -p /etc/imapmoveproxy /var/lib/imapmoveproxy \
+    && chown "${PROXY_UID}:${PROXY_UID}" /var/lib/imapmoveproxy
 COPY --from=build /opt/imapmoveproxy /opt/imapmoveproxy
 COPY deploy/healthcheck.py /usr/local/libexec/imapmoveproxy-healthcheck
 COPY config.example.toml /usr/share/doc/imapmoveproxy/config.example.toml
@@ -60,6 +61,10 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=10s --start-period=10s --retries=3 \
     CMD ["/opt/imapmoveproxy/bin/python", "/usr/local/libexec/imapmoveproxy-healthcheck", \
          "127.0.0.1:143"]
+# The MOVE journal's SQLite file (journal = "auto" without move_lock): mount a volume here so
+# that a MOVE cut short by the container's death is finished after its restart. With move_lock
+# the journal lives in Redis/Valkey instead (README "The MOVE journal").
+VOLUME ["/var/lib/imapmoveproxy"]
 # Exec form, no shell: the proxy itself is PID 1 and receives SIGTERM.
 ENTRYPOINT ["/opt/imapmoveproxy/bin/imapmoveproxy"]
 # The listen flag overrides `listen` in the file; the upstream (and the rest) come from the

@@ -337,7 +337,7 @@ backend dovecot
 
 @contextlib.contextmanager
 def start_proxy(
-    upstream: tuple[str, int], log_path: Path, code: Path = ROOT
+    upstream: tuple[str, int], log_path: Path, code: Path = ROOT, *extra: str
 ) -> Iterator[ProxyProcess]:
     """``python -m imapmoveproxy`` at log level warning (inherits this process's rlimits), with
     the connection limits raised: every benchmark client comes from 127.0.0.1. Its code comes
@@ -345,7 +345,7 @@ def start_proxy(
     limits = log_path.with_suffix(".toml")
     limits.write_text("max_connections = 100000\nmax_connections_per_address = 100000\n")
     proxy = ProxyProcess(
-        upstream, log_path, "--log-level", "warning", "--config", str(limits), code=code
+        upstream, log_path, "--log-level", "warning", "--config", str(limits), *extra, code=code
     )
     try:
         yield proxy

@@ -2,8 +2,8 @@
 
     python bench/run.py                      # everything (about 4 minutes)
     python bench/run.py --quick              # small sizes: a smoke run (about 20 s)
-    python bench/run.py bulk flood           # a subset: bulk (incl. CPU/GB), flood, move, latency,
-                                             # scale
+    python bench/run.py bulk flood           # a subset: bulk (incl. CPU/GB), flood, move, journal,
+                                             # latency, scale
     python bench/run.py scale --connections 2000
     python bench/run.py --engine ../other    # the proxy's code from another checkout
     python bench/run.py latency --compare ../other   # a second proxy version in the same run
@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import journal
 import latency
 import move
 import scale
@@ -49,7 +50,7 @@ from common import (
 )
 
 # scale last: its 5,000 Dovecot processes, exiting, load the machine for a minute
-BENCHMARKS = ("bulk", "flood", "move", "latency", "scale")
+BENCHMARKS = ("bulk", "flood", "move", "journal", "latency", "scale")
 
 
 @dataclass(slots=True, frozen=True)
@@ -184,6 +185,14 @@ class Bench:
                     self.legacy, native, proxy_legacy.address, proxy_native.address, count, repeats
                 )
                 self.rows += move.rows(times, count, target)
+
+    def bench_journal(self) -> None:
+        for count, repeats in (
+            (1, self.sizes.move_one_repeats),
+            (self.sizes.move_many, self.sizes.move_many_repeats),
+        ):
+            self.log(f"journal: {count} message(s), {repeats} repeats")
+            self.rows.append(journal.run(self.legacy, self.root, self.engine, count, repeats))
 
     # -- 6 -------------------------------------------------------------------------------------
 

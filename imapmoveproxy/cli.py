@@ -12,6 +12,7 @@ import trio
 
 from . import probe
 from .config import ConfigError, from_arguments
+from .journal import cli as journal_cli
 from .shell.server import Proxy
 
 
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["probe"]:
         return probe.main(argv[1:], os.environ)
+    if argv[:1] == ["journal"]:
+        return journal_cli.main(argv[1:], os.environ)
     try:
         config, check_only = from_arguments(argv, os.environ)
     except ConfigError as exc:

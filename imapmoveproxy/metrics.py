@@ -104,6 +104,30 @@ class Metrics:
         self.upstream_seconds = histogram(
             "upstream_connect_seconds", "Time to connect to the upstream (and set up TLS)"
         )
+        self.journal_errors = counter(
+            "journal_errors",
+            "Journal reads and writes that failed (the MOVE went on without its entry, or was "
+            "refused: journal_unavailable)",
+        )
+        self.journal_recoveries = counter(
+            "journal_recoveries",
+            "Unfinished MOVE chunks found in the journal at a user's login, by what recovery "
+            "did (finished, nothing: never copied, undone: partial copies removed, kept: left "
+            "for an operator, unreadable)",
+            "outcome",
+        )
+        self.journal_pending = Gauge(
+            PREFIX + "journal_pending_entries",
+            "Journal entries of this upstream: MOVEs running now, and unfinished ones",
+            registry=self.registry,
+        )
+        self.journal_oldest = Gauge(
+            PREFIX + "journal_oldest_entry_seconds",
+            "Age of the oldest journal entry of this upstream (0: none)",
+            registry=self.registry,
+        )
+        for outcome in ("finished", "nothing", "undone", "kept", "unreadable"):
+            self.journal_recoveries.labels(outcome)
         # The series alerts watch exist from the start, at 0: the first increment then shows
         # as an increase (deploy/prometheus/alerts.yaml).
         for result in ("done", "failed", "impossible"):

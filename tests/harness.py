@@ -17,10 +17,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError
 
 import clientview
 from clientview import ClientView
@@ -35,7 +37,12 @@ class ProxyProcess:
     for the benchmarks' comparisons of two versions)."""
 
     def __init__(
-        self, upstream: tuple[str, int] | None, log_path: Path, *extra: str, code: Path = ROOT
+        self,
+        upstream: tuple[str, int] | None,
+        log_path: Path,
+        *extra: str,
+        code: Path = ROOT,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = find_free_port()
         self.log_path = log_path
@@ -46,9 +53,12 @@ class ProxyProcess:
             *(["--upstream", f"{upstream[0]}:{upstream[1]}"] if upstream else []),
             "--log-level", "debug", *extra,
         ]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(code)}
+        # Each proxy its own journal (a SQLite journal is one process's); routing mode has none.
+        if "--journal" not in extra and upstream is not None:
+            command += ["--journal", str(log_path.with_name(f"journal-{self.port}.sqlite"))]
+        environ = {**os.environ, **(env or {}), "PYTHONPATH": str(code)}
         self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=code
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=environ, cwd=code
         )
         # Ready once every listener accepts: the plain one, and the implicit-TLS one if any
         # (opened after the plain one).
@@ -503,3 +513,43 @@ def assert_counts_consistent(responses: list[bytes], exists: int) -> None:
             exists -= 1
         else:
             assert number <= exists, (response, exists, responses)
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    selector = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    pattern = re.escape(name + (f"{{{selector}}}" if labels else "")) + r" ([0-9.e+]+)$"
+    match = re.search(pattern, text, re.M)
+    assert match, f"{name} {labels} not in metrics"
+    return float(match.group(1))
+
+
+def subjects_and_flags(
+    server: ImapServer, user: str, mailbox: str, timeout: float = 10.0
+) -> list[tuple[str, frozenset[str]]]:
+    """(subject, flags but \\Recent) of every message of ``mailbox``, read on the server itself
+    (``timeout``: for each response, enough for thousands of messages on a busy machine)."""
+    with RawClient(server.address, timeout, oracle=False) as client:  # straight to the server
+        client.login(user, server.password)
+        selected = client.command(b"s", b"EXAMINE " + mailbox.encode())
+        assert selected[-1].startswith(b"s OK"), selected
+        if any(re.match(rb"\* 0 EXISTS", reply) for reply in selected):
+            client.logout()
+            return []
+        replies = client.command(b"f", b"FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        client.logout()
+    found = []
+    for reply in replies[:-1]:
+        subject = re.search(rb"Subject: (\S+)", reply, re.IGNORECASE)
+        flags = re.search(rb"FLAGS \(([^)]*)\)", reply)
+        assert subject and flags, reply
+        kept = frozenset(flags.group(1).decode().split()) - {"\\Recent"}
+        found.append((subject.group(1).decode(), kept))
+    return found

@@ -256,7 +256,7 @@ class ClientInput:
         self._inflight.sent(line, start)
         if start.name in AUTH_COMMANDS:
             self._host.upstream_capabilities(None)  # unknown: they change when authenticated
-            if self._settings.rollback != "off":
+            if self._settings.rollback != "off" or self._settings.journal:
                 self._keep(self._capture.command(line, start))
         if start.name in _DATA_COMMANDS:
             self._data_tag = start.tag

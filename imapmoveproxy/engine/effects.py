@@ -14,6 +14,11 @@ them all after every step (:meth:`.session.Session.take_effects`) and acts on ea
   :meth:`~.session.Session.rollback_finished`.
 * :class:`CheckFlags`: a second session that checks (and restores) the flags of a guarded MOVE's
   copies, reporting to :meth:`~.session.Session.flag_check_finished`.
+* :class:`RecordMove`: a MOVE waits until its journal entry is durable, then
+  :meth:`~.session.Session.move_recorded`; :class:`ForgetMove`: the entry may go.
+* :class:`LookupJournal`: the client's login reply waits for the user's unfinished journal
+  entries, under their mailboxes' locks (:meth:`~.session.Session.resume`), then for their
+  recovery (:mod:`.resumes`).
 * :class:`MoveFinished`: a MOVE had its tagged reply (its metrics).
 * :class:`Close`: the connection must end once the client has its BYE.
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..journal.entry import Entry
 from ..move.copyflags import FlagCheckRequest
 from ..move.request import RollbackRequest
 from ..move.rollback import Credentials
@@ -82,10 +88,41 @@ class MoveFinished:
 
 
 @dataclass(slots=True, frozen=True)
+class RecordMove:
+    """Write ``entry`` to the journal; the MOVE goes on once it is durable."""
+
+    entry: Entry
+
+
+@dataclass(slots=True, frozen=True)
+class ForgetMove:
+    """The MOVE of this journal entry had its tagged reply: remove the entry."""
+
+    entry_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class LookupJournal:
+    """The server accepted ``user``'s login: find the user's unfinished journal entries."""
+
+    user: bytes
+
+
+@dataclass(slots=True, frozen=True)
 class Close:
     """End the connection, once the client has read its BYE."""
 
     reason: str
 
 
-Effect = StartTls | MoveReady | RunRollback | CheckFlags | MoveFinished | Close
+Effect = (
+    StartTls
+    | MoveReady
+    | RunRollback
+    | CheckFlags
+    | RecordMove
+    | ForgetMove
+    | LookupJournal
+    | MoveFinished
+    | Close
+)

@@ -12,8 +12,11 @@ run (:class:`.effects.RunRollback`, :class:`.effects.CheckFlags`). Once it is an
 from __future__ import annotations
 
 import logging
+import secrets
+import time
 from typing import TYPE_CHECKING, Protocol
 
+from ..journal.entry import Entry, Phase
 from ..move.copyflags import FlagRecorder, Result
 from ..move.emulation import MoveEmulation
 from ..move.request import MoveRequest, UpstreamCommand
@@ -21,7 +24,16 @@ from ..move.rollback import Credentials
 from ..move.state import MoveState, Outcome
 from ..wire.capabilities import Capabilities
 from ..wire.commands import CommandChannel
-from .effects import CheckFlags, Effect, FinishedMove, MoveFinished, MoveReady, RunRollback
+from .effects import (
+    CheckFlags,
+    Effect,
+    FinishedMove,
+    ForgetMove,
+    MoveFinished,
+    MoveReady,
+    RecordMove,
+    RunRollback,
+)
 from .inflight import CommandsInFlight
 from .mailbox import SelectedMailbox
 from .output import Output
@@ -46,6 +58,9 @@ class MoveHost(Protocol):
     @property
     def credentials(self) -> Credentials | None: ...
 
+    @property
+    def user(self) -> bytes | None: ...
+
     def queue(self, effect: Effect) -> None: ...
 
     def after_move(self) -> None: ...
@@ -55,8 +70,8 @@ class MoveRunner:
     """The MOVE waiting for earlier commands, the one running, and those answered."""
 
     __slots__ = (
-        "_announced", "_channel", "_counters", "_host", "_inflight", "_log", "_mailbox",
-        "_output", "_second_taken", "_settings", "running", "waiting",
+        "_announced", "_channel", "_counters", "_entry", "_host", "_inflight", "_log", "_mailbox",
+        "_output", "_recording", "_second_taken", "_settings", "running", "waiting",
     )  # fmt: skip
 
     def __init__(
@@ -77,6 +92,8 @@ class MoveRunner:
         self.running: MoveEmulation | None = None
         self._announced = False  # the waiting MOVE's MoveReady was queued
         self._second_taken = False  # the running MOVE's second session was handed out
+        self._entry: Entry | None = None  # the running MOVE's journal entry, once recorded
+        self._recording = False  # its RecordMove was queued, and not answered yet
 
     @property
     def waits_for_upstream(self) -> bool:
@@ -108,6 +125,8 @@ class MoveRunner:
             self._output.reply(request.tag + bad)
             return
         mailbox, settings = self._mailbox, self._settings
+        # Recorded only where recovery can find its way back: the user and the source known.
+        journal = settings.journal and None not in (host.user, mailbox.name, mailbox.uidvalidity)
         self.running = MoveEmulation(
             request,
             read_only=mailbox.read_only,
@@ -121,6 +140,7 @@ class MoveRunner:
             exists=mailbox.exists,
             recent=mailbox.recent,
             flags=FlagRecorder() if settings.guarded else None,
+            journal=journal,
             log=self._log,
         )
         self.step(self.running.start(host.caps))
@@ -149,6 +169,40 @@ class MoveRunner:
             self._log.warning("rollback of a failed MOVE failed: %s", error)
         self.step(move.on_rollback(error, missing=missing))
 
+    def recorded(self, durable: bool) -> None:
+        """The journal entry of :class:`.effects.RecordMove` is durable, or cannot be."""
+        move = self.running
+        assert move is not None and self._recording
+        self._recording = False
+        self.step(move.recorded(durable))
+
+    def _record(self, state: MoveState) -> None:
+        """Queue the journal entry for the phase the MOVE waits for."""
+        phase, chunk, entry = state.record, state.chunk, self._entry
+        if phase is Phase.COPIED and entry is not None:
+            seen = state.flags.seen if state.flags is not None else {}
+            originals = {
+                uid: (copied.date, tuple(sorted(copied.flags)))
+                for uid, copied in seen.items()
+                if uid in chunk.moving
+            }
+            entry = entry.copied(
+                frozenset(chunk.already_deleted), dict(chunk.targets), chunk.target_validity,
+                originals,
+            )  # fmt: skip
+        else:
+            host, mailbox = self._host, self._mailbox
+            assert host.user is not None and mailbox.name is not None and chunk.uids is not None
+            assert state.policy is not None and mailbox.uidvalidity is not None
+            entry = Entry(
+                entry.id if entry is not None else secrets.token_hex(8),
+                host.user, state.policy.value, mailbox.name, mailbox.uidvalidity,
+                tuple(chunk.uids), state.request.mailbox, state.target_validity,
+                state.target_uidnext, time.time(),
+            )  # fmt: skip
+        self._entry, self._recording = entry, True
+        self._host.queue(RecordMove(entry))
+
     def flags_checked(self, result: Result, detail: str) -> None:
         """The second session of :class:`.effects.CheckFlags` ended: the MOVE's tagged reply."""
         move = self.running
@@ -163,6 +217,8 @@ class MoveRunner:
             self._channel.send(commands)
         if move is None:
             return
+        if move.state.record is not None and not self._recording:
+            self._record(move.state)
         if host.credentials is None and (move.rollback_request or move.flag_request):
             off = self._settings.rollback == "off"
             reason = "second sessions are off" if off else "no login to replay for a second session"
@@ -183,6 +239,9 @@ class MoveRunner:
             return
         self.running = None
         state = move.state
+        if self._entry is not None:
+            host.queue(ForgetMove(self._entry.id))
+            self._entry = None
         moved = state.outcome is Outcome.MOVED
         self._mailbox.rights = state.rights if moved else None
         self._mailbox.recent = state.counts.recent  # it may have shown a RECENT held back

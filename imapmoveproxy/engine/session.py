@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 
+from ..journal.entry import Entry
 from ..move.copyflags import Result
 from ..move.rollback import Credentials
 from ..wire.capabilities import Capabilities
@@ -39,6 +40,7 @@ from .mailbox import SelectedMailbox
 from .moves import MoveRunner
 from .offer import Offer
 from .output import Output
+from .resumes import ResumeRunner
 from .settings import Counters, SessionSettings
 from .upstream import UpstreamResponses
 
@@ -64,8 +66,8 @@ class Session:
     __slots__ = (
         "_effects", "_shutting_down", "_tls_pending", "addresses", "authenticated", "caps",
         "channel", "client", "close_reason", "conn_id", "counters", "credentials", "inflight",
-        "log", "mailbox", "moves", "offer", "output", "settings", "tls", "upstream",
-        "upstream_framer",
+        "log", "mailbox", "moves", "offer", "output", "resumes", "settings", "tls", "upstream",
+        "upstream_framer", "user",
     )  # fmt: skip
 
     def __init__(
@@ -90,6 +92,7 @@ class Session:
         self.caps: Capabilities | None = None  # the upstream's; None: unknown in this state
         self.authenticated = False
         self.credentials: Credentials | None = None  # for a rollback's second session
+        self.user: bytes | None = None  # whose login the server accepted, if known
         self.mailbox = SelectedMailbox()
         self.inflight = CommandsInFlight()
         # Each helper gets the parts it uses, and the session only as its narrow host.
@@ -98,12 +101,13 @@ class Session:
         self.moves = MoveRunner(
             self, settings, output, self.channel, inflight, self.mailbox, counters, logger
         )
+        self.resumes = ResumeRunner(self, settings, output, self.channel, logger)
         self.offer = Offer(self, settings)  # what the proxy adds; whether it executes MOVE
         moves, offer = self.moves, self.offer
         self.client = ClientInput(self, settings, output, inflight, moves, offer, counters, logger)
         self.upstream = UpstreamResponses(
             self, self.upstream_framer, output, self.channel, inflight, self.mailbox, moves,
-            self.client, offer, counters, settings, logger, addresses,
+            self.resumes, self.client, offer, counters, settings, logger, addresses,
         )  # fmt: skip
         self._shutting_down = False
 
@@ -157,6 +161,7 @@ class Session:
             and not self._shutting_down
             and not self._tls_pending
             and self.client.held is None
+            and self.resumes.held is None
             and self.output_has_room()
         )
 
@@ -215,11 +220,10 @@ class Session:
         :mod:`.prelogin`): ``reply`` is the login's tagged OK with the backend's capabilities;
         ``client`` and ``upstream`` what each sent after the login."""
         self.upstream.routed(reply)
-        rollback, settings = self.settings.rollback, self.settings
-        if rollback == "master":
-            self.logged_in(credentials.as_master(*settings.rollback_master))
-        else:
-            self.logged_in(credentials if rollback == "client" else None)
+        settings = self.settings
+        if settings.rollback == "master":
+            credentials = credentials.as_master(*settings.rollback_master)
+        self.logged_in(credentials)  # kept only as the rollback setting says
         if upstream:
             self.receive_upstream(upstream)
         if client:
@@ -290,6 +294,18 @@ class Session:
         self.moves.rollback_finished(error, missing)
         self.resume()  # commands the client pipelined behind the MOVE
 
+    def move_recorded(self, durable: bool) -> None:
+        """The journal entry :class:`.effects.RecordMove` asked for is durable (``durable``), or
+        cannot be and the MOVE may not go on without it."""
+        self.moves.recorded(durable)
+        self.resume()
+
+    def resume_entries(self, entries: list[Entry]) -> None:
+        """The unfinished journal entries :class:`.effects.LookupJournal` asked for, their
+        mailboxes' locks held: finish them, then the client's login reply goes on."""
+        self.resumes.entries(entries)
+        self.resume()
+
     def flag_check_finished(self, result: Result, detail: str) -> None:
         """The second session of :class:`.effects.CheckFlags` ended: the MOVE is answered."""
         self.moves.flags_checked(result, detail)
@@ -311,7 +327,9 @@ class Session:
         """The upstream accepted a login (``credentials``: those to replay for a second
         session, if captured), or greeted with PREAUTH."""
         self.authenticated = True
-        self.credentials = credentials
+        self.user = credentials.user if credentials is not None else None
+        self.credentials = credentials if self.settings.rollback != "off" else None
+        self.resumes.logged_in(self.user)
 
     def request_tls(self) -> None:
         """The client's STARTTLS had its OK: the caller starts TLS once that is delivered."""

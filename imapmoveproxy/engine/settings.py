@@ -26,6 +26,7 @@ class SessionSettings:
     # Bytes the session lets wait for either peer before it stops reading client commands: the
     # caller stops reading from a side whose output it has not been able to deliver (backpressure).
     backlog: int = 256 * 1024
+    journal: bool = False  # MOVEs are recorded, and finished at the user's next login
 
 
 @dataclass(slots=True)

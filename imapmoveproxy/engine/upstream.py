@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .client import ClientInput
     from .moves import MoveRunner
     from .offer import Offer
+    from .resumes import ResumeRunner
     from .settings import Counters, SessionSettings
 
 
@@ -65,6 +66,7 @@ class UpstreamResponses:
         "_offer",
         "_output",
         "_relay",
+        "_resumes",
         "greeted",
         "said_bye",
     )
@@ -78,6 +80,7 @@ class UpstreamResponses:
         inflight: CommandsInFlight,
         mailbox: SelectedMailbox,
         moves: MoveRunner,
+        resumes: ResumeRunner,
         client: ClientInput,
         offer: Offer,
         counters: Counters,
@@ -88,6 +91,7 @@ class UpstreamResponses:
         self._host = host
         self._framer, self._output, self._channel = framer, output, channel
         self._inflight, self._mailbox, self._moves = inflight, mailbox, moves
+        self._resumes = resumes
         self._client, self._offer, self._counters, self._log = client, offer, counters, log
         self._forward_id, self._addresses = settings.forward_id, addresses
         self._relay = True  # whether the upstream response being received goes to the client
@@ -101,7 +105,8 @@ class UpstreamResponses:
         # a response the BYE waits behind.
         while (host.close_reason is None or output.deferred) and not framer.exhausted:
             move = moves.running
-            if move is None and self.greeted and not channel.awaiting(ID):
+            resuming = self._resumes.running is not None  # every response is the recovery's
+            if move is None and not resuming and self.greeted and not channel.awaiting(ID):
                 # Fast path: relay in one piece the run of untagged responses that need no look
                 # (a FETCH flood is ~100 bytes a line; one at a time would cost 4 µs each).
                 run = framer.plain_run(responses.first_stop)
@@ -109,7 +114,7 @@ class UpstreamResponses:
                     output.relay(run)
                     output.flush_deferred()
                     continue
-            if move is None or move.expunges_in_runs:
+            if not resuming and (move is None or move.expunges_in_runs):
                 # The same for EXPUNGE responses (a big MOVE's, or another session's): relayed
                 # in one piece, and counted.
                 run = framer.plain_run(responses.first_non_expunge)
@@ -174,6 +179,8 @@ class UpstreamResponses:
         if owner is not None:  # one of the proxy's own commands
             if move is not None and owner is move:
                 moves.step(move.on_tagged(reply, host.caps))
+            else:
+                self._resumes.on_tagged(owner, reply)
             return False  # the proxy's ID, or a command of a MOVE answered already
         if move is not None and move.forwarded(reply.tag):  # the client's MOVE, sent on as it was
             output.to_client += line
@@ -188,6 +195,8 @@ class UpstreamResponses:
                 self._mailbox.read_only = name == b"READ-ONLY"
             elif name == b"CAPABILITY":
                 line = self._capabilities(line)
+        if self._resumes.hold(line):  # a login's OK, while the journal is looked at
+            return False
         output.to_client += line
         return True
 
@@ -199,6 +208,10 @@ class UpstreamResponses:
             self._counters.expunged_rewritten += 1
         if line[2:5].upper() == b"BYE":
             self.said_bye = True
+        resume = self._resumes.running
+        if resume is not None:
+            resume.on_untagged(line)
+            return False
         if b"[" in line or line[2:13].upper() == b"CAPABILITY ":
             line = self._capabilities(line)
             validity = responses.uidvalidity(line)

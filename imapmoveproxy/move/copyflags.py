@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from ..wire import responses
 from ..wire.capabilities import Capabilities
 from ..wire.grammar import chunk_set, compress_uids
-from .request import UpstreamCommand, astring_segments
+from .request import UpstreamCommand, status_command
 from .rollback import Credentials, Phase, SecondSession
 
 # Flags a copy never gets back: \Recent is the server's own, \Deleted would mark the copy for
@@ -100,9 +100,7 @@ class FlagRecorder:
         """``STATUS mailbox (UIDNEXT UIDVALIDITY MESSAGES)``; sent once, before anything is
         copied."""
         self._status_asked = True
-        segments = astring_segments(b"STATUS ", [mailbox], caps)
-        segments[-1] = segments[-1][:-2] + b" (UIDNEXT UIDVALIDITY MESSAGES)\r\n"
-        return segments
+        return status_command(mailbox, caps)
 
     def fetch_command(self, uids: Sequence[int]) -> bytes:
         """``UID FETCH uids (UID FLAGS INTERNALDATE)``, pipelined before their ``UID COPY``."""
@@ -130,6 +128,11 @@ class FlagRecorder:
             return False
         self._seen[uid] = Copied(date, _kept(flags))
         return True
+
+    @property
+    def seen(self) -> dict[int, Copied]:
+        """The messages noted so far, by UID in the source."""
+        return self._seen
 
     def request(self, mailbox: bytes, selected: bytes | None) -> FlagCheckRequest | None:
         """What a second session should check once the MOVE has moved everything it listed

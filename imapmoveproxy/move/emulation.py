@@ -51,6 +51,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from ..journal.entry import Phase
 from ..wire import responses
 from ..wire.capabilities import Capabilities
 from ..wire.commands import CommandChannel
@@ -122,7 +123,7 @@ class MoveEmulation:
     """One client MOVE from the moment earlier commands have completed to its tagged reply:
     its state (:attr:`state`), and what connects it to the session."""
 
-    __slots__ = ("_awaited", "_channel", "_emit", "_log", "state")
+    __slots__ = ("_awaited", "_channel", "_emit", "_log", "_unrecorded", "state")
 
     def __init__(
         self,
@@ -139,6 +140,7 @@ class MoveEmulation:
         exists: int | None = None,
         recent: int | None = None,
         flags: FlagRecorder | None = None,
+        journal: bool = False,
         log: logging.LoggerAdapter[logging.Logger],
     ) -> None:
         self.state = MoveState(
@@ -152,11 +154,13 @@ class MoveEmulation:
             max_set_bytes=max_set_bytes,
             chunk_limit=chunk_size or listing.MOST_PER_COPY,
             flags=flags,
+            journal=journal,
         )
         self._channel = channel  # the proxy's commands on the upstream connection
         self._emit = emit  # to the client
         self._log = log  # the connection's
         self._awaited = 0  # commands of the current step still awaiting their tagged reply
+        self._unrecorded: Send | None = None  # a step's commands, sent once its phase is recorded
 
     # ------------------------------------------------------------------ what the session asks
 
@@ -205,6 +209,10 @@ class MoveEmulation:
     def on_untagged(self, line: bytes) -> bool:
         """Whether an untagged upstream response that arrived during the MOVE goes to the client."""
         state = self.state
+        if state.target_asked and _target_status(state, line):
+            if state.flags is not None:  # the guarded policy's flag check reads it too
+                state.flags.on_untagged(line)
+            return False
         if state.flags is not None and state.flags.on_untagged(line):
             return False
         step = state.step
@@ -278,6 +286,17 @@ class MoveEmulation:
             state.caps = caps or NO_CAPABILITIES  # none: no UIDPLUS
         return self._run(TRANSITIONS[state.policy][step](state))
 
+    def recorded(self, durable: bool) -> list[UpstreamCommand]:
+        """The phase :attr:`.MoveState.record` asked for is in the journal (``durable``), or
+        cannot be and the MOVE may not go on without it (a chunk not copied yet is left
+        alone); the commands that waited for it."""
+        state, send = self.state, self._unrecorded
+        assert state.record is not None and send is not None
+        phase, state.record, self._unrecorded = state.record, None, None
+        if not durable and phase is Phase.INTENT:
+            return self._run(listing.journal_refused(state))
+        return self._tagged(send)
+
     def on_rollback(
         self, error: str | None, *, attempted: bool = True, missing: frozenset[int] = frozenset()
     ) -> list[UpstreamCommand]:
@@ -306,6 +325,9 @@ class MoveEmulation:
                 state.step = next_.step
                 if next_.show:
                     self._emit(next_.show)
+                if next_.commands and next_.record is not None and state.journal:
+                    state.record, self._unrecorded = next_.record, next_
+                    return []  # sent once recorded (:meth:`recorded`)
                 if next_.commands:
                     return self._tagged(next_)
                 function = TRANSITIONS[state.policy].get(next_.step)
@@ -367,3 +389,15 @@ class MoveEmulation:
             "%sMOVE %s: the server named messages outside the set (%s): MOVE refused",
             "UID " * request.uid, request.sequence_set[:60].decode(), self.state.set_check.outside,
         )  # fmt: skip
+
+
+def _target_status(state: MoveState, line: bytes) -> bool:
+    """Note the target's STATUS before the first COPY; whether ``line`` was it."""
+    items = responses.status_counts(line)
+    if items is None:
+        return False
+    state.target_asked = False
+    state.target_uidnext = int(items.get(b"UIDNEXT", b"0"))
+    empty = items.get(b"MESSAGES") == b"0"  # imap4d renews an empty mailbox's UIDVALIDITY
+    state.target_validity = b"" if empty else items.get(b"UIDVALIDITY", b"")
+    return True

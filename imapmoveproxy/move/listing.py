@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+from ..journal.entry import Phase
 from ..wire import responses
 from ..wire.grammar import NumberSet, Tagged, code_name, compress_uids, expand_uid_set
 from . import guarded, replies, uidplus
-from .request import Policy, UpstreamCommand, astring_segments
+from .request import Policy, UpstreamCommand, astring_segments, status_command
 from .state import Chunk, Failure, MoveState, Next, Outcome, Reply, Role, Send, Step, Then
 
 MOST_PER_COPY = 1_000_000  # chunk size when chunks are off: a COPYUID must stay expandable
@@ -75,6 +76,11 @@ def prefetch(state: MoveState, step: Step, copy: bool) -> Send:
     if flags is not None and state.policy is Policy.GUARDED and not copy:
         commands.append(flags.status_command(request.mailbox, caps))
         roles.append(_OTHER)
+        state.target_asked = True
+    elif state.journal and not copy:
+        commands.append(status_command(request.mailbox, caps))
+        roles.append(_OTHER)
+        state.target_asked = True
     if copy:  # last: it may wait for "+" before sending the mailbox name
         state.chunk.uids = None  # the client's own set
         prefix = uid + b"COPY " + request.sequence_set + b" "
@@ -111,6 +117,8 @@ def next_chunk(state: MoveState) -> Send:
     """Move the next chunk of UIDs: each chunk is moved or left alone on its own."""
     done = state.chunk
     state.moved += len(done.moving) - len(done.remaining)
+    if done.targets:  # the next chunk's copies come after this one's
+        state.target_uidnext = max(state.target_uidnext, max(done.targets.values()) + 1)
     chunk = _take(state.listed, state.next_uid, state.chunk_limit)
     state.left -= len(chunk)
     if chunk:
@@ -123,7 +131,7 @@ def next_chunk(state: MoveState) -> Send:
     roles = (*[_OTHER] * len(commands), _COPY)
     copy = b"UID COPY " + b",".join(compress_uids(chunk)) + b" "
     commands.append(astring_segments(copy, [state.request.mailbox], state.caps))
-    return Send(Step.COPY, commands, roles)
+    return Send(Step.COPY, commands, roles, record=Phase.INTENT)
 
 
 def after_copy(state: MoveState) -> Next:
@@ -158,13 +166,23 @@ def after_copy(state: MoveState) -> Next:
     state.total = state.total or len(chunk.moving)
     first = guarded.after_copy if state.policy is Policy.GUARDED else uidplus.after_copy
     send = first(state)
-    send.show = shown
+    send.show, send.record = shown, Phase.COPIED
     return send
 
 
 def _copy_failed(state: MoveState, result: Tagged) -> Next:
+    return _not_copied(state, Failure(Step.COPY, result.status, result.code, result.text))
+
+
+def journal_refused(state: MoveState) -> Next:
+    """The journal could not record this chunk and the MOVE may not go on without it
+    (``journal_unavailable = "refuse"``)."""
+    return _not_copied(state, Failure(Step.COPY, b"NO", b"UNAVAILABLE", replies.NO_JOURNAL))
+
+
+def _not_copied(state: MoveState, failure: Failure) -> Next:
     """Nothing was copied in this chunk, so nothing else is done."""
-    failure = state.failure = Failure(Step.COPY, result.status, result.code, result.text)
+    state.failure = failure
     if not state.moved:  # the client gets the COPY's answer, as from a native MOVE
         return Reply(Outcome.FAILED, failure.status, failure.code, failure.text)
     state.chunk.moving = set()

@@ -60,7 +60,8 @@ def check_rights(state: MoveState) -> Next:
     sizes = [set_size(request.sequence_set), state.counts.exists]
     size = min((size for size in sizes if size is not None), default=None)
     if (
-        state.policy is Policy.GUARDED
+        state.journal  # the target's UIDNEXT is recorded before the COPY
+        or state.policy is Policy.GUARDED
         or not request.uid
         or size is None
         or size > state.chunk_limit

@@ -9,6 +9,7 @@ from ..wire.grammar import compress_uids
 
 MOVED = b"Move completed."
 NO_MESSAGES = b"No messages found."
+NO_JOURNAL = b"The MOVE journal cannot be written: nothing was moved, try again later."
 READ_ONLY = b"Mailbox is read-only, messages cannot be moved."
 NO_PERMISSION = b"Permission denied: messages cannot be removed from this mailbox (rights: %s)."
 UNDONE = "Nothing was removed from the source: every message is in both mailboxes"

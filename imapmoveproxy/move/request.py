@@ -118,6 +118,13 @@ def astring_segments(prefix: bytes, values: Sequence[bytes], caps: Capabilities)
     return segments
 
 
+def status_command(mailbox: bytes, caps: Capabilities) -> UpstreamCommand:
+    """``STATUS mailbox (UIDNEXT UIDVALIDITY MESSAGES)``: a target before its COPY."""
+    segments = astring_segments(b"STATUS ", [mailbox], caps)
+    segments[-1] = segments[-1][:-2] + b" (UIDNEXT UIDVALIDITY MESSAGES)\r\n"
+    return segments
+
+
 @dataclass(slots=True, frozen=True)
 class RollbackRequest:
     """Copies in the target of messages a failed MOVE left in the source: a second session of

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from ..journal.entry import Phase
 from ..wire.capabilities import Capabilities
 from ..wire.grammar import NumberSet, Tagged, chunk_set, compress_uids
 from .bookkeeping import ClientCounts, SetCheck
@@ -116,6 +117,7 @@ class MoveState:
     max_set_bytes: int = 8192
     chunk_limit: int = 1_000_000
     flags: FlagRecorder | None = None  # guarded: what the COPY should keep (:mod:`.copyflags`)
+    journal: bool = False  # each chunk is recorded before its COPY and after (:mod:`..journal`)
     # where the MOVE is
     caps: Capabilities = NO_CAPABILITIES
     policy: Policy | None = None
@@ -132,6 +134,11 @@ class MoveState:
     left: int = 0  # listed UIDs still to move
     chunk: Chunk = field(default_factory=Chunk)
     deleted: NumberSet = NOTHING  # messages carrying \Deleted (last search)
+    # the journal: the target before the first COPY, and the phase to record before going on
+    target_asked: bool = False  # its STATUS was sent
+    target_uidnext: int = 0  # every copy has a UID from there on (0: unknown)
+    target_validity: bytes = b""  # b"": unknown, or the target was empty (imap4d renews it)
+    record: Phase | None = None  # the emulation waits until this phase is recorded
     # the end
     failure: Failure | None = None
     checked: bool = True  # whether the check after a failure knows what is left for sure
@@ -172,12 +179,14 @@ class Role(enum.Enum):
 @dataclass(slots=True)
 class Send:
     """Go to ``step``: send ``commands`` (untagged, pipelined), and show ``show`` to the client
-    first. A step with nothing to send is over at once."""
+    first (after ``record``, with a journal, is durable). A step with nothing to send is over
+    at once."""
 
     step: Step
     commands: list[UpstreamCommand]
     roles: tuple[Role, ...] = ()  # one per command, where some answers matter (:class:`Role`)
     show: bytes = b""
+    record: Phase | None = None  # with a journal: record this phase before sending anything
 
 
 class Then(enum.Enum):

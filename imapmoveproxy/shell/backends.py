@@ -13,7 +13,7 @@ import trio
 
 from ..config import Address, Config
 from ..engine.settings import SessionSettings
-from ..wire.proxyproto import Endpoint, build_v2
+from ..wire.proxyproto import V2_LOCAL, Endpoint, build_v2
 from .tls import open_upstream, upstream_context
 
 
@@ -29,6 +29,7 @@ def session_settings(config: Config, *, tls_offered: bool) -> SessionSettings:
         forward_id=config.upstream_id and not config.upstream_proxy_protocol,
         chunk_size=config.move_chunk_size,
         rollback=config.rollback,
+        journal=config.journal_location != "off",
         rollback_master=(
             (config.rollback_master_user or "").encode(),
             (config.rollback_master_password or "").encode(),
@@ -55,10 +56,14 @@ class Backend:
     def __str__(self) -> str:
         return f"{self.name}@{self.address}" if self.name else str(self.address)
 
-    async def open(self, addresses: tuple[Endpoint, Endpoint]) -> tuple[trio.abc.Stream, bytes]:
-        """A new connection for the client at ``addresses`` (with the PROXY header if
-        configured); the greeting, if it has been read already."""
-        preamble = build_v2(*addresses) if self.config.upstream_proxy_protocol else b""
+    async def open(
+        self, addresses: tuple[Endpoint, Endpoint] | None
+    ) -> tuple[trio.abc.Stream, bytes]:
+        """A new connection for the client at ``addresses`` (None: for the proxy itself), with
+        the PROXY header if configured; the greeting, if it has been read already."""
+        preamble = b""
+        if self.config.upstream_proxy_protocol:
+            preamble = V2_LOCAL if addresses is None else build_v2(*addresses)
         return await open_upstream(self.config, self._tls, preamble)
 
 

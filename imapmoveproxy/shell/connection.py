@@ -34,8 +34,11 @@ from ..engine.effects import (
     CheckFlags,
     Close,
     Effect,
+    ForgetMove,
+    LookupJournal,
     MoveFinished,
     MoveReady,
+    RecordMove,
     RunRollback,
     StartTls,
 )
@@ -325,6 +328,12 @@ class Connection:
                     tasks.rollback(nursery, effect)
                 case CheckFlags():
                     tasks.check_flags(nursery, effect)
+                case RecordMove(entry):
+                    nursery.start_soon(tasks.record, entry)
+                case ForgetMove(entry_id):
+                    nursery.start_soon(self.proxy.journal.forget, entry_id)
+                case LookupJournal(user):
+                    nursery.start_soon(tasks.resume, user)
 
 
 class Reads:

@@ -22,6 +22,7 @@ from ..metrics import Metrics, serve_http
 from ..wire.proxyproto import V2_MAX, Endpoint, ProxyHeader, ProxyHeaderError, parse
 from .backends import Backend, backends
 from .connection import UNAVAILABLE, Connection, bye_and_close
+from .journal import JournalKeeper, sweep
 from .locks import make_move_locks
 from .readiness import UpstreamReadiness
 from .routing import Router, log_in
@@ -49,6 +50,7 @@ class Proxy:
         self.metrics = Metrics()
         self.metrics.before_scrape.append(self._publish_counts)
         self.locks = make_move_locks(config, self.metrics)
+        self.journal = JournalKeeper(config, self.metrics)
         self._draining = False
         # Routing mode: ready while not draining (one backend down is that backend's users').
         self._readiness = (
@@ -64,6 +66,10 @@ class Proxy:
             self.router.backends if self.router else backends(config, tls_offered=tls_offered)
         )
 
+    def users_connected(self) -> set[bytes]:
+        """The users logged in through this proxy right now."""
+        return {user for c in self._connections if (user := c.session.user) is not None}
+
     def _publish_counts(self) -> None:
         for connection in self._connections:
             connection.publish_counts()
@@ -78,7 +84,13 @@ class Proxy:
         plain = await self._listen(self.config.listen, "plain")
         implicit = await self._listen(self.config.listen_tls, "TLS")
         http = await self._listen(self.config.metrics, "metrics")
-        async with self.locks.running(), trio.open_nursery() as connections:
+        async with (
+            self.locks.running(),
+            self.journal.running(),
+            trio.open_nursery() as connections,
+        ):
+            if self.config.rollback == "master" and self.journal.on:
+                connections.start_soon(sweep, self)
             if http:  # in the outer nursery: /readyz says "draining" while MOVEs finish
                 connections.start_soon(serve_http, http, self.metrics, _alive, self._ready)
             with trio.CancelScope() as accepting:

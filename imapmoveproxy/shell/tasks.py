@@ -5,6 +5,9 @@
   held until the MOVE's tagged reply. A lock free in this process is taken and given back
   right there, by whoever ran the session; otherwise the MOVE task waits for it (a lock that
   cannot be had becomes the MOVE's tagged NO).
+* The journal (:mod:`.journal`): a MOVE's entry written before the MOVE goes on; at login, the
+  user's unfinished entries handed to the session under their mailboxes' locks, and what the
+  recovery did with them settled once it is over.
 * Second sessions of the client's user, each over a new upstream connection bounded by
   ``rollback_timeout``, while the MOVE waits for them: the rollback that removes a failed
   MOVE's copies, and the check that restores the flags a server's COPY lost (guarded MOVEs).
@@ -12,21 +15,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from ..engine.effects import CheckFlags, FinishedMove, RunRollback
+from ..journal.entry import Entry
 from ..move.copyflags import FlagCheckRequest, FlagRestore
 from ..move.request import RollbackRequest
 from ..move.rollback import Credentials, Rollback, SecondSession
 from ..wire.conversation import ConversationError
+from ..wire.proxyproto import Endpoint
 from .locks import LockError
-from .serverlink import ServerLink
+from .serverlink import Peer, ServerLink
 from .tls import UpstreamUnavailable
 
 if TYPE_CHECKING:
+    from .backends import Backend
     from .connection import Connection
 
 
@@ -111,6 +118,40 @@ class MoveTasks:
             self._locking = False
         connection.after_session()  # the commands pipelined behind, a next MOVE among them
 
+    async def record(self, entry: Entry) -> None:
+        """Write a MOVE's journal entry; the MOVE goes on once it is durable."""
+        connection = self._connection
+        durable = await connection.proxy.journal.record(entry)
+        connection.session.move_recorded(durable)
+        connection.after_session()
+
+    async def resume(self, user: bytes) -> None:
+        """Hand the session the user's unfinished entries, each source mailbox's lock held
+        until the recovery is over (a MOVE still running elsewhere holds its lock: its entry
+        is gone once the lock is had), then settle them."""
+        connection = self._connection
+        session, journal, locks = connection.session, connection.proxy.journal, None
+        entries = await journal.pending(user)
+        keys = sorted({entry.source_validity for entry in entries})
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                for key in keys:
+                    await stack.enter_async_context(connection.proxy.locks.hold(key))
+                locks = keys
+            except LockError as exc:
+                connection.log.warning("journal recovery postponed: %s", type(exc).__name__)
+            if locks:
+                entries = [e for e in await journal.pending(user) if e.source_validity in locks]
+            session.resume_entries(entries if locks else [])
+            connection.after_session()
+            if not locks or not entries:
+                return
+            await connection.changed.until(
+                lambda: not session.resumes.busy or session.close_reason is not None
+            )
+            verdicts, session.resumes.verdicts = session.resumes.verdicts, []
+            await journal.settle(verdicts, session.conn_id)
+
     async def _rollback(self, request: RollbackRequest, credentials: Credentials) -> None:
         """Run the second session that removes a failed MOVE's copies."""
         connection = self._connection
@@ -141,29 +182,47 @@ class MoveTasks:
             connection.changed.fire()
 
     async def _run_second(self, peer: SecondSession) -> str | None:
-        """Drive ``peer`` over a new upstream connection, bounded by ``rollback_timeout``;
-        what went wrong with the connection, if anything did. A session that has done its work
-        and only waits for the server to close the connection (:attr:`SecondSession.ending`)
-        and does not see it in time is a failure too: an mbox server may write its view of a
-        mailbox after that, over the client's session's changes."""
+        """Drive ``peer`` (:func:`run_second_session`), bounded by ``rollback_timeout``."""
         connection = self._connection
         try:
-            with trio.fail_after(connection.config.rollback_timeout):
-                stream, greeting = await connection.backend.open(connection.addresses)
-                link = ServerLink(stream, peer, greeting=greeting)
-                try:
-                    await link.run(lambda: peer.done)
-                finally:
-                    await link.aclose()
-        except (
-            OSError,
-            trio.TooSlowError,
-            trio.BrokenResourceError,
-            UpstreamUnavailable,
-            ConversationError,
-        ) as exc:
-            why = "the server did not end it" if peer.ending else exc or "timed out"
-            return f"second session: {why}"
+            return await run_second_session(
+                connection.backend, peer, connection.addresses, connection.config.rollback_timeout
+            )
         finally:
             connection.upstream_heard = trio.current_time()  # the MOVE waits for its upstream
-        return None
+
+
+class SecondPeer(Peer, Protocol):
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def ending(self) -> bool: ...
+
+
+async def run_second_session(
+    backend: Backend, peer: SecondPeer, addresses: tuple[Endpoint, Endpoint] | None, timeout: float
+) -> str | None:
+    """Drive ``peer`` over a new upstream connection (for the client at ``addresses``; None:
+    the proxy's own), bounded by ``timeout``; what went wrong with the connection, if anything
+    did. A session that has done its work and only waits for the server to close the connection
+    (``peer.ending``) and does not see it in time is a failure too: an mbox server may write its
+    view of a mailbox after that."""
+    try:
+        with trio.fail_after(timeout):
+            stream, greeting = await backend.open(addresses)
+            link = ServerLink(stream, peer, greeting=greeting)
+            try:
+                await link.run(lambda: peer.done)
+            finally:
+                await link.aclose()
+    except (
+        OSError,
+        trio.TooSlowError,
+        trio.BrokenResourceError,
+        UpstreamUnavailable,
+        ConversationError,
+    ) as exc:
+        why = "the server did not end it" if peer.ending else exc or "timed out"
+        return f"second session: {why}"
+    return None

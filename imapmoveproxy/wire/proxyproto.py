@@ -112,6 +112,11 @@ def build_v2(source: Endpoint, destination: Endpoint) -> bytes:
     return V2_SIGNATURE + bytes([0x21, family]) + struct.pack("!H", len(block)) + block
 
 
+# A PROXY v2 header with command LOCAL: a connection the proxy opens on its own behalf (a health
+# check, the journal's recovery without a client), no addresses.
+V2_LOCAL = V2_SIGNATURE + bytes([0x20, 0x00]) + b"\0\0"
+
+
 def _as_v6(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv6Address:
     if isinstance(address, ipaddress.IPv6Address):
         return address

@@ -162,7 +162,7 @@ def test_every_object_belongs_to_the_proxy_or_its_lock_service():
 
 def test_replicas_share_the_move_lock_in_valkey():
     lock = objects(LOCK_APP)
-    assert set(lock) == {"Deployment", "Service"}
+    assert set(lock) == {"Deployment", "Service", "PersistentVolumeClaim"}
     labels = lock["Deployment"]["spec"]["template"]["metadata"]["labels"]
     assert lock["Service"]["spec"]["selector"].items() <= labels.items()
     assert lock["Deployment"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -172,6 +172,23 @@ def test_replicas_share_the_move_lock_in_valkey():
     url = urlsplit(proxy_config(objects()["ConfigMap"]["data"]["config.toml"]).move_lock or "")
     assert url.scheme == "redis" and url.hostname == lock["Service"]["metadata"]["name"]
     assert url.port == service_port["port"] and ports[service_port["targetPort"]] == 6379
+
+
+def test_the_journal_in_valkey_survives_a_restart_of_valkey():
+    """journal = "auto" puts the MOVE journal where the lock is: Valkey keeps an append-only
+    file on a persistent volume, mounted where it writes it (/data)."""
+    config = proxy_config(objects()["ConfigMap"]["data"]["config.toml"])
+    assert config.journal_location == config.move_lock
+    lock = objects(LOCK_APP)
+    (container,) = lock["Deployment"]["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--appendfsync") + 1] in ("everysec", "always")
+    (volume,) = lock["Deployment"]["spec"]["template"]["spec"]["volumes"]
+    claim = lock["PersistentVolumeClaim"]["metadata"]["name"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim
+    (mount,) = container["volumeMounts"]
+    assert (mount["name"], mount["mountPath"]) == (volume["name"], "/data")
 
 
 def test_configmap_holds_a_valid_proxy_config_where_the_image_reads_it():
@@ -251,6 +268,9 @@ def test_compose_example_is_consistent():
     config = proxy_config((ROOT / mounts[config_path]).read_text())
     assert config.upstream.host in services, "the upstream is the compose legacy server"
     assert urlsplit(config.move_lock or "").hostname in services, "the lock is a compose service"
+    journal = services[urlsplit(config.journal_location).hostname or ""]  # with the lock
+    assert journal["command"][journal["command"].index("--appendonly") + 1] == "yes"
+    assert any(volume.endswith(":/data") for volume in journal["volumes"]), "persisted"
     assert duration_seconds(proxy["stop_grace_period"]) >= config.drain_timeout + PRESTOP_MARGIN
     listen_port = dockerfile.cmd_option("--listen").rpartition(":")[2]
     assert any(port.endswith(f":{listen_port}") for port in proxy["ports"])

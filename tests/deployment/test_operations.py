@@ -7,27 +7,9 @@ import os
 import re
 import subprocess
 import sys
-import urllib.request
-from urllib.error import HTTPError
 
-from harness import ROOT, RawClient, running_proxy
+from harness import ROOT, RawClient, http_get, metric, running_proxy
 from servers import HOST, find_free_port, make_message
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=10) as response:
-            return response.status, response.read().decode()
-    except HTTPError as error:
-        return error.code, error.read().decode()
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    selector = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    pattern = re.escape(name + (f"{{{selector}}}" if labels else "")) + r" ([0-9.e+]+)$"
-    match = re.search(pattern, text, re.M)
-    assert match, f"{name} {labels} not in metrics"
-    return float(match.group(1))
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -19,9 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from harness import InterceptingRelay, ProxyProcess, RawClient, message_ids, running_proxy
+from harness import (
+    InterceptingRelay,
+    ProxyProcess,
+    RawClient,
+    http_get,
+    message_ids,
+    metric,
+    running_proxy,
+)
 from servers import HOST, ImapServer, RedisServer, find_free_port, make_message
-from test_operations import http_get, metric
 
 from imapmoveproxy.config import ConfigError, build, from_arguments
 from imapmoveproxy.shell.locks import redacted

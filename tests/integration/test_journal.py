@@ -1,0 +1,347 @@
+"""The proxy killed (SIGKILL) in the middle of a MOVE: the journal finishes it at the user's next
+login, on a proxy started again on the same journal (or another replica sharing it).
+
+Each test moves messages through a real server, kills the proxy at one step of the MOVE (with
+:class:`killswitch.KillSwitch`, a relay between the proxy and the real server), checks on the
+server that the MOVE really was cut there (the messages in both mailboxes), starts a proxy again,
+logs the same user in, and checks on the server: every message exactly once, in the target,
+flags kept, none left ``\\Deleted``. Then the client retries its MOVE, as a client whose
+connection dropped does: nothing is copied a second time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from harness import ROOT, ProxyProcess, RawClient, http_get, metric, subjects_and_flags
+from killswitch import KillSwitch
+from servers import (
+    HOST,
+    DovecotAclServer,
+    ImapServer,
+    RedisServer,
+    find_free_port,
+    make_message,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Server:
+    fixture: str
+    proxy_args: tuple[str, ...] = ()
+
+
+SERVERS = {
+    "dovecot-uidplus": Server("dovecot_legacy"),
+    "imap4d-guarded": Server("imap4d", ("--no-uidplus", "guarded")),
+    "uw-mbox": Server("uw_mbox"),
+    "uw-mix": Server("uw_mix"),
+}
+BIG = 120.0  # seconds a client waits for thousands of messages, on a busy machine
+FLAGGED = 3  # of the messages moved, the first ones carry \Flagged as well as \Seen
+
+
+def _state(server: ImapServer, user: str, mailbox: str) -> list[tuple[str, frozenset[str]]]:
+    return subjects_and_flags(server, user, mailbox, BIG)
+
+
+def _seed(server: ImapServer, user: str, count: int) -> set[str]:
+    subjects = [f"j{i}" for i in range(count)]
+    server.seed(user, "Archive", [])
+    server.seed(
+        user, "INBOX", [make_message(s) for s in subjects[:FLAGGED]], flags=["\\Seen", "\\Flagged"]
+    )
+    server.seed(user, "INBOX", [make_message(s) for s in subjects[FLAGGED:]], flags=["\\Seen"])
+    return set(subjects)
+
+
+def _expected_flags(subject: str) -> frozenset[str]:
+    index = int(subject[1:])
+    return frozenset({"\\Seen", "\\Flagged"} if index < FLAGGED else {"\\Seen"})
+
+
+def _move_until_killed(proxy: ProxyProcess, user: str, password: str, command: bytes) -> None:
+    """Log in, SELECT INBOX, send the MOVE; the proxy dies before its tagged reply."""
+    with RawClient(proxy.address, oracle=False) as client:  # its view ends with the connection
+        client.login(user, password)
+        selected = client.command(b"s", b"SELECT INBOX")
+        assert selected[-1].startswith(b"s OK"), selected
+        client.send(b"m " + command + b"\r\n")
+        with pytest.raises((ConnectionError, EOFError, OSError)):
+            client.read_until(b"m")
+    proxy.process.wait(10)
+
+
+def _assert_moved_once(server: ImapServer, user: str, subjects: set[str]) -> None:
+    archive = _state(server, user, "Archive")
+    inbox = _state(server, user, "INBOX")
+    counts = Counter(subject for subject, _ in archive)
+    assert {s for s, n in counts.items() if n > 1} == set(), f"duplicated: {archive}"
+    assert subjects - set(counts) == set(), f"not in Archive: {archive} / INBOX {inbox}"
+    assert [s for s, _ in inbox if s in subjects] == [], f"still in INBOX: {inbox}"
+    wrong = {s: flags for s, flags in archive if flags != _expected_flags(s)}
+    assert wrong == {}, "flags not kept (or \\Deleted left)"
+
+
+@pytest.mark.parametrize("point", ["copy", "store", "expunge"])
+@pytest.mark.parametrize("kind", list(SERVERS))
+def test_a_move_cut_by_the_proxys_death_is_finished_at_the_next_login(
+    kind: str, point: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Killed after the COPY's OK, after the STORE's OK, or with the EXPUNGE sent: the next
+    login through a proxy on the same journal finds the 6 messages once each, in Archive, with
+    their flags; the client's retried MOVE copies nothing again."""
+    spec = SERVERS[kind]
+    server: ImapServer = request.getfixturevalue(spec.fixture)
+    user = server.new_user()
+    subjects = _seed(server, user, 6)
+    journal = tmp_path / "journal.sqlite"
+    args = (*spec.proxy_args, "--journal", str(journal))
+    proxies: list[ProxyProcess] = []
+    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
+        # Both proxies reach the server through the relay: the journal is the upstream's.
+        proxies.append(ProxyProcess(switch.address, tmp_path / "first.log", *args))
+        switch.arm(point)
+        try:
+            _move_until_killed(proxies[0], user, server.password, b"UID MOVE 1:* Archive")
+        finally:
+            proxies[0].stop()
+        assert switch.fired.is_set(), proxies[0].log_text()
+        archive = _state(server, user, "Archive")
+        inbox = _state(server, user, "INBOX")
+        if point != "expunge":  # cut there: every message in both mailboxes
+            assert len(archive) == 6 and len(inbox) == 6, (archive, inbox)
+        assert json.loads(_journal_bodies(journal)[0])["user"] == user
+        second = ProxyProcess(switch.address, tmp_path / "second.log", *args)
+        try:
+            with RawClient(second.address) as client:
+                client.login(user, server.password)  # held until the recovery is over
+                selected = client.command(b"s", b"SELECT INBOX")
+                assert selected[-1].startswith(b"s OK"), selected
+                # The client's retry: the originals are gone; the server's own answer to a COPY
+                # of nothing (imap4d: "NO Mailbox is empty"), and nothing copied again.
+                retried = client.command(b"r", b"UID MOVE 1:6 Archive")
+                assert not re.search(rb"COPYUID|EXPUNGE", b"".join(retried)), retried
+                client.logout()
+            log = second.log_text()
+        finally:
+            second.stop()
+    # With the EXPUNGE sent, the server may have run it before the proxy died.
+    done = "finished" + ("" if point == "expunge" else ", 6 moved")
+    assert re.search(r"journal recovery of MOVE \w+ .*: " + done, log), log
+    _assert_moved_once(server, user, subjects)
+    assert _journal_bodies(journal) == []
+
+
+def _journal_bodies(path: Path) -> list[str]:
+    with sqlite3.connect(path) as db:
+        return [body for (body,) in db.execute("SELECT body FROM moves")]
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imapmoveproxy", "journal", *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=30,
+    )  # fmt: skip
+
+
+def test_a_changed_uidvalidity_leaves_both_mailboxes_alone_and_the_entry_for_an_operator(
+    dovecot_legacy: ImapServer, tmp_path: Path
+) -> None:
+    """The source is deleted and created again between the proxy's death and the next login:
+    its UIDs name other messages now. Nothing is touched, the entry stays, the metric and a
+    WARNING say so, ``imapmoveproxy journal list`` shows it and ``drop`` removes it."""
+    server = dovecot_legacy
+    user = server.new_user()
+    server.seed(user, "Archive", [])
+    server.seed(user, "Work", [make_message(f"w{i}") for i in range(4)], flags=["\\Seen"])
+    journal = tmp_path / "journal.sqlite"
+    metrics_port = find_free_port()
+    proxies: list[ProxyProcess] = []
+    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
+        upstream = f"{switch.address[0]}:{switch.address[1]}"
+        settings = ("--upstream", upstream, "--journal", str(journal))
+        proxies.append(ProxyProcess(switch.address, tmp_path / "first.log", *settings[2:]))
+        switch.arm("copy")
+        with RawClient(proxies[0].address, oracle=False) as client:
+            client.login(user, server.password)
+            assert client.command(b"s", b"SELECT Work")[-1].startswith(b"s OK")
+            client.send(b"m UID MOVE 1:* Archive\r\n")
+            with pytest.raises((ConnectionError, EOFError, OSError)):
+                client.read_until(b"m")
+        proxies[0].stop()
+        with RawClient(server.address, oracle=False) as client:  # the user, on another device
+            client.login(user, server.password)
+            assert client.command(b"d", b"DELETE Work")[-1].startswith(b"d OK")
+            assert client.command(b"c", b"CREATE Work")[-1].startswith(b"c OK")
+            client.logout()
+        server.seed(user, "Work", [make_message(f"new{i}") for i in range(4)])
+        second = ProxyProcess(
+            switch.address, tmp_path / "second.log", *settings[2:],
+            "--metrics", f"{HOST}:{metrics_port}",
+        )  # fmt: skip
+        try:
+            with RawClient(second.address) as client:
+                client.login(user, server.password)
+                client.logout()
+            _, text = http_get(metrics_port, "/metrics")
+            log = second.log_text()
+        finally:
+            second.stop()
+    assert metric(text, "imapmoveproxy_journal_recoveries_total", outcome="kept") == 1
+    assert re.search(r"WARNING .*journal recovery of MOVE .*: kept \(source UIDVALIDITY", log)
+    assert sorted(s for s, _ in _state(server, user, "Work")) == [f"new{i}" for i in range(4)]
+    assert sorted(s for s, _ in _state(server, user, "Archive")) == [f"w{i}" for i in range(4)]
+    listed = _run_cli(*settings, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = json.loads(listed.stdout)
+    assert (entry["user"], entry["source"], entry["uids"]) == (user, "Work", "1:4")
+    assert _run_cli(*settings, "drop", entry["id"]).returncode == 0
+    assert _run_cli(*settings, "list").stdout.strip() == "no unfinished MOVEs"
+
+
+def test_the_journal_holds_no_credential(dovecot_legacy: ImapServer, tmp_path: Path) -> None:
+    """The user's password appears nowhere in the SQLite file (nor its WAL), whatever the
+    phase: a MOVE is cut after its COPY, and the file read as bytes."""
+    server = dovecot_legacy
+    user = server.new_user()
+    _seed(server, user, 3)
+    journal = tmp_path / "journal.sqlite"
+    proxies: list[ProxyProcess] = []
+    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
+        proxies.append(ProxyProcess(switch.address, tmp_path / "p.log", "--journal", str(journal)))
+        switch.arm("store")
+        try:
+            _move_until_killed(proxies[0], user, server.password, b"UID MOVE 1:* Archive")
+        finally:
+            proxies[0].stop()
+    stored = b"".join(path.read_bytes() for path in tmp_path.glob("journal.sqlite*"))
+    assert user.encode() in stored  # the entry is there...
+    assert server.password.encode() not in stored  # ...and no password with it
+
+
+def test_replicas_sharing_redis_finish_a_move_one_of_them_died_in(
+    dovecot_legacy: ImapServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Two replicas with the shared MOVE lock in Redis (the journal lives there too, by
+    default): one is killed after the STORE's OK, the user logs in on the other, which finishes
+    the MOVE. Redis holds no password meanwhile, and no journal key afterwards."""
+    server = dovecot_legacy
+    user = server.new_user()
+    subjects = _seed(server, user, 5)
+    shared = ("--move-lock", redis_server.url, "--journal", "auto")  # auto: Redis, with the lock
+    proxies: list[ProxyProcess] = []
+    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
+        proxies.append(ProxyProcess(switch.address, tmp_path / "a.log", *shared))
+        other = ProxyProcess(switch.address, tmp_path / "b.log", *shared)
+        try:
+            switch.arm("store")
+            try:
+                _move_until_killed(proxies[0], user, server.password, b"UID MOVE 1:* Archive")
+            finally:
+                proxies[0].stop()
+            keys = redis_server.cli("KEYS", "imapmoveproxy:journal:*").split()
+            assert len(keys) == 3, keys  # the entry, the user's index, the upstream's index
+            (entry_key,) = [key for key in keys if ":e:" in key]
+            body = redis_server.cli("GET", entry_key)
+            assert user in body and server.password not in body, body
+            assert json.loads(body)["phase"] == "copied"
+            with RawClient(other.address) as client:
+                client.login(user, server.password)
+                client.logout()
+            log = other.log_text()
+        finally:
+            other.stop()
+    assert re.search(r"journal recovery of MOVE \w+ .*: finished, 5 moved", log), log
+    _assert_moved_once(server, user, subjects)
+    assert redis_server.cli("KEYS", "imapmoveproxy:journal:*") == ""
+
+
+def test_a_5000_message_move_in_chunks_killed_at_random_moments_loses_and_duplicates_nothing(
+    dovecot_legacy: ImapServer, tmp_path: Path
+) -> None:
+    """5,000 messages moved INBOX -> Archive and back in chunks of 1,000, the proxy killed at
+    a random command of each MOVE (seeded: the same moments every run); each time the next
+    login finishes the chunk that was cut and the client's retry moves the rest. Every
+    message ends up once, in INBOX, with its flags."""
+    server = dovecot_legacy
+    user = server.new_user()
+    subjects = _seed(server, user, 5000)
+    journal = tmp_path / "journal.sqlite"
+    moments = random.Random(23).sample(range(3, 19), 2)  # of ~20 commands per MOVE
+    proxies: list[ProxyProcess] = []
+    with KillSwitch(server.address, lambda: proxies[-1].process.kill()) as switch:
+        for leg, (source, target) in enumerate([(b"INBOX", b"Archive"), (b"Archive", b"INBOX")]):
+            proxies.append(
+                ProxyProcess(switch.address, tmp_path / f"{leg}.log", "--journal", str(journal))
+            )
+            switch.arm("nth", moments[leg])
+            with RawClient(proxies[-1].address, BIG, oracle=False) as client:
+                client.login(user, server.password)
+                assert client.command(b"s", b"SELECT " + source)[-1].startswith(b"s OK")
+                client.send(b"m UID MOVE 1:* " + target + b"\r\n")
+                with pytest.raises((ConnectionError, EOFError, OSError)):
+                    client.read_until(b"m")
+            proxies[-1].process.wait(10)
+            proxies[-1].stop()
+            assert switch.fired.is_set()
+            again = ProxyProcess(
+                switch.address, tmp_path / f"{leg}-again.log", "--journal", str(journal)
+            )
+            try:
+                with RawClient(again.address, BIG) as client:
+                    client.login(user, server.password)
+                    assert client.command(b"s", b"SELECT " + source)[-1].startswith(b"s OK")
+                    retried = client.command(b"r", b"UID MOVE 1:* " + target)
+                    assert retried[-1].startswith(b"r OK"), retried[-1]
+                    client.logout()
+            finally:
+                again.stop()
+    inbox = _state(server, user, "INBOX")
+    counts = Counter(subject for subject, _ in inbox)
+    assert {s for s, n in counts.items() if n > 1} == set(), "duplicated"
+    assert subjects - set(counts) == set(), "lost"
+    assert _state(server, user, "Archive") == []
+    assert {s: f for s, f in inbox if f != _expected_flags(s)} == {}
+
+
+def test_with_master_credentials_a_proxy_finishes_a_move_at_start_up_without_a_login(
+    dovecot_acl: DovecotAclServer, tmp_path: Path
+) -> None:
+    """rollback = "master": the proxy started again on the journal finishes the MOVE its
+    predecessor died in right away, logged in as the user through the master login; the user
+    never logs in."""
+    server = dovecot_acl
+    user = server.new_user()
+    subjects = _seed(server, user, 4)
+    journal = tmp_path / "journal.sqlite"
+    master = ("--rollback", "master", "--journal", str(journal))
+    env = {
+        "IMAPMOVEPROXY_ROLLBACK_MASTER_USER": server.master_user,
+        "IMAPMOVEPROXY_ROLLBACK_MASTER_PASSWORD": server.master_password,
+    }
+    proxies: list[ProxyProcess] = []
+    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
+        proxies.append(ProxyProcess(switch.address, tmp_path / "first.log", *master, env=env))
+        switch.arm("copy")
+        try:
+            _move_until_killed(proxies[0], user, server.password, b"UID MOVE 1:* Archive")
+        finally:
+            proxies[0].stop()
+        second = ProxyProcess(switch.address, tmp_path / "second.log", *master, env=env)
+        try:
+            second.wait_for_log(r"journal recovery of MOVE \w+ .*: finished, 4 moved", timeout=30)
+        finally:
+            second.stop()
+    assert f"Master user logging in as {user}" in server.log_text()
+    _assert_moved_once(server, user, subjects)
+    assert _journal_bodies(journal) == []

@@ -214,7 +214,8 @@ async def finish_user(proxy: Proxy, user: bytes) -> list[Verdict]:
         if not entries:
             return []
         session = ResumeSession(entries, credentials, config.max_set_bytes)
-        error = await run_second_session(proxy, session, None, config.rollback_timeout)
+        backend = proxy.backends[""]  # no journal in routing mode yet
+        error = await run_second_session(backend, session, None, config.rollback_timeout)
         if error or session.error:
             log.warning(
                 "journal recovery of %s without a login: %s",

@@ -33,8 +33,8 @@ from .serverlink import Peer, ServerLink
 from .tls import UpstreamUnavailable
 
 if TYPE_CHECKING:
+    from .backends import Backend
     from .connection import Connection
-    from .server import Proxy
 
 
 class MoveTasks:
@@ -100,7 +100,7 @@ class MoveTasks:
         self._release_when_done()
         started, self._started = self._started, None
         elapsed = None if started is None else time.monotonic() - started
-        self._connection.proxy.metrics.move_done(move, elapsed)
+        self._connection.proxy.metrics.move_done(move, elapsed, self._connection.backend.name)
 
     async def _run_move(self, key: bytes) -> None:
         """Hold the source mailbox's lock from the MOVE's start to its tagged reply."""
@@ -188,7 +188,7 @@ class MoveTasks:
         connection = self._connection
         try:
             return await run_second_session(
-                connection.proxy, peer, connection.addresses, connection.config.rollback_timeout
+                connection.backend, peer, connection.addresses, connection.config.rollback_timeout
             )
         finally:
             connection.upstream_heard = trio.current_time()  # the MOVE waits for its upstream
@@ -203,7 +203,7 @@ class SecondPeer(Peer, Protocol):
 
 
 async def run_second_session(
-    proxy: Proxy, peer: SecondPeer, addresses: tuple[Endpoint, Endpoint] | None, timeout: float
+    backend: Backend, peer: SecondPeer, addresses: tuple[Endpoint, Endpoint] | None, timeout: float
 ) -> str | None:
     """Drive ``peer`` over a new upstream connection (for the client at ``addresses``; None:
     the proxy's own), bounded by ``timeout``; what went wrong with the connection, if anything
@@ -212,7 +212,7 @@ async def run_second_session(
     view of a mailbox after that."""
     try:
         with trio.fail_after(timeout):
-            stream, greeting = await proxy.open_upstream(addresses)
+            stream, greeting = await backend.open(addresses)
             link = ServerLink(stream, peer, greeting=greeting)
             try:
                 await link.run(lambda: peer.done)

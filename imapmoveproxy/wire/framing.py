@@ -155,6 +155,13 @@ class Framer:
         self._advance(end)
         return memoryview(buf)[pos:end]
 
+    def take_rest(self) -> bytes:
+        """Every byte received and not handed out, as it came (at a message boundary: for
+        another framer to go on with); this framer is left empty."""
+        rest = bytes(memoryview(self._buf)[self._pos :])
+        self._buf, self._own, self._pos, self._last_newline = b"", False, 0, -1
+        return rest
+
     def cancel_literal(self) -> None:
         """The announced synchronizing literal was refused: its bytes will never be sent."""
         self._literal_left = 0

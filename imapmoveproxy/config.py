@@ -336,10 +336,7 @@ def _routing(values: dict[str, object]) -> Config:
     if not values.get("routes") and not values.get("route_lookup"):
         raise ConfigError("routes: required with backends, or route_lookup")
     tables = _tables("backends", values["backends"])
-    # The crash journal is not kept per backend yet: routing mode runs without it.
-    if values.get("journal", "auto") not in ("auto", "off"):
-        raise ConfigError('journal: not available with backends yet (leave it "auto" or "off")')
-    common = {k: v for k, v in values.items() if k not in ROUTING_KEYS} | {"journal": "off"}
+    common = {k: v for k, v in values.items() if k not in ROUTING_KEYS}
     backends: dict[str, Config] = {}
     for name, table in tables.items():
         try:

@@ -53,8 +53,8 @@ class ProxyProcess:
             *(["--upstream", f"{upstream[0]}:{upstream[1]}"] if upstream else []),
             "--log-level", "debug", *extra,
         ]  # fmt: skip
-        # Each proxy its own journal (a SQLite journal is one process's); routing mode has none.
-        if "--journal" not in extra and upstream is not None:
+        # Each proxy its own journal (a SQLite journal is one process's).
+        if "--journal" not in extra:
             command += ["--journal", str(log_path.with_name(f"journal-{self.port}.sqlite"))]
         environ = {**os.environ, **(env or {}), "PYTHONPATH": str(code)}
         self.process = subprocess.Popen(

@@ -226,11 +226,13 @@ class Session:
         """The proxy logged in to the backend for the client (routing mode,
         :mod:`.prelogin`): ``reply`` is the login's tagged OK with the backend's capabilities;
         ``client`` and ``upstream`` what each sent after the login."""
-        self.upstream.routed(reply)
+        line = self.upstream.routed(reply)
         settings = self.settings
         if settings.rollback == "master":
             credentials = credentials.as_master(*settings.rollback_master)
         self.logged_in(credentials)  # kept only as the rollback setting says
+        if not self.resumes.hold(line):  # held while the journal is looked at
+            self.output.to_client += line
         if upstream:
             self.receive_upstream(upstream)
         if client:

@@ -140,12 +140,12 @@ class UpstreamResponses:
                 output.relay(event.data)
             output.flush_deferred()
 
-    def routed(self, reply: bytes) -> None:
+    def routed(self, reply: bytes) -> bytes:
         """The proxy logged in for the client (routing mode): no greeting comes, and the client
-        gets ``reply``, the login's tagged OK with the backend's capability list, as the proxy
-        offers it."""
+        is to get ``reply``, the login's tagged OK with the backend's capability list, as the
+        proxy offers it (returned)."""
         self.greeted = True
-        self._output.to_client += self._capabilities(reply)
+        return self._capabilities(reply)
 
     def _response(self, line: bytes) -> bool:
         """Handle the first line of an upstream response; return whether it goes to the client."""

@@ -40,7 +40,15 @@ def session_settings(config: Config, *, tls_offered: bool) -> SessionSettings:
 class Backend:
     """One mail server and how the proxy talks to it (``name``: "" for the single upstream)."""
 
-    __slots__ = ("_tls", "address", "config", "lock_prefix", "name", "settings")
+    __slots__ = (
+        "_tls",
+        "address",
+        "config",
+        "journal_namespace",
+        "lock_prefix",
+        "name",
+        "settings",
+    )
 
     def __init__(self, name: str, config: Config, *, tls_offered: bool) -> None:
         assert config.upstream is not None
@@ -52,6 +60,8 @@ class Backend:
         # MOVE locks are per backend: two servers' mailboxes may share a UIDVALIDITY. The key
         # is the one a proxy with this backend as its one upstream uses (locks.py).
         self.lock_prefix = f"{self.address}:".encode() if name else b""
+        # Journal entries belong to the server's address, as a single upstream's do.
+        self.journal_namespace = str(self.address)
 
     def __str__(self) -> str:
         return f"{self.name}@{self.address}" if self.name else str(self.address)

@@ -331,7 +331,7 @@ class Connection:
                 case RecordMove(entry):
                     nursery.start_soon(tasks.record, entry)
                 case ForgetMove(entry_id):
-                    nursery.start_soon(self.proxy.journal.forget, entry_id)
+                    nursery.start_soon(tasks.forget, entry_id)
                 case LookupJournal(user):
                     nursery.start_soon(tasks.resume, user)
 

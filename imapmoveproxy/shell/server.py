@@ -50,7 +50,6 @@ class Proxy:
         self.metrics = Metrics()
         self.metrics.before_scrape.append(self._publish_counts)
         self.locks = make_move_locks(config, self.metrics)
-        self.journal = JournalKeeper(config, self.metrics)
         self._draining = False
         # Routing mode: ready while not draining (one backend down is that backend's users').
         self._readiness = (
@@ -65,10 +64,16 @@ class Proxy:
         self.backends = (
             self.router.backends if self.router else backends(config, tls_offered=tls_offered)
         )
+        namespaces = [backend.journal_namespace for backend in self.backends.values()]
+        self.journal = JournalKeeper(config, self.metrics, namespaces)
 
-    def users_connected(self) -> set[bytes]:
-        """The users logged in through this proxy right now."""
-        return {user for c in self._connections if (user := c.session.user) is not None}
+    def users_connected(self, backend: Backend) -> set[bytes]:
+        """The users logged in through this proxy to ``backend`` right now."""
+        return {
+            user
+            for connection in self._connections
+            if connection.backend is backend and (user := connection.session.user) is not None
+        }
 
     def _publish_counts(self) -> None:
         for connection in self._connections:
@@ -131,6 +136,7 @@ class Proxy:
             return
         self.router.reload(config)
         self.backends = self.router.backends
+        self.journal.namespaces = [backend.journal_namespace for backend in self.backends.values()]
         log.info("routes reloaded: backends %s", ", ".join(config.backends))
 
     async def _listen(self, address: Address | None, kind: str) -> list[trio.SocketListener]:

@@ -488,3 +488,45 @@ def test_an_operator_finishes_an_entry_by_hand_with_master_credentials(
     assert finished.stdout.startswith(f"{entry['id']}: finished"), finished.stdout
     _assert_moved_once(server, user, subjects)
     assert _journal_bodies(journal) == []
+
+
+def test_a_routing_proxy_finishes_a_move_on_the_backend_the_login_is_routed_to(
+    dovecot_legacy: ImapServer, imap4d: ImapServer, tmp_path: Path
+) -> None:
+    """Routing mode: one journal, each entry under its backend's address. The proxy dies in a
+    MOVE on the user's backend (legacy Dovecot, reached through the kill switch); the routed
+    login through a proxy started again finishes it there."""
+    server = dovecot_legacy
+    user = server.new_user()
+    subjects = _seed(server, user, 5)
+    journal = tmp_path / "journal.sqlite"
+    proxies: list[ProxyProcess] = []
+    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
+        config = tmp_path / "routing.toml"
+        config.write_text(
+            f'journal = "{journal}"\n'
+            f'[backends.legacy]\nupstream = "{switch.address[0]}:{switch.address[1]}"\n'
+            f'[backends.imap4d]\nupstream = "{imap4d.address[0]}:{imap4d.address[1]}"\n'
+            'no_uidplus = "guarded"\n'
+            f'[routes]\n"{user}" = "legacy"\n"*" = "imap4d"\n'
+        )
+        routed = ("--config", str(config), "--journal", str(journal))
+        proxies.append(ProxyProcess(None, tmp_path / "first.log", *routed))
+        switch.arm("store")
+        try:
+            _move_until_killed(proxies[0], user, server.password, b"UID MOVE 1:* Archive")
+        finally:
+            proxies[0].stop()
+        stored = json.loads(_journal_bodies(journal)[0])
+        assert stored["user"] == user
+        second = ProxyProcess(None, tmp_path / "second.log", *routed)
+        try:
+            with RawClient(second.address) as client:
+                client.login(user, server.password)
+                client.logout()
+            log = second.log_text()
+        finally:
+            second.stop()
+    assert re.search(r"journal recovery of MOVE \w+ .*: finished, 5 moved", log), log
+    _assert_moved_once(server, user, subjects)
+    assert _journal_bodies(journal) == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imapmoveproxy.config import ConfigError, build
+from imapmoveproxy.config import DEFAULT_JOURNAL, ConfigError, build
 from imapmoveproxy.engine.routes import (
     MAX_WAIT,
     BadAnswer,
@@ -97,8 +97,8 @@ def test_routing_configuration():
     old, new = config.backends["old"], config.backends["new"]
     assert (old.no_uidplus, old.upstream_tls, new.upstream_tls) == ("guarded", "none", "implicit")
     assert new.login_timeout == config.login_timeout  # the top level's settings, inherited
-    # no crash journal in routing mode yet, whatever "auto" would pick
-    assert {c.journal_location for c in (config, old, new)} == {"off"}
+    # one journal for every backend (each its own namespace: the backend's address)
+    assert {c.journal_location for c in (config, old, new)} == {DEFAULT_JOURNAL}
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,6 @@ def test_routing_configuration():
         ({"backends": {"x": {}}}, "backends.x.upstream: required"),
         ({"backends": {"x": {"upstream": "nowhere"}}, "routes": {"*": "x"}}, "backends.x.upst"),
         ({"route_lookup": "ftp://x/"}, 'route_lookup: expected an "http://..." URL'),
-        ({"journal": "/var/lib/j.sqlite"}, "journal: not available with backends yet"),
     ],
 )
 def test_routing_configuration_errors(change, message):

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(config.log_level, config.log_format)
     try:
-        proxy = Proxy(config)
+        proxy = Proxy(config, reload=lambda: from_arguments(argv, os.environ)[0])
     except (OSError, ssl.SSLError) as exc:  # unreadable or mismatched certificate and key
         key = "tls_cert" if config.tls_cert else "upstream_client_cert"
         print(f"imapmoveproxy: configuration error: {key}: cannot load: {exc}", file=sys.stderr)

@@ -6,7 +6,7 @@ import argparse
 import ipaddress
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,7 +39,7 @@ class Address:
 
 @dataclass(slots=True, frozen=True)
 class Config:
-    upstream: Address
+    upstream: Address | None = None  # None: routing mode, a backend per user (``backends``)
     listen: Address | None = None
     listen_tls: Address | None = None
     connect_timeout: float = 10.0
@@ -80,6 +80,14 @@ class Config:
     move_lock_timeout: float = 60.0
     move_lock_lease: float = 10.0
     move_lock_unavailable: str = "proceed"
+    # Routing mode: the proxy takes the login and connects the user's backend (docs/deployment.md)
+    backends: Mapping[str, Config] = field(default_factory=dict)  # by name, each a whole Config
+    routes: Mapping[str, str] = field(default_factory=dict)  # user, "@domain" or "*": backend
+    route_lookup: str | None = None  # URL of an nginx auth_http service
+    route_lookup_timeout: float = 5.0
+    route_cache_ttl: float = 60.0  # seconds a lookup's answer is reused (0: never)
+    login_attempts: int = 3  # failed logins a client may make on one connection
+    login_failure_delay: float = 1.0  # seconds before a failed login's NO, per recent failure
     # Where MOVEs in progress are recorded: "auto" (Redis/Valkey with move_lock, else the SQLite
     # file DEFAULT_JOURNAL), "off", a SQLite file's path, or a redis:// URL.
     journal: str = "auto"
@@ -193,6 +201,46 @@ def _networks(key: str, value: object) -> tuple[IPNetwork, ...]:
         raise ConfigError(f"{key}: {exc}") from exc
 
 
+# What a backend's table may set: how to reach it and how MOVE is emulated in front of it.
+BACKEND_KEYS = (
+    "upstream", "upstream_tls", "upstream_ca", "upstream_server_name", "upstream_client_cert",
+    "upstream_client_key", "upstream_tls_verify", "upstream_proxy_protocol", "upstream_id",
+    "connect_timeout", "no_uidplus", "move_chunk_size", "rollback", "rollback_master_user",
+    "rollback_master_password",
+)  # fmt: skip
+ROUTING_KEYS = ("backends", "routes", "route_lookup")
+
+
+def _tables(key: str, value: object) -> dict[str, dict[str, object]]:
+    """Backends by name, each a table of :data:`BACKEND_KEYS` (made Configs by :func:`build`)."""
+    if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):
+        raise ConfigError(f"{key}: expected a table of tables ([backends.NAME]), got {value!r}")
+    for name, table in value.items():
+        for item in table:
+            if item not in BACKEND_KEYS:
+                raise ConfigError(f"{key}.{name}.{item}: not a backend setting")
+        if "upstream" not in table:
+            raise ConfigError(f'{key}.{name}.upstream: required ("HOST:PORT")')
+    return value
+
+
+def _route_table(key: str, value: object) -> dict[str, str]:
+    """User (exact), "@domain" or "*" (everyone else): the name of a backend."""
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ConfigError(f'{key}: expected a table of "user" = "backend", got {value!r}')
+    return {name.lower() if name.startswith("@") else name: v for name, v in value.items()}
+
+
+def _http_url(key: str, value: object) -> str:
+    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
+        raise ConfigError(f'{key}: expected an "http://..." URL, got {value!r}')
+    if not urlsplit(value).hostname:
+        raise ConfigError(f'{key}: expected an "http://HOST[:PORT]/PATH" URL, got {value!r}')
+    return value
+
+
 _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "listen": parse_address,
     "listen_tls": parse_address,
@@ -235,6 +283,13 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "move_lock_timeout": _number(float, 0.0),
     "move_lock_lease": _number(float, 1.0),
     "move_lock_unavailable": _choice(MOVE_LOCK_UNAVAILABLE),
+    "backends": _tables,
+    "routes": _route_table,
+    "route_lookup": _http_url,
+    "route_lookup_timeout": _number(float, 0.1),
+    "route_cache_ttl": _number(float, 0.0),
+    "login_attempts": _number(int, 1),
+    "login_failure_delay": _number(float, 0.0),
     "journal": _journal,
     "journal_unavailable": _choice(JOURNAL_UNAVAILABLE),
     "journal_fsync": _bool,
@@ -247,6 +302,11 @@ def build(values: dict[str, object]) -> Config:
     for key in values:
         if key not in _PARSERS:
             raise ConfigError(f"{key}: unknown setting")
+    if values.get("backends"):
+        return _routing(values)
+    for key in ROUTING_KEYS:
+        if key in values:
+            raise ConfigError(f"{key}: needs backends ([backends.NAME] tables)")
     if "upstream" not in values:
         raise ConfigError("upstream: required (set it in the config file or with --upstream)")
     if "listen" not in values and "listen_tls" not in values:
@@ -268,6 +328,35 @@ def build(values: dict[str, object]) -> Config:
             if not kwargs.get(key):
                 raise ConfigError(f'{key}: required with rollback = "master"')
     return Config(**kwargs)
+
+
+def _routing(values: dict[str, object]) -> Config:
+    """Routing mode: each backend a whole Config (the top level's settings and its own), the
+    routes naming only those backends."""
+    if "upstream" in values:
+        raise ConfigError("upstream: not used with backends (set each backend's upstream)")
+    if not values.get("routes") and not values.get("route_lookup"):
+        raise ConfigError("routes: required with backends, or route_lookup")
+    tables = _tables("backends", values["backends"])
+    common = {k: v for k, v in values.items() if k not in ROUTING_KEYS}
+    backends: dict[str, Config] = {}
+    for name, table in tables.items():
+        try:
+            backends[name] = build(common | table)
+        except ConfigError as exc:
+            raise ConfigError(f"backends.{name}.{exc}") from None
+    routes = _route_table("routes", values.get("routes", {}))
+    for user, backend in routes.items():
+        if backend not in backends:
+            raise ConfigError(f"routes: {user!r} names {backend!r}, which is not in backends")
+    top = build(common | {"upstream": "0.0.0.0:0"})  # validates the rest, once
+    return replace(
+        top,
+        upstream=None,
+        backends=backends,
+        routes=routes,
+        **{k: _PARSERS[k](k, values[k]) for k in ("route_lookup",) if k in values},
+    )
 
 
 def load_file(path: Path) -> dict[str, object]:

@@ -25,6 +25,7 @@ import trio
 from .config import ConfigError, from_arguments
 from .journal.entry import Entry
 from .journal.store import JournalError, Stored, open_journal
+from .shell.backends import backends
 from .shell.journal import finish_user
 from .shell.server import Proxy
 
@@ -49,7 +50,7 @@ def main(argv: list[str], environ: Mapping[str, str]) -> int:
     except ConfigError as exc:
         print(f"imapmoveproxy: configuration error: {exc}", file=sys.stderr)
         return 2
-    journal = open_journal(config.journal_location, str(config.upstream))
+    journal = open_journal(config.journal_location, config.journal_fsync)
     if journal is None:
         print('imapmoveproxy: the journal is off (journal = "off")', file=sys.stderr)
         return 2
@@ -58,14 +59,21 @@ def main(argv: list[str], environ: Mapping[str, str]) -> int:
             print('imapmoveproxy: finish needs rollback = "master"', file=sys.stderr)
             return 2
         return trio.run(_finish, Proxy(config), rest[0])
+    namespaces = [
+        backend.journal_namespace for backend in backends(config, tls_offered=False).values()
+    ]
 
     async def run() -> int:
         async with journal.running():
+            listed = await journal.listing(namespaces)
             if action == "drop":
-                await journal.remove(rest[0])
+                found = [namespace for namespace, (entry_id, _) in listed if entry_id == rest[0]]
+                if not found:
+                    print(f"imapmoveproxy: no entry {rest[0]}", file=sys.stderr)
+                    return 1
+                await journal.remove(found[0], rest[0])
                 print(f"dropped {rest[0]}")
                 return 0
-            listed = await journal.listing()
         print(_json(listed) if as_json else _table(listed))
         return 0
 
@@ -106,11 +114,15 @@ def _table(listed: list[tuple[str, Stored]]) -> str:
 
 async def _finish(proxy: Proxy, entry_id: str) -> int:
     async with proxy.locks.running(), proxy.journal.running():
-        entry = next((e for e in await proxy.journal.unfinished() if e.id == entry_id), None)
-        if entry is None:
-            print(f"imapmoveproxy: no readable entry {entry_id} of this upstream", file=sys.stderr)
+        for backend in proxy.backends.values():
+            entries = await proxy.journal.unfinished(backend.journal_namespace)
+            entry = next((entry for entry in entries if entry.id == entry_id), None)
+            if entry is not None:
+                verdicts = await finish_user(proxy, backend, entry.user)
+                break
+        else:
+            print(f"imapmoveproxy: no readable entry {entry_id}", file=sys.stderr)
             return 1
-        verdicts = await finish_user(proxy, entry.user)
     for verdict in verdicts:
         print(f"{verdict.entry.id}: {verdict.outcome.value} {verdict.detail}".rstrip())
     return 0 if verdicts and not any(verdict.kept for verdict in verdicts) else 1

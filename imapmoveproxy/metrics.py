@@ -32,6 +32,20 @@ class Metrics:
         self.rejected = counter(
             "connections_rejected", "Client connections ended before proxying, by reason", "reason"
         )
+        self.logins = counter(
+            "routed_logins",
+            'Logins in routing mode by backend ("" when none was reached) and result (ok, '
+            "refused: by the backend or the lookup, unavailable: lookup or backend failed)",
+            "backend",
+            "result",
+        )
+        self.backend_moves = counter(
+            "backend_moves",
+            "Routing mode: MOVE commands by backend and outcome (policy and outcome without the "
+            "backend: imapmoveproxy_moves_total)",
+            "backend",
+            "outcome",
+        )
         self.bytes = counter("bytes", "Bytes relayed, by direction", "direction")
         self.bytes_from_client = self.bytes.labels("client_to_upstream")
         self.bytes_from_upstream = self.bytes.labels("upstream_to_client")
@@ -128,9 +142,12 @@ class Metrics:
     ) -> Histogram:
         return Histogram(PREFIX + name, text, buckets=buckets, registry=self.registry)
 
-    def move_done(self, move: FinishedMove, seconds: float | None) -> None:
-        """Count a finished MOVE; ``seconds`` is None for one simply passed to the upstream."""
+    def move_done(self, move: FinishedMove, seconds: float | None, backend: str = "") -> None:
+        """Count a finished MOVE; ``seconds`` is None for one simply passed to the upstream;
+        ``backend``: its backend's name in routing mode."""
         self.moves.labels(move.policy, move.outcome).inc()
+        if backend:
+            self.backend_moves.labels(backend, move.outcome).inc()
         if move.outcome.endswith("-failed"):
             self.move_failures.labels(move.outcome.removesuffix("-failed")).inc()
         if move.rollback:

@@ -33,12 +33,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class ProxyProcess:
-    """``python -m imapmoveproxy`` listening on 127.0.0.1, in front of ``upstream``; its code
-    comes from ``code`` (another checkout, for the benchmarks' comparisons of two versions)."""
+    """``python -m imapmoveproxy`` listening on 127.0.0.1, in front of ``upstream`` (None: the
+    backends of the ``--config`` in ``extra``); its code comes from ``code`` (another checkout,
+    for the benchmarks' comparisons of two versions)."""
 
     def __init__(
         self,
-        upstream: tuple[str, int],
+        upstream: tuple[str, int] | None,
         log_path: Path,
         *extra: str,
         code: Path = ROOT,
@@ -50,10 +51,11 @@ class ProxyProcess:
         command = [
             sys.executable, "-m", "imapmoveproxy",
             "--listen", f"{HOST}:{self.port}",
-            "--upstream", f"{upstream[0]}:{upstream[1]}",
+            *(["--upstream", f"{upstream[0]}:{upstream[1]}"] if upstream else []),
             "--log-level", "debug", *extra,
         ]  # fmt: skip
-        if "--journal" not in extra:  # each proxy its own (a SQLite journal is one process's)
+        # Each proxy its own journal (a SQLite journal is one process's).
+        if "--journal" not in extra:
             command += ["--journal", str(log_path.with_name(f"journal-{self.port}.sqlite"))]
         environ = {**os.environ, **(env or {}), "PYTHONPATH": str(code)}
         self.process = subprocess.Popen(
@@ -113,7 +115,9 @@ class ProxyProcess:
 
 
 @contextlib.contextmanager
-def running_proxy(upstream: tuple[str, int], log_path: Path, *extra: str) -> Iterator[ProxyProcess]:
+def running_proxy(
+    upstream: tuple[str, int] | None, log_path: Path, *extra: str
+) -> Iterator[ProxyProcess]:
     proxy = ProxyProcess(upstream, log_path, *extra)
     try:
         yield proxy
@@ -351,6 +355,7 @@ class InterceptingRelay:
         self._reply = reply
         self.hook_ran = threading.Event()
         self.matched = b""  # the command line the action was taken on
+        self.received = b""  # what the proxy sent through the relay, all connections together
         self.connections = 0  # accepted so far
         self._listener = socket.create_server((HOST, 0))
         self._listener.settimeout(0.2)
@@ -389,6 +394,8 @@ class InterceptingRelay:
                 break
             if not data:
                 break
+            if watch:
+                self.received += data
             if watch and not self.hook_ran.is_set():
                 if self._action is not RelayAction.FORWARD:
                     at = self._nth(data, seen)

@@ -356,6 +356,11 @@ class ImapServer:
             self._add_user(user)
         return user
 
+    def add_user(self, user: str) -> None:
+        """Make ``user``, a name another server's :meth:`new_user` gave, a user of this one too
+        (a user migrated between servers)."""
+        self._add_user(user)
+
     def connect(self, user: str | None = None, *, timeout: float = 10.0) -> imaplib.IMAP4:
         """Return an imaplib connection, logged in as ``user`` (or not logged in if None)."""
         imap = imaplib.IMAP4(self.host, self.port, timeout=timeout)

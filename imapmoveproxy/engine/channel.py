@@ -31,9 +31,15 @@ def _writer(output: Output, log: logging.LoggerAdapter[logging.Logger]) -> Calla
 def send_id(channel: CommandChannel, addresses: tuple[Endpoint, Endpoint]) -> None:
     """Tell the upstream who the client is, before the client's first command (Dovecot
     believes it from addresses in its login_trusted_networks)."""
+    channel.send([channel.own([id_command(addresses)], ID)])
+
+
+def id_command(addresses: tuple[Endpoint, Endpoint]) -> bytes:
+    """The proxy's ID command (without its tag), with the client's address and the one it
+    connected to."""
     (client_ip, client_port), (local_ip, local_port) = addresses
     fields = (
         f'"x-originating-ip" "{client_ip}" "x-originating-port" "{client_port}" '
         f'"x-connected-ip" "{local_ip}" "x-connected-port" "{local_port}"'
     )
-    channel.send([channel.own([b"ID (" + fields.encode() + b")\r\n"], ID)])
+    return b"ID (" + fields.encode() + b")\r\n"

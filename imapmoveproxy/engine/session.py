@@ -258,6 +258,24 @@ class Session:
         self.tls = True
         self._tls_pending = False
 
+    def routed(
+        self, reply: bytes, credentials: Credentials, client: bytes, upstream: bytes
+    ) -> None:
+        """The proxy logged in to the backend for the client (routing mode,
+        :mod:`.prelogin`): ``reply`` is the login's tagged OK with the backend's capabilities;
+        ``client`` and ``upstream`` what each sent after the login."""
+        line = self.upstream.routed(reply)
+        settings = self.settings
+        if settings.rollback == "master":
+            credentials = credentials.as_master(*settings.rollback_master)
+        self.logged_in(credentials)  # kept only as the rollback setting says
+        if not self.resumes.hold(line):  # held while the journal is looked at
+            self.output.to_client += line
+        if upstream:
+            self.receive_upstream(upstream)
+        if client:
+            self.receive_client(client)
+
     def login_timed_out(self) -> None:
         """The client did not authenticate in the time allowed: end the connection."""
         if not self.authenticated and self.close_reason is None:

@@ -140,6 +140,13 @@ class UpstreamResponses:
                 output.relay(event.data)
             output.flush_deferred()
 
+    def routed(self, reply: bytes) -> bytes:
+        """The proxy logged in for the client (routing mode): no greeting comes, and the client
+        is to get ``reply``, the login's tagged OK with the backend's capability list, as the
+        proxy offers it (returned)."""
+        self.greeted = True
+        return self._capabilities(reply)
+
     def _response(self, line: bytes) -> bool:
         """Handle the first line of an upstream response; return whether it goes to the client."""
         host, output, channel, moves = self._host, self._output, self._channel, self._moves

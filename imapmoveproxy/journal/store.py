@@ -1,9 +1,10 @@
 """Where journal entries live: a SQLite file (the default), Redis/Valkey (shared by replicas), or
 nowhere (``journal = "off"``).
 
-Every store is namespaced by the upstream's address, as the MOVE locks are, and answers:
-:meth:`~Journal.put` (durable when it returns), :meth:`~Journal.remove`, :meth:`~Journal.pending`
-(a user's entries) and :meth:`~Journal.listing` (all, for operators). A failure raises
+Every entry belongs to a namespace, the address of its server (the ``upstream``, or a routing
+mode's backend), as the MOVE locks do. A store answers :meth:`~Journal.put` (durable when it
+returns), :meth:`~Journal.remove`, :meth:`~Journal.pending` (a user's entries) and
+:meth:`~Journal.listing` (those of some namespaces, for operators and the metrics). A failure raises
 :class:`JournalError`; what then happens to a MOVE is the ``journal_unavailable`` setting's call.
 
 * :class:`SqliteJournal`: stdlib ``sqlite3`` in WAL mode with ``synchronous=FULL``: a commit is
@@ -47,13 +48,13 @@ class Journal(Protocol):
 
     def running(self) -> contextlib.AbstractAsyncContextManager[object]: ...
 
-    async def put(self, entry: Entry) -> None: ...
+    async def put(self, namespace: str, entry: Entry) -> None: ...
 
-    async def remove(self, entry_id: str) -> None: ...
+    async def remove(self, namespace: str, entry_id: str) -> None: ...
 
-    async def pending(self, user: bytes) -> list[Stored]: ...
+    async def pending(self, namespace: str, user: bytes) -> list[Stored]: ...
 
-    async def listing(self) -> list[tuple[str, Stored]]: ...  # (namespace, stored)
+    async def listing(self, namespaces: list[str]) -> list[tuple[str, Stored]]: ...
 
 
 def _read(entry_id: str, body: str | bytes) -> Stored:
@@ -71,11 +72,10 @@ class SqliteJournal:
         "user TEXT NOT NULL, created REAL NOT NULL, body TEXT NOT NULL)"
     )
 
-    def __init__(self, path: Path, namespace: str, fsync: bool = True) -> None:
+    def __init__(self, path: Path, fsync: bool = True) -> None:
         self.path = path
         self._synchronous = "FULL" if fsync else "NORMAL"
         self.description = f"SQLite {path}"
-        self._namespace = namespace
         self._db: sqlite3.Connection | None = None
         self._lock = trio.Lock()  # one call at a time on the connection
 
@@ -111,25 +111,28 @@ class SqliteJournal:
         async with self._lock:
             return await trio.to_thread.run_sync(run)
 
-    async def put(self, entry: Entry) -> None:
+    async def put(self, namespace: str, entry: Entry) -> None:
         await self._call(
             "INSERT OR REPLACE INTO moves VALUES (?, ?, ?, ?, ?)",
-            entry.id, self._namespace, entry.user.decode("latin-1"), entry.created,
-            entry.to_json(),
+            entry.id, namespace, entry.user.decode("latin-1"), entry.created, entry.to_json(),
         )  # fmt: skip
 
-    async def remove(self, entry_id: str) -> None:
-        await self._call("DELETE FROM moves WHERE id = ?", entry_id)
+    async def remove(self, namespace: str, entry_id: str) -> None:
+        await self._call("DELETE FROM moves WHERE upstream = ? AND id = ?", namespace, entry_id)
 
-    async def pending(self, user: bytes) -> list[Stored]:
+    async def pending(self, namespace: str, user: bytes) -> list[Stored]:
         rows = await self._call(
             "SELECT id, body FROM moves WHERE upstream = ? AND user = ? ORDER BY created",
-            self._namespace, user.decode("latin-1"),
+            namespace, user.decode("latin-1"),
         )  # fmt: skip
         return [_read(str(entry_id), str(body)) for entry_id, body in rows]
 
-    async def listing(self) -> list[tuple[str, Stored]]:
-        rows = await self._call("SELECT upstream, id, body FROM moves ORDER BY created")
+    async def listing(self, namespaces: list[str]) -> list[tuple[str, Stored]]:
+        marks = ", ".join("?" * len(namespaces))
+        rows = await self._call(
+            f"SELECT upstream, id, body FROM moves WHERE upstream IN ({marks}) ORDER BY created",
+            *namespaces,
+        )
         return [
             (str(upstream), _read(str(entry_id), str(body))) for upstream, entry_id, body in rows
         ]
@@ -155,7 +158,7 @@ class RedisJournal:
     """Entries in Redis/Valkey: ``<prefix><namespace>:e:<id>`` holds one, ``...:u:<user>`` and
     ``<prefix><namespace>`` index them."""
 
-    def __init__(self, url: str, namespace: str) -> None:
+    def __init__(self, url: str) -> None:
         from coredis.exceptions import RedisError
 
         from ..shell.locks import open_redis, redacted
@@ -164,7 +167,6 @@ class RedisJournal:
         self._client: coredis.Redis[bytes]
         self._client, self._lifetime = open_redis(url)
         self._failures = (RedisError, OSError, trio.TooSlowError)
-        self._index = REDIS_PREFIX + namespace.encode()
         self._put = self._client.register_script(_PUT)
         self._remove = self._client.register_script(_REMOVE)
         self._users: dict[str, bytes] = {}  # entry id -> user, for remove()
@@ -176,12 +178,10 @@ class RedisJournal:
                 await stack.enter_async_context(context)
             yield self
 
-    def _keys(self, entry_id: str, user: bytes) -> list[bytes]:
-        return [
-            self._index + b":e:" + entry_id.encode(),
-            self._index + b":u:" + user.hex().encode(),
-            self._index,
-        ]
+    @staticmethod
+    def _keys(namespace: str, entry_id: str, user: bytes) -> list[bytes]:
+        index = REDIS_PREFIX + namespace.encode()
+        return [index + b":e:" + entry_id.encode(), index + b":u:" + user.hex().encode(), index]
 
     async def _call(self, request: Awaitable[T]) -> T:
         try:
@@ -190,27 +190,27 @@ class RedisJournal:
         except self._failures as exc:
             raise JournalError(f"{self.description}: {exc or type(exc).__name__}") from exc
 
-    async def put(self, entry: Entry) -> None:
+    async def put(self, namespace: str, entry: Entry) -> None:
         self._users[entry.id] = entry.user
-        keys = self._keys(entry.id, entry.user)
+        keys = self._keys(namespace, entry.id, entry.user)
         await self._call(self._put(keys=keys, args=[entry.id, entry.to_json()]))
 
-    async def remove(self, entry_id: str) -> None:
+    async def remove(self, namespace: str, entry_id: str) -> None:
         user = self._users.pop(entry_id, None)
         if user is None:  # written by another process: its user is in the entry
-            body = await self._call(self._client.get(self._keys(entry_id, b"")[0]))
+            body = await self._call(self._client.get(self._keys(namespace, entry_id, b"")[0]))
             if body is None:
                 return
             found = _read(entry_id, body)[1]
             user = found.user if isinstance(found, Entry) else b""
-        keys = self._keys(entry_id, user)
+        keys = self._keys(namespace, entry_id, user)
         await self._call(self._remove(keys=keys, args=[entry_id]))
 
-    async def _entries(self, ids: set[bytes]) -> list[Stored]:
+    async def _entries(self, namespace: str, ids: set[bytes]) -> list[Stored]:
         ordered = sorted(ids)
         if not ordered:
             return []
-        keys = [self._index + b":e:" + entry_id for entry_id in ordered]
+        keys = [self._keys(namespace, entry_id.decode(), b"")[0] for entry_id in ordered]
         bodies = await self._call(self._client.mget(keys))
         found = [
             _read(entry_id.decode(), body)
@@ -219,25 +219,30 @@ class RedisJournal:
         ]
         return sorted(found, key=lambda stored: _created(stored[1]))
 
-    async def pending(self, user: bytes) -> list[Stored]:
-        ids: set[bytes] = await self._call(self._client.smembers(self._keys("", user)[1]))
-        return await self._entries(ids)
+    async def pending(self, namespace: str, user: bytes) -> list[Stored]:
+        index = self._keys(namespace, "", user)[1]
+        ids: set[bytes] = await self._call(self._client.smembers(index))
+        return await self._entries(namespace, ids)
 
-    async def listing(self) -> list[tuple[str, Stored]]:
-        ids: set[bytes] = await self._call(self._client.smembers(self._index))
-        namespace = self._index[len(REDIS_PREFIX) :].decode()
-        return [(namespace, stored) for stored in await self._entries(ids)]
+    async def listing(self, namespaces: list[str]) -> list[tuple[str, Stored]]:
+        listed: list[tuple[str, Stored]] = []
+        for namespace in namespaces:
+            ids: set[bytes] = await self._call(
+                self._client.smembers(self._keys(namespace, "", b"")[2])
+            )
+            listed += [(namespace, stored) for stored in await self._entries(namespace, ids)]
+        return listed
 
 
 def _created(entry: Entry | Unreadable) -> float:
     return entry.created if isinstance(entry, Entry) else 0.0
 
 
-def open_journal(location: str, namespace: str, fsync: bool = True) -> Journal | None:
+def open_journal(location: str, fsync: bool = True) -> Journal | None:
     """The journal at ``location`` (a SQLite path or a redis:// URL; see
     :attr:`..config.Config.journal_location`), or None for "off"."""
     if location == "off":
         return None
     if "://" in location:
-        return RedisJournal(location, namespace)
-    return SqliteJournal(Path(location), namespace, fsync)
+        return RedisJournal(location)
+    return SqliteJournal(Path(location), fsync)

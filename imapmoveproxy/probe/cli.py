@@ -4,6 +4,7 @@ self-test if a user was given."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -84,7 +85,7 @@ class Probe:
         """A direct session with the upstream, opened the way the proxy opens one."""
         loopback = ("127.0.0.1", 0)
         with trio.fail_after(self.config.connect_timeout):
-            stream, greeting = await self.proxy.open_upstream((loopback, loopback))
+            stream, greeting = await self.proxy.backends[""].open((loopback, loopback))
         return Session(stream, self.timeout, greeting)
 
     def _describe(self, caps: Capabilities, when: str) -> None:
@@ -106,6 +107,7 @@ def argument_parser() -> argparse.ArgumentParser:
         "2 will not work.",
     )
     add_upstream_arguments(parser)
+    parser.add_argument("--backend", help="with backends configured: the one to probe")
     add = parser.add_argument
     add("--user", help="log in as USER and run the self-test")
     add(
@@ -124,13 +126,24 @@ def argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def probe_config(args: dict[str, object], environ: Mapping[str, str]) -> Config:
-    """The proxy's configuration for the upstream, listening on 127.0.0.1 port 0 only."""
+def probe_configs(args: dict[str, object], environ: Mapping[str, str]) -> dict[str, Config]:
+    """The proxy's configuration for each upstream to probe, listening on 127.0.0.1 port 0
+    only: the one upstream (named ""), or the backends of routing mode (``--backend``: one)."""
+    backend = args.pop("backend")
     values = merged_values(args, environ)
     for key in _CLIENT_SIDE:
         values.pop(key, None)
     values["listen"] = "127.0.0.1:0"
-    return build(values)
+    config = build(values)
+    if not config.backends:
+        if backend is not None:
+            raise ConfigError("--backend: only with backends in the configuration")
+        return {"": config}
+    if backend is None:
+        return dict(config.backends)
+    if backend not in config.backends:
+        raise ConfigError(f"--backend: not a backend: one of {', '.join(config.backends)}")
+    return {str(backend): config.backends[str(backend)]}
 
 
 def _password(path: Path | None, environ: Mapping[str, str]) -> str | None:
@@ -151,11 +164,20 @@ def main(argv: list[str], environ: Mapping[str, str] = os.environ) -> int:
         password = _password(args.pop("password_file"), environ)
         if user is not None and password is None:
             raise ConfigError(f"--user needs --password-file or {PASSWORD_VARIABLE}")
-        config = probe_config(args, environ)
-        probe = Probe(config, user, password or "", timeout)
+        configs = probe_configs(args, environ)
+        probes = {
+            name: Probe(config, user, password or "", timeout) for name, config in configs.items()
+        }
     except (ConfigError, OSError) as exc:
         print(f"imapmoveproxy probe: configuration error: {exc}", file=sys.stderr)
         return FAILS
-    report = trio.run(probe.run)
-    print(report.as_json() if as_json else report.as_text(), end="" if not as_json else "\n")
-    return report.status
+    status = 0
+    for name, probe in probes.items():  # routing mode: each backend in turn
+        report = trio.run(probe.run)
+        if as_json:  # each backend's report, one after the other
+            data = {"backend": name, **json.loads(report.as_json())} if name else None
+            print(json.dumps(data, indent=2) if data else report.as_json())
+        else:
+            print(f"backend {name}:\n" if name else "", report.as_text(), sep="", end="")
+        status = max(status, report.status)
+    return status

@@ -49,6 +49,7 @@ from .outlet import Signal, ToClient, ToUpstream, plain_socket, send
 from .tasks import MoveTasks
 
 if TYPE_CHECKING:
+    from .backends import Backend
     from .server import Proxy
 
 # A plain socket in the middle of a big literal wakes its reader only once this much more of it
@@ -71,9 +72,9 @@ class Connection:
 
     __slots__ = (
         "_client_reads", "_clock", "_greeting", "_nursery", "_published", "_tasks",
-        "_tls_due", "_to_client", "_to_upstream", "_upstream_reads", "addresses", "changed",
-        "client", "close_reason", "config", "line_started", "log", "proxy", "session", "upstream",
-        "upstream_gone", "upstream_heard",
+        "_tls_due", "_to_client", "_to_upstream", "_upstream_reads", "addresses", "backend",
+        "changed", "client", "close_reason", "config", "line_started", "log", "proxy", "session",
+        "upstream", "upstream_gone", "upstream_heard",
     )  # fmt: skip
 
     def __init__(
@@ -82,6 +83,7 @@ class Connection:
         upstream: trio.abc.Stream,
         session: Session,
         proxy: Proxy,
+        backend: Backend,
         greeting: bytes,
         addresses: tuple[Endpoint, Endpoint],
         conn_log: logging.LoggerAdapter,
@@ -89,8 +91,9 @@ class Connection:
         self.client = client
         self.upstream = upstream
         self.session = session
-        self.config = proxy.config
+        self.config = backend.config
         self.proxy = proxy
+        self.backend = backend
         self._greeting = greeting  # already read from the upstream (after its STARTTLS)
         self.addresses = addresses  # the client's, and the one it connected to
         self.log = conn_log
@@ -165,7 +168,7 @@ class Connection:
         session = self.session
         data = await self._upstream_greeting()
         if data is None:
-            self.log.warning("upstream %s sent no greeting in time", self.config.upstream)
+            self.log.warning("upstream %s sent no greeting in time", self.backend)
             await send(self.client, UNAVAILABLE)
             self.client_gone = True  # nothing more for it: end now
             self.after_session()
@@ -188,6 +191,8 @@ class Connection:
     async def _upstream_greeting(self) -> bytes | bytearray | None:
         """The upstream's first bytes (None: none in time)."""
         greeting, self._greeting = self._greeting, b""  # not kept for the connection's life
+        if self.session.upstream.greeted:  # routing mode: the proxy has logged in already
+            return await _receive(self.upstream)
         with trio.move_on_after(self.config.connect_timeout):
             return greeting or await _receive(self.upstream)
         return None
@@ -318,7 +323,7 @@ class Connection:
                 case _ if nursery is None:
                     pass  # the connection has ended: nothing more starts
                 case MoveReady(key):
-                    tasks.ready(key)
+                    tasks.ready(self.backend.lock_prefix + key)
                 case RunRollback():
                     tasks.rollback(nursery, effect)
                 case CheckFlags():
@@ -326,7 +331,7 @@ class Connection:
                 case RecordMove(entry):
                     nursery.start_soon(tasks.record, entry)
                 case ForgetMove(entry_id):
-                    nursery.start_soon(self.proxy.journal.forget, entry_id)
+                    nursery.start_soon(tasks.forget, entry_id)
                 case LookupJournal(user):
                     nursery.start_soon(tasks.resume, user)
 

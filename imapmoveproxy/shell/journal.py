@@ -22,11 +22,12 @@ from ..journal.store import Journal, JournalError, SqliteJournal, open_journal
 from ..move.resume import ResumeSession, Verdict
 from ..move.rollback import Credentials
 from .locks import LockError
-from .tasks import run_second_session
+from .second import run_second_session
 
 if TYPE_CHECKING:
     from ..config import Config
     from ..metrics import Metrics
+    from .backends import Backend
     from .server import Proxy
 
 log = logging.getLogger(__name__)
@@ -36,18 +37,17 @@ GAUGE_INTERVAL = 30.0  # how often the pending entries are counted for the metri
 
 
 class JournalKeeper:
-    """The proxy's journal, or none (``journal = "off"``)."""
+    """The proxy's journal, or none (``journal = "off"``). Each call names the namespace of
+    the entry's server (:attr:`.backends.Backend.journal_namespace`); ``namespaces`` are all
+    of this proxy's, for the metrics."""
 
-    def __init__(self, config: Config, metrics: Metrics) -> None:
-        location = config.journal_location
-        self._store: Journal | None = open_journal(
-            location, str(config.upstream), config.journal_fsync
-        )
+    def __init__(self, config: Config, metrics: Metrics, namespaces: list[str]) -> None:
+        self._store: Journal | None = open_journal(config.journal_location, config.journal_fsync)
         self._proceed = config.journal_unavailable == "proceed"
         self._metrics = metrics
         self._warned_at: float | None = None
         self._broken: str | None = None  # why every call fails (the file is someone else's)
-        self._namespace = str(config.upstream)
+        self.namespaces = namespaces
 
     @property
     def on(self) -> bool:
@@ -88,25 +88,25 @@ class JournalKeeper:
                 self._failed("cannot use the journal", JournalError(self._broken))
             yield
 
-    async def record(self, entry: Entry) -> bool:
+    async def record(self, namespace: str, entry: Entry) -> bool:
         """Write ``entry``; whether the MOVE may go on (written, or the policy is to proceed)."""
         try:
-            await self._call().put(entry)
+            await self._call().put(namespace, entry)
         except JournalError as exc:
             self._failed("cannot record a MOVE", exc)
             return self._proceed
         return True
 
-    async def forget(self, entry_id: str) -> None:
+    async def forget(self, namespace: str, entry_id: str) -> None:
         try:
-            await self._call().remove(entry_id)
+            await self._call().remove(namespace, entry_id)
         except JournalError as exc:  # recovery at the next login finds nothing left to do
             self._failed("cannot remove a finished MOVE's entry", exc)
 
-    async def pending(self, user: bytes) -> list[Entry]:
+    async def pending(self, namespace: str, user: bytes) -> list[Entry]:
         """The user's readable entries (those unreadable are reported, and left alone)."""
         try:
-            stored = await self._call().pending(user)
+            stored = await self._call().pending(namespace, user)
         except JournalError as exc:
             self._failed("cannot read the journal at login", exc)
             return []
@@ -119,7 +119,7 @@ class JournalKeeper:
                 entries.append(entry)
         return entries
 
-    async def settle(self, verdicts: list[Verdict], conn: str) -> None:
+    async def settle(self, namespace: str, verdicts: list[Verdict], conn: str) -> None:
         """Log each recovery, count it, and remove the entries it finished with."""
         for verdict in verdicts:
             entry = verdict.entry
@@ -134,19 +134,16 @@ class JournalKeeper:
                 f" ({verdict.detail})" if verdict.detail else "",
             )  # fmt: skip
             if not verdict.kept:
-                await self.forget(entry.id)
+                await self.forget(namespace, entry.id)
 
-    async def unfinished(self) -> list[Entry]:
-        """This upstream's readable entries."""
+    async def unfinished(self, namespace: str) -> list[Entry]:
+        """The readable entries of ``namespace``."""
         try:
-            listed = await self._call().listing()
+            listed = await self._call().listing([namespace])
         except JournalError as exc:
             self._failed("cannot read the journal", exc)
             return []
-        return [
-            entry for space, (_, entry) in listed
-            if space == self._namespace and isinstance(entry, Entry)
-        ]  # fmt: skip
+        return [entry for _, (_, entry) in listed if isinstance(entry, Entry)]
 
     def _call(self) -> Journal:
         store = self._store
@@ -167,10 +164,7 @@ class JournalKeeper:
         while True:
             with contextlib.suppress(JournalError):
                 if self._broken is None:
-                    listed = [
-                        entry for space, (_, entry) in await store.listing()
-                        if space == self._namespace
-                    ]  # fmt: skip
+                    listed = [entry for _, (_, entry) in await store.listing(self.namespaces)]
                     now = time.time()
                     ages = [now - entry.created for entry in listed if isinstance(entry, Entry)]
                     self._metrics.journal_pending.set(len(listed))
@@ -189,36 +183,52 @@ async def sweep(proxy: Proxy) -> None:
     entry of a MOVE running on another replica is gone once its lock is had."""
     keeper = proxy.journal
     while True:
-        users = {entry.user for entry in await keeper.unfinished()}
-        for user in sorted(users - proxy.users_connected()):
-            await finish_user(proxy, user)
+        for backend in proxy.backends.values():
+            namespace = backend.journal_namespace
+            users = {entry.user for entry in await keeper.unfinished(namespace)}
+            for user in sorted(users - proxy.users_connected(backend)):
+                await finish_user(proxy, backend, user)
         await trio.sleep(SWEEP_INTERVAL)
 
 
-async def finish_user(proxy: Proxy, user: bytes) -> list[Verdict]:
-    """Recover ``user``'s entries through the master login, under their mailboxes' locks;
-    what became of each."""
-    config, keeper = proxy.config, proxy.journal
+async def finish_user(proxy: Proxy, backend: Backend, user: bytes) -> list[Verdict]:
+    """Recover ``user``'s entries on ``backend`` through its master login, under their
+    mailboxes' locks; what became of each."""
+    config = backend.config
     login = (config.rollback_master_user or "").encode()
     credentials = Credentials(user, login, (config.rollback_master_password or "").encode(), True)
-    async with contextlib.AsyncExitStack() as stack:
-        entries = await keeper.pending(user)
-        keys = sorted({entry.source_validity for entry in entries})
-        try:
-            for key in keys:
-                await stack.enter_async_context(proxy.locks.hold(key))
-        except LockError as exc:  # a MOVE holds one of them: the next sweep
-            log.info("journal recovery of %s postponed: %r", user.decode("latin-1"), exc)
-            return []
-        entries = [entry for entry in await keeper.pending(user) if entry.source_validity in keys]
+    namespace = backend.journal_namespace
+    async with locked_entries(proxy, backend, user) as entries:
         if not entries:
             return []
         session = ResumeSession(entries, credentials, config.max_set_bytes)
-        error = await run_second_session(proxy, session, None, config.rollback_timeout)
+        error = await run_second_session(backend, session, None, config.rollback_timeout)
         if error or session.error:
             log.warning(
                 "journal recovery of %s without a login: %s",
                 user.decode("latin-1"), error or session.error,
             )  # fmt: skip
-        await keeper.settle(session.verdicts, "sweep")
+        await proxy.journal.settle(namespace, session.verdicts, "sweep")
         return session.verdicts
+
+
+@contextlib.asynccontextmanager
+async def locked_entries(
+    proxy: Proxy, backend: Backend, user: bytes
+) -> AsyncIterator[list[Entry] | None]:
+    """``user``'s unfinished entries on ``backend``, each source mailbox's MOVE lock held until
+    the block ends (None: a lock could not be had in time). They are read again once the
+    locks are held: a MOVE still running elsewhere held one, and its entry is gone by then."""
+    keeper, namespace = proxy.journal, backend.journal_namespace
+    entries = await keeper.pending(namespace, user)
+    keys = sorted({entry.source_validity for entry in entries})
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            for key in keys:
+                await stack.enter_async_context(proxy.locks.hold(backend.lock_prefix + key))
+        except LockError as exc:
+            log.warning("journal recovery of %s postponed: %r", user.decode("latin-1"), exc)
+            yield None
+            return
+        again = await keeper.pending(namespace, user) if keys else []
+        yield [entry for entry in again if entry.source_validity in keys]

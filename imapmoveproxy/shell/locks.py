@@ -187,7 +187,7 @@ class RedisMoveLocks:
         self._client, self._lifetime = open_redis(url)
         self._nx: Literal[PureToken.NX] = PureToken.NX
         self._failures = (RedisError, OSError, trio.TooSlowError)
-        self._prefix = KEY_PREFIX + namespace + b":"
+        self._prefix = KEY_PREFIX + namespace + b":" if namespace else KEY_PREFIX
         self._timeout = timeout
         self._lease_ms = int(lease * 1000)
         self._refuse = refuse_unavailable
@@ -312,7 +312,8 @@ def make_move_locks(config: Config, metrics: Metrics) -> MoveLockService:
         return MoveLocks(config.move_lock_timeout, metrics)
     return RedisMoveLocks(
         config.move_lock,
-        namespace=str(config.upstream).encode(),
+        # Routing mode: each key begins with its backend's address (Backend.lock_prefix).
+        namespace=str(config.upstream).encode() if config.upstream else b"",
         timeout=config.move_lock_timeout,
         lease=config.move_lock_lease,
         refuse_unavailable=config.move_lock_unavailable == "refuse",

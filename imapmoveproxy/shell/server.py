@@ -12,26 +12,21 @@ import itertools
 import logging
 import signal
 import time
+from collections.abc import Callable
 
 import trio
 
-from ..config import Address, Config
-from ..engine.session import SHUTDOWN_BYE, Session, SessionSettings
+from ..config import Address, Config, ConfigError
+from ..engine.session import SHUTDOWN_BYE, Session
 from ..metrics import Metrics, serve_http
-from ..wire.proxyproto import (
-    V2_LOCAL,
-    V2_MAX,
-    Endpoint,
-    ProxyHeader,
-    ProxyHeaderError,
-    build_v2,
-    parse,
-)
+from ..wire.proxyproto import V2_MAX, Endpoint, ProxyHeader, ProxyHeaderError, parse
+from .backends import Backend, backends
 from .connection import UNAVAILABLE, Connection, bye_and_close
 from .journal import JournalKeeper, sweep
 from .locks import make_move_locks
 from .readiness import UpstreamReadiness
-from .tls import Certificates, UpstreamUnavailable, open_upstream, upstream_context
+from .routing import Router, log_in
+from .tls import Certificates, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -39,53 +34,46 @@ SHUTTING_DOWN = b"* BYE " + SHUTDOWN_BYE + b"\r\n"
 TOO_MANY = b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n"
 
 
-def session_settings(config: Config, *, tls_offered: bool) -> SessionSettings:
-    """What each connection's session needs of the configuration."""
-    return SessionSettings(
-        max_line=config.max_line_length,
-        max_mailbox_literal=config.max_mailbox_literal,
-        max_set_bytes=config.max_set_bytes,
-        guarded=config.no_uidplus == "guarded",
-        tls_offered=tls_offered,
-        require_tls=config.require_tls,
-        forward_id=config.upstream_id and not config.upstream_proxy_protocol,
-        compress=config.compress,
-        chunk_size=config.move_chunk_size,
-        rollback=config.rollback,
-        journal=config.journal_location != "off",
-        rollback_master=(
-            (config.rollback_master_user or "").encode(),
-            (config.rollback_master_password or "").encode(),
-        ),
-    )
-
-
 class Proxy:
     """Accepts clients and gives each its own upstream connection."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, reload: Callable[[], Config] | None = None) -> None:
         self.config = config
+        self._reload = reload  # the configuration anew, for SIGHUP (routing mode's routes)
         self._ids = itertools.count(1)
         self._connections: set[Connection] = set()
-        self._certificates = (
+        self.certificates = (
             Certificates(config.tls_cert, config.tls_key)
             if config.tls_cert and config.tls_key
             else None
         )
-        self._upstream_tls = upstream_context(config)
         self.metrics = Metrics()
         self.metrics.before_scrape.append(self._publish_counts)
         self.locks = make_move_locks(config, self.metrics)
-        self.journal = JournalKeeper(config, self.metrics)
         self._draining = False
-        self._readiness = UpstreamReadiness(config.upstream, config.connect_timeout)
+        # Routing mode: ready while not draining (one backend down is that backend's users').
+        self._readiness = (
+            UpstreamReadiness(config.upstream, config.connect_timeout) if config.upstream else None
+        )
         self._setting_up = 0  # connections accepted and not yet closed
+        self._logging_in: set[trio.CancelScope] = set()  # routing mode: clients not logged in
         self._per_address: dict[str, int] = {}  # the same, by the address they come from
-        self._settings = session_settings(config, tls_offered=self._certificates is not None)
+        tls_offered = self.certificates is not None
+        # Routing mode: the proxy takes the login and connects the user's backend.
+        self.router = Router(config, tls_offered=tls_offered) if config.backends else None
+        self.backends = (
+            self.router.backends if self.router else backends(config, tls_offered=tls_offered)
+        )
+        namespaces = [backend.journal_namespace for backend in self.backends.values()]
+        self.journal = JournalKeeper(config, self.metrics, namespaces)
 
-    def users_connected(self) -> set[bytes]:
-        """The users logged in through this proxy right now."""
-        return {user for c in self._connections if (user := c.session.user) is not None}
+    def users_connected(self, backend: Backend) -> set[bytes]:
+        """The users logged in through this proxy to ``backend`` right now."""
+        return {
+            user
+            for connection in self._connections
+            if connection.backend is backend and (user := connection.session.user) is not None
+        }
 
     def _publish_counts(self) -> None:
         for connection in self._connections:
@@ -120,8 +108,9 @@ class Proxy:
                     with trio.open_signal_receiver(*signals) as received:
                         async for signum in received:
                             if signum == signal.SIGHUP:
-                                if self._certificates is not None:
-                                    self._certificates.reload()
+                                if self.certificates is not None:
+                                    self.certificates.reload()
+                                self._reload_routes()
                                 continue
                             log.info("%s: draining", signal.Signals(signum).name)
                             self._draining = True
@@ -129,6 +118,26 @@ class Proxy:
             for listener in plain + implicit:
                 await listener.aclose()
             await self._drain(connections)
+        if self.router is not None:
+            await self.router.aclose()
+
+    def _reload_routes(self) -> None:
+        """SIGHUP in routing mode: the backends and routes anew from the configuration; every
+        connection keeps the backend it has (a failed reload keeps the routes there are)."""
+        if self.router is None or self._reload is None:
+            return
+        try:
+            config = self._reload()
+        except ConfigError as exc:
+            log.error("routes not reloaded, keeping the previous ones: %s", exc)
+            return
+        if not config.backends:
+            log.error("routes not reloaded: leaving routing mode needs a restart")
+            return
+        self.router.reload(config)
+        self.backends = self.router.backends
+        self.journal.namespaces = [backend.journal_namespace for backend in self.backends.values()]
+        log.info("routes reloaded: backends %s", ", ".join(config.backends))
 
     async def _listen(self, address: Address | None, kind: str) -> list[trio.SocketListener]:
         if address is None:
@@ -136,7 +145,8 @@ class Proxy:
         listeners = await trio.open_tcp_listeners(address.port, host=address.host)
         for listener in listeners:
             where = listener.socket.getsockname()[:2]
-            log.info("listening (%s) on %s, upstream %s", kind, where, self.config.upstream)
+            upstreams = ", ".join(str(backend) for backend in self.backends.values())
+            log.info("listening (%s) on %s, upstream %s", kind, where, upstreams)
         return listeners
 
     async def _accept(
@@ -153,12 +163,14 @@ class Proxy:
 
     async def _ready(self) -> bool:
         """Ready for clients: not draining, and the upstream accepts connections."""
-        return not self._draining and await self._readiness.check()
+        return not self._draining and (self._readiness is None or await self._readiness.check())
 
     async def _drain(self, connections: trio.Nursery) -> None:
         """Let MOVEs in flight finish, tell every other client BYE, within drain_timeout."""
         for connection in list(self._connections):
             connection.shutdown()
+        for login in list(self._logging_in):  # nothing to finish there: they go at once
+            login.cancel()
         with trio.move_on_after(self.config.drain_timeout) as timer:
             while self._setting_up:  # also those still connecting to the upstream
                 await trio.sleep(0.05)
@@ -218,7 +230,29 @@ class Proxy:
                 metrics.rejected.labels("tls_handshake").inc()
                 return None
             client = tls_stream
-        opened = await self._connect(client, conn_log, _format(addresses[0]), addresses)
+        if self.router is not None:
+            with trio.CancelScope() as login:
+                self._logging_in.add(login)
+                try:
+                    routed = await log_in(self, client, addresses, tls, conn_id, conn_log)
+                finally:
+                    self._logging_in.discard(login)
+            if login.cancelled_caught:  # the drain began
+                metrics.rejected.labels("draining").inc()
+                await trio.aclose_forcefully(client)
+                return None
+            if routed is None:
+                metrics.rejected.labels("no_login").inc()
+                await trio.aclose_forcefully(client)
+                return None
+            if self._draining:
+                routed.session.shutdown()  # tell it to come back, with the BYE the others get
+            return Connection(
+                routed.client, routed.upstream, routed.session, self, routed.backend, b"",
+                addresses, conn_log,
+            )  # fmt: skip
+        backend = self.backends[""]
+        opened = await self._connect(backend, client, conn_log, _format(addresses[0]), addresses)
         if opened is None:
             metrics.rejected.labels("upstream_unavailable").inc()
             return None
@@ -228,8 +262,8 @@ class Proxy:
             await trio.aclose_forcefully(upstream)
             await bye_and_close(client, SHUTTING_DOWN)
             return None
-        session = Session(self._settings, conn_id, tls=tls, addresses=addresses)
-        return Connection(client, upstream, session, self, greeting, addresses, conn_log)
+        session = Session(backend.settings, conn_id, tls=tls, addresses=addresses)
+        return Connection(client, upstream, session, self, backend, greeting, addresses, conn_log)
 
     def _closed(self, connection: Connection, duration: float) -> None:
         """Count and log a connection that has ended."""
@@ -242,7 +276,7 @@ class Proxy:
             "commands=%d moves=%s%s",
             _format(connection.addresses[0]),
             " tls" if session.tls else "",
-            self.config.upstream,
+            connection.backend,
             duration,
             counters.bytes_from_client,
             counters.bytes_from_upstream,
@@ -255,8 +289,8 @@ class Proxy:
         self, stream: trio.abc.Stream, conn_log: logging.LoggerAdapter
     ) -> trio.SSLStream | None:
         """Server-side TLS handshake with a client, bounded in time; None if it failed."""
-        assert self._certificates is not None
-        tls = trio.SSLStream(stream, self._certificates.context, server_side=True)
+        assert self.certificates is not None
+        tls = trio.SSLStream(stream, self.certificates.context, server_side=True)
         with trio.move_on_after(self.config.tls_handshake_timeout) as timer:
             try:
                 await tls.do_handshake()
@@ -293,35 +327,25 @@ class Proxy:
 
     async def _connect(
         self,
+        backend: Backend,
         client: trio.abc.Stream,
         conn_log: logging.LoggerAdapter,
         peer: str,
         addresses: tuple[Endpoint, Endpoint],
     ) -> tuple[trio.abc.Stream, bytes] | None:
-        upstream = self.config.upstream
         started = time.monotonic()
         try:
-            with trio.fail_after(self.config.connect_timeout):
-                opened = await self.open_upstream(addresses)
+            with trio.fail_after(backend.config.connect_timeout):
+                opened = await backend.open(addresses)
             self.metrics.upstream_seconds.observe(time.monotonic() - started)
             return opened
         except (OSError, trio.TooSlowError, UpstreamUnavailable) as exc:
             self.metrics.upstream_errors.inc()
             conn_log.warning(
-                "client=%s upstream %s unavailable: %s", peer, upstream, exc or "timed out"
+                "client=%s upstream %s unavailable: %s", peer, backend, exc or "timed out"
             )
             await bye_and_close(client, UNAVAILABLE)
             return None
-
-    async def open_upstream(
-        self, addresses: tuple[Endpoint, Endpoint] | None
-    ) -> tuple[trio.abc.Stream, bytes]:
-        """A new upstream connection for the client at ``addresses`` (None: for the proxy
-        itself), with the PROXY header if configured; the greeting, if it has been read already."""
-        preamble = b""
-        if self.config.upstream_proxy_protocol:
-            preamble = V2_LOCAL if addresses is None else build_v2(*addresses)
-        return await open_upstream(self.config, self._upstream_tls, preamble)
 
 
 def _endpoint(stream: trio.SocketStream, remote: bool) -> Endpoint:

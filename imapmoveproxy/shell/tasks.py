@@ -15,9 +15,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -26,15 +25,12 @@ from ..journal.entry import Entry
 from ..move.copyflags import FlagCheckRequest, FlagRestore
 from ..move.request import RollbackRequest
 from ..move.rollback import Credentials, Rollback, SecondSession
-from ..wire.conversation import ConversationError
-from ..wire.proxyproto import Endpoint
+from .journal import locked_entries
 from .locks import LockError
-from .serverlink import Peer, ServerLink
-from .tls import UpstreamUnavailable
+from .second import run_second_session
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .server import Proxy
 
 
 class MoveTasks:
@@ -100,7 +96,7 @@ class MoveTasks:
         self._release_when_done()
         started, self._started = self._started, None
         elapsed = None if started is None else time.monotonic() - started
-        self._connection.proxy.metrics.move_done(move, elapsed)
+        self._connection.proxy.metrics.move_done(move, elapsed, self._connection.backend.name)
 
     async def _run_move(self, key: bytes) -> None:
         """Hold the source mailbox's lock from the MOVE's start to its tagged reply."""
@@ -121,36 +117,31 @@ class MoveTasks:
     async def record(self, entry: Entry) -> None:
         """Write a MOVE's journal entry; the MOVE goes on once it is durable."""
         connection = self._connection
-        durable = await connection.proxy.journal.record(entry)
+        journal = connection.proxy.journal
+        durable = await journal.record(connection.backend.journal_namespace, entry)
         connection.session.move_recorded(durable)
         connection.after_session()
 
-    async def resume(self, user: bytes) -> None:
-        """Hand the session the user's unfinished entries, each source mailbox's lock held
-        until the recovery is over (a MOVE still running elsewhere holds its lock: its entry
-        is gone once the lock is had), then settle them."""
+    async def forget(self, entry_id: str) -> None:
         connection = self._connection
-        session, journal, locks = connection.session, connection.proxy.journal, None
-        entries = await journal.pending(user)
-        keys = sorted({entry.source_validity for entry in entries})
-        async with contextlib.AsyncExitStack() as stack:
-            try:
-                for key in keys:
-                    await stack.enter_async_context(connection.proxy.locks.hold(key))
-                locks = keys
-            except LockError as exc:
-                connection.log.warning("journal recovery postponed: %s", type(exc).__name__)
-            if locks:
-                entries = [e for e in await journal.pending(user) if e.source_validity in locks]
-            session.resume_entries(entries if locks else [])
+        await connection.proxy.journal.forget(connection.backend.journal_namespace, entry_id)
+
+    async def resume(self, user: bytes) -> None:
+        """Hand the session the user's unfinished entries under their mailboxes' locks
+        (:func:`.journal.locked_entries`), held until the recovery is over, then settle them."""
+        connection = self._connection
+        session, backend = connection.session, connection.backend
+        async with locked_entries(connection.proxy, backend, user) as entries:
+            session.resume_entries(entries or [])
             connection.after_session()
-            if not locks or not entries:
+            if not entries:
                 return
             await connection.changed.until(
                 lambda: session.resumes.settling or session.close_reason is not None
             )
             verdicts, session.resumes.verdicts = session.resumes.verdicts, []
-            await journal.settle(verdicts, session.conn_id)
+            journal = connection.proxy.journal
+            await journal.settle(backend.journal_namespace, verdicts, session.conn_id)
             session.resume_settled()
             connection.after_session()
 
@@ -188,43 +179,7 @@ class MoveTasks:
         connection = self._connection
         try:
             return await run_second_session(
-                connection.proxy, peer, connection.addresses, connection.config.rollback_timeout
+                connection.backend, peer, connection.addresses, connection.config.rollback_timeout
             )
         finally:
             connection.upstream_heard = trio.current_time()  # the MOVE waits for its upstream
-
-
-class SecondPeer(Peer, Protocol):
-    @property
-    def done(self) -> bool: ...
-
-    @property
-    def ending(self) -> bool: ...
-
-
-async def run_second_session(
-    proxy: Proxy, peer: SecondPeer, addresses: tuple[Endpoint, Endpoint] | None, timeout: float
-) -> str | None:
-    """Drive ``peer`` over a new upstream connection (for the client at ``addresses``; None:
-    the proxy's own), bounded by ``timeout``; what went wrong with the connection, if anything
-    did. A session that has done its work and only waits for the server to close the connection
-    (``peer.ending``) and does not see it in time is a failure too: an mbox server may write its
-    view of a mailbox after that."""
-    try:
-        with trio.fail_after(timeout):
-            stream, greeting = await proxy.open_upstream(addresses)
-            link = ServerLink(stream, peer, greeting=greeting)
-            try:
-                await link.run(lambda: peer.done)
-            finally:
-                await link.aclose()
-    except (
-        OSError,
-        trio.TooSlowError,
-        trio.BrokenResourceError,
-        UpstreamUnavailable,
-        ConversationError,
-    ) as exc:
-        why = "the server did not end it" if peer.ending else exc or "timed out"
-        return f"second session: {why}"
-    return None

@@ -76,6 +76,7 @@ async def open_upstream(
     the greeting handed on is rebuilt with the capabilities the upstream lists over TLS.
     """
     address = config.upstream
+    assert address is not None  # a backend's config
     server_name = config.upstream_server_name or address.host
     stream: trio.abc.Stream = await trio.open_tcp_stream(address.host, address.port)
     if preamble:  # a PROXY protocol header comes before anything else, TLS included

@@ -89,6 +89,11 @@ class Conversation:
         :meth:`next_event` says so."""
         self._closed = True
 
+    def take_rest(self) -> bytes:
+        """What the server sent after the last response taken, for whoever goes on with the
+        connection; the conversation is over."""
+        return self._framer.take_rest()
+
     def drop_input(self) -> None:
         """TLS begins (STARTTLS answered): whatever came after the reply was sent in plaintext
         and is dropped unread."""

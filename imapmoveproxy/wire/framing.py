@@ -155,17 +155,17 @@ class Framer:
         self._advance(end)
         return memoryview(buf)[pos:end]
 
+    def take_rest(self) -> bytes:
+        """Every byte received and not handed out, as it came (at a message boundary: for
+        another framer to go on with); this framer is left empty."""
+        rest = bytes(memoryview(self._buf)[self._pos :])
+        self._buf, self._own, self._pos, self._last_newline = b"", False, 0, -1
+        return rest
+
     def cancel_literal(self) -> None:
         """The announced synchronizing literal was refused: its bytes will never be sent."""
         self._literal_left = 0
         self._first = True
-
-    def take_rest(self) -> bytes:
-        """The bytes received and not handed out, taken: the framer starts over empty (its
-        peer's stream changes there, as after COMPRESS)."""
-        rest = bytes(memoryview(self._buf)[self._pos :])
-        self._buf, self._own, self._pos, self._last_newline = b"", False, 0, -1
-        return rest
 
     def feed(self, data: bytes | bytearray) -> None:
         """Bytes received, taken as they are (a bytearray is not copied: its owner must not

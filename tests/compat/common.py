@@ -67,11 +67,17 @@ class ServerKind:
     proxy_args: tuple[str, ...]
     policy: str  # the policy the proxy must report for each MOVE
     archive: str = TARGET  # the target folder's name on that server
+    # Routing mode: the user routed to this server by a proxy with another backend beside it
+    # (the fixture of that other server).
+    beside: str | None = None
 
 
 SERVER_KINDS: dict[str, ServerKind] = {
     "dovecot-legacy": ServerKind("dovecot_legacy", (), "uidplus"),
     "dovecot-native": ServerKind("dovecot_native", (), "native"),
+    # The same through a routing proxy in front of both Dovecots.
+    "routed-dovecot-legacy": ServerKind("dovecot_legacy", (), "uidplus", beside="dovecot_native"),
+    "routed-dovecot-native": ServerKind("dovecot_native", (), "native", beside="dovecot_legacy"),
     "imap4d-guarded": ServerKind("imap4d", ("--no-uidplus", "guarded"), "guarded"),
     # Dovecot advertising neither MOVE nor UIDPLUS: the guarded policy for the clients that
     # cannot work with imap4d at all (not in the default parametrisation).
@@ -87,7 +93,7 @@ SERVER_KINDS: dict[str, ServerKind] = {
 }
 DEFAULT_KINDS = (
     "dovecot-legacy", "dovecot-native", "imap4d-guarded", "cyrus-legacy", "courier", "uw-mbox",
-    "uw-mix",
+    "uw-mix", "routed-dovecot-legacy", "routed-dovecot-native",
 )  # fmt: skip
 
 _MOVE_LOG_RE = re.compile(r"\b(UID MOVE|MOVE) (\S+): policy=(\w+) outcome=([\w-]+)")
@@ -253,7 +259,18 @@ def prepare_target(request: pytest.FixtureRequest, kind: str, tmp_path: Path) ->
     spec = SERVER_KINDS[kind]
     server = server_of(request, kind)
     user = seed_user(server, spec.archive)
-    with running_proxy(server.address, tmp_path / "proxy.log", *spec.proxy_args) as proxy:
+    upstream: tuple[str, int] | None = server.address
+    args = spec.proxy_args
+    if spec.beside is not None:  # routing mode: the user's route names this server
+        other: ImapServer = request.getfixturevalue(spec.beside)
+        config = tmp_path / "routing.toml"
+        config.write_text(
+            f'[backends.this]\nupstream = "{server.host}:{server.port}"\n'
+            f'[backends.other]\nupstream = "{other.host}:{other.port}"\n'
+            f'[routes]\n"{user}" = "this"\n"*" = "other"\n'
+        )
+        upstream, args = None, (*args, "--config", str(config))
+    with running_proxy(upstream, tmp_path / "proxy.log", *args) as proxy:
         yield Target(kind, server, proxy, user, spec.policy, tmp_path, spec.archive)
 
 

@@ -28,6 +28,7 @@ from imapmoveproxy.config import Config, build
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 COMPOSE = ROOT / "compose.yaml"
+ROUTING_COMPOSE = ROOT / "deploy" / "compose" / "routing.yaml"
 PRESTOP_MARGIN = 5  # seconds of grace beyond preStop + drain_timeout, at least
 LABEL = "app.kubernetes.io/name"
 LOCK_APP = "imapmoveproxy-valkey"
@@ -122,9 +123,10 @@ def check_jsonschema() -> str:
     return venv_tool("check-jsonschema", "check-jsonschema")
 
 
-def test_compose_file_is_valid_compose_spec():
+@pytest.mark.parametrize("compose", [COMPOSE, ROUTING_COMPOSE], ids=lambda path: path.name)
+def test_compose_file_is_valid_compose_spec(compose):
     result = subprocess.run(
-        [check_jsonschema(), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+        [check_jsonschema(), "--builtin-schema", "vendor.compose-spec", str(compose)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
@@ -279,3 +281,22 @@ def test_compose_example_is_consistent():
     (capability,) = re.findall(r"^imap_capability = (.*)$", text, re.MULTILINE)
     assert capability == DOVECOT_LEGACY_CAPABILITY
     assert "MOVE" not in capability.split()
+
+
+def test_routing_compose_example_is_consistent():
+    """The routing example: its config passes the proxy's check, each backend and the lookup
+    is a service of the file, and the lookup answers with exactly the backends' addresses."""
+    compose = yaml.safe_load(ROUTING_COMPOSE.read_text())
+    services = compose["services"]
+    proxy = services["imapmoveproxy"]
+    assert (ROUTING_COMPOSE.parent / proxy["build"]["context"]).resolve() == ROOT
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in proxy["volumes"]}
+    config_file = ROUTING_COMPOSE.parent / mounts[dockerfile.cmd_option("--config")]
+    config = proxy_config(config_file.read_text())
+    addresses = {(b.upstream.host, str(b.upstream.port)) for b in config.backends.values()}
+    assert {host for host, _ in addresses} <= set(services)
+    assert urlsplit(config.route_lookup or "").hostname in services
+    lookup = (ROUTING_COMPOSE.parent / "authlookup.py").read_text()
+    answered = set(re.findall(r'^(?:LEGACY|NEW) = \("([^"]+)", "(\d+)"\)$', lookup, re.M))
+    assert answered == addresses
+    assert duration_seconds(proxy["stop_grace_period"]) >= config.drain_timeout + PRESTOP_MARGIN

@@ -319,3 +319,23 @@ def test_proxy_protocol_parser():
                 b"PROXY " + b"A" * 200):  # fmt: skip
         with pytest.raises(ProxyHeaderError):
             parse(bad)
+
+
+@pytest.mark.parametrize("header", [False, True], ids=["id", "proxy-protocol"])
+def test_routing_tells_each_backend_the_client_address_its_own_way(
+    trusting_dovecot, tmp_path, header
+):
+    """Routing mode: the backend's own settings say how it learns the client's address (ID
+    before the login, or a PROXY v2 header); the client's own ID before login is answered by
+    the proxy and reaches no backend."""
+    port = trusting_dovecot.haproxy_port if header else trusting_dovecot.port
+    config = tmp_path / "routing.toml"
+    config.write_text(
+        f'[backends.b]\nupstream = "{HOST}:{port}"\n'
+        f"upstream_proxy_protocol = {'true' if header else 'false'}\n"
+        '[routes]\n"*" = "b"\n'
+    )
+    with running_proxy(None, tmp_path / "p.log", "--config", str(config)) as proxy:
+        user = login_from(proxy.address, "127.0.0.9", trusting_dovecot)
+    assert "rip=127.0.0.9," in wait_for_log(trusting_dovecot, rf"Login: user=<{user}>[^\n]*")
+    assert "6.6.6.6" not in trusting_dovecot.log_text()

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from harness import InterceptingRelay, ProxyProcess, RawClient, http_get, message_ids, metric
+from harness import (
+    InterceptingRelay,
+    ProxyProcess,
+    RawClient,
+    http_get,
+    message_ids,
+    metric,
+    running_proxy,
+)
 from servers import HOST, ImapServer, RedisServer, find_free_port, make_message
 
 from imapmoveproxy.config import ConfigError, build, from_arguments
@@ -280,6 +288,19 @@ def test_a_replica_killed_while_holding_the_lock(dovecot_legacy, redis_server, t
     assert redis_server.cli("KEYS", "imapmoveproxy:*") == ""
 
 
+def hold_inbox_lock(
+    client: RawClient, server: ImapServer, user: str, redis: RedisServer, holder: str
+) -> str:
+    """Log ``client`` in as ``user`` and select INBOX; then hold INBOX's MOVE lock in Redis as
+    ``holder`` (another proxy) would, under the key a proxy in front of ``server`` takes."""
+    client.login(user, server.password)
+    selected = b"".join(client.command(b"s", b"SELECT INBOX"))
+    uidvalidity = re.search(rb"\[UIDVALIDITY (\d+)\]", selected).group(1).decode()
+    key = f"imapmoveproxy:move:{HOST}:{server.port}:{uidvalidity}"
+    assert redis.cli("SET", key, holder, "PX", "60000") == "OK"
+    return key
+
+
 @pytest.mark.parametrize("through", ["redis", "sentinel"])
 def test_a_lock_held_past_the_timeout_answers_no_inuse(
     dovecot_legacy, redis_server, tmp_path, through
@@ -297,11 +318,7 @@ def test_a_lock_held_past_the_timeout_answers_no_inuse(
     try:
         with proxies(dovecot_legacy.address, tmp_path, 1, *lock) as (proxy,):
             with RawClient(proxy.address) as client:
-                client.login(user, dovecot_legacy.password)
-                selected = b"".join(client.command(b"s", b"SELECT INBOX"))
-                uidvalidity = re.search(rb"\[UIDVALIDITY (\d+)\]", selected).group(1).decode()
-                key = f"imapmoveproxy:move:{HOST}:{dovecot_legacy.port}:{uidvalidity}"
-                assert redis_server.cli("SET", key, "another-replica", "PX", "60000") == "OK"
+                key = hold_inbox_lock(client, dovecot_legacy, user, redis_server, "another-replica")
                 reply = client.command(b"m", b"UID MOVE 1:* Archive")
                 assert reply == [b"m NO [INUSE] Another MOVE out of this mailbox is in progress, "
                                  b"try again later.\r\n"]  # fmt: skip
@@ -339,3 +356,28 @@ def test_move_lock_settings_from_file_environment_and_flags():
     with pytest.raises(ConfigError, match="move_lock_unavailable"):
         from_arguments(base, {"IMAPMOVEPROXY_MOVE_LOCK_UNAVAILABLE": "wait"})
     assert redacted("rediss://:secret@valkey:6380/1") == "rediss://:***@valkey:6380/1"
+
+
+def test_a_routing_proxy_shares_the_lock_of_a_proxy_in_front_of_the_same_server(
+    dovecot_legacy, redis_server, tmp_path
+):
+    """During a migration a routing proxy and a proxy with that server as its one upstream may
+    both move out of one mailbox: the routed MOVE's key is the one the other proxy takes (the
+    server's address and the mailbox's UIDVALIDITY), so it waits for it."""
+    user, seeded = new_mailbox(dovecot_legacy)
+    config = tmp_path / "routing.toml"
+    config.write_text(
+        f'[backends.old]\nupstream = "{HOST}:{dovecot_legacy.port}"\n[routes]\n"*" = "old"\n'
+    )
+    lock = ("--move-lock", redis_server.url, "--move-lock-timeout", "1")
+    with (
+        running_proxy(None, tmp_path / "routing.log", "--config", str(config), *lock) as proxy,
+        RawClient(proxy.address) as client,
+    ):
+        key = hold_inbox_lock(client, dovecot_legacy, user, redis_server, "the-other-proxy")
+        reply = client.command(b"m", b"UID MOVE 1:* Archive")
+        assert reply[-1].startswith(b"m NO [INUSE]"), reply
+        redis_server.cli("DEL", key)
+        assert client.command(b"o", b"UID MOVE 1:* Archive")[-1].startswith(b"o OK")
+    assert set(copies(dovecot_legacy, user)) == seeded
+    assert redis_server.cli("KEYS", "imapmoveproxy:*") == ""

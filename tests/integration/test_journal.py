@@ -11,6 +11,7 @@ connection dropped does: nothing is copied a second time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -74,16 +76,59 @@ def _expected_flags(subject: str) -> frozenset[str]:
     return frozenset({"\\Seen", "\\Flagged"} if index < FLAGGED else {"\\Seen"})
 
 
-def _move_until_killed(proxy: ProxyProcess, user: str, password: str, command: bytes) -> None:
-    """Log in, SELECT INBOX, send the MOVE; the proxy dies before its tagged reply."""
-    with RawClient(proxy.address, oracle=False) as client:  # its view ends with the connection
+def _move_until_killed(proxy: ProxyProcess, user: str, password: str, source: bytes) -> None:
+    """Log in, SELECT ``source``, send ``UID MOVE 1:* Archive``; the proxy dies before its
+    tagged reply."""
+    with RawClient(proxy.address, BIG, oracle=False) as client:  # its view ends with it
         client.login(user, password)
-        selected = client.command(b"s", b"SELECT INBOX")
+        selected = client.command(b"s", b"SELECT " + source)
         assert selected[-1].startswith(b"s OK"), selected
-        client.send(b"m " + command + b"\r\n")
+        client.send(b"m UID MOVE 1:* Archive\r\n")
         with pytest.raises((ConnectionError, EOFError, OSError)):
             client.read_until(b"m")
     proxy.process.wait(10)
+
+
+def _starting(
+    log: Path, *args: str, env: dict[str, str] | None = None
+) -> Callable[[KillSwitch], ProxyProcess]:
+    """Start a proxy in front of the server through the switch (for :func:`_cut`)."""
+    return lambda switch: ProxyProcess(switch.address, log, *args, env=env)
+
+
+@contextlib.contextmanager
+def _cut(
+    server: ImapServer,
+    user: str,
+    point: str,
+    start: Callable[[KillSwitch], ProxyProcess],
+    source: bytes = b"INBOX",
+) -> Iterator[KillSwitch]:
+    """Through a :class:`KillSwitch` in front of ``server``: the proxy ``start`` makes is killed
+    at ``point`` of the user's ``UID MOVE 1:* Archive`` out of ``source``. The switch, still
+    relaying, is for the proxies started after it (the journal is the upstream address's)."""
+    proxies: list[ProxyProcess] = []
+    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
+        proxies.append(start(switch))
+        switch.arm(point)
+        try:
+            _move_until_killed(proxies[0], user, server.password, source)
+        finally:
+            proxies[0].stop()
+        assert switch.fired.is_set(), proxies[0].log_text()
+        yield switch
+
+
+def _log_in_once(proxy: ProxyProcess, server: ImapServer, user: str) -> str:
+    """Log ``user`` in through ``proxy`` (the OK held until the recovery is over) and out, stop
+    the proxy; its log."""
+    try:
+        with RawClient(proxy.address, BIG) as client:
+            client.login(user, server.password)
+            client.logout()
+        return proxy.log_text()
+    finally:
+        proxy.stop()
 
 
 def _assert_moved_once(server: ImapServer, user: str, subjects: set[str]) -> None:
@@ -111,16 +156,9 @@ def test_a_move_cut_by_the_proxys_death_is_finished_at_the_next_login(
     subjects = _seed(server, user, 6)
     journal = tmp_path / "journal.sqlite"
     args = (*spec.proxy_args, "--journal", str(journal))
-    proxies: list[ProxyProcess] = []
-    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
-        # Both proxies reach the server through the relay: the journal is the upstream's.
-        proxies.append(ProxyProcess(switch.address, tmp_path / "first.log", *args))
-        switch.arm(point)
-        try:
-            _move_until_killed(proxies[0], user, server.password, b"UID MOVE 1:* Archive")
-        finally:
-            proxies[0].stop()
-        assert switch.fired.is_set(), proxies[0].log_text()
+    # Both proxies reach the server through the switch: the journal is the upstream's.
+    first = _starting(tmp_path / "first.log", *args)
+    with _cut(server, user, point, first) as switch:
         archive = _state(server, user, "Archive")
         inbox = _state(server, user, "INBOX")
         if point != "expunge":  # cut there: every message in both mailboxes
@@ -171,19 +209,10 @@ def test_a_changed_uidvalidity_leaves_both_mailboxes_alone_and_the_entry_for_an_
     server.seed(user, "Work", [make_message(f"w{i}") for i in range(4)], flags=["\\Seen"])
     journal = tmp_path / "journal.sqlite"
     metrics_port = find_free_port()
-    proxies: list[ProxyProcess] = []
-    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
+    first = _starting(tmp_path / "first.log", "--journal", str(journal))
+    with _cut(server, user, "copy", first, b"Work") as switch:
         upstream = f"{switch.address[0]}:{switch.address[1]}"
         settings = ("--upstream", upstream, "--journal", str(journal))
-        proxies.append(ProxyProcess(switch.address, tmp_path / "first.log", *settings[2:]))
-        switch.arm("copy")
-        with RawClient(proxies[0].address, oracle=False) as client:
-            client.login(user, server.password)
-            assert client.command(b"s", b"SELECT Work")[-1].startswith(b"s OK")
-            client.send(b"m UID MOVE 1:* Archive\r\n")
-            with pytest.raises((ConnectionError, EOFError, OSError)):
-                client.read_until(b"m")
-        proxies[0].stop()
         with RawClient(server.address, oracle=False) as client:  # the user, on another device
             client.login(user, server.password)
             assert client.command(b"d", b"DELETE Work")[-1].startswith(b"d OK")
@@ -221,14 +250,8 @@ def test_the_journal_holds_no_credential(dovecot_legacy: ImapServer, tmp_path: P
     user = server.new_user()
     _seed(server, user, 3)
     journal = tmp_path / "journal.sqlite"
-    proxies: list[ProxyProcess] = []
-    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
-        proxies.append(ProxyProcess(switch.address, tmp_path / "p.log", "--journal", str(journal)))
-        switch.arm("store")
-        try:
-            _move_until_killed(proxies[0], user, server.password, b"UID MOVE 1:* Archive")
-        finally:
-            proxies[0].stop()
+    with _cut(server, user, "store", _starting(tmp_path / "p.log", "--journal", str(journal))):
+        pass
     stored = b"".join(path.read_bytes() for path in tmp_path.glob("journal.sqlite*"))
     assert user.encode() in stored  # the entry is there...
     assert server.password.encode() not in stored  # ...and no password with it
@@ -246,28 +269,17 @@ def test_replicas_sharing_redis_finish_a_move_one_of_them_died_in(
     # auto: the journal in Redis, with the lock. The dead replica's lease on the mailbox
     # outlives it by up to move_lock_lease: the login on the other waits for it.
     shared = ("--move-lock", redis_server.url, "--journal", "auto", "--move-lock-lease", "2")
-    proxies: list[ProxyProcess] = []
-    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
-        proxies.append(ProxyProcess(switch.address, tmp_path / "a.log", *shared))
+    with _cut(server, user, "store", _starting(tmp_path / "a.log", *shared)) as switch:
         other = ProxyProcess(switch.address, tmp_path / "b.log", *shared)
         try:
-            switch.arm("store")
-            try:
-                _move_until_killed(proxies[0], user, server.password, b"UID MOVE 1:* Archive")
-            finally:
-                proxies[0].stop()
             keys = redis_server.cli("KEYS", "imapmoveproxy:journal:*").split()
             assert len(keys) == 3, keys  # the entry, the user's index, the upstream's index
             (entry_key,) = [key for key in keys if ":e:" in key]
             body = redis_server.cli("GET", entry_key)
             assert user in body and server.password not in body, body
             assert json.loads(body)["phase"] == "copied"
-            with RawClient(other.address, BIG) as client:
-                client.login(user, server.password)
-                client.logout()
-            log = other.log_text()
         finally:
-            other.stop()
+            log = _log_in_once(other, server, user)
     assert re.search(r"journal recovery of MOVE \w+ .*: finished, 5 moved", log), log
     _assert_moved_once(server, user, subjects)
     assert redis_server.cli("KEYS", "imapmoveproxy:journal:*") == ""
@@ -356,14 +368,8 @@ def test_with_master_credentials_a_proxy_finishes_a_move_at_start_up_without_a_l
         "IMAPMOVEPROXY_ROLLBACK_MASTER_USER": server.master_user,
         "IMAPMOVEPROXY_ROLLBACK_MASTER_PASSWORD": server.master_password,
     }
-    proxies: list[ProxyProcess] = []
-    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
-        proxies.append(ProxyProcess(switch.address, tmp_path / "first.log", *master, env=env))
-        switch.arm("copy")
-        try:
-            _move_until_killed(proxies[0], user, server.password, b"UID MOVE 1:* Archive")
-        finally:
-            proxies[0].stop()
+    first = _starting(tmp_path / "first.log", *master, env=env)
+    with _cut(server, user, "copy", first) as switch:
         second = ProxyProcess(switch.address, tmp_path / "second.log", *master, env=env)
         try:
             second.wait_for_log(r"journal recovery of MOVE \w+ .*: finished, 4 moved", timeout=30)
@@ -385,16 +391,8 @@ def test_two_retries_racing_the_recovery_duplicate_nothing(
     user = server.new_user()
     subjects = _seed(server, user, 8)
     journal = tmp_path / "journal.sqlite"
-    proxies: list[ProxyProcess] = []
-    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
-        proxies.append(
-            ProxyProcess(switch.address, tmp_path / "first.log", "--journal", str(journal))
-        )
-        switch.arm("store")
-        try:
-            _move_until_killed(proxies[0], user, server.password, b"UID MOVE 1:* Archive")
-        finally:
-            proxies[0].stop()
+    first = _starting(tmp_path / "first.log", "--journal", str(journal))
+    with _cut(server, user, "store", first) as switch:
         second = ProxyProcess(switch.address, tmp_path / "second.log", "--journal", str(journal))
         replies: list[bytes] = []
         errors: list[BaseException] = []
@@ -468,14 +466,8 @@ def test_an_operator_finishes_an_entry_by_hand_with_master_credentials(
     user = server.new_user()
     subjects = _seed(server, user, 3)
     journal = tmp_path / "journal.sqlite"
-    proxies: list[ProxyProcess] = []
-    with KillSwitch(server.address, lambda: proxies[0].process.kill()) as switch:
-        proxies.append(ProxyProcess(switch.address, tmp_path / "p.log", "--journal", str(journal)))
-        switch.arm("store")
-        try:
-            _move_until_killed(proxies[0], user, server.password, b"UID MOVE 1:* Archive")
-        finally:
-            proxies[0].stop()
+    first = _starting(tmp_path / "p.log", "--journal", str(journal))
+    with _cut(server, user, "store", first) as switch:
         upstream = f"{switch.address[0]}:{switch.address[1]}"
         settings = ("--upstream", upstream, "--journal", str(journal), "--rollback", "master")
         env = {
@@ -486,5 +478,37 @@ def test_an_operator_finishes_an_entry_by_hand_with_master_credentials(
         finished = _run_cli(*settings, "finish", entry["id"], env=env)
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.startswith(f"{entry['id']}: finished"), finished.stdout
+    _assert_moved_once(server, user, subjects)
+    assert _journal_bodies(journal) == []
+
+
+def test_a_routing_proxy_finishes_a_move_on_the_backend_the_login_is_routed_to(
+    dovecot_legacy: ImapServer, imap4d: ImapServer, tmp_path: Path
+) -> None:
+    """Routing mode: one journal, each entry under its backend's address. The proxy dies in a
+    MOVE on the user's backend (legacy Dovecot, reached through the kill switch); the routed
+    login through a proxy started again finishes it there."""
+    server = dovecot_legacy
+    user = server.new_user()
+    subjects = _seed(server, user, 5)
+    journal = tmp_path / "journal.sqlite"
+    config = tmp_path / "routing.toml"
+    routed = ("--config", str(config), "--journal", str(journal))
+
+    def first(switch: KillSwitch) -> ProxyProcess:
+        config.write_text(
+            f'journal = "{journal}"\n'
+            f'[backends.legacy]\nupstream = "{switch.address[0]}:{switch.address[1]}"\n'
+            f'[backends.imap4d]\nupstream = "{imap4d.address[0]}:{imap4d.address[1]}"\n'
+            'no_uidplus = "guarded"\n'
+            f'[routes]\n"{user}" = "legacy"\n"*" = "imap4d"\n'
+        )
+        return ProxyProcess(None, tmp_path / "first.log", *routed)
+
+    with _cut(server, user, "store", first):
+        stored = json.loads(_journal_bodies(journal)[0])
+        assert stored["user"] == user
+        log = _log_in_once(ProxyProcess(None, tmp_path / "second.log", *routed), server, user)
+    assert re.search(r"journal recovery of MOVE \w+ .*: finished, 5 moved", log), log
     _assert_moved_once(server, user, subjects)
     assert _journal_bodies(journal) == []

@@ -213,3 +213,27 @@ def test_a_self_test_that_cannot_start_removes_its_scratch_mailboxes(dovecot_acl
     received = dovecot_acl.received_bytes(user)
     appends = received.count(b'APPEND "imapmoveproxy-probe-')
     assert appends == 3 and received.count(b'DELETE "imapmoveproxy-probe-') == 2, received
+
+
+def test_probe_in_routing_mode_probes_each_backend(
+    dovecot_legacy, dovecot_native, imap4d, tmp_path
+):
+    config = tmp_path / "routing.toml"
+    config.write_text(
+        f'[backends.old]\nupstream = "{dovecot_legacy.host}:{dovecot_legacy.port}"\n'
+        f'[backends.new]\nupstream = "{dovecot_native.host}:{dovecot_native.port}"\n'
+        f'[backends.mailutils]\nupstream = "{imap4d.host}:{imap4d.port}"\n'
+        '[routes]\n"*" = "old"\n'
+    )
+    result = run_probe(None, "--config", str(config))
+    assert result.returncode == 2, result.stdout + result.stderr  # imap4d: refuse, no UIDPLUS
+    reports = re.split(r"^backend (\w+):$", result.stdout, flags=re.M)[1:]
+    found = dict(zip(reports[::2], reports[1::2], strict=True))
+    assert list(found) == ["old", "new", "mailutils"]
+    assert "MOVE policy  uidplus" in found["old"] and "verdict: works" in found["old"]
+    # (before login a native Dovecot lists neither MOVE nor UIDPLUS: judged as any server is)
+    assert f"server       {dovecot_native.host}:{dovecot_native.port}" in found["new"]
+    assert "verdict: will not work" in found["mailutils"], found["mailutils"]
+    one = run_probe(None, "--config", str(config), "--backend", "new", "--json")
+    assert json.loads(one.stdout)["backend"] == "new", one.stdout
+    assert json.loads(one.stdout)["server"].endswith(f":{dovecot_native.port}"), one.stdout

@@ -399,3 +399,32 @@ def test_probe_speaks_tls_to_the_upstream_as_the_proxy_does(tls_dovecot, pki):
     report = json.loads(result.stdout)
     assert result.returncode == 2, report["findings"]
     assert "CERTIFICATE_VERIFY_FAILED" in report["findings"][-1]["text"], report["findings"]
+
+
+def test_routing_each_backend_with_its_own_tls(tls_dovecot, dovecot_legacy, pki, tmp_path):
+    """Routing mode: one backend reached with verified implicit TLS, one whose certificate is
+    not trusted (no CA given: the system store), one plain; each login reaches its backend
+    only as that backend's settings allow."""
+    user = seeded(tls_dovecot)
+    config = tmp_path / "routing.toml"
+    config.write_text(
+        f'[backends.tls]\nupstream = "{HOST}:{tls_dovecot.imaps_port}"\n'
+        f'upstream_tls = "implicit"\nupstream_ca = "{pki["ca"]}"\n'
+        f'upstream_server_name = "{UPSTREAM_NAME}"\n'
+        f'[backends.untrusted]\nupstream = "{HOST}:{tls_dovecot.imaps_port}"\n'
+        f'upstream_tls = "implicit"\nupstream_server_name = "{UPSTREAM_NAME}"\n'
+        f'[backends.plain]\nupstream = "{HOST}:{dovecot_legacy.port}"\n'
+        f'[routes]\n"{user}" = "tls"\n"@untrusted" = "untrusted"\n"*" = "plain"\n'
+    )
+    with (
+        running_proxy(None, tmp_path / "p.log", "--config", str(config)) as proxy,
+        RawClient(proxy.address) as client,
+    ):
+        refused = client.command(b"u", f'LOGIN "x@untrusted" "{tls_dovecot.password}"'.encode())
+        assert refused[-1].startswith(b"u NO [UNAVAILABLE]"), refused
+        assert client.login(user, tls_dovecot.password)[-1].startswith(b"L1 OK")
+        client.command(b"s", b"SELECT INBOX")
+        assert client.command(b"m", b"MOVE 1:2 Trash")[-1].startswith(b"m OK")
+        assert "CERTIFICATE_VERIFY_FAILED" in proxy.log_text()
+    assert trash_count(tls_dovecot, user) == 2
+    assert b" MOVE " not in tls_dovecot.received_bytes(user)

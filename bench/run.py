@@ -3,7 +3,7 @@
     python bench/run.py                      # everything (about 4 minutes)
     python bench/run.py --quick              # small sizes: a smoke run (about 20 s)
     python bench/run.py bulk flood           # a subset: bulk (incl. CPU/GB), flood, move, journal,
-                                             # latency, scale
+                                             # latency, compress, scale
     python bench/run.py scale --connections 2000
     python bench/run.py --engine ../other    # the proxy's code from another checkout
     python bench/run.py latency --compare ../other   # a second proxy version in the same run
@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import compress
 import journal
 import latency
 import move
@@ -50,7 +51,7 @@ from common import (
 )
 
 # scale last: its 5,000 Dovecot processes, exiting, load the machine for a minute
-BENCHMARKS = ("bulk", "flood", "move", "journal", "latency", "scale")
+BENCHMARKS = ("bulk", "flood", "move", "journal", "latency", "compress", "scale")
 
 
 @dataclass(slots=True, frozen=True)
@@ -68,10 +69,12 @@ class Sizes:
     connections: int
     latency_commands: int  # of each command, per path
     latency_move_repeats: int
+    compress_messages: int  # of mixed mail, fetched without and with COMPRESS
+    compress_idle: int  # idle connections without and with COMPRESS
 
 
-FULL = Sizes(200, 256, 10, 100_000, 7, 21, 1000, 7, 5000, 3, 5000, 2000, 41)
-QUICK = Sizes(40, 256, 3, 10_000, 3, 7, 100, 3, 1500, 1, 300, 300, 11)
+FULL = Sizes(200, 256, 10, 100_000, 7, 21, 1000, 7, 5000, 3, 5000, 2000, 41, 1000, 500)
+QUICK = Sizes(40, 256, 3, 10_000, 3, 7, 100, 3, 1500, 1, 300, 300, 11, 200, 100)
 
 
 def engine_label(code: Path) -> str:
@@ -224,6 +227,71 @@ class Bench:
             self.rows += latency.rows_move(moves, list(engines))
 
     # -- 4 -------------------------------------------------------------------------------------
+
+    def bench_compress(self) -> None:
+        sizes, legacy, password = self.sizes, self.legacy, self.legacy.password
+        zlib_dovecot = compress.ZlibDovecot(self.root / "zlib", variant="native")
+        self.stack.enter_context(zlib_dovecot)
+        user = legacy.new_user("mixed")
+        own = zlib_dovecot.new_user("mixed")
+        size = compress.seed_mixed(legacy, user, sizes.compress_messages)
+        compress.seed_mixed(zlib_dovecot, own, sizes.compress_messages)
+        self.log(f"compress: {sizes.compress_messages} mixed messages, {size / 1e6:.1f} MB")
+        with start_proxy(legacy.address, self.root / "proxy-compress.log", self.engine) as proxy:
+            pid = proxy.process.pid
+            plain = compress.fetch_all(proxy.address, user, password, compress=False, pid=pid)
+            packed = compress.fetch_all(proxy.address, user, password, compress=True, pid=pid)
+            idle = {}
+            for on in (False, True):
+                before = scale.settle_rss(pid, 0.3)
+                clients = compress.open_idle(
+                    proxy.address, user, password, sizes.compress_idle, compress=on
+                )
+                idle[on] = (scale.settle_rss(pid) - before) / sizes.compress_idle
+                for client in clients:
+                    client.close()
+        address = zlib_dovecot.address
+        own_plain = compress.fetch_all(address, own, password, compress=False, server=zlib_dovecot)
+        own_packed = compress.fetch_all(address, own, password, compress=True, server=zlib_dovecot)
+        self.log(f"compress: proxy {plain} / {packed}; Dovecot {own_plain} / {own_packed}")
+
+        def per_gb(fetched: compress.Fetched) -> float:
+            return fetched.cpu / (fetched.mail / 1e9)
+
+        self.rows += [
+            Row(
+                "6. bytes on the client's wire, FETCH of mixed mail, with COMPRESS",
+                f"without {plain.wire / 1e6:.1f} MB",
+                f"{packed.wire / 1e6:.1f} MB (Dovecot's own: {own_packed.wire / 1e6:.1f} MB)",
+                packed.wire / plain.wire,
+                "(context)",
+                None,
+            ),
+            Row(
+                "6. CPU per GB of mail, proxy with COMPRESS",
+                f"without {per_gb(plain):.2f} s/GB",
+                f"{per_gb(packed):.2f} s/GB",
+                per_gb(packed) / per_gb(plain),
+                "(context)",
+                None,
+            ),
+            Row(
+                "context: Dovecot's imap process, its own COMPRESS",
+                f"without {per_gb(own_plain):.2f} s/GB",
+                f"{per_gb(own_packed):.2f} s/GB",
+                per_gb(own_packed) / per_gb(own_plain),
+                "",
+                None,
+            ),
+            Row(
+                f"6. proxy RSS per idle connection ({sizes.compress_idle} LOGIN+COMPRESS+IDLE)",
+                f"without {idle[False]:.1f} KiB",
+                f"{idle[True]:.1f} KiB",
+                idle[True] / idle[False] if idle[False] > 0 else None,
+                "(context)",
+                None,
+            ),
+        ]
 
     def bench_scale(self) -> None:
         count = self.sizes.connections

@@ -65,6 +65,7 @@ class Config:
     proxy_protocol_trusted: tuple[IPNetwork, ...] = ()
     upstream_proxy_protocol: bool = False
     upstream_id: bool = True
+    compress: bool = True  # offer COMPRESS=DEFLATE (RFC 4978) to clients once logged in
     max_connections: int = 10000
     max_connections_per_address: int = 200
     login_timeout: float = 60.0
@@ -267,6 +268,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "proxy_protocol_trusted": _networks,
     "upstream_proxy_protocol": _bool,
     "upstream_id": _bool,
+    "compress": _bool,
     "max_connections": _number(int, 1),
     "max_connections_per_address": _number(int, 1),
     "login_timeout": _number(float, 1.0),
@@ -461,6 +463,14 @@ def add_upstream_arguments(parser: argparse.ArgumentParser) -> None:
         const=False,
         default=None,
         help="do not send the client's address in an ID command",
+    )
+    add(
+        "--no-compress",
+        dest="compress",
+        action="store_const",
+        const=False,
+        default=None,
+        help="do not offer COMPRESS=DEFLATE to clients",
     )
 
 

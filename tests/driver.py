@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from typing import TypeVar
 
+from hypothesis import strategies as st
+
 from imapmoveproxy.engine.channel import TAG_PREFIX
 from imapmoveproxy.engine.effects import (
     CheckFlags,
@@ -146,6 +148,19 @@ class Driver:
     def esearch(self, pattern: bytes, result: bytes = b"") -> bytes:
         """The ESEARCH response (``ALL 10:12``, or nothing found) to a ``UID SEARCH RETURN``."""
         return b'* ESEARCH (TAG "%s") UID%s\r\n' % (self.tag(pattern), result and b" " + result)
+
+
+CUTS = st.lists(st.integers(min_value=1, max_value=400), max_size=15)  # offsets for cut()
+
+
+def cut(stream: bytes, cuts: list[int]) -> list[bytes]:
+    """``stream`` cut at the offsets ``cuts`` (any order, repeats, beyond its end: ignored)."""
+    pieces, start = [], 0
+    for offset in sorted(set(cuts)):
+        pieces.append(stream[start:offset])
+        start = offset
+    pieces.append(stream[start:])
+    return [piece for piece in pieces if piece]
 
 
 def listed(s: Driver, copy: bytes = b"", uid_set: bytes = b"", found: bytes = b"") -> bytes:

@@ -1,7 +1,8 @@
 """The client's side of a session: its commands, read one event of the framer at a time.
 
 Every client command is forwarded unchanged, except those the proxy answers or executes itself:
-MOVE (collected whole, executed by the proxy), COMPRESS (NO), STARTTLS (done by the proxy),
+MOVE (collected whole, executed by the proxy), COMPRESS (done by the proxy after login, when
+offered; NO otherwise), STARTTLS (done by the proxy; refused once compressed),
 LOGIN/AUTHENTICATE before TLS when TLS is required (NO), ID (its x- fields removed), a command
 line that is not one (BAD). What follows the first line of a command (literal bytes, lines after
 a literal) goes where the command went: :class:`Mode`.
@@ -97,9 +98,17 @@ class ClientHost(Protocol):
     @property
     def login_settling(self) -> bool: ...
 
+    @property
+    def authenticated(self) -> bool: ...
+
+    @property
+    def compressed(self) -> bool: ...
+
     def upstream_capabilities(self, caps: Capabilities | None) -> None: ...
 
     def request_tls(self) -> None: ...
+
+    def start_compression(self) -> None: ...
 
     def close(self, reason: str, bye: bytes, level: int = logging.WARNING) -> None: ...
 
@@ -201,7 +210,7 @@ class ClientInput:
             self._moves.forwarded(name, line.data[start.args_offset :], self._host.caps)
             self._forward(line, start)
         elif name == b"COMPRESS":
-            self._reject(line, tag + b" NO COMPRESS is not available through this proxy.\r\n")
+            self._compress(line, start)
         elif name == b"STARTTLS":
             self._starttls(line, tag)
         elif name == b"ID":  # with or without the proxy's own ID before it
@@ -232,8 +241,32 @@ class ClientInput:
             self.held = None
             self._command(line)
 
+    def _compress(self, line: Line, start: CommandStart) -> None:
+        """COMPRESS DEFLATE (RFC 4978): the OK is the last byte sent as it is."""
+        host, tag = self._host, start.tag
+        mechanism = line_body(line.data)[start.args_offset :].strip().upper()
+        if not self._settings.compress:
+            reply = b"NO COMPRESS is not available through this proxy."
+        elif host.compressed:
+            reply = b"NO [COMPRESSIONACTIVE] DEFLATE is active already."
+        elif not host.authenticated:
+            reply = b"BAD COMPRESS is valid only after login."
+        elif line.literal is not None or not mechanism:
+            reply = b"BAD Expected COMPRESS DEFLATE."
+        elif mechanism != b"DEFLATE":
+            reply = b"NO Unknown compression mechanism."
+        elif self._inflight.count or not self._output.replies_at_once:
+            reply = b"BAD Finish the other commands before COMPRESS."
+        else:
+            self._output.reply(tag + b" OK DEFLATE active.\r\n")
+            host.start_compression()
+            return
+        self._reject(line, tag + b" " + reply + b"\r\n")
+
     def _starttls(self, line: Line, tag: bytes) -> None:
-        if not self._settings.tls_offered or self._host.tls:
+        if self._host.compressed:  # TLS would have to go under the compression (RFC 4978 §3)
+            self._reject(line, tag + b" BAD STARTTLS is not allowed after COMPRESS.\r\n")
+        elif not self._settings.tls_offered or self._host.tls:
             state = "already active" if self._host.tls else "not available through this proxy"
             self._reject(line, tag + b" BAD STARTTLS " + state.encode() + b".\r\n")
         elif self._inflight.count or line.literal is not None:

@@ -1,8 +1,9 @@
 """What the proxy offers the client beyond the upstream's capabilities.
 
-MOVE wherever the proxy emulates it (the policy of :func:`..move.request.policy_for`), and the
+MOVE wherever the proxy emulates it (the policy of :func:`..move.request.policy_for`), the
 proxy's own STARTTLS (with LOGINDISABLED when TLS is required) on a plain connection when it has
-a certificate. Whether a client's MOVE is executed by the proxy follows from the same policy.
+a certificate, and COMPRESS=DEFLATE until it is in use (the command only after login). Whether
+a client's MOVE is executed by the proxy follows from the same policy.
 """
 
 from __future__ import annotations
@@ -12,19 +13,24 @@ from typing import TYPE_CHECKING, Protocol
 from ..move.request import policy_for
 from ..wire.capabilities import Capabilities
 
+COMPRESS_DEFLATE = b"COMPRESS=DEFLATE"
+
 if TYPE_CHECKING:
     from .settings import SessionSettings
 
 
 class OfferHost(Protocol):
     """What the offer reads of its session: the upstream's capabilities, and whether the
-    client's connection is encrypted."""
+    client's connection is encrypted or compressed."""
 
     @property
     def caps(self) -> Capabilities | None: ...
 
     @property
     def tls(self) -> bool: ...
+
+    @property
+    def compressed(self) -> bool: ...
 
 
 class Offer:
@@ -43,13 +49,21 @@ class Offer:
 
     def additions(self, caps: Capabilities) -> list[bytes]:
         """What the proxy adds to the upstream's capability list ``caps``."""
-        settings = self._settings
+        settings, host = self._settings, self._host
         added = [b"MOVE"] if self._emulates(caps) else []
-        if settings.tls_offered and not self._host.tls:
+        if settings.tls_offered and not host.tls:
             added.append(b"STARTTLS")
             if settings.require_tls:
                 added.append(b"LOGINDISABLED")
+        if self.compression_offered():
+            added.append(COMPRESS_DEFLATE)
         return added
+
+    def compression_offered(self) -> bool:
+        """COMPRESS=DEFLATE: on, until it is in use. Listed before login too, though the command
+        is valid only after it: servers such as imap4d list no capabilities in LOGIN's OK, and
+        clients such as mbsync then go by the list they had before login."""
+        return self._settings.compress and not self._host.compressed
 
     def _emulates(self, caps: Capabilities) -> bool:
         return policy_for(caps, self._settings.guarded).emulated

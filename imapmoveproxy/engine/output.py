@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..wire.deflate import Deflater
 from ..wire.framing import Framer
 
 Buffer = bytes | bytearray | memoryview
@@ -22,10 +23,15 @@ class Output:
     ``deferred`` until the upstream framer is between two responses.
 
     The client's bytes are ``to_client``, the buffer being appended to, after the pieces already
-    queued whole (:meth:`relay`).
+    queued whole (:meth:`relay`). Once the client's connection is compressed
+    (:meth:`start_compression`), what the client is to get is compressed as it is taken, in
+    one burst ended by a sync flush: the counts here are of bytes before compression.
     """
 
-    __slots__ = ("_queued", "_queued_bytes", "_upstream", "deferred", "to_client", "to_upstream")
+    __slots__ = (
+        "_deflater", "_plain", "_plain_bytes", "_queued", "_queued_bytes", "_upstream",
+        "deferred", "to_client", "to_upstream",
+    )  # fmt: skip
 
     def __init__(self, upstream: Framer) -> None:
         self._upstream = upstream
@@ -34,16 +40,19 @@ class Output:
         self.deferred = bytearray()
         self._queued: list[Buffer] = []  # for the client, before ``to_client``
         self._queued_bytes = 0
+        self._deflater: Deflater | None = None  # COMPRESS=DEFLATE with the client
+        self._plain: list[Buffer] = []  # queued before compression started, not taken yet
+        self._plain_bytes = 0
 
     @property
     def pending_to_client(self) -> int:
         """Bytes queued for the client, the replies held back behind a response included."""
-        return self._queued_bytes + len(self.to_client) + len(self.deferred)
+        return self.ready_to_client + len(self.deferred)
 
     @property
     def ready_to_client(self) -> int:
-        """Bytes :meth:`take_to_client` would return now."""
-        return self._queued_bytes + len(self.to_client)
+        """Bytes :meth:`take_to_client` would return now (before compression)."""
+        return self._plain_bytes + self._queued_bytes + len(self.to_client)
 
     @property
     def pending_to_upstream(self) -> int:
@@ -70,18 +79,41 @@ class Output:
         else:
             self.deferred += data
 
+    @property
+    def replies_at_once(self) -> bool:
+        """A reply of the proxy's own queued now goes out next, held back by nothing."""
+        return self._upstream.at_boundary and not self.deferred
+
     def flush_deferred(self) -> None:
         """The upstream response being relayed may have ended: release the replies held."""
         if self.deferred and self._upstream.at_boundary:
             self.to_client += self.deferred
             self.deferred = bytearray()
 
+    @property
+    def compressed(self) -> bool:
+        """What the client is to get is compressed (COMPRESS=DEFLATE)."""
+        return self._deflater is not None
+
+    def start_compression(self) -> None:
+        """Everything queued for the client from now on is compressed; what is queued already
+        (the COMPRESS command's OK last) goes out as it is, before it."""
+        self._plain = self.take_client_buffers()
+        self._plain_bytes = sum(len(buffer) for buffer in self._plain)
+        self._deflater = Deflater()
+
     def take_client_buffers(self) -> list[Buffer]:
-        """What the client is to get, in order, as the pieces it was queued in."""
+        """What the client is to get, in order: as the pieces it was queued in, or, once
+        compressed, in one piece (after the plain bytes queued before compression started)."""
         buffers = self._queued
         if self.to_client:
             buffers.append(self.to_client)
         self._queued, self._queued_bytes, self.to_client = [], 0, bytearray()
+        if self._deflater is not None and buffers:
+            buffers = [self._deflater.burst(buffers)]
+        if self._plain:
+            buffers = self._plain + buffers
+            self._plain, self._plain_bytes = [], 0
         return buffers
 
     def take_to_client(self) -> bytearray:

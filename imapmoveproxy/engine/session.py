@@ -8,8 +8,10 @@ The session streams everything through untouched except what it must understand:
 * MOVE and UID MOVE, collected whole and handed to :class:`.move.MoveEmulation`;
 * the selected mailbox's name (for the MOVE's rights check) and the credentials of LOGIN and
   AUTHENTICATE PLAIN, kept in memory for a rollback's second session (:mod:`.rollback`);
-* COMPRESS, which a terminating proxy cannot honour, answered NO; STARTTLS, done by the proxy
-  itself when it has a certificate (the caller runs the handshake);
+* COMPRESS=DEFLATE, done by the session itself once the client has logged in: what goes to the
+  client is compressed as it is taken (:class:`.output.Output`), what comes from it inflated in
+  bounded pieces as the session looks at it; STARTTLS, done by the proxy itself when it has a
+  certificate (the caller runs the handshake);
 * LOGIN/AUTHENTICATE before TLS when TLS is required, and ID (the proxy's own goes first, with
   the client's address; the client's loses its x- fields);
 * upstream replies it cannot place, which end the connection.
@@ -30,6 +32,7 @@ from ..journal.entry import Entry
 from ..move.copyflags import Result
 from ..move.rollback import Credentials
 from ..wire.capabilities import Capabilities
+from ..wire.deflate import InflateError, Inflater
 from ..wire.framing import Framer
 from ..wire.proxyproto import Endpoint
 from .channel import upstream_channel
@@ -48,6 +51,7 @@ __all__ = ["SHUTDOWN_BYE", "Counters", "Session", "SessionSettings"]
 
 log = logging.getLogger(__name__)
 
+INFLATE_PIECE = 256 * 1024  # the most client bytes inflated at a time
 SHUTDOWN_BYE = b"[UNAVAILABLE] Server shutting down, please reconnect."
 
 
@@ -64,10 +68,10 @@ class Session:
     """
 
     __slots__ = (
-        "_effects", "_shutting_down", "_tls_pending", "addresses", "authenticated", "caps",
-        "channel", "client", "close_reason", "conn_id", "counters", "credentials", "inflight",
-        "log", "mailbox", "moves", "offer", "output", "resumes", "settings", "tls", "upstream",
-        "upstream_framer", "user",
+        "_effects", "_inflater", "_shutting_down", "_tls_pending", "addresses", "authenticated",
+        "caps", "channel", "client", "close_reason", "conn_id", "counters", "credentials",
+        "inflight", "log", "mailbox", "moves", "offer", "output", "resumes", "settings", "tls",
+        "upstream", "upstream_framer", "user",
     )  # fmt: skip
 
     def __init__(
@@ -110,14 +114,41 @@ class Session:
             self.resumes, self.client, offer, counters, settings, logger, addresses,
         )  # fmt: skip
         self._shutting_down = False
+        self._inflater: Inflater | None = None  # COMPRESS=DEFLATE: the client's bytes inflated
 
     # ------------------------------------------------------------------ bytes in and out
 
     def receive_client(self, data: bytes | bytearray) -> None:
         self.counters.bytes_from_client += len(data)
-        self.client.framer.feed(data)
-        self.client.process()
+        if self._inflater is None:
+            self.client.framer.feed(data)
+        else:
+            self._inflater.feed(data)
+        self._client_commands()
         self.moves.announce()
+
+    def _client_commands(self) -> None:
+        """Look at the client's commands; on a compressed connection, inflate more of what the
+        client sent as long as the framer has room for it (the backlog), a piece at a time: a
+        decompression bomb is inflated only as fast as its commands go through."""
+        client, backlog = self.client, self.settings.backlog
+        client.process()  # may start compression (COMPRESS)
+        while (inflater := self._inflater) is not None and inflater.pending:
+            if self.close_reason is not None:
+                return
+            room = backlog - client.framer.buffered
+            if room <= 0:
+                return  # resume() goes on once the client's commands have been looked at
+            try:
+                piece = inflater.take(min(room, INFLATE_PIECE))
+            except InflateError as exc:
+                self.log.warning("client sent data that does not inflate: %s", exc)
+                self.close("invalid compressed data from client", b"Invalid compressed data.")
+                return
+            if not piece:
+                return
+            client.framer.feed(piece)
+            client.process()
 
     def receive_upstream(self, data: bytes | bytearray) -> None:
         self.counters.bytes_from_upstream += len(data)
@@ -135,7 +166,7 @@ class Session:
         """Output has been delivered: look at client commands held back by the backlog."""
         if not self.moving:
             self.client.retry_held()
-            self.client.process()
+            self._client_commands()
         self.moves.announce()
 
     def take_effects(self) -> list[Effect]:
@@ -184,8 +215,13 @@ class Session:
 
     def room_for_client(self) -> bool:
         """The caller may read more client bytes: those not looked at yet and the output are
-        under the backlog."""
-        return self.client.framer.buffered < self.settings.backlog and self.output_has_room()
+        under the backlog, and nothing the client sent waits to be inflated."""
+        inflater = self._inflater
+        return (
+            self.client.framer.buffered < self.settings.backlog
+            and self.output_has_room()
+            and (inflater is None or not inflater.pending)
+        )
 
     def room_for_upstream(self) -> bool:
         """The caller may read more upstream bytes: those ready for the client are under the
@@ -200,8 +236,10 @@ class Session:
 
     @property
     def client_literal_owed(self) -> int:
-        """Bytes of the literal the client is sending that have not come yet."""
-        return self.client.framer.literal_owed
+        """Bytes of the literal the client is sending that have not come yet (0 on a compressed
+        connection: how many bytes on the wire they take is unknown, and a reader waiting for
+        that many would wait for bytes that never come)."""
+        return 0 if self._inflater is not None else self.client.framer.literal_owed
 
     @property
     def upstream_literal_owed(self) -> int:
@@ -344,6 +382,21 @@ class Session:
         self.user = credentials.user if credentials is not None else None
         self.credentials = credentials if self.settings.rollback != "off" else None
         self.resumes.logged_in(self.user)
+
+    @property
+    def compressed(self) -> bool:
+        """The client's connection is compressed (COMPRESS=DEFLATE)."""
+        return self._inflater is not None
+
+    def start_compression(self) -> None:
+        """The client's COMPRESS had its OK (queued last): compress everything after it, and
+        inflate everything the client sends after its command (what it sent already too)."""
+        self.output.start_compression()
+        self._inflater = Inflater()
+        rest = self.client.framer.take_rest()
+        if rest:  # sent before the OK: only a client compressing at once sends anything
+            self._inflater.feed(rest)
+        self.log.info("compression started")
 
     def request_tls(self) -> None:
         """The client's STARTTLS had its OK: the caller starts TLS once that is delivered."""

@@ -17,6 +17,7 @@ class SessionSettings:
     tls_offered: bool = False  # the proxy has a certificate: STARTTLS on plain connections
     require_tls: bool = False  # no LOGIN/AUTHENTICATE before TLS
     forward_id: bool = False  # tell an upstream with ID the client's address (x-originating-ip)
+    compress: bool = True  # offer COMPRESS=DEFLATE to clients once logged in (RFC 4978)
     chunk_size: int = 1000  # most messages one COPY of a MOVE takes (0: no limit)
     # Credentials for the second session that removes the copies of a failed MOVE: "client"
     # (those of the client's LOGIN or AUTHENTICATE PLAIN), "master" (rollback_master's, for the

@@ -27,6 +27,7 @@ def session_settings(config: Config, *, tls_offered: bool) -> SessionSettings:
         tls_offered=tls_offered,
         require_tls=config.require_tls,
         forward_id=config.upstream_id and not config.upstream_proxy_protocol,
+        compress=config.compress,
         chunk_size=config.move_chunk_size,
         rollback=config.rollback,
         journal=config.journal_location != "off",

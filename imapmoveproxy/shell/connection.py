@@ -210,9 +210,9 @@ class Connection:
             session.receive_client(data)
             if not session.line_pending:
                 self.line_started = math.inf
-            elif b"\n" in data:  # the unfinished line began in this read
+            elif b"\n" in data and not session.compressed:  # it began in this read
                 self.line_started = trio.current_time()
-            else:  # it began in this read, or goes on from an earlier one
+            else:  # it began in this read, or goes on from an earlier one (compressed: unknown)
                 self.line_started = min(self.line_started, trio.current_time())
             size = self._client_reads.read_size(len(data), size)
             data = b""  # a reused buffer is free again once nothing refers to it

@@ -18,6 +18,7 @@ import pytest
 from compat.common import (
     DEFAULT_KINDS,
     MOVED,
+    SERVER_KINDS,
     SOURCE,
     SUBJECTS,
     TARGET,
@@ -27,9 +28,12 @@ from compat.common import (
     record,
     require_program,
     seed_user,
+    server_of,
     server_subjects,
     target_fixture,
 )
+from harness import running_proxy
+from servers import HOST, make_message
 
 target = target_fixture()
 
@@ -252,3 +256,58 @@ def test_offlineimap(
     assert moves == [], "offlineimap sent MOVE"
     note = "APPEND to Archive; UID STORE +FLAGS (\\Deleted) + EXPUNGE in INBOX"
     record(request, target, client="offlineimap3", version=version, moves=moves, note=note)
+
+
+# ------------------------------------------------------------------------- mbsync, compressed
+
+COMPRESSED_MESSAGES = 2000
+_BOOKKEEPING = re.compile(rb"(?mi)^(?:X-TUID|Status|X-Status|X-UID|X-IMAPbase): [^\n]*\n")
+
+
+def _maildir_contents(mail: Path) -> list[tuple[str, str, bytes]]:
+    """(folder, Maildir flags, message) of every message under ``mail``, sorted: what a user
+    has, whatever the file names (mbsync puts times and UIDs in them) and the headers of
+    mbsync's and imap4d's bookkeeping (imap4d's Status: changes once a session has seen the
+    message)."""
+    found = []
+    for path in mail.rglob("*"):
+        if path.is_file() and path.parent.name in ("cur", "new"):
+            flags = path.name.rpartition(":2,")[2] if ":2," in path.name else ""
+            message = _BOOKKEEPING.sub(b"", path.read_bytes())
+            found.append((str(path.parent.parent.relative_to(mail)), flags, message))
+    return sorted(found)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["dovecot-legacy", "imap4d-guarded"])
+def test_mbsync_syncs_the_same_with_compress(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """mbsync uses COMPRESS=DEFLATE wherever it is offered (Debian's isync is built with zlib,
+    and flushes with Z_PARTIAL_FLUSH): a mailbox of 2000 messages, some flagged, synced through
+    the proxy with COMPRESS and with it turned off gives the same Maildir."""
+    mbsync = require_program("mbsync", "isync")
+    spec = SERVER_KINDS[kind]
+    server = server_of(request, kind)
+    user = server.new_user("z")
+    bodies = [
+        f"Line {n} of a message, with text that repeats as mail does.\r\n" for n in range(40)
+    ]
+    messages = [
+        make_message(f"sync {i}", "".join(bodies[: 1 + i % 40])) for i in range(COMPRESSED_MESSAGES)
+    ]
+    server.seed(user, SOURCE, messages[: COMPRESSED_MESSAGES // 2])
+    server.seed(user, SOURCE, messages[COMPRESSED_MESSAGES // 2 :], flags=("\\Flagged",))
+    log = tmp_path / "mbsync.log"
+    synced = {}
+    for compress in (True, False):
+        home = tmp_path / f"home-{'compressed' if compress else 'plain'}"
+        args = (*spec.proxy_args, *(() if compress else ("--no-compress",)))
+        with running_proxy(server.address, tmp_path / f"proxy-{compress}.log", *args) as proxy:
+            config = _mbsync_config(home, HOST, proxy.port, user, server.password)
+            _run([mbsync, "-V", "-c", str(config), "compat"], home, log)
+            assert ("compression started" in proxy.log_text()) is compress
+        synced[compress] = _maildir_contents(home / "Mail")
+    assert len(synced[True]) == COMPRESSED_MESSAGES
+    assert sum(1 for _, flags, _ in synced[True] if "F" in flags) == COMPRESSED_MESSAGES // 2
+    assert synced[True] == synced[False]

@@ -26,7 +26,7 @@ from pathlib import Path
 import imapclient
 import pytest
 import trustme
-from harness import InterceptingRelay, RawClient, RelayAction, running_proxy
+from harness import CompressedClient, InterceptingRelay, RawClient, RelayAction, running_proxy
 from servers import DEFAULT_PASSWORD, HOST, ImapServer, find_free_port, make_message
 
 PASSWORD = DEFAULT_PASSWORD
@@ -559,3 +559,18 @@ def test_a_client_that_never_logs_in_is_told_bye(dovecot_legacy, dovecot_native,
         assert client.command(b"n", b"NOOP")[-1].startswith(b"n OK")
         assert client._read_response() == b"* BYE Autologout: no login in time.\r\n"
         assert client.sock.recv(100) == b""
+
+
+def test_a_routed_client_compresses_after_login(static_proxy, dovecot_legacy, imap4d, users):
+    """COMPRESS=DEFLATE in routing mode: offered once a routed login is in, and a MOVE through
+    the compressed connection, on the legacy Dovecot and on imap4d."""
+    for name, server in (("legacy", dovecot_legacy), ("imap4d", imap4d)):
+        with CompressedClient(static_proxy.address) as client:
+            client.login(users[name], PASSWORD)
+            listed = client.command(b"c", b"CAPABILITY")
+            assert b" COMPRESS=DEFLATE" in listed[0], (name, listed)
+            client.compress()
+            client.send(b"s SELECT INBOX\r\nm UID MOVE 1 Trash\r\n")
+            assert client.read_until(b"m")[-1].startswith(b"m OK"), name
+            client.logout()
+        assert (count(server, users[name], "INBOX"), count(server, users[name], "Trash")) == (1, 1)

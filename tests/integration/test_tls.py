@@ -23,7 +23,7 @@ from pathlib import Path
 import imapclient
 import pytest
 import trustme
-from harness import ROOT, RawClient, dovecot_with, run_probe, running_proxy
+from harness import ROOT, CompressedClient, RawClient, dovecot_with, run_probe, running_proxy
 from servers import HOST, DovecotServer, ImapServer, find_free_port, make_message
 
 UPSTREAM_NAME = "mail.test"  # the name in the upstream Dovecot's certificate
@@ -148,6 +148,33 @@ def test_starttls_with_imaplib(dovecot_legacy, pki, client_context, tmp_path):
         assert "MOVE" in imap.capabilities or "MOVE" in imap.capability()[1][0].decode()
         move_one(imap)
         imap.logout()
+    assert trash_count(dovecot_legacy, user) == 1
+
+
+def test_compress_over_starttls_and_no_starttls_after_compress(
+    dovecot_legacy, pki, client_context, tmp_path, monkeypatch
+):
+    """COMPRESS over TLS: compressed, then encrypted (RFC 4978 §3), with a MOVE through it. On
+    a connection compressed before any TLS, STARTTLS gets BAD (TLS cannot go under the
+    compression) and the connection goes on compressed."""
+    user = seeded(dovecot_legacy)
+    monkeypatch.setenv("IMAPMOVEPROXY_REQUIRE_TLS", "false")  # LOGIN in plaintext, below
+    args = proxy_tls_args(pki)
+    with running_proxy(dovecot_legacy.address, tmp_path / "p.log", *args) as proxy:
+        with CompressedClient(proxy.address) as client:
+            assert client.command(b"t", b"STARTTLS")[-1].startswith(b"t OK")
+            client.sock = client_context.wrap_socket(client.sock, server_hostname=HOST)
+            client.login(user, dovecot_legacy.password)
+            client.compress()
+            client.send(b"s SELECT INBOX\r\nm UID MOVE 1 Trash\r\n")
+            assert client.read_until(b"m")[-1].startswith(b"m OK"), "MOVE failed"
+            client.logout()
+        with CompressedClient(proxy.address) as plain:
+            plain.login(user, dovecot_legacy.password)
+            plain.compress()
+            refused = plain.command(b"t", b"STARTTLS")
+            assert refused[-1].startswith(b"t BAD STARTTLS is not allowed after COMPRESS")
+            assert plain.command(b"n", b"NOOP")[-1].startswith(b"n OK")
     assert trash_count(dovecot_legacy, user) == 1
 
 

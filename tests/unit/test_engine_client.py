@@ -89,11 +89,6 @@ def test_authenticate_and_idle_data_lines_are_passed_as_data():
     assert s.client(b"b IDLE\r\nDONE\r\nc NOOP\r\n") == b"b IDLE\r\nDONE\r\nc NOOP\r\n"
 
 
-def test_compress_is_refused_and_not_forwarded(script: Driver):
-    assert script.client(b"c COMPRESS DEFLATE\r\n") == b""
-    assert script.seen().startswith(b"c NO ")
-
-
 def test_proxy_sends_the_clients_address_in_id_and_strips_the_clients_x_fields():
     s = Driver(
         SessionSettings(forward_id=True), addresses=(("192.0.2.7", 40001), ("10.0.0.1", 143))

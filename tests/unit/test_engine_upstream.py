@@ -5,7 +5,7 @@ cannot place, overlong lines. Driven by tests/driver.py."""
 from __future__ import annotations
 
 import pytest
-from driver import GREETING, Driver, logged_in, started
+from driver import CUTS, GREETING, Driver, cut, logged_in, started
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,11 +16,14 @@ from imapmoveproxy.engine.session import SessionSettings
 def test_login_capabilities_gain_move_and_lose_what_the_proxy_cannot_honour():
     s = logged_in()
     seen = s.seen()
-    assert GREETING in seen  # no UIDPLUS before login: nothing added, like a native server
+    # no UIDPLUS before login: no MOVE added, like a native server; the proxy's COMPRESS is
+    assert GREETING.replace(b"PLAIN]", b"PLAIN COMPRESS=DEFLATE]") in seen
     login_ok = seen.split(b"\r\n")[1]
     assert login_ok.startswith(b"a OK [CAPABILITY IMAP4rev1 LITERAL+ UIDPLUS CONDSTORE")
     assert b" MOVE" in login_ok
-    assert b"COMPRESS" not in login_ok and b"-PLUS" not in login_ok
+    assert b"-PLUS" not in login_ok
+    # the upstream's COMPRESS is gone; the proxy's own is offered once logged in
+    assert login_ok.count(b"COMPRESS") == 1 and login_ok.endswith(b" COMPRESS=DEFLATE] Logged in")
 
 
 def test_upstream_with_native_move_is_passed_through_untouched():
@@ -65,8 +68,8 @@ def test_proxy_replies_never_land_inside_a_relayed_literal(script: Driver):
     script.client(b"d COMPRESS DEFLATE\r\n")
     script.upstream(b"world)\r\nc OK\r\n")
     assert script.seen() == (
-        b"* 1 FETCH (BODY[] {10}\r\nhelloworld)\r\nd NO COMPRESS is not available through this "
-        b"proxy.\r\nc OK\r\n"
+        b"* 1 FETCH (BODY[] {10}\r\nhelloworld)\r\nd BAD Finish the other commands before "
+        b"COMPRESS.\r\nc OK\r\n"
     )
 
 
@@ -85,24 +88,19 @@ RESPONSES = [
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.sampled_from(RESPONSES), min_size=1, max_size=30),
-    st.lists(st.integers(min_value=1, max_value=200), max_size=15),
+    CUTS,
 )
 def test_relayed_stream_is_the_same_however_the_upstream_splits_it(responses, cuts):
     """Fast path (runs of plain lines) and slow path together give the one right output."""
     stream = b"".join(responses)
     expected = stream.replace(
-        b"UIDPLUS COMPRESS=DEFLATE\r\n", b"UIDPLUS MOVE\r\n"
-    )  # the only rewrite
+        b"UIDPLUS COMPRESS=DEFLATE\r\n", b"UIDPLUS MOVE COMPRESS=DEFLATE\r\n"
+    )  # the only rewrite: the upstream's COMPRESS removed, the proxy's own added
     whole = started()
     whole.upstream(stream)
     assert whole.seen() == expected
-    pieces, start = [], 0
-    for cut in sorted(set(cuts)):
-        pieces.append(stream[start:cut])
-        start = cut
-    pieces.append(stream[start:])
     split = started()
-    for piece in pieces:
+    for piece in cut(stream, cuts):
         split.upstream(piece)
     assert split.seen() == expected
 

@@ -1,0 +1,117 @@
+"""SPECIAL-USE (RFC 6154) in front of real servers that lack it (Dovecot with MOVE hidden, whose
+mailboxes have no special_use; imap4d; Courier, whose folders live under "INBOX."), and none of
+it in front of Cyrus, which has its own. What the client sees of CAPABILITY, LIST and LSUB.
+
+Each test of the legacy servers fails without the proxy's SPECIAL-USE: the server's LIST and LSUB
+responses carry no special-use attribute and its capabilities do not name SPECIAL-USE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+from harness import RawClient, running_proxy
+from servers import ImapServer
+
+
+@dataclasses.dataclass(frozen=True)
+class Upstream:
+    fixture: str
+    proxy_args: tuple[str, ...] = ()
+    prefix: str = ""  # the personal namespace's prefix (Courier: "INBOX.")
+
+
+LEGACY = {
+    "dovecot-legacy": Upstream("dovecot_legacy"),
+    "imap4d": Upstream("imap4d", ("--no-uidplus", "guarded")),
+    "courier": Upstream("courier", prefix="INBOX."),
+}
+EXPECTED = {
+    "Trash": b"\\Trash",
+    "Sent Messages": b"\\Sent",
+    "Drafts": b"\\Drafts",
+    "spam": b"\\Junk",
+}
+OTHER = "Work"
+
+
+def _attributes(replies: list[bytes], kind: bytes) -> dict[bytes, set[bytes]]:
+    """Mailbox name (unquoted) to its attributes, upper-cased, from LIST or LSUB responses."""
+    found = {}
+    for reply in replies:
+        match = re.match(rb'\* %s \(([^)]*)\) (?:NIL|"[^"]*") "?([^"\r]*)"?\r\n' % kind, reply)
+        if match:
+            found[match.group(2)] = {a.upper() for a in match.group(1).split()}
+    return found
+
+
+def _create(client: RawClient, names: list[str]) -> None:
+    for name in names:
+        replies = client.command(b"c", b'CREATE "%s"' % name.encode())
+        assert replies[-1].startswith(b"c OK"), replies
+        replies = client.command(b"s", b'SUBSCRIBE "%s"' % name.encode())
+        assert replies[-1].startswith(b"s OK"), replies
+
+
+@pytest.mark.parametrize("name", list(LEGACY))
+def test_list_and_lsub_name_the_special_use_mailboxes(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+):
+    upstream = LEGACY[name]
+    server: ImapServer = request.getfixturevalue(upstream.fixture)
+    user = server.new_user()
+    names = [upstream.prefix + n for n in [*EXPECTED, OTHER]]
+    with (
+        running_proxy(server.address, tmp_path / "proxy.log", *upstream.proxy_args) as proxy,
+        RawClient(proxy.address) as client,
+    ):
+        client.login(user, server.password)
+        caps = client.command(b"k", b"CAPABILITY")
+        assert b"SPECIAL-USE" in caps[0].upper().split(), caps
+        _create(client, names)
+        for command, kind in ((b'LIST "" "*"', b"LIST"), (b'LSUB "" "*"', b"LSUB")):
+            replies = client.command(b"l", command)
+            assert replies[-1].startswith(b"l OK"), replies
+            listed = _attributes(replies, kind)
+            for mailbox, attribute in EXPECTED.items():
+                assert attribute.upper() in listed[(upstream.prefix + mailbox).encode()]
+            other = listed[(upstream.prefix + OTHER).encode()]
+            assert not other & {a.upper() for a in EXPECTED.values()}, replies
+        client.logout()
+
+
+LISTINGS = (b'LIST "" "*"', b'LSUB "" "*"')
+
+
+def _listed(client: RawClient, command: bytes) -> list[bytes]:
+    """The untagged responses to ``command`` (Cyrus's tagged OK names how long it took)."""
+    replies = client.command(b"l", command)
+    assert replies[-1].startswith(b"l OK"), replies
+    return replies[:-1]
+
+
+@pytest.mark.parametrize("fixture", ["cyrus_native", "cyrus_legacy"])
+def test_an_upstream_with_special_use_is_left_alone(
+    fixture: str, request: pytest.FixtureRequest, tmp_path: Path
+):
+    server: ImapServer = request.getfixturevalue(fixture)
+    user = server.new_user()
+    with RawClient(server.address, oracle=False) as direct:
+        direct.login(user, server.password)
+        _create(direct, [*EXPECTED, OTHER])
+        caps = direct.command(b"k", b"CAPABILITY")
+        assert b"SPECIAL-USE" in caps[0].upper().split(), caps
+        expected = [_listed(direct, c) for c in LISTINGS]
+        direct.logout()
+    with (
+        running_proxy(server.address, tmp_path / "proxy.log") as proxy,
+        RawClient(proxy.address) as client,
+    ):
+        client.login(user, server.password)
+        caps = client.command(b"k", b"CAPABILITY")
+        assert caps[0].upper().split().count(b"SPECIAL-USE") == 1, caps
+        assert [_listed(client, c) for c in LISTINGS] == expected
+        client.logout()

@@ -65,10 +65,9 @@ class Offer:
 
     def adds_special_use(self, caps: Capabilities | None) -> bool:
         """Whether the proxy gives LIST/LSUB responses special-use attributes: it has a map, and
-        the upstream (as far as its capabilities are known) has no SPECIAL-USE of its own."""
-        return (
-            bool(self._settings.special_use) and caps is not None and SPECIAL_USE not in caps.names
-        )
+        the upstream has no SPECIAL-USE of its own as far as its capabilities are known (Courier
+        lists none in its greeting or LOGIN's OK: unknown until the client asks)."""
+        return bool(self._settings.special_use) and (caps is None or SPECIAL_USE not in caps.names)
 
     def compression_offered(self) -> bool:
         """COMPRESS=DEFLATE: on, until it is in use. Listed before login too, though the command

@@ -38,11 +38,14 @@ class OfferHost(Protocol):
 class Offer:
     """The capabilities one session adds, and whether it executes MOVE itself."""
 
-    __slots__ = ("_host", "_settings")
+    __slots__ = ("_host", "_settings", "selecting")
 
     def __init__(self, host: OfferHost, settings: SessionSettings) -> None:
         self._host = host
         self._settings = settings
+        # The tag of the client's ``LIST (SPECIAL-USE)`` sent on as a plain LIST: its responses
+        # keep only the special-use mailboxes. No other command is in flight with it.
+        self.selecting: bytes | None = None
 
     def executes_move(self) -> bool:
         """Whether a client MOVE is executed by the proxy (not known yet: collected anyway)."""

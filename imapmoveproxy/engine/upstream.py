@@ -224,6 +224,8 @@ class UpstreamResponses:
                 mailbox.uidvalidity = validity
         if line[2:7] in (b"LIST ", b"LSUB ") and self._offer.adds_special_use(self._host.caps):
             line = specialuse.annotate(line, self._special_use)
+            if self._offer.selecting is not None and not specialuse.special(line):
+                return False  # LIST (SPECIAL-USE): only the special-use mailboxes
         count = responses.count(line)
         if count is not None and count[1]:
             mailbox.exists = count[0]

@@ -8,6 +8,7 @@ nor any to a mailbox that has a special-use attribute of its own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
@@ -62,3 +63,36 @@ def annotate(line: bytes, pairs: Names) -> bytes:
     if any(a.upper() in _ATTRIBUTES_UPPER for a in attributes.split()):
         return line
     return line[:start] + (attributes + b" " if attributes else b"") + attribute + line[end:]
+
+
+# The LIST-EXTENDED forms (RFC 5258) that ask for special-use mailboxes: the selection option
+# ``LIST (SPECIAL-USE) ref pattern`` and the return option ``LIST ref pattern RETURN
+# (SPECIAL-USE)``, each a reference and one pattern, quoted or atoms, and no other option.
+_ASTRING = rb'(?:"(?:[^"\\\r\n]|\\.)*"|[^ "(){}\r\n]+)'
+_EXTENDED_LIST_RE = re.compile(
+    rb" (\(SPECIAL-USE\) )?(" + _ASTRING + rb" " + _ASTRING + rb")( RETURN \(SPECIAL-USE\))?\r\n$",
+    re.IGNORECASE,
+)
+
+
+def plain_list(line: bytes, args_offset: int, list_extended: bool) -> tuple[bytes, bool] | None:
+    """A client's LIST line asking for special-use mailboxes, as the proxy sends it to an upstream
+    without SPECIAL-USE: the plain LIST, and whether only special-use mailboxes are to be kept
+    (the selection option). None: the line goes as it is (an upstream with LIST-EXTENDED
+    answers a return option itself, the proxy adding the attributes)."""
+    match = _EXTENDED_LIST_RE.match(line, args_offset)
+    if match is None:
+        return None
+    selection = match.group(1) is not None
+    if not selection and (match.group(3) is None or list_extended):
+        return None
+    return line[:args_offset] + b" " + match.group(2) + b"\r\n", selection
+
+
+def special(line: bytes) -> bool:
+    """Whether a (annotated) LIST line names a special-use attribute."""
+    found = responses.listing(line)
+    if found is None:
+        return False
+    (start, end), _, _ = found
+    return any(a.upper() in _ATTRIBUTES_UPPER for a in line[start:end].split())

@@ -84,7 +84,41 @@ def test_list_and_lsub_name_the_special_use_mailboxes(
         client.logout()
 
 
-LISTINGS = (b'LIST "" "*"', b'LSUB "" "*"')
+@pytest.mark.parametrize("name", list(LEGACY))
+def test_the_list_extended_forms_name_them_too(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+):
+    """``LIST (SPECIAL-USE)`` lists only them, ``RETURN (SPECIAL-USE)`` every mailbox with them,
+    on servers without LIST-EXTENDED (imap4d, Courier) or without SPECIAL-USE (Dovecot)."""
+    upstream = LEGACY[name]
+    server: ImapServer = request.getfixturevalue(upstream.fixture)
+    user = server.new_user()
+    special = {(upstream.prefix + n).encode(): a.upper() for n, a in EXPECTED.items()}
+    with (
+        running_proxy(server.address, tmp_path / "proxy.log", *upstream.proxy_args) as proxy,
+        RawClient(proxy.address) as client,
+    ):
+        client.login(user, server.password)
+        _create(client, [upstream.prefix + n for n in [*EXPECTED, OTHER]])
+        selected = client.command(b"l", b'LIST (SPECIAL-USE) "" "*"')
+        assert selected[-1].startswith(b"l OK"), selected
+        listed = _attributes(selected, b"LIST")
+        assert set(listed) == set(special), selected
+        assert all(special[mailbox] in listed[mailbox] for mailbox in special), selected
+        returned = client.command(b"r", b'LIST "" "*" RETURN (SPECIAL-USE)')
+        assert returned[-1].startswith(b"r OK"), returned
+        listed = _attributes(returned, b"LIST")
+        assert (upstream.prefix + OTHER).encode() in listed, returned
+        assert all(special[mailbox] in listed[mailbox] for mailbox in special), returned
+        client.logout()
+
+
+LISTINGS = (
+    b'LIST "" "*"',
+    b'LSUB "" "*"',
+    b'LIST (SPECIAL-USE) "" "*"',
+    b'LIST "" "*" RETURN (SPECIAL-USE)',
+)
 
 
 def _listed(client: RawClient, command: bytes) -> list[bytes]:

@@ -84,6 +84,12 @@ LISTING = (
     b"l OK List completed\r\n"
 )
 
+SPECIAL = (  # LISTING's special-use mailboxes, as the client sees them
+    b'* LIST (\\HasNoChildren \\Trash) "/" Trash\r\n'
+    b'* LIST (\\HasNoChildren \\Sent) "/" "Sent Messages"\r\n'
+)
+DONE = b"l OK List completed\r\n"
+
 
 def test_a_legacy_upstream_gets_the_attributes_and_the_capability():
     s = started(LEGACY)
@@ -92,12 +98,7 @@ def test_a_legacy_upstream_gets_the_attributes_and_the_capability():
     assert b" SPECIAL-USE" in s.seen()
     assert s.client(b'l LIST "" "*"\r\n') == b'l LIST "" "*"\r\n'
     s.upstream(LISTING)
-    assert s.seen() == (
-        b'* LIST (\\HasNoChildren) "/" INBOX\r\n'
-        b'* LIST (\\HasNoChildren \\Trash) "/" Trash\r\n'
-        b'* LIST (\\HasNoChildren \\Sent) "/" "Sent Messages"\r\n'
-        b"l OK List completed\r\n"
-    )
+    assert s.seen() == b'* LIST (\\HasNoChildren) "/" INBOX\r\n' + SPECIAL + DONE
     s.client(b'l LSUB "" "*"\r\n')
     s.upstream(b'* LSUB () "/" Trash\r\nl OK done\r\n')
     assert s.seen() == b'* LSUB (\\Trash) "/" Trash\r\nl OK done\r\n'
@@ -144,3 +145,32 @@ def test_config_map_and_switch():
                 "special_use_map": {"Bin": ["Trash"]},
             }
         )
+
+
+def test_the_selection_option_becomes_a_plain_list_filtered():
+    s = started(LEGACY)  # no LIST-EXTENDED
+    assert s.client(b'l LIST (SPECIAL-USE) "" "*"\r\n') == b'l LIST "" "*"\r\n'
+    s.upstream(LISTING)
+    assert s.seen() == SPECIAL + DONE
+    s.client(b'm LIST "" "*"\r\n')  # the next LIST is whole again
+    s.upstream(LISTING.replace(b"l OK", b"m OK"))
+    assert b"INBOX" in s.seen()
+
+
+def test_the_return_option_goes_plain_to_an_upstream_without_list_extended():
+    s = started(LEGACY)
+    assert s.client(b'l LIST "" "*" RETURN (SPECIAL-USE)\r\n') == b'l LIST "" "*"\r\n'
+    s.upstream(LISTING)
+    assert b"\\Trash" in s.seen()
+    s = started(LEGACY + b" LIST-EXTENDED")  # answers it itself: the attributes are added
+    line = b'l LIST "" "*" RETURN (SPECIAL-USE)\r\n'
+    assert s.client(line) == line
+    s.upstream(LISTING)
+    assert b"\\Trash" in s.seen()
+
+
+def test_a_filtered_list_waits_for_the_commands_before_it():
+    s = started(LEGACY)
+    assert s.client(b'a LSUB "" "*"\r\nl LIST (SPECIAL-USE) "" "*"\r\n') == b'a LSUB "" "*"\r\n'
+    assert s.upstream(b'* LSUB () "/" Work\r\na OK done\r\n') == b'l LIST "" "*"\r\n'
+    assert s.seen() == b'* LSUB () "/" Work\r\na OK done\r\n'

@@ -1,6 +1,7 @@
 """SPECIAL-USE (RFC 6154) in front of real servers that lack it (Dovecot with MOVE hidden, whose
 mailboxes have no special_use; imap4d; Courier, whose folders live under "INBOX."), and none of
-it in front of Cyrus, which has its own. What the client sees of CAPABILITY, LIST and LSUB.
+it in front of Cyrus and of a Dovecot whose mailboxes have special_use, which have their own.
+What the client sees of CAPABILITY, LIST, LSUB and the LIST-EXTENDED forms.
 
 Each test of the legacy servers fails without the proxy's SPECIAL-USE: the server's LIST and LSUB
 responses carry no special-use attribute and its capabilities do not name SPECIAL-USE.
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import _serve
 from harness import RawClient, running_proxy
-from servers import ImapServer
+from servers import DovecotServer, ImapServer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +25,28 @@ class Upstream:
     fixture: str
     proxy_args: tuple[str, ...] = ()
     prefix: str = ""  # the personal namespace's prefix (Courier: "INBOX.")
+
+
+# Dovecot whose mailboxes have special_use set: it lists SPECIAL-USE and the attributes itself.
+DOVECOT_SPECIAL_USE = """namespace inbox {
+  mailbox Trash {
+    special_use = \\Trash
+  }
+  mailbox "Sent Messages" {
+    special_use = \\Sent
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def dovecot_special_use(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
+    root = tmp_path_factory.mktemp("dovecot-special-use")
+    yield from _serve(
+        lambda: DovecotServer(
+            root, variant="native", name="dovecot-special-use", extra_config=DOVECOT_SPECIAL_USE
+        )
+    )
 
 
 LEGACY = {
@@ -128,7 +153,7 @@ def _listed(client: RawClient, command: bytes) -> list[bytes]:
     return replies[:-1]
 
 
-@pytest.mark.parametrize("fixture", ["cyrus_native", "cyrus_legacy"])
+@pytest.mark.parametrize("fixture", ["cyrus_native", "cyrus_legacy", "dovecot_special_use"])
 def test_an_upstream_with_special_use_is_left_alone(
     fixture: str, request: pytest.FixtureRequest, tmp_path: Path
 ):

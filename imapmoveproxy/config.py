@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import __version__
+from .wire.specialuse import ATTRIBUTES, DEFAULT_MAP
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NO_UIDPLUS_POLICIES = ("refuse", "guarded")
@@ -66,6 +67,8 @@ class Config:
     upstream_proxy_protocol: bool = False
     upstream_id: bool = True
     compress: bool = True  # offer COMPRESS=DEFLATE (RFC 4978) to clients once logged in
+    special_use: bool = True  # SPECIAL-USE (RFC 6154) where the upstream lacks it
+    special_use_map: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: DEFAULT_MAP)
     max_connections: int = 10000
     max_connections_per_address: int = 200
     login_timeout: float = 60.0
@@ -206,7 +209,7 @@ BACKEND_KEYS = (
     "upstream", "upstream_tls", "upstream_ca", "upstream_server_name", "upstream_client_cert",
     "upstream_client_key", "upstream_tls_verify", "upstream_proxy_protocol", "upstream_id",
     "connect_timeout", "no_uidplus", "move_chunk_size", "rollback", "rollback_master_user",
-    "rollback_master_password",
+    "rollback_master_password", "special_use", "special_use_map",
 )  # fmt: skip
 ROUTING_KEYS = ("backends", "routes", "route_lookup")
 
@@ -231,6 +234,19 @@ def _route_table(key: str, value: object) -> dict[str, str]:
     ):
         raise ConfigError(f'{key}: expected a table of "user" = "backend", got {value!r}')
     return {name.lower() if name.startswith("@") else name: v for name, v in value.items()}
+
+
+def _special_use_map(key: str, value: object) -> dict[str, tuple[str, ...]]:
+    """Attribute (``Trash``...) to the mailbox names that have it."""
+    if not isinstance(value, dict) or not all(
+        isinstance(names, list) and all(isinstance(n, str) and n for n in names)
+        for names in value.values()
+    ):
+        raise ConfigError(f'{key}: expected a table of Attribute = ["name", ...], got {value!r}')
+    for attribute in value:
+        if attribute not in ATTRIBUTES:
+            raise ConfigError(f"{key}.{attribute}: not a special-use attribute {ATTRIBUTES}")
+    return {attribute: tuple(names) for attribute, names in value.items()}
 
 
 def _http_url(key: str, value: object) -> str:
@@ -269,6 +285,8 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "upstream_proxy_protocol": _bool,
     "upstream_id": _bool,
     "compress": _bool,
+    "special_use": _bool,
+    "special_use_map": _special_use_map,
     "max_connections": _number(int, 1),
     "max_connections_per_address": _number(int, 1),
     "login_timeout": _number(float, 1.0),
@@ -471,6 +489,14 @@ def add_upstream_arguments(parser: argparse.ArgumentParser) -> None:
         const=False,
         default=None,
         help="do not offer COMPRESS=DEFLATE to clients",
+    )
+    add(
+        "--no-special-use",
+        dest="special_use",
+        action="store_const",
+        const=False,
+        default=None,
+        help="do not add SPECIAL-USE attributes to LIST/LSUB where the upstream lacks them",
     )
 
 

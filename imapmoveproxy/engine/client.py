@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..move.request import MoveRequest, parse_move
 from ..move.rollback import Credentials
+from ..wire import specialuse
 from ..wire.capabilities import Capabilities
 from ..wire.framing import Framer, Line, LineTooLong, Literal
 from ..wire.grammar import CommandStart, is_tag, line_body, parse_command_start, strip_x_fields
@@ -173,6 +174,8 @@ class ClientInput:
             self._mode = Mode.FORWARD
         if tag == self._data_tag:
             self._data_tag = None
+        if tag == self._offer.selecting:
+            self._offer.selecting = None
         self._release_held()
 
     def retry_held(self) -> None:
@@ -213,6 +216,8 @@ class ClientInput:
             self._compress(line, start)
         elif name == b"STARTTLS":
             self._starttls(line, tag)
+        elif name == b"LIST" and self._offer.adds_special_use(self._host.caps):
+            self._list(line, start)
         elif name == b"ID":  # with or without the proxy's own ID before it
             self._client_id(line, start)
         elif name in AUTH_COMMANDS and self._settings.require_tls and not self._host.tls:
@@ -277,6 +282,25 @@ class ClientInput:
             # Whatever the client sent after STARTTLS in plaintext is thrown away (RFC 9051
             # §6.2.1): it could have been injected by a man in the middle.
             self.framer = Framer(self._settings.max_line)
+
+    def _list(self, line: Line, start: CommandStart) -> None:
+        """A LIST with the SPECIAL-USE selection or return option the upstream cannot answer:
+        sent on as a plain LIST, alone (held until nothing else is in flight), so that every LIST
+        response until its tagged reply is its own."""
+        caps = self._host.caps
+        plain = None
+        if line.literal is None:
+            list_extended = caps is not None and b"LIST-EXTENDED" in caps.names
+            plain = specialuse.plain_list(line.data, start.args_offset, list_extended)
+        if plain is None:
+            self._forward(line, start)
+        elif self._inflight.count:
+            self.held = line
+        else:
+            new_line, selection = plain
+            if selection:
+                self._offer.selecting = start.tag
+            self._forward(Line(new_line, True), start)
 
     def _client_id(self, line: Line, start: CommandStart) -> None:
         """The client's own ID goes on without any x- field it tried to set: a server that

@@ -2,7 +2,8 @@
 
 MOVE wherever the proxy emulates it (the policy of :func:`..move.request.policy_for`), the
 proxy's own STARTTLS (with LOGINDISABLED when TLS is required) on a plain connection when it has
-a certificate, and COMPRESS=DEFLATE until it is in use (the command only after login). Whether
+a certificate, COMPRESS=DEFLATE until it is in use (the command only after login), and
+SPECIAL-USE where the upstream has none (the attributes from :mod:`..wire.specialuse`). Whether
 a client's MOVE is executed by the proxy follows from the same policy.
 """
 
@@ -14,6 +15,7 @@ from ..move.request import policy_for
 from ..wire.capabilities import Capabilities
 
 COMPRESS_DEFLATE = b"COMPRESS=DEFLATE"
+SPECIAL_USE = b"SPECIAL-USE"
 
 if TYPE_CHECKING:
     from .settings import SessionSettings
@@ -36,11 +38,14 @@ class OfferHost(Protocol):
 class Offer:
     """The capabilities one session adds, and whether it executes MOVE itself."""
 
-    __slots__ = ("_host", "_settings")
+    __slots__ = ("_host", "_settings", "selecting")
 
     def __init__(self, host: OfferHost, settings: SessionSettings) -> None:
         self._host = host
         self._settings = settings
+        # The tag of the client's ``LIST (SPECIAL-USE)`` sent on as a plain LIST: its responses
+        # keep only the special-use mailboxes. No other command is in flight with it.
+        self.selecting: bytes | None = None
 
     def executes_move(self) -> bool:
         """Whether a client MOVE is executed by the proxy (not known yet: collected anyway)."""
@@ -57,7 +62,15 @@ class Offer:
                 added.append(b"LOGINDISABLED")
         if self.compression_offered():
             added.append(COMPRESS_DEFLATE)
+        if self.adds_special_use(caps):
+            added.append(SPECIAL_USE)
         return added
+
+    def adds_special_use(self, caps: Capabilities | None) -> bool:
+        """Whether the proxy gives LIST/LSUB responses special-use attributes: it has a map, and
+        the upstream has no SPECIAL-USE of its own as far as its capabilities are known (Courier
+        lists none in its greeting or LOGIN's OK: unknown until the client asks)."""
+        return bool(self._settings.special_use) and (caps is None or SPECIAL_USE not in caps.names)
 
     def compression_offered(self) -> bool:
         """COMPRESS=DEFLATE: on, until it is in use. Listed before login too, though the command

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..wire.specialuse import DEFAULT_NAMES, Names
+
 
 @dataclass(slots=True, frozen=True)
 class SessionSettings:
@@ -18,6 +20,9 @@ class SessionSettings:
     require_tls: bool = False  # no LOGIN/AUTHENTICATE before TLS
     forward_id: bool = False  # tell an upstream with ID the client's address (x-originating-ip)
     compress: bool = True  # offer COMPRESS=DEFLATE to clients once logged in (RFC 4978)
+    # Mailbox names and the special-use attribute LIST/LSUB give them where the upstream has no
+    # SPECIAL-USE (RFC 6154); empty: none, and SPECIAL-USE is not offered.
+    special_use: Names = DEFAULT_NAMES
     chunk_size: int = 1000  # most messages one COPY of a MOVE takes (0: no limit)
     # Credentials for the second session that removes the copies of a failed MOVE: "client"
     # (those of the client's LOGIN or AUTHENTICATE PLAIN), "master" (rollback_master's, for the

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Protocol
 
-from ..wire import capabilities, responses
+from ..wire import capabilities, responses, specialuse
 from ..wire.capabilities import Capabilities
 from ..wire.commands import CommandChannel
 from ..wire.framing import Framer, Line, LineTooLong
@@ -67,6 +67,7 @@ class UpstreamResponses:
         "_output",
         "_relay",
         "_resumes",
+        "_special_use",
         "greeted",
         "said_bye",
     )
@@ -94,6 +95,7 @@ class UpstreamResponses:
         self._resumes = resumes
         self._client, self._offer, self._counters, self._log = client, offer, counters, log
         self._forward_id, self._addresses = settings.forward_id, addresses
+        self._special_use = settings.special_use
         self._relay = True  # whether the upstream response being received goes to the client
         self.said_bye = False
         self.greeted = False
@@ -109,7 +111,11 @@ class UpstreamResponses:
             if move is None and not resuming and self.greeted and not channel.awaiting(ID):
                 # Fast path: relay in one piece the run of untagged responses that need no look
                 # (a FETCH flood is ~100 bytes a line; one at a time would cost 4 µs each).
-                run = framer.plain_run(responses.first_stop)
+                run = framer.plain_run(
+                    responses.first_stop_listing
+                    if self._offer.adds_special_use(host.caps)
+                    else responses.first_stop
+                )
                 if run:
                     output.relay(run)
                     output.flush_deferred()
@@ -216,6 +222,10 @@ class UpstreamResponses:
             validity = responses.uidvalidity(line)
             if validity is not None:
                 mailbox.uidvalidity = validity
+        if line[2:7] in (b"LIST ", b"LSUB ") and self._offer.adds_special_use(self._host.caps):
+            line = specialuse.annotate(line, self._special_use)
+            if self._offer.selecting is not None and not specialuse.special(line):
+                return False  # LIST (SPECIAL-USE): only the special-use mailboxes
         count = responses.count(line)
         if count is not None and count[1]:
             mailbox.exists = count[0]

@@ -13,6 +13,7 @@ import trio
 
 from ..config import Address, Config
 from ..engine.settings import SessionSettings
+from ..wire import specialuse
 from ..wire.proxyproto import V2_LOCAL, Endpoint, build_v2
 from .tls import open_upstream, upstream_context
 
@@ -28,6 +29,7 @@ def session_settings(config: Config, *, tls_offered: bool) -> SessionSettings:
         require_tls=config.require_tls,
         forward_id=config.upstream_id and not config.upstream_proxy_protocol,
         compress=config.compress,
+        special_use=specialuse.names(config.special_use_map) if config.special_use else (),
         chunk_size=config.move_chunk_size,
         rollback=config.rollback,
         journal=config.journal_location != "off",

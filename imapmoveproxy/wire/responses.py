@@ -26,6 +26,22 @@ _LOOK_AT = (
 )  # fmt: skip
 
 
+def first_stop_listing(buf: bytes | bytearray, start: int) -> int:
+    """:func:`first_stop`, and also at ``* LIST`` / ``* LSUB`` (upper case, as every server tested
+    sends them): the fast path while the proxy adds special-use attributes to them."""
+    if buf[start : start + 7] in _LISTING:
+        return start
+    stop = first_stop(buf, start)
+    for needle in (b"\n* LIST ", b"\n* LSUB "):
+        found = buf.find(needle, start, stop)
+        if found >= 0:
+            stop = found + 1
+    return stop
+
+
+_LISTING = (b"* LIST ", b"* LSUB ")
+
+
 def first_non_expunge(buf: bytes | bytearray, start: int) -> int:
     """Where the first line that is not ``* n EXPUNGE`` lies (``len(buf)``: none)."""
     if not _EXPUNGE_LINE.match(buf, start):
@@ -219,3 +235,24 @@ def subject(response: bytes) -> bytes | None:
 def removes(line: bytes) -> bool:
     """An EXPUNGE or a VANISHED response (with its terminator or without)."""
     return _REMOVAL_RE.match(line) is not None
+
+
+# A LIST or LSUB response whose name is on the line (a name sent as a literal is left as it is):
+# its attributes, its hierarchy delimiter and its name, quoted or an atom.
+_LISTING_RE = re.compile(
+    rb'\* (?:LIST|LSUB) \(([^)]*)\) (NIL|"(?:[^"\\]|\\.)") ("(?:[^"\\]|\\.)*"|[^ "{()\r\n]+)'
+    rb"(?: \(.*\))?\r\n$",
+    re.IGNORECASE,
+)
+
+
+def listing(line: bytes) -> tuple[tuple[int, int], bytes | None, bytes] | None:
+    """A ``* LIST`` / ``* LSUB`` line: the span of its attributes, its delimiter (None: NIL) and
+    its mailbox name unquoted; None: not one, or its name is a literal."""
+    match = _LISTING_RE.match(line)
+    if match is None:
+        return None
+    delimiter, name = match.group(2), match.group(3)
+    if name[:1] == b'"':
+        name = re.sub(rb"\\(.)", rb"\1", name[1:-1])
+    return match.span(1), None if delimiter.upper() == b"NIL" else delimiter[1:-1][-1:], name

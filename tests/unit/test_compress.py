@@ -51,7 +51,7 @@ def compressed(settings: SessionSettings | None = None, **kwargs: int) -> Compre
 
 
 def test_compress_is_offered_until_it_is_in_use():
-    s = Driver()
+    s = Driver(SessionSettings(special_use=()))  # the only addition besides MOVE
     s.upstream(b"* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN] ready\r\n")
     # before login too: mbsync goes by this list when LOGIN's OK has none (imap4d)
     assert s.seen() == b"* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN COMPRESS=DEFLATE] ready\r\n"

@@ -17,13 +17,15 @@ def test_login_capabilities_gain_move_and_lose_what_the_proxy_cannot_honour():
     s = logged_in()
     seen = s.seen()
     # no UIDPLUS before login: no MOVE added, like a native server; the proxy's COMPRESS is
-    assert GREETING.replace(b"PLAIN]", b"PLAIN COMPRESS=DEFLATE]") in seen
+    assert GREETING.replace(b"PLAIN]", b"PLAIN COMPRESS=DEFLATE SPECIAL-USE]") in seen
     login_ok = seen.split(b"\r\n")[1]
     assert login_ok.startswith(b"a OK [CAPABILITY IMAP4rev1 LITERAL+ UIDPLUS CONDSTORE")
     assert b" MOVE" in login_ok
     assert b"-PLUS" not in login_ok
     # the upstream's COMPRESS is gone; the proxy's own is offered once logged in
-    assert login_ok.count(b"COMPRESS") == 1 and login_ok.endswith(b" COMPRESS=DEFLATE] Logged in")
+    assert login_ok.count(b"COMPRESS") == 1 and login_ok.endswith(
+        b" COMPRESS=DEFLATE SPECIAL-USE] Logged in"
+    )
 
 
 def test_upstream_with_native_move_is_passed_through_untouched():
@@ -94,8 +96,8 @@ def test_relayed_stream_is_the_same_however_the_upstream_splits_it(responses, cu
     """Fast path (runs of plain lines) and slow path together give the one right output."""
     stream = b"".join(responses)
     expected = stream.replace(
-        b"UIDPLUS COMPRESS=DEFLATE\r\n", b"UIDPLUS MOVE COMPRESS=DEFLATE\r\n"
-    )  # the only rewrite: the upstream's COMPRESS removed, the proxy's own added
+        b"UIDPLUS COMPRESS=DEFLATE\r\n", b"UIDPLUS MOVE COMPRESS=DEFLATE SPECIAL-USE\r\n"
+    )  # the only rewrite: the upstream's COMPRESS removed, the proxy's own (and SPECIAL-USE) added
     whole = started()
     whole.upstream(stream)
     assert whole.seen() == expected

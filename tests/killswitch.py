@@ -47,6 +47,10 @@ class KillSwitch:
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
+    def rearm_kill(self, kill: Callable[[], None]) -> None:
+        """Kill another process the next time the switch fires (a proxy started after it)."""
+        self._kill = kill
+
     def arm(self, point: str, count: int = 0) -> None:
         """Kill the proxy at ``point`` ("copy", "store", "expunge" or "nth" with ``count``)."""
         self._point, self._count = point, count

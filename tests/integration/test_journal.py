@@ -512,3 +512,52 @@ def test_a_routing_proxy_finishes_a_move_on_the_backend_the_login_is_routed_to(
     assert re.search(r"journal recovery of MOVE \w+ .*: finished, 5 moved", log), log
     _assert_moved_once(server, user, subjects)
     assert _journal_bodies(journal) == []
+
+
+@pytest.mark.parametrize("kind", ["dovecot-uidplus", "imap4d-guarded", "uw-mbox"])
+def test_a_proxy_killed_during_the_recovery_and_a_pipelining_client_after_it(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The proxy dies after the STORE; the proxy started next dies too, in the middle of the
+    recovery at the user's login (its third command); the third one recovers what is left
+    (recovery is idempotent). Its client, like mbsync, pipelines LOGIN, SELECT, a FETCH and the
+    retried MOVE in one write: each waits for the login's OK, the client's view stays
+    consistent (the oracle), and every message is once in Archive with its flags."""
+    spec = SERVERS[kind]
+    server: ImapServer = request.getfixturevalue(spec.fixture)
+    user = server.new_user()
+    subjects = _seed(server, user, 6)
+    journal = tmp_path / "journal.sqlite"
+    args = (*spec.proxy_args, "--journal", str(journal))
+    with _cut(server, user, "store", _starting(tmp_path / "first.log", *args)) as switch:
+        second = ProxyProcess(switch.address, tmp_path / "second.log", *args)
+        switch.rearm_kill(lambda: second.process.kill())
+        switch.arm("nth", 3)  # the recovery's third command (SELECT, FETCH, SELECT...)
+        try:
+            with (
+                RawClient(second.address, BIG, oracle=False) as client,  # cut off mid-login
+                pytest.raises((ConnectionError, EOFError, OSError)),
+            ):
+                client.login(user, server.password)
+        finally:
+            second.stop()
+        assert switch.fired.is_set(), second.log_text()
+        assert len(_journal_bodies(journal)) == 1  # still there: the recovery was cut
+        third = ProxyProcess(switch.address, tmp_path / "third.log", *args)
+        try:
+            with RawClient(third.address, BIG) as client:
+                client.send(
+                    f'L1 LOGIN "{user}" "{server.password}"\r\n'.encode()
+                    + b"s SELECT INBOX\r\nf UID FETCH 1:* (FLAGS)\r\nr UID MOVE 1:6 Archive\r\n"
+                )
+                for tag in (b"L1", b"s", b"f"):
+                    assert client.read_until(tag)[-1].startswith(tag + b" OK")
+                retried = client.read_until(b"r")[-1]
+                assert retried.startswith(b"r OK") or b"Mailbox is empty" in retried, retried
+                client.logout()
+            log = third.log_text()
+        finally:
+            third.stop()
+    assert re.search(r"journal recovery of MOVE \w+ .*: finished", log), log
+    _assert_moved_once(server, user, subjects)
+    assert _journal_bodies(journal) == []

@@ -175,17 +175,24 @@ class Resume:
                 return kept("the copies could not be removed")
             return Verdict(entry, Outcome.UNDONE, detail=f"{len(targets)} copies removed")
 
-        restore = yield from self._restore_flags(known, found, copies)
+        # Without COPYUID a copy is told by its INTERNALDATE alone: with some copies gone (another
+        # session deleted them), which ones cannot be told for sure when dates repeat. Then
+        # nothing is expunged nor flagged: the originals get back their flags, the entry waits.
+        guessed = not entry.copies and bool(with_copy) and with_copy != present
+        restore = "" if guessed else (yield from self._restore_flags(known, found, copies))
 
         problem = yield from self._select(entry.source, entry.source_validity)
         if problem:
             return kept(f"source {problem}")
         if entry.phase is Phase.COPIED:  # the proxy may have flagged those without a copy
-            unflag = present - with_copy - entry.user_deleted
+            unflag = (present if guessed else present - with_copy) - entry.user_deleted
             if unflag:
                 answers = yield self._each(b"UID STORE %s -FLAGS.SILENT (\\Deleted)\r\n", unflag)
                 if not _ok(answers):
                     return kept("the originals' flags could not be put back")
+        if guessed:
+            missing = len(present - with_copy)
+            return kept(f"{missing} copies gone, and without COPYUID which ones cannot be told")
         if not with_copy:
             if entry.phase is Phase.COPIED and not present and copies:
                 return Verdict(entry, Outcome.FINISHED, detail="expunged before the proxy died")

@@ -561,3 +561,53 @@ def test_a_proxy_killed_during_the_recovery_and_a_pipelining_client_after_it(
     assert re.search(r"journal recovery of MOVE \w+ .*: finished", log), log
     _assert_moved_once(server, user, subjects)
     assert _journal_bodies(journal) == []
+
+
+def _delete_by_subject(server: ImapServer, user: str, mailbox: bytes, subject: str) -> None:
+    """Another session of the user's (on another device) deletes one message by its subject."""
+    # Straight to the server, unwatched: imap4d answers EXPUNGE with its own "* n EXPUNGED",
+    # which only the proxy rewrites.
+    with RawClient(server.address, BIG, oracle=False) as client:
+        client.login(user, server.password)
+        assert client.command(b"s", b"SELECT " + mailbox)[-1].startswith(b"s OK")
+        found = client.command(b"f", b"SEARCH SUBJECT " + subject.encode())
+        (numbers,) = [reply.split()[2:] for reply in found if reply.startswith(b"* SEARCH")]
+        assert len(numbers) == 1, found
+        stored = client.command(b"d", b"STORE " + numbers[0] + b" +FLAGS.SILENT (\\Deleted)")
+        assert stored[-1].startswith(b"d OK"), stored
+        assert client.command(b"e", b"EXPUNGE")[-1].startswith(b"e OK")
+        client.logout()
+
+
+@pytest.mark.parametrize("kind", ["dovecot-uidplus", "imap4d-guarded"])
+def test_a_copy_another_session_deleted_before_the_recovery_keeps_its_original(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Between the proxy's death (after the STORE) and the next login, another session deletes
+    one copy from Archive. Its original must stay in INBOX, without the proxy's \\Deleted:
+    with COPYUID (Dovecot) the other five are moved; without (imap4d: copies told by their
+    INTERNALDATE, which repeat) nothing is expunged, every original gets its flags back, and
+    the entry waits for an operator. Never a message lost."""
+    spec = SERVERS[kind]
+    server: ImapServer = request.getfixturevalue(spec.fixture)
+    user = server.new_user()
+    subjects = _seed(server, user, 6)
+    journal = tmp_path / "journal.sqlite"
+    args = (*spec.proxy_args, "--journal", str(journal))
+    with _cut(server, user, "store", _starting(tmp_path / "first.log", *args)) as switch:
+        _delete_by_subject(server, user, b"Archive", "j2")
+        log = _log_in_once(
+            ProxyProcess(switch.address, tmp_path / "second.log", *args), server, user
+        )
+    inbox, archive = _state(server, user, "INBOX"), _state(server, user, "Archive")
+    assert {s for s, _ in archive} | {s for s, _ in inbox} == subjects  # none lost
+    assert all("\\Deleted" not in flags for _, flags in inbox + archive)
+    assert ("j2", _expected_flags("j2")) in inbox
+    if kind == "dovecot-uidplus":
+        assert re.search(r"journal recovery of MOVE .*: finished, 5 moved", log), log
+        assert sorted(s for s, _ in inbox) == ["j2"]
+        assert _journal_bodies(journal) == []
+    else:
+        assert re.search(r"WARNING .*journal recovery of MOVE .*: kept \(1 copies gone", log), log
+        assert sorted(s for s, _ in inbox) == sorted(subjects)  # nothing expunged
+        assert len(_journal_bodies(journal)) == 1
